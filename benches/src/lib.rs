@@ -1,0 +1,1 @@
+//! Shared helpers for Airlock's benchmarks and evaluation tools.

@@ -1,0 +1,257 @@
+//! The handles a connector receives: [`Gateway`] authenticates clients and
+//! opens sessions; [`Session`] decides operations, records events and masks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::identity::Verifier;
+use crate::mask::{MaskEngine, Masker};
+use crate::policy::Policy;
+use crate::recorder::Recorder;
+use crate::{
+    ClientInfo, Decision, Error, Event, Identity, MaskCounts, Operation, Result, SessionId,
+};
+
+/// What a gateway is made of. Built by the binary (or a test) from config.
+#[derive(Debug)]
+pub struct GatewayParts {
+    /// Verifies access tokens.
+    pub verifier: Verifier,
+    /// Grants and rules.
+    pub policy: Policy,
+    /// The masking engine.
+    pub masking: MaskEngine,
+    /// The durable append path.
+    pub recorder: Recorder,
+    /// Target name to protocol.
+    pub targets: BTreeMap<String, String>,
+}
+
+/// The gateway as a connector sees it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    inner: Arc<GatewayParts>,
+}
+
+impl Gateway {
+    /// Assembles a gateway.
+    pub fn new(parts: GatewayParts) -> Self {
+        Gateway {
+            inner: Arc::new(parts),
+        }
+    }
+
+    /// The recorder, for events outside any session.
+    pub fn recorder(&self) -> &Recorder {
+        &self.inner.recorder
+    }
+
+    /// Verifies an access token and returns who it names. A refusal is
+    /// recorded (with `target` and `client`) before the error is returned.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        target: &str,
+        protocol: &str,
+        client: &ClientInfo,
+    ) -> Result<Identity> {
+        match self.inner.verifier.verify(token).await {
+            Ok(identity) => Ok(identity),
+            Err(e) => {
+                self.refuse(None, target, protocol, client, &e).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a session for `identity` on `target`: checks the target exists,
+    /// speaks `protocol` and is granted to the identity, then durably records
+    /// the session's start. Refusals are recorded too.
+    pub async fn open_session(
+        &self,
+        identity: Identity,
+        target: &str,
+        protocol: &str,
+        client: ClientInfo,
+    ) -> Result<Session> {
+        let refusal = match self.inner.targets.get(target) {
+            None => Some(format!(
+                "there is no target named {target:?} (ask an administrator which targets you may use)"
+            )),
+            Some(p) if p != protocol => Some(format!(
+                "target {target:?} is reached over {p}, not {protocol}"
+            )),
+            Some(_) => self.inner.policy.check_access(&identity, target).err(),
+        };
+        if let Some(message) = refusal {
+            let e = Error::Forbidden(message);
+            self.refuse(Some(&identity.subject), target, protocol, &client, &e)
+                .await?;
+            return Err(e);
+        }
+        let id = SessionId::new();
+        self.inner
+            .recorder
+            .record(
+                Some(id),
+                Event::SessionStart {
+                    identity: identity.clone(),
+                    target: target.to_string(),
+                    protocol: protocol.to_string(),
+                    client,
+                },
+            )
+            .await?;
+        let masker = self.inner.masking.masker(target, &identity);
+        Ok(Session {
+            id,
+            identity,
+            target: target.to_string(),
+            protocol: protocol.to_string(),
+            masker,
+            gateway: self.clone(),
+            ended: false,
+        })
+    }
+
+    async fn refuse(
+        &self,
+        subject: Option<&str>,
+        target: &str,
+        protocol: &str,
+        client: &ClientInfo,
+        error: &Error,
+    ) -> Result<()> {
+        self.inner
+            .recorder
+            .record(
+                None,
+                Event::AccessDenied {
+                    subject: subject.map(str::to_string),
+                    target: target.to_string(),
+                    protocol: protocol.to_string(),
+                    client: client.clone(),
+                    reason: error.to_string(),
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// One client session on one target.
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    identity: Identity,
+    target: String,
+    protocol: String,
+    masker: Masker,
+    gateway: Gateway,
+    ended: bool,
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Who is on the other end.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The target's name.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The masker for this session's target and identity.
+    pub fn masker(&self) -> &Masker {
+        &self.masker
+    }
+
+    /// Decides an operation and durably records it with the decision. When
+    /// this returns `Ok(Decision::Allow)` the record is durable and the
+    /// connector may forward the operation; on `Err` it must refuse it (the
+    /// gateway fails closed).
+    pub async fn authorize(&self, operation: &Operation) -> Result<Decision> {
+        let decision = self.gateway.inner.policy.decide(
+            &self.identity,
+            &self.target,
+            &self.protocol,
+            operation,
+        );
+        let mut counts = MaskCounts::new();
+        let masked = self.mask_operation(operation, &mut counts);
+        self.record(Event::Operation {
+            operation: masked,
+            decision: decision.clone(),
+        })
+        .await?;
+        if !counts.is_empty() {
+            self.record_later(Event::Masked { counts });
+        }
+        Ok(decision)
+    }
+
+    /// Durably records an event of this session.
+    pub async fn record(&self, event: Event) -> Result<()> {
+        self.gateway
+            .inner
+            .recorder
+            .record(Some(self.id), event)
+            .await
+            .map(|_| ())
+    }
+
+    /// Records an event of this session without waiting for durability (for
+    /// things that already happened: outputs, results).
+    pub fn record_later(&self, event: Event) {
+        self.gateway
+            .inner
+            .recorder
+            .record_later(Some(self.id), event);
+    }
+
+    /// Records the end of the session and waits for it to be durable.
+    pub async fn end(mut self, reason: &str) -> Result<()> {
+        self.ended = true;
+        self.record(Event::SessionEnd {
+            reason: reason.to_string(),
+        })
+        .await
+    }
+
+    fn mask_operation(&self, op: &Operation, counts: &mut MaskCounts) -> Operation {
+        let mut op = op.clone();
+        let m = &self.masker;
+        match &mut op {
+            Operation::Sql(sql) => sql.text = m.mask_str(None, &sql.text, counts).into_owned(),
+            Operation::Command(cmd) => cmd.line = m.mask_str(None, &cmd.line, counts).into_owned(),
+            Operation::Http(http) => {
+                if let Some(q) = &mut http.query {
+                    *q = m.mask_str(None, q, counts).into_owned();
+                }
+            }
+            Operation::Kube(_) => {}
+        }
+        op
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.ended {
+            // The connector returned without ending the session (an error
+            // path): still close it in the record.
+            self.gateway.inner.recorder.record_later(
+                Some(self.id),
+                Event::SessionEnd {
+                    reason: "connection closed".into(),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Identity: verifying the caller's access token (placeholder; being built).
+
+use serde::Deserialize;
+
+use crate::{Identity, Result};
+
+/// `[identity]` configuration.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {}
+
+/// Why a credential was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// The token is not a JWT.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Verifies access tokens.
+#[derive(Debug)]
+pub struct Verifier {}
+
+impl Verifier {
+    /// Builds a verifier.
+    pub fn new(_config: &IdentityConfig, _data_dir: &std::path::Path) -> Result<Self> {
+        Ok(Verifier {})
+    }
+
+    /// Verifies a token.
+    pub async fn verify(&self, _token: &str) -> Result<Identity> {
+        Err(AuthFailure::Malformed("not built yet".into()).into())
+    }
+}

@@ -1,0 +1,118 @@
+//! The storage interface: the audit chain, its checkpoints, and the session
+//! index derived from it.
+//!
+//! The chain is the source of truth. A store derives its session index from the
+//! records it appends, so the index can never disagree with the chain. The
+//! embedded implementation (sled) and a shared one (PostgreSQL) live in
+//! `airlock-store`; connectors never see the store, only the [`crate::Session`].
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::audit::{ChainHead, Checkpoint, Hash, Record, SealedRecord};
+use crate::config::Durability;
+use crate::{Result, SessionId};
+
+/// A record as stored, unparsed: what [`crate::audit::verify`] checks.
+#[derive(Clone, Debug)]
+pub struct RawRecord {
+    /// The position the store keeps it at.
+    pub seq: u64,
+    /// The hash stored beside it.
+    pub hash: Hash,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// One row of the session index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// The session.
+    pub id: SessionId,
+    /// The identity's subject.
+    pub user: String,
+    /// The identity's groups.
+    pub groups: Vec<String>,
+    /// The target.
+    pub target: String,
+    /// The protocol.
+    pub protocol: String,
+    /// The client's address.
+    pub client: String,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    /// When it ended, if it has.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ended: Option<OffsetDateTime>,
+    /// Operations decided.
+    pub operations: u64,
+    /// Operations denied.
+    pub denied: u64,
+    /// Why it ended.
+    #[serde(default)]
+    pub end_reason: Option<String>,
+}
+
+/// Which sessions to list. Empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Only this subject.
+    pub user: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this protocol.
+    pub protocol: Option<String>,
+    /// Only sessions started at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only sessions started before this time.
+    pub until: Option<OffsetDateTime>,
+    /// At most this many, newest first (0 = no limit).
+    pub limit: usize,
+}
+
+impl SessionFilter {
+    /// Whether a summary passes the filter (limits aside).
+    pub fn matches(&self, s: &SessionSummary) -> bool {
+        self.user.as_ref().is_none_or(|u| *u == s.user)
+            && self.target.as_ref().is_none_or(|t| *t == s.target)
+            && self.protocol.as_ref().is_none_or(|p| *p == s.protocol)
+            && self.since.is_none_or(|t| s.started >= t)
+            && self.until.is_none_or(|t| s.started < t)
+    }
+}
+
+/// Where the gateway keeps its audit chain and what is derived from it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends consecutive records that continue the chain, and returns once
+    /// they are durable as `durability` asks. On error nothing of the batch is
+    /// kept, so the caller may retry the same sequence numbers.
+    async fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()>;
+
+    /// The last record of the chain, or `None` for an empty store.
+    async fn head(&self) -> Result<Option<ChainHead>>;
+
+    /// Stores a signed checkpoint.
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
+
+    /// All checkpoints, oldest first.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+
+    /// Up to `limit` stored records with a position after `after`, in
+    /// position order, unparsed.
+    async fn raw_records(&self, after: u64, limit: usize) -> Result<Vec<RawRecord>>;
+
+    /// Sessions matching `filter`, newest first.
+    async fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>>;
+
+    /// One session's summary.
+    async fn session(&self, id: SessionId) -> Result<Option<SessionSummary>>;
+
+    /// One session's records, in order.
+    async fn session_records(&self, id: SessionId) -> Result<Vec<Record>>;
+
+    /// Makes everything written so far durable on disk (called at shutdown).
+    async fn flush(&self) -> Result<()>;
+}

@@ -1,0 +1,9 @@
+//! # airlock-testkit
+//!
+//! Real servers and protocol-faithful doubles for Airlock's tests: a throwaway
+//! PostgreSQL started from the machine's binaries ([`postgres`]) and an OIDC
+//! issuer double serving discovery and JWKS over HTTP ([`oidc`]). Test support
+//! only; the gateway never links it.
+
+pub mod oidc;
+pub mod postgres;

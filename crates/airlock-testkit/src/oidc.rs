@@ -1,0 +1,1 @@
+//! OIDC issuer double (being built).
