@@ -442,3 +442,31 @@ fn report(records: u64, checkpoints: usize, last_seq: u64, problem: Problem) -> 
         problem: Some(problem),
     }
 }
+
+/// The checkpoint public key of the gateway whose data directory is `data_dir`.
+pub fn public_key_in(data_dir: &Path) -> Result<Vec<u8>> {
+    let path = data_dir.join(SIGNING_KEY_FILE);
+    let pkcs8 = std::fs::read(&path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read the checkpoint signing key {} ({e}); pass --public-key to verify with a pinned key",
+            path.display()
+        ))
+    })?;
+    let key = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| {
+        Error::Config(format!(
+            "{} is not an ed25519 PKCS#8 key: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(key.public_key().as_ref().to_vec())
+}
+
+/// Decodes a hex public key given on the command line.
+pub fn decode_public_key(hex_key: &str) -> Result<Vec<u8>> {
+    match hex::decode(hex_key.trim()) {
+        Ok(k) if k.len() == 32 => Ok(k),
+        _ => Err(Error::Config(
+            "the public key must be 64 hex digits (an ed25519 key, as printed by the gateway at start-up)".into(),
+        )),
+    }
+}

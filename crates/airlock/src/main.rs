@@ -1,1 +1,428 @@
-fn main() {}
+//! The `airlock` command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use airlock_core::SessionId;
+use airlock_core::store::{SessionFilter, Store};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Airlock: a Layer 7 access gateway for AI agents and people.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Configuration file. Without it, ./airlock.toml if present, else the embedded default.
+    #[arg(long, short, global = true, env = "AIRLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override `gateway.data_dir` from the configuration.
+    #[arg(long, global = true, env = "AIRLOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `airlock=debug`.
+    #[arg(long, global = true, env = "AIRLOCK_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway until Ctrl-C (or SIGTERM).
+    Serve,
+    /// Check the configuration and explain every problem with its place in the file.
+    CheckConfig,
+    /// Mint an access token from the local issuer (for people and machine identities).
+    Token {
+        /// The identity's subject (user or agent name).
+        #[arg(long)]
+        sub: String,
+        /// Comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// List recorded sessions, newest first.
+    Sessions {
+        /// Only this user (token subject).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this protocol.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Only sessions started since: a duration ago (`2h`) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<OffsetDateTime>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a session as a timeline.
+    Replay {
+        /// The session id (from `airlock sessions`).
+        session: SessionId,
+        /// Print the records as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit trail commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Prove the audit chain is intact; exits 1 and names the first bad record if not.
+    Verify {
+        /// The checkpoint signing public key (hex) to trust; defaults to the data directory's key.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_since(s: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is neither a duration like 2h nor an RFC 3339 time"))?;
+    Ok(OffsetDateTime::now_utc() - d)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("airlock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config.clone().or_else(|| {
+        let local = PathBuf::from("airlock.toml");
+        local.exists().then_some(local)
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (mut config, source) = airlock::load_config(config_path(&cli).as_deref())?;
+    if let Some(dir) = &cli.data_dir {
+        config.gateway.data_dir = dir.clone();
+    }
+    let data_dir = config.gateway.data_dir.clone();
+    match cli.command {
+        Command::Serve => serve(&config, &source).await,
+        Command::CheckConfig => {
+            let checked = airlock::check(&config, &source, &airlock::registry())?;
+            println!(
+                "{}: OK ({} listeners, {} targets, connectors compiled in: {})",
+                source.path.display(),
+                checked.built.listeners.len(),
+                checked.built.targets.len(),
+                airlock::registry().protocols().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { sub, groups, ttl } => {
+            airlock_core::identity::install_crypto_provider();
+            if !config.identity.local.enabled {
+                bail!(
+                    "the local issuer is disabled ([identity.local] enabled = false); use your identity provider's tokens"
+                );
+            }
+            let issuer = airlock_core::identity::LocalIssuer::load_or_create(
+                &data_dir,
+                &config.identity.local,
+            )?;
+            println!("{}", issuer.mint(&sub, &groups, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions {
+            user,
+            target,
+            protocol,
+            since,
+            limit,
+            json,
+        } => {
+            let store = open_store(&data_dir)?;
+            let filter = SessionFilter {
+                user,
+                target,
+                protocol,
+                since,
+                until: None,
+                limit,
+            };
+            print_sessions(&store.sessions(&filter).await?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { session, json } => {
+            let store = open_store(&data_dir)?;
+            let Some(summary) = store.session(session).await? else {
+                bail!(
+                    "no session {session} in {} (list them with `airlock sessions`)",
+                    data_dir.display()
+                );
+            };
+            let records = store.session_records(session).await?;
+            print_replay(&summary, &records, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { public_key, json },
+        } => {
+            let store = open_store(&data_dir)?;
+            let key = match public_key {
+                Some(hex) => airlock_core::audit::decode_public_key(&hex)?,
+                None => airlock_core::audit::public_key_in(&data_dir)?,
+            };
+            let report = airlock_core::audit::verify(&store, &key).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            match &report.problem {
+                None => {
+                    if !json {
+                        println!(
+                            "audit chain OK: {} records, {} signed checkpoints, last record {}",
+                            report.records, report.checkpoints, report.last_seq
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(problem) => {
+                    eprintln!(
+                        "audit chain BROKEN at record {}: {problem} ({} records verified before it)",
+                        problem.seq(),
+                        report.records
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+fn open_store(data_dir: &Path) -> anyhow::Result<airlock_store::SledStore> {
+    if !data_dir.join("store").exists() {
+        bail!(
+            "no audit store in {} (start the gateway first, or pass --data-dir / --config)",
+            data_dir.display()
+        );
+    }
+    airlock_store::SledStore::open(data_dir).with_context(|| {
+        format!(
+            "cannot open the audit store in {} (a running gateway holds it; stop it or query its API)",
+            data_dir.display()
+        )
+    })
+}
+
+async fn serve(
+    config: &airlock_core::config::Config,
+    source: &airlock_core::config::Source,
+) -> anyhow::Result<ExitCode> {
+    let runtime = airlock::Runtime::start(config, source, &airlock::registry()).await?;
+    tracing::info!(
+        config = %source.path.display(),
+        data_dir = %config.gateway.data_dir.display(),
+        listeners = runtime.addresses.len(),
+        "airlock is running; press Ctrl-C to stop"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: sealing the audit chain");
+    runtime.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+fn print_sessions(
+    sessions: &[airlock_core::store::SessionSummary],
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        for s in sessions {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<20}  {:<16}  {:<16}  {:<8}  {:>5}  {:>6}  ENDED",
+        "SESSION", "STARTED", "USER", "TARGET", "PROTOCOL", "OPS", "DENIED"
+    )?;
+    for s in sessions {
+        let started = fmt_time(s.started);
+        writeln!(
+            out,
+            "{:<36}  {:<20}  {:<16}  {:<16}  {:<8}  {:>5}  {:>6}  {}",
+            s.id.to_string(),
+            started.get(..19).unwrap_or(&started),
+            s.user,
+            s.target,
+            s.protocol,
+            s.operations,
+            s.denied,
+            s.ended.map_or_else(
+                || "-".to_string(),
+                |_| s.end_reason.clone().unwrap_or_default()
+            )
+        )?;
+    }
+    Ok(())
+}
+
+fn print_replay(
+    summary: &airlock_core::store::SessionSummary,
+    records: &[airlock_core::audit::Record],
+    json: bool,
+) -> anyhow::Result<()> {
+    use airlock_core::{Decision, Event};
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in records {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "session {} — {} on {} ({}) from {}, started {}",
+        summary.id,
+        summary.user,
+        summary.target,
+        summary.protocol,
+        summary.client,
+        fmt_time(summary.started)
+    )?;
+    for r in records {
+        let offset = (r.time - summary.started).as_seconds_f64();
+        let line = match &r.event {
+            Event::SessionStart { identity, .. } => {
+                format!("start     groups: {}", identity.groups.join(","))
+            }
+            Event::Operation {
+                operation,
+                decision,
+            } => {
+                let verdict = match decision {
+                    Decision::Allow => "ALLOW".to_string(),
+                    Decision::Deny { rule, .. } => format!("DENY ({rule})"),
+                    Decision::Review { rule, .. } => format!("REVIEW ({rule})"),
+                };
+                format!(
+                    "{:<9} {verdict:<24} {}",
+                    operation.kind(),
+                    operation.summary()
+                )
+            }
+            Event::Input { data } => format!("input     {}", data.escape_debug()),
+            Event::Output { data } => format!("output    {}", data.escape_debug()),
+            Event::Result {
+                rows,
+                error,
+                duration_us,
+            } => match error {
+                Some(e) => format!("result    error after {duration_us}µs: {e}"),
+                None => format!(
+                    "result    {} rows in {duration_us}µs",
+                    rows.map_or("?".into(), |r| r.to_string())
+                ),
+            },
+            Event::Masked { counts } => format!(
+                "masked    {}",
+                counts
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Event::Approval {
+                id,
+                status,
+                by,
+                reason,
+            } => format!(
+                "approval  {id} {status}{}{}",
+                by.as_ref().map_or(String::new(), |b| format!(" by {b}")),
+                reason.as_ref().map_or(String::new(), |r| format!(": {r}"))
+            ),
+            Event::Error { side, message } => format!("error     ({side:?}) {message}"),
+            Event::SessionEnd { reason } => format!("end       {reason}"),
+            other => format!("{:<9} {}", other.type_name(), serde_json::to_string(other)?),
+        };
+        writeln!(out, "{offset:>+9.3}s  #{:<6} {line}", r.seq)?;
+    }
+    Ok(())
+}

@@ -41,3 +41,8 @@ impl Masker {
         Cow::Borrowed(s)
     }
 }
+
+/// Loads the key (placeholder).
+pub fn load_or_create_key(_d: &std::path::Path) -> Result<[u8; 32]> {
+    Ok([0; 32])
+}

@@ -21,7 +21,11 @@ pub struct RuleConfig {}
 /// `[policy]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyOptions {}
+pub struct PolicyOptions {
+    /// Packs.
+    #[serde(default)]
+    pub packs: Vec<String>,
+}
 
 /// The compiled policy.
 #[derive(Debug)]

@@ -1,0 +1,220 @@
+//! # airlock
+//!
+//! The Airlock gateway binary's library half: assembling a running gateway
+//! from a configuration ([`Runtime`]), and the connectors compiled in by Cargo
+//! features ([`registry`]). `main.rs` is the command line on top of it; the
+//! end-to-end tests start gateways through it too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::audit::CheckpointSigner;
+use airlock_core::config::{Config, Source};
+use airlock_core::connector::BoundListener;
+use airlock_core::identity::Verifier;
+use airlock_core::mask::MaskEngine;
+use airlock_core::policy::Policy;
+use airlock_core::recorder::{Recorder, RecorderOptions};
+use airlock_core::{ClientInfo, Gateway, GatewayParts, Registry};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// The configuration used when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Every connector this binary was built with, one line per Cargo feature.
+pub fn registry() -> Registry {
+    #[allow(unused_mut)]
+    let mut registry = Registry::new();
+    #[cfg(feature = "postgres")]
+    registry.add::<airlock_postgres::PostgresConnector>();
+    #[cfg(feature = "ssh")]
+    registry.add::<airlock_ssh::SshConnector>();
+    #[cfg(feature = "kube")]
+    registry.add::<airlock_kube::KubeConnector>();
+    #[cfg(feature = "http")]
+    registry.add::<airlock_http::HttpConnector>();
+    registry
+}
+
+/// Loads a configuration: the file at `path`, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Source)> {
+    let source = match path {
+        Some(p) => Source {
+            path: p.to_path_buf(),
+            text: std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?,
+        },
+        None => Source {
+            path: PathBuf::from("<embedded default config>"),
+            text: DEFAULT_CONFIG.to_string(),
+        },
+    };
+    let config = Config::parse(&source)?;
+    Ok((config, source))
+}
+
+/// Everything that is checked before a gateway starts: the config parses,
+/// every listener and target is understood by a compiled-in connector,
+/// policy compiles and masking compiles. Does not touch the data directory.
+pub fn check(config: &Config, source: &Source, registry: &Registry) -> anyhow::Result<Checked> {
+    let built = registry.build(config, source)?;
+    let policy = Policy::compile(
+        &config.grants,
+        &config.rules,
+        &config.policy,
+        &built.targets,
+        source,
+    )?;
+    Ok(Checked { built, policy })
+}
+
+/// A configuration that passed [`check`].
+#[derive(Debug)]
+pub struct Checked {
+    /// Listeners, targets and held secrets.
+    pub built: airlock_core::connector::Built,
+    /// The compiled policy.
+    pub policy: Policy,
+}
+
+/// A running gateway: its listeners accept connections until [`Runtime::shutdown`].
+pub struct Runtime {
+    /// The gateway handle (what connectors receive).
+    pub gateway: Gateway,
+    /// The store the gateway records into.
+    pub store: Arc<airlock_store::SledStore>,
+    /// The listeners' actual addresses (useful with port 0), by listener name.
+    pub addresses: Vec<(String, std::net::SocketAddr)>,
+    recorder: Recorder,
+    tasks: JoinSet<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("addresses", &self.addresses)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// Checks the configuration, opens the store, starts the recorder and
+    /// binds every listener.
+    pub async fn start(
+        config: &Config,
+        source: &Source,
+        registry: &Registry,
+    ) -> anyhow::Result<Runtime> {
+        airlock_core::identity::install_crypto_provider();
+        let Checked { built, policy } = check(config, source, registry)?;
+        let data_dir = &config.gateway.data_dir;
+        let store = Arc::new(airlock_store::SledStore::open(data_dir).with_context(|| {
+            format!(
+                "cannot open the audit store in {} (is another gateway using it?)",
+                data_dir.display()
+            )
+        })?);
+        let signer = CheckpointSigner::load_or_create(data_dir)?;
+        let (recorder, writer) = Recorder::start(
+            store.clone(),
+            signer,
+            RecorderOptions {
+                durability: config.gateway.durability,
+                checkpoint_every: config.gateway.checkpoint_every.max(1),
+                checkpoint_interval: Duration::from_secs(
+                    config.gateway.checkpoint_interval_secs.max(1),
+                ),
+                ..RecorderOptions::default()
+            },
+        )
+        .await?;
+        let held: Vec<String> = built
+            .held_secrets
+            .iter()
+            .map(|s| s.expose().to_string())
+            .collect();
+        let masking = MaskEngine::new(
+            &config.masking,
+            held,
+            airlock_core::mask::load_or_create_key(data_dir)?,
+        )?;
+        let verifier = Verifier::new(&config.identity, data_dir)?;
+        let gateway = Gateway::new(GatewayParts {
+            verifier,
+            policy,
+            masking,
+            recorder: recorder.clone(),
+            targets: built.targets,
+        });
+        let mut tasks = JoinSet::new();
+        let mut addresses = Vec::new();
+        for listener in built.listeners {
+            let socket = TcpListener::bind(listener.listen).await.with_context(|| {
+                format!(
+                    "listener {:?}: cannot listen on {}",
+                    listener.name, listener.listen
+                )
+            })?;
+            let addr = socket.local_addr()?;
+            tracing::info!(listener = %listener.name, protocol = listener.protocol, %addr, "listening");
+            addresses.push((listener.name.clone(), addr));
+            tasks.spawn(accept_loop(socket, listener, gateway.clone()));
+        }
+        Ok(Runtime {
+            gateway,
+            store,
+            addresses,
+            recorder,
+            tasks,
+            writer,
+        })
+    }
+
+    /// The address of the listener called `name`.
+    pub fn address(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, seals the audit chain with a checkpoint and flushes the store.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.recorder.shutdown().await?;
+        let _ = self.writer.await;
+        Ok(())
+    }
+}
+
+async fn accept_loop(socket: TcpListener, listener: BoundListener, gateway: Gateway) {
+    loop {
+        let (stream, addr) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connector = listener.connector.clone();
+        let info = ClientInfo {
+            addr,
+            listener: listener.name.clone(),
+        };
+        let gateway = gateway.clone();
+        let name = listener.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connector.serve(Box::new(stream), info, gateway).await {
+                tracing::info!(listener = %name, client = %addr, side = ?e.side(), error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
