@@ -103,24 +103,37 @@ impl Connector for LineConnector {
                 interactive: false,
             });
             // authorize() returns only once the operation's record is durable.
-            match session.authorize(&op).await {
-                Ok(Decision::Allow) => {}
-                Ok(Decision::Deny { rule, message }) => {
-                    reply(&mut write, &format!("ERR denied by rule {rule}: {message}")).await?;
-                    continue;
-                }
-                Ok(Decision::Review { rule, message, .. }) => {
-                    reply(
-                        &mut write,
-                        &format!("ERR needs approval (rule {rule}): {message}"),
-                    )
-                    .await?;
-                    continue;
-                }
+            let mut decision = match session.authorize(&op).await {
+                Ok(d) => d,
                 Err(e) => {
                     reply(&mut write, &format!("ERR {e}")).await?;
                     continue;
                 }
+            };
+            if let Decision::Review { message, .. } = &decision {
+                // Tell the client it waits and where to approve, then wait.
+                decision = match session.request_approval(&op, &decision).await {
+                    Ok(pending) => {
+                        if !pending.is_decided() {
+                            let note = format!(
+                                "WAIT {message}: approval {} at {}",
+                                pending.id(),
+                                pending.url()
+                            );
+                            reply(&mut write, &note).await?;
+                        }
+                        pending.wait().await
+                    }
+                    Err(e) => Err(e),
+                }
+                .unwrap_or_else(|e| Decision::Deny {
+                    rule: "approval".into(),
+                    message: e.to_string(),
+                });
+            }
+            if let Decision::Deny { rule, message } = decision {
+                reply(&mut write, &format!("ERR denied by rule {rule}: {message}")).await?;
+                continue;
             }
             let started = Instant::now();
             up_write

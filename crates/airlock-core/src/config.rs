@@ -48,6 +48,9 @@ pub struct Config {
     /// Masking detectors, dictionaries, field rules and profiles.
     #[serde(default)]
     pub masking: mask::MaskConfig,
+    /// Approval notifications.
+    #[serde(default)]
+    pub approvals: crate::approvals::ApprovalsConfig,
 }
 
 /// `[gateway]`.
@@ -113,6 +116,16 @@ pub enum Durability {
 pub struct ApiConfig {
     /// Address to listen on, e.g. "127.0.0.1:8080".
     pub listen: SocketAddr,
+    /// Groups whose members may do everything in the API.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Groups whose members may list and decide approvals (a rule's
+    /// `approvers` still decide who may approve its requests).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Groups whose members may read sessions and verify the audit trail.
+    #[serde(default)]
+    pub auditors: Vec<String>,
 }
 
 /// `[[listeners]]`: the common keys; the rest is the connector's.

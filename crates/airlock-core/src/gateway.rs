@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::approvals::{Approval, ApprovalStatus, Approvals, ReviewRequest};
 use crate::identity::Verifier;
 use crate::mask::{MaskEngine, Masker};
 use crate::policy::Policy;
@@ -25,6 +26,8 @@ pub struct GatewayParts {
     pub recorder: Recorder,
     /// Target name to protocol.
     pub targets: BTreeMap<String, String>,
+    /// Just-in-time approvals.
+    pub approvals: Approvals,
 }
 
 /// The gateway as a connector sees it. Cheap to clone.
@@ -44,6 +47,16 @@ impl Gateway {
     /// The recorder, for events outside any session.
     pub fn recorder(&self) -> &Recorder {
         &self.inner.recorder
+    }
+
+    /// The approval service (for the API).
+    pub fn approvals(&self) -> &Approvals {
+        &self.inner.approvals
+    }
+
+    /// Verifies a token without recording anything (API requests record their own way).
+    pub async fn verify_token(&self, token: &str) -> Result<Identity> {
+        self.inner.verifier.verify(token).await
     }
 
     /// Verifies an access token and returns who it names. A refusal is
@@ -196,6 +209,56 @@ impl Session {
         Ok(decision)
     }
 
+    /// Asks for approval of an operation that policy sent to review. Returns
+    /// at once with the request (an existing one when this identity already
+    /// asked for the same operation, even before a restart); tell the client
+    /// its id and URL, then await [`PendingApproval::wait`]. An active
+    /// time-boxed grant from an earlier approval makes the wait return `Allow`
+    /// immediately.
+    pub async fn request_approval(
+        &self,
+        operation: &Operation,
+        decision: &Decision,
+    ) -> Result<PendingApproval> {
+        let Decision::Review {
+            rule, approvers, ..
+        } = decision
+        else {
+            return Err(Error::Internal(
+                "request_approval needs a Review decision".into(),
+            ));
+        };
+        let approvals = &self.gateway.inner.approvals;
+        let approval = match approvals
+            .active_grant(&self.identity.subject, &self.target, rule)
+            .await?
+        {
+            Some(grant) => grant,
+            None => {
+                let settings = self.gateway.inner.policy.review_settings(rule);
+                let mut counts = MaskCounts::new();
+                let masked = self.mask_operation(operation, &mut counts);
+                approvals
+                    .request(ReviewRequest {
+                        requester: &self.identity,
+                        target: &self.target,
+                        protocol: &self.protocol,
+                        session: self.id,
+                        operation: masked,
+                        rule,
+                        approvers,
+                        settings: &settings,
+                    })
+                    .await?
+            }
+        };
+        Ok(PendingApproval {
+            url: approvals.url(&approval.id),
+            approval,
+            approvals: approvals.clone(),
+        })
+    }
+
     /// Durably records an event of this session.
     pub async fn record(&self, event: Event) -> Result<()> {
         self.gateway
@@ -253,5 +316,42 @@ impl Drop for Session {
                 },
             );
         }
+    }
+}
+
+/// An approval request a connector waits on.
+#[derive(Debug)]
+pub struct PendingApproval {
+    approval: Approval,
+    url: String,
+    approvals: Approvals,
+}
+
+impl PendingApproval {
+    /// The approval's id.
+    pub fn id(&self) -> &str {
+        &self.approval.id
+    }
+
+    /// Where to approve it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The request as stored when it was made or found.
+    pub fn approval(&self) -> &Approval {
+        &self.approval
+    }
+
+    /// Whether it is already decided (a grant, or a decision made while the client was away).
+    pub fn is_decided(&self) -> bool {
+        self.approval.status != ApprovalStatus::Pending
+    }
+
+    /// Waits for the decision: `Allow` once approved (recorded as executed
+    /// before it returns), `Deny` with the approver's reason, or `Deny` when
+    /// the request expired. Bounded by the rule's timeout.
+    pub async fn wait(self) -> Result<Decision> {
+        self.approvals.wait(&self.approval.id).await
     }
 }

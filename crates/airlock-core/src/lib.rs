@@ -13,6 +13,7 @@
 //! [`Registry`]. See `examples/src/bin/custom_connector.rs` in the
 //! repository for a complete minimal connector.
 
+pub mod approvals;
 pub mod audit;
 pub mod config;
 pub mod connector;
@@ -28,5 +29,5 @@ pub mod store;
 
 pub use connector::{ClientStream, Connector, Registry};
 pub use error::{Error, Result, Side};
-pub use gateway::{Gateway, GatewayParts, Session};
+pub use gateway::{Gateway, GatewayParts, PendingApproval, Session};
 pub use model::*;

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::approvals::{Approval, ApprovalStatus};
 use crate::audit::{ChainHead, Checkpoint, Hash, Record, SealedRecord};
 use crate::config::Durability;
 use crate::{Result, SessionId};
@@ -115,4 +116,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable on disk (called at shutdown).
     async fn flush(&self) -> Result<()>;
+
+    /// Stores an approval if the stored one has version `expected` (`None`:
+    /// only if none is stored). Returns false, storing nothing, otherwise.
+    /// Subscribers of [`Store::subscribe_approvals`] hear about every change.
+    async fn put_approval(&self, approval: &Approval, expected: Option<u64>) -> Result<bool>;
+
+    /// One approval by id.
+    async fn approval(&self, id: &str) -> Result<Option<Approval>>;
+
+    /// All approvals, optionally only those with `status`.
+    async fn approvals(&self, status: Option<ApprovalStatus>) -> Result<Vec<Approval>>;
+
+    /// A stream of the ids of approvals as they change.
+    fn subscribe_approvals(&self) -> tokio::sync::broadcast::Receiver<String>;
 }

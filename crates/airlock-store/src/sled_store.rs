@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use airlock_core::approvals::{Approval, ApprovalStatus};
 use airlock_core::audit::{ChainHead, Checkpoint, Hash, Record, SealedRecord};
 use airlock_core::config::Durability;
 use airlock_core::store::{RawRecord, SessionFilter, SessionSummary, Store};
@@ -58,6 +59,8 @@ struct Inner {
     by_target: sled::Tree,
     session_records: sled::Tree,
     meta: sled::Tree,
+    approvals: sled::Tree,
+    approval_changes: tokio::sync::broadcast::Sender<String>,
     journal: Mutex<Journal>,
 }
 
@@ -109,6 +112,8 @@ impl SledStore {
             by_target: tree("by_target")?,
             session_records: tree("session_records")?,
             meta: tree("meta")?,
+            approvals: tree("approvals")?,
+            approval_changes: tokio::sync::broadcast::channel(1024).0,
             db: database,
             journal: Mutex::new(Journal {
                 len: 0,
@@ -530,6 +535,91 @@ impl Store for SledStore {
 
     async fn flush(&self) -> airlock_core::Result<()> {
         self.blocking(|s| s.rotate()).await
+    }
+
+    async fn put_approval(
+        &self,
+        approval: &Approval,
+        expected: Option<u64>,
+    ) -> airlock_core::Result<bool> {
+        let json = serde_json::to_vec(approval)
+            .map_err(|e| airlock_core::Error::Internal(e.to_string()))?;
+        let id = approval.id.clone();
+        let stored = self
+            .blocking(move |s| {
+                let result = s.approvals.transaction(|t| {
+                    let current = match t.get(id.as_bytes())? {
+                        None => None,
+                        Some(v) => Some(serde_json::from_slice::<Approval>(&v).map_err(|e| {
+                            ConflictableTransactionError::Abort(Error::Corrupt(format!(
+                                "approval {id}: {e}"
+                            )))
+                        })?),
+                    };
+                    if current.map(|a| a.version) != expected {
+                        return Ok(false);
+                    }
+                    t.insert(id.as_bytes(), json.as_slice())?;
+                    Ok(true)
+                });
+                let stored = result.map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => Error::Sled {
+                        what: "cannot store an approval".into(),
+                        source: e,
+                    },
+                })?;
+                if stored {
+                    // Approvals must survive a restart the moment they are acknowledged.
+                    s.db.flush().map_err(db("cannot flush an approval"))?;
+                }
+                Ok(stored)
+            })
+            .await?;
+        if stored {
+            let _ = self.inner.approval_changes.send(approval.id.clone());
+        }
+        Ok(stored)
+    }
+
+    async fn approval(&self, id: &str) -> airlock_core::Result<Option<Approval>> {
+        let id = id.to_string();
+        self.blocking(move |s| {
+            match s
+                .approvals
+                .get(id.as_bytes())
+                .map_err(db("cannot read an approval"))?
+            {
+                None => Ok(None),
+                Some(v) => serde_json::from_slice(&v)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt(format!("approval {id}: {e}"))),
+            }
+        })
+        .await
+    }
+
+    async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+    ) -> airlock_core::Result<Vec<Approval>> {
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for v in s.approvals.iter().values() {
+                let v = v.map_err(db("cannot list approvals"))?;
+                let a: Approval = serde_json::from_slice(&v)
+                    .map_err(|e| Error::Corrupt(format!("an approval: {e}")))?;
+                if status.is_none_or(|st| st == a.status) {
+                    out.push(a);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn subscribe_approvals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.approval_changes.subscribe()
     }
 }
 

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_core::approvals::webhook::WebhookNotifier;
+use airlock_core::approvals::{Approvals, Notifier};
 use airlock_core::audit::CheckpointSigner;
 use airlock_core::config::{Config, Source};
 use airlock_core::connector::BoundListener;
@@ -143,12 +145,27 @@ impl Runtime {
             airlock_core::mask::load_or_create_key(data_dir)?,
         )?;
         let verifier = Verifier::new(&config.identity, data_dir)?;
+        let notifier: Option<Arc<dyn Notifier>> = if config.approvals.webhooks.is_empty() {
+            None
+        } else {
+            Some(WebhookNotifier::start(
+                config.approvals.webhooks.clone(),
+                recorder.clone(),
+            )?)
+        };
+        let approvals = Approvals::new(
+            store.clone(),
+            recorder.clone(),
+            notifier,
+            public_url(config),
+        );
         let gateway = Gateway::new(GatewayParts {
             verifier,
             policy,
             masking,
             recorder: recorder.clone(),
             targets: built.targets,
+            approvals,
         });
         let mut tasks = JoinSet::new();
         let mut addresses = Vec::new();
@@ -189,6 +206,15 @@ impl Runtime {
         self.recorder.shutdown().await?;
         let _ = self.writer.await;
         Ok(())
+    }
+}
+
+/// Where people reach the API: `gateway.public_url`, else the API listener.
+pub fn public_url(config: &Config) -> String {
+    match (&config.gateway.public_url, &config.api) {
+        (Some(url), _) => url.clone(),
+        (None, Some(api)) => format!("http://{}", api.listen),
+        (None, None) => "http://127.0.0.1:8080".to_string(),
     }
 }
 

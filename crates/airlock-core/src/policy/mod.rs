@@ -50,6 +50,10 @@ impl Policy {
     ) -> std::result::Result<(), String> {
         Err("not built".into())
     }
+    /// Review settings of a rule (placeholder).
+    pub fn review_settings(&self, _rule: &str) -> crate::approvals::ReviewSettings {
+        crate::approvals::ReviewSettings::default()
+    }
     /// Decides one operation.
     pub fn decide(
         &self,
