@@ -120,6 +120,11 @@ impl LineClient {
     /// Sends one line and returns the one-line answer.
     pub async fn send(&mut self, line: &str) -> anyhow::Result<String> {
         self.write.write_all(format!("{line}\n").as_bytes()).await?;
+        self.next().await
+    }
+
+    /// Reads the next line from the gateway (waits at most 20 s).
+    pub async fn next(&mut self) -> anyhow::Result<String> {
         let answer = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
             .await
             .context("no answer within 20s")??;

@@ -1,0 +1,276 @@
+//! Just-in-time approvals end to end through a real connector (the example
+//! line connector), a real gateway and its store: the operation waits, an
+//! approver decides, and the client's request proceeds or is refused.
+
+use std::time::Duration;
+
+use airlock_core::Identity;
+use airlock_core::approvals::{ApprovalStatus, DecideError};
+use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
+
+fn review_rule(extra: &str) -> String {
+    format!(
+        r#"
+[[grants]]
+groups = ["dba"]
+targets = ["echo"]
+
+[[rules]]
+name = "deploys-need-approval"
+action = "review"
+approvers = ["dba"]
+message = "deploys need a DBA's approval"
+{extra}
+[rules.command]
+regex = "^deploy "
+"#
+    )
+}
+
+fn person(name: &str, groups: &[&str]) -> Identity {
+    Identity {
+        subject: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        issuer: "airlock-local".into(),
+    }
+}
+
+/// Connects as `sub` and sends `line`; returns the client and the approval id from the WAIT line.
+async fn ask(gw: &TestGateway, sub: &str, groups: &[&str], line: &str) -> (LineClient, String) {
+    let mut client = LineClient::connect(gw.lines).await.unwrap();
+    let token = gw.token(sub, groups).unwrap();
+    assert!(
+        client
+            .send(&format!("AUTH echo {token}"))
+            .await
+            .unwrap()
+            .starts_with("OK ")
+    );
+    let wait = client.send(line).await.unwrap();
+    assert!(
+        wait.starts_with("WAIT deploys need a DBA's approval: approval "),
+        "{wait}"
+    );
+    assert!(
+        wait.contains(" at http://"),
+        "the client is told where to approve: {wait}"
+    );
+    let id = wait
+        .split("approval ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (client, id)
+}
+
+async fn gateway(extra: &str) -> (tempfile::TempDir, EchoTarget, TestGateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let gw = TestGateway::start(&line_config(target.addr, &review_rule(extra)), dir.path())
+        .await
+        .unwrap();
+    (dir, target, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_operation_waits_then_proceeds() {
+    let (_dir, target, gw) = gateway("").await;
+    let (mut client, id) = ask(&gw, "agent-1", &["agents"], "deploy v2").await;
+    // Operations outside the rule are not held.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        target.received().is_empty(),
+        "nothing reaches the target before approval"
+    );
+
+    let approvals = gw.runtime.gateway.approvals();
+    let a = approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, ApprovalStatus::Approved);
+    assert_eq!(client.next().await.unwrap(), "deploy v2");
+    assert_eq!(target.received(), vec!["deploy v2".to_string()]);
+    // A one-operation approval is used up: the same command asks again.
+    let again = client.send("deploy v2").await.unwrap();
+    assert!(again.starts_with("WAIT "), "{again}");
+    assert!(
+        !again.contains(&id),
+        "a new request, not the used one: {again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_reason_reaches_the_client() {
+    let (_dir, target, gw) = gateway("").await;
+    let (mut client, id) = ask(&gw, "agent-1", &["agents"], "deploy v3").await;
+    let approvals = gw.runtime.gateway.approvals();
+    assert_eq!(
+        approvals
+            .decide(&id, &person("dana", &["dba"]), false, None)
+            .await
+            .unwrap()
+            .unwrap_err(),
+        DecideError::ReasonRequired
+    );
+    approvals
+        .decide(
+            &id,
+            &person("dana", &["dba"]),
+            false,
+            Some("change freeze until Monday".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = client.next().await.unwrap();
+    assert_eq!(
+        answer,
+        format!(
+            "ERR denied by rule deploys-need-approval: approval {id} was denied by dana: change freeze until Monday"
+        )
+    );
+    assert!(target.received().is_empty());
+    // The session is still usable.
+    assert_eq!(client.send("status").await.unwrap(), "status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecided_request_expires() {
+    let (_dir, target, gw) = gateway("timeout_secs = 1").await;
+    let (mut client, id) = ask(&gw, "agent-1", &["agents"], "deploy v4").await;
+    let answer = client.next().await.unwrap();
+    assert!(
+        answer.starts_with(&format!(
+            "ERR denied by rule deploys-need-approval: approval {id} expired"
+        )),
+        "{answer}"
+    );
+    let a = gw
+        .runtime
+        .gateway
+        .approvals()
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, ApprovalStatus::Expired);
+    assert!(target.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requester_cannot_approve_their_own_request_and_non_approvers_cannot_either() {
+    let (_dir, target, gw) = gateway("").await;
+    let (mut client, id) = ask(&gw, "dana", &["dba"], "deploy v5").await;
+    let approvals = gw.runtime.gateway.approvals();
+    let refused = approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.unwrap_err(),
+        DecideError::SelfApproval {
+            id: id.clone(),
+            by: "dana".into()
+        }
+    );
+    let refused = approvals
+        .decide(&id, &person("mallory", &["agents"]), true, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(refused, Err(DecideError::NotAnApprover { .. })),
+        "{refused:?}"
+    );
+    assert!(target.received().is_empty());
+    // The same approval by someone else goes through.
+    approvals
+        .decide(&id, &person("erik", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.next().await.unwrap(), "deploy v5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_approver_rule_needs_both() {
+    let (_dir, target, gw) = gateway("approvals_required = 2").await;
+    let (mut client, id) = ask(&gw, "agent-1", &["agents"], "deploy v6").await;
+    let approvals = gw.runtime.gateway.approvals();
+    let a = approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, ApprovalStatus::Pending);
+    let dup = approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap();
+    assert!(matches!(dup, Err(DecideError::AlreadyVoted { .. })));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        target.received().is_empty(),
+        "one approval of two is not enough"
+    );
+    let a = approvals
+        .decide(&id, &person("erik", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, ApprovalStatus::Approved);
+    assert_eq!(client.next().await.unwrap(), "deploy v6");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_boxed_grant_covers_later_operations() {
+    let (_dir, target, gw) = gateway("grant_minutes = 30").await;
+    let (mut client, id) = ask(&gw, "agent-1", &["agents"], "deploy v7").await;
+    gw.runtime
+        .gateway
+        .approvals()
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.next().await.unwrap(), "deploy v7");
+    // Another deploy under the same rule runs without asking again.
+    assert_eq!(client.send("deploy v8").await.unwrap(), "deploy v8");
+    assert_eq!(
+        target.received(),
+        vec!["deploy v7".to_string(), "deploy v8".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_approval_survives_restart_and_is_honored_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let config = line_config(target.addr, &review_rule(""));
+    let gw = TestGateway::start(&config, dir.path()).await.unwrap();
+    let (client, id) = ask(&gw, "agent-1", &["agents"], "deploy v9").await;
+    drop(client);
+    gw.runtime.shutdown().await.unwrap();
+
+    let gw = TestGateway::start(&config, dir.path()).await.unwrap();
+    let approvals = gw.runtime.gateway.approvals();
+    let pending = approvals.list(Some(ApprovalStatus::Pending)).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    // The reconnecting client repeats the operation and is matched to the same request.
+    let (mut client, again) = ask(&gw, "agent-1", &["agents"], "deploy v9").await;
+    assert_eq!(again, id);
+    approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.next().await.unwrap(), "deploy v9");
+    assert_eq!(target.received(), vec!["deploy v9".to_string()]);
+}

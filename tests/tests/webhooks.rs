@@ -1,0 +1,232 @@
+//! Approval notifications reach a local HTTP receiver, with retries when it
+//! fails, and a receiver that never accepts neither blocks nor loses the
+//! approval. Both outcomes are in the audit chain.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_core::{Event, Identity};
+use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An HTTP/1.1 receiver that answers 503 to the first `failures` requests and
+/// 200 afterwards, keeping every request body.
+async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<(u16, serde_json::Value)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/hooks/airlock-approvals",
+        listener.local_addr().unwrap()
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let body = loop {
+                let mut chunk = [0u8; 4096];
+                let n = conn.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(
+                            serde_json::from_slice::<serde_json::Value>(
+                                &buf[end + 4..end + 4 + len],
+                            )
+                            .unwrap(),
+                        );
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            let status = if log.lock().unwrap().len() < failures {
+                503
+            } else {
+                200
+            };
+            log.lock().unwrap().push((status, body));
+            let reply =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            conn.write_all(reply.as_bytes()).await.unwrap();
+        }
+    });
+    (url, seen)
+}
+
+fn rules(url: &str, format: &str, attempts: u32) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "deploys-need-approval"
+action = "review"
+approvers = ["dba"]
+message = "deploys need approval"
+[rules.command]
+regex = "^deploy "
+
+[[approvals.webhooks]]
+url = "{url}"
+format = "{format}"
+attempts = {attempts}
+backoff_ms = 50
+"#
+    )
+}
+
+async fn approval_events(gw: &TestGateway, id: &str) -> Vec<(String, Option<String>)> {
+    use airlock_core::store::Store;
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = gw.runtime.store.raw_records(after, 1000).await.unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        for r in batch {
+            after = r.seq;
+            let record: airlock_core::audit::Record = serde_json::from_slice(&r.body).unwrap();
+            if let Event::Approval {
+                id: aid,
+                status,
+                reason,
+                ..
+            } = record.event
+            {
+                if aid == id {
+                    out.push((status, reason));
+                }
+            }
+        }
+    }
+}
+
+async fn request(gw: &TestGateway) -> (LineClient, String) {
+    let mut client = LineClient::connect(gw.lines).await.unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    assert!(
+        client
+            .send(&format!("AUTH echo {token}"))
+            .await
+            .unwrap()
+            .starts_with("OK ")
+    );
+    let wait = client.send("deploy api").await.unwrap();
+    let id = wait
+        .split("approval ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (client, id)
+}
+
+async fn until<T>(mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 10s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_webhook_is_retried_until_the_receiver_accepts() {
+    let (url, seen) = receiver(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let gw = TestGateway::start(
+        &line_config(target.addr, &rules(&url, "slack", 5)),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let (_client, id) = request(&gw).await;
+    let notified = until(async || {
+        approval_events(&gw, &id)
+            .await
+            .into_iter()
+            .find(|(s, _)| s == "notified")
+    })
+    .await;
+    assert!(notified.1.unwrap().contains("accepted it on attempt 3"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![503, 503, 200]
+    );
+    let body = &seen[2].1;
+    assert_eq!(body["text"], "Approval needed: agent-1 on echo");
+    let buttons = body["blocks"][1]["elements"].as_array().unwrap();
+    assert!(
+        buttons[0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/approvals/{id}/approve"))
+    );
+    assert!(
+        body["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("deploy api")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_notification_never_blocks_or_loses_the_approval() {
+    let (url, seen) = receiver(usize::MAX).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let gw = TestGateway::start(
+        &line_config(target.addr, &rules(&url, "json", 3)),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let (mut client, id) = request(&gw).await;
+    let failed = until(async || {
+        approval_events(&gw, &id)
+            .await
+            .into_iter()
+            .find(|(s, _)| s == "notify_failed")
+    })
+    .await;
+    assert!(
+        failed
+            .1
+            .unwrap()
+            .contains("failed after 3 attempts: HTTP 503")
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert_eq!(seen.lock().unwrap()[0].1["approval"]["id"], id.as_str());
+    // The approval is still there and still works.
+    let dana = Identity {
+        subject: "dana".into(),
+        groups: vec!["dba".into()],
+        issuer: "t".into(),
+    };
+    gw.runtime
+        .gateway
+        .approvals()
+        .decide(&id, &dana, true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.next().await.unwrap(), "deploy api");
+    assert_eq!(target.received(), vec!["deploy api".to_string()]);
+}
