@@ -26,6 +26,7 @@ mod model;
 pub mod policy;
 pub mod recorder;
 pub mod store;
+pub mod telemetry;
 
 pub use connector::{ClientStream, Connector, Registry};
 pub use error::{Error, Result, Side};

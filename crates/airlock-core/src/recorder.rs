@@ -209,6 +209,12 @@ impl Writer {
         match self.store.append(&sealed, self.options.durability).await {
             Ok(()) => {
                 self.head = head;
+                crate::telemetry::METRICS
+                    .batches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for record in &sealed {
+                    crate::telemetry::count(&record.record.event);
+                }
                 for (seq, done) in waiters {
                     if let Some(done) = done {
                         let _ = done.send(Ok(seq));
@@ -225,6 +231,9 @@ impl Writer {
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(error = %message, records = sealed.len(), "audit store append failed; refusing the actions");
+                crate::telemetry::METRICS
+                    .append_failures
+                    .fetch_add(sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for (_, done) in waiters {
                     if let Some(done) = done {
                         let _ = done.send(Err(Error::Store(store_reason(&e))));

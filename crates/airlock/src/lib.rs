@@ -5,6 +5,8 @@
 //! features ([`registry`]). `main.rs` is the command line on top of it; the
 //! end-to-end tests start gateways through it too.
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +92,8 @@ pub struct Runtime {
     pub store: Arc<airlock_store::SledStore>,
     /// The listeners' actual addresses (useful with port 0), by listener name.
     pub addresses: Vec<(String, std::net::SocketAddr)>,
+    /// The API listener's actual address, when `[api]` is configured.
+    pub api: Option<std::net::SocketAddr>,
     recorder: Recorder,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<()>,
@@ -181,10 +185,37 @@ impl Runtime {
             addresses.push((listener.name.clone(), addr));
             tasks.spawn(accept_loop(socket, listener, gateway.clone()));
         }
+        let api = match &config.api {
+            None => None,
+            Some(api) => {
+                let socket = TcpListener::bind(api.listen)
+                    .await
+                    .with_context(|| format!("[api]: cannot listen on {}", api.listen))?;
+                let addr = socket.local_addr()?;
+                let state = airlock_api::ApiState {
+                    gateway: gateway.clone(),
+                    store: store.clone(),
+                    roles: airlock_api::Roles {
+                        admins: api.admins.clone(),
+                        approvers: api.approvers.clone(),
+                        auditors: api.auditors.clone(),
+                    },
+                    audit_key: airlock_core::audit::public_key_in(data_dir)?,
+                };
+                tracing::info!(%addr, "API listening");
+                tasks.spawn(async move {
+                    if let Err(e) = airlock_api::serve(socket, state).await {
+                        tracing::error!(error = %e, "the API server stopped");
+                    }
+                });
+                Some(addr)
+            }
+        };
         Ok(Runtime {
             gateway,
             store,
             addresses,
+            api,
             recorder,
             tasks,
             writer,

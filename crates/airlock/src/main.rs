@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use airlock::client::ApiClient;
+use airlock_api::views::{ApprovalView, DecideBody, RecordView, SessionDetail, SessionView};
 use airlock_core::SessionId;
 use airlock_core::store::{SessionFilter, Store};
 use anyhow::{Context, bail};
@@ -25,6 +27,12 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// A running gateway's API (for `approvals`, and `sessions`/`replay` instead of the local store).
+    #[arg(long, global = true, env = "AIRLOCK_API")]
+    api: Option<String>,
+    /// Access token for the API.
+    #[arg(long, global = true, env = "AIRLOCK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `airlock=debug`.
     #[arg(long, global = true, env = "AIRLOCK_LOG", default_value = "info")]
     log: String,
@@ -89,6 +97,45 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Just-in-time approvals, through a running gateway's API.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApprovalsCommand {
+    /// List approval requests, newest first.
+    List {
+        /// Only this status: pending, approved, denied, expired, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one request.
+    Show {
+        /// The approval id.
+        id: String,
+    },
+    /// Approve a request.
+    Approve {
+        /// The approval id.
+        id: String,
+        /// An optional note.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a request; the reason reaches the requester.
+    Deny {
+        /// The approval id.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -196,29 +243,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let store = open_store(&data_dir)?;
-            let filter = SessionFilter {
-                user,
-                target,
-                protocol,
-                since,
-                until: None,
-                limit,
+            let sessions: Vec<SessionView> = if let Some(api) = &cli.api {
+                let client = ApiClient::new(api, cli.token.clone())?;
+                let mut query = vec![format!("limit={limit}")];
+                for (k, v) in [("user", user), ("target", target), ("protocol", protocol)] {
+                    if let Some(v) = v {
+                        query.push(format!("{k}={}", encode(&v)));
+                    }
+                }
+                if let Some(t) = since {
+                    query.push(format!("since={}", encode(&fmt_time(t))));
+                }
+                client
+                    .get(&format!("/api/v1/sessions?{}", query.join("&")))
+                    .await?
+            } else {
+                let store = open_store(&data_dir)?;
+                let filter = SessionFilter {
+                    user,
+                    target,
+                    protocol,
+                    since,
+                    until: None,
+                    limit,
+                };
+                store
+                    .sessions(&filter)
+                    .await?
+                    .iter()
+                    .map(SessionView::from)
+                    .collect()
             };
-            print_sessions(&store.sessions(&filter).await?, json)?;
+            print_sessions(&sessions, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { session, json } => {
-            let store = open_store(&data_dir)?;
-            let Some(summary) = store.session(session).await? else {
-                bail!(
-                    "no session {session} in {} (list them with `airlock sessions`)",
-                    data_dir.display()
-                );
+            let detail: SessionDetail = if let Some(api) = &cli.api {
+                let client = ApiClient::new(api, cli.token.clone())?;
+                client.get(&format!("/api/v1/sessions/{session}")).await?
+            } else {
+                let store = open_store(&data_dir)?;
+                let Some(summary) = store.session(session).await? else {
+                    bail!(
+                        "no session {session} in {} (list them with `airlock sessions`)",
+                        data_dir.display()
+                    );
+                };
+                let records = store.session_records(session).await?;
+                SessionDetail {
+                    session: SessionView::from(&summary),
+                    events: records.iter().map(RecordView::from).collect(),
+                }
             };
-            let records = store.session_records(session).await?;
-            print_replay(&summary, &records, json)?;
+            print_replay(&detail, json)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Approvals { command } => {
+            let api = cli
+                .api
+                .clone()
+                .unwrap_or_else(|| airlock::public_url(&config));
+            let client = ApiClient::new(&api, cli.token.clone())?;
+            approvals(&client, command).await
         }
         Command::Audit {
             command: AuditCommand::Verify { public_key, json },
@@ -253,6 +339,80 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn approvals(client: &ApiClient, command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        ApprovalsCommand::List { status, json } => {
+            let path = match status {
+                Some(s) => format!("/api/v1/approvals?status={}", encode(&s)),
+                None => "/api/v1/approvals".to_string(),
+            };
+            let list: Vec<ApprovalView> = client.get(&path).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<36}  {:<9}  {:<14}  {:<12}  {:<24}  OPERATION",
+                    "APPROVAL", "STATUS", "REQUESTER", "TARGET", "RULE"
+                )?;
+                for a in &list {
+                    writeln!(
+                        out,
+                        "{:<36}  {:<9}  {:<14}  {:<12}  {:<24}  {}",
+                        a.id, a.status, a.requester, a.target, a.rule, a.summary
+                    )?;
+                }
+            }
+        }
+        ApprovalsCommand::Show { id } => {
+            let a: ApprovalView = client
+                .get(&format!("/api/v1/approvals/{}", encode(&id)))
+                .await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&a)?)?;
+        }
+        ApprovalsCommand::Approve { id, reason } => {
+            let a: ApprovalView = client
+                .post(
+                    &format!("/api/v1/approvals/{}/approve", encode(&id)),
+                    &DecideBody { reason },
+                )
+                .await?;
+            writeln!(
+                out,
+                "approval {} is {} ({} of {} approvals)",
+                a.id,
+                a.status,
+                a.votes.iter().filter(|v| v.approve).count(),
+                a.approvals_required
+            )?;
+        }
+        ApprovalsCommand::Deny { id, reason } => {
+            let a: ApprovalView = client
+                .post(
+                    &format!("/api/v1/approvals/{}/deny", encode(&id)),
+                    &DecideBody {
+                        reason: Some(reason),
+                    },
+                )
+                .await?;
+            writeln!(out, "approval {} is {}", a.id, a.status)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_store(data_dir: &Path) -> anyhow::Result<airlock_store::SledStore> {
@@ -306,10 +466,7 @@ fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
-fn print_sessions(
-    sessions: &[airlock_core::store::SessionSummary],
-    json: bool,
-) -> anyhow::Result<()> {
+fn print_sessions(sessions: &[SessionView], json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         for s in sessions {
@@ -319,56 +476,59 @@ fn print_sessions(
     }
     writeln!(
         out,
-        "{:<36}  {:<20}  {:<16}  {:<16}  {:<8}  {:>5}  {:>6}  ENDED",
+        "{:<36}  {:<19}  {:<16}  {:<16}  {:<8}  {:>5}  {:>6}  ENDED",
         "SESSION", "STARTED", "USER", "TARGET", "PROTOCOL", "OPS", "DENIED"
     )?;
     for s in sessions {
-        let started = fmt_time(s.started);
         writeln!(
             out,
-            "{:<36}  {:<20}  {:<16}  {:<16}  {:<8}  {:>5}  {:>6}  {}",
-            s.id.to_string(),
-            started.get(..19).unwrap_or(&started),
+            "{:<36}  {:<19}  {:<16}  {:<16}  {:<8}  {:>5}  {:>6}  {}",
+            s.id,
+            s.started.get(..19).unwrap_or(&s.started),
             s.user,
             s.target,
             s.protocol,
             s.operations,
             s.denied,
-            s.ended.map_or_else(
-                || "-".to_string(),
-                |_| s.end_reason.clone().unwrap_or_default()
-            )
+            match (&s.ended, &s.end_reason) {
+                (None, _) => "-".to_string(),
+                (Some(_), reason) => reason.clone().unwrap_or_default(),
+            }
         )?;
     }
     Ok(())
 }
 
-fn print_replay(
-    summary: &airlock_core::store::SessionSummary,
-    records: &[airlock_core::audit::Record],
-    json: bool,
-) -> anyhow::Result<()> {
+fn print_replay(detail: &SessionDetail, json: bool) -> anyhow::Result<()> {
     use airlock_core::{Decision, Event};
     let mut out = std::io::stdout().lock();
     if json {
-        for r in records {
+        for r in &detail.events {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         }
         return Ok(());
     }
+    let s = &detail.session;
     writeln!(
         out,
         "session {} — {} on {} ({}) from {}, started {}",
-        summary.id,
-        summary.user,
-        summary.target,
-        summary.protocol,
-        summary.client,
-        fmt_time(summary.started)
+        s.id, s.user, s.target, s.protocol, s.client, s.started
     )?;
-    for r in records {
-        let offset = (r.time - summary.started).as_seconds_f64();
-        let line = match &r.event {
+    let started = OffsetDateTime::parse(&s.started, &Rfc3339).ok();
+    for r in &detail.events {
+        let offset = match (started, OffsetDateTime::parse(&r.time, &Rfc3339).ok()) {
+            (Some(a), Some(b)) => (b - a).as_seconds_f64(),
+            _ => 0.0,
+        };
+        let Ok(event) = serde_json::from_value::<Event>(r.event.clone()) else {
+            writeln!(
+                out,
+                "{offset:>+9.3}s  #{:<6} {:<9} {}",
+                r.seq, r.kind, r.event
+            )?;
+            continue;
+        };
+        let line = match &event {
             Event::SessionStart { identity, .. } => {
                 format!("start     groups: {}", identity.groups.join(","))
             }
@@ -420,7 +580,7 @@ fn print_replay(
             ),
             Event::Error { side, message } => format!("error     ({side:?}) {message}"),
             Event::SessionEnd { reason } => format!("end       {reason}"),
-            other => format!("{:<9} {}", other.type_name(), serde_json::to_string(other)?),
+            other => format!("{:<9} {}", other.type_name(), r.event),
         };
         writeln!(out, "{offset:>+9.3}s  #{:<6} {line}", r.seq)?;
     }

@@ -1,0 +1,67 @@
+//! Process-wide counters, exposed in Prometheus text format by the API's
+//! `/metrics`. They are counted in one place, where records become durable
+//! (the recorder), so a metric never disagrees with the audit trail.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::{Decision, Event};
+
+macro_rules! counters {
+    ($($field:ident: $name:literal, $help:literal;)*) => {
+        /// The gateway's counters.
+        #[derive(Debug)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+        }
+
+        impl Metrics {
+            const fn new() -> Self {
+                Metrics { $($field: AtomicU64::new(0),)* }
+            }
+
+            /// The counters in Prometheus text exposition format.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP {} {}", $name, $help);
+                    let _ = writeln!(out, "# TYPE {} counter", $name);
+                    let _ = writeln!(out, "{} {}", $name, self.$field.load(Relaxed));
+                )*
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    records: "airlock_audit_records_total", "Audit records made durable.";
+    batches: "airlock_audit_batches_total", "Batches written (group commits).";
+    append_failures: "airlock_audit_append_failures_total", "Records refused because the store could not write them.";
+    sessions: "airlock_sessions_started_total", "Sessions started.";
+    access_denied: "airlock_access_denied_total", "Connections refused before a session (bad token, no grant).";
+    allowed: "airlock_operations_allowed_total", "Operations allowed by policy.";
+    denied: "airlock_operations_denied_total", "Operations denied by policy.";
+    reviewed: "airlock_operations_reviewed_total", "Operations sent to review.";
+    approvals: "airlock_approval_steps_total", "Approval steps recorded (requested, approved, denied, expired, executed, notified).";
+}
+
+/// The process's counters.
+pub static METRICS: Metrics = Metrics::new();
+
+/// Counts one durable record.
+pub(crate) fn count(event: &Event) {
+    let m = &METRICS;
+    m.records.fetch_add(1, Relaxed);
+    match event {
+        Event::SessionStart { .. } => m.sessions.fetch_add(1, Relaxed),
+        Event::AccessDenied { .. } => m.access_denied.fetch_add(1, Relaxed),
+        Event::Operation { decision, .. } => match decision {
+            Decision::Allow => m.allowed.fetch_add(1, Relaxed),
+            Decision::Deny { .. } => m.denied.fetch_add(1, Relaxed),
+            Decision::Review { .. } => m.reviewed.fetch_add(1, Relaxed),
+        },
+        Event::Approval { .. } => m.approvals.fetch_add(1, Relaxed),
+        _ => 0,
+    };
+}
