@@ -1,0 +1,346 @@
+//! The REST API end to end: approvals decided over HTTP release or refuse a
+//! waiting client; roles are enforced; errors are JSON; the OpenAPI document
+//! validates.
+
+use std::process::Command;
+
+use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
+use serde_json::{Value, json};
+
+const RULES: &str = r#"
+[api]
+listen = "127.0.0.1:0"
+admins = ["platform"]
+approvers = ["dba"]
+auditors = ["audit"]
+
+[[rules]]
+name = "deploys-need-approval"
+action = "review"
+approvers = ["dba"]
+message = "deploys need a DBA's approval"
+[rules.command]
+regex = "^deploy "
+"#;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(gw: &TestGateway) -> Api {
+        airlock_core::identity::install_crypto_provider();
+        Api {
+            base: format!("http://{}", gw.runtime.api.unwrap()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+async fn waiting(gw: &TestGateway, line: &str) -> (LineClient, String) {
+    let mut client = LineClient::connect(gw.lines).await.unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    assert!(
+        client
+            .send(&format!("AUTH echo {token}"))
+            .await
+            .unwrap()
+            .starts_with("OK ")
+    );
+    let wait = client.send(line).await.unwrap();
+    assert!(wait.starts_with("WAIT "), "{wait}");
+    let id = wait
+        .split("approval ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        wait.ends_with(&format!(
+            "at http://{}/approvals/{id}",
+            gw.runtime.api.unwrap()
+        )),
+        "{wait}"
+    );
+    (client, id)
+}
+
+async fn start() -> (tempfile::TempDir, EchoTarget, TestGateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let gw = TestGateway::start(&line_config(target.addr, RULES), dir.path())
+        .await
+        .unwrap();
+    (dir, target, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_over_the_api_releases_the_waiting_operation() {
+    let (_dir, target, gw) = start().await;
+    let api = Api::new(&gw);
+    let (mut client, id) = waiting(&gw, "deploy v1").await;
+    let dana = gw.token("dana", &["dba"]).unwrap();
+
+    let (status, list) = api
+        .get("/api/v1/approvals?status=pending", Some(&dana))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["summary"], "deploy v1");
+    assert_eq!(list[0]["requester"], "agent-1");
+    assert!(target.received().is_empty());
+
+    let (status, a) = api
+        .post(&format!("/api/v1/approvals/{id}/approve"), &dana, json!({}))
+        .await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["status"], "approved");
+    assert_eq!(client.next().await.unwrap(), "deploy v1");
+    assert_eq!(target.received(), vec!["deploy v1".to_string()]);
+
+    // Deciding twice is a conflict with a JSON body.
+    let (status, e) = api
+        .post(
+            &format!("/api/v1/approvals/{id}/deny"),
+            &dana,
+            json!({"reason": "late"}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_over_the_api_reaches_the_client_with_its_reason() {
+    let (_dir, target, gw) = start().await;
+    let api = Api::new(&gw);
+    let (mut client, id) = waiting(&gw, "deploy v2").await;
+    let dana = gw.token("dana", &["dba"]).unwrap();
+    let (status, e) = api
+        .post(&format!("/api/v1/approvals/{id}/deny"), &dana, json!({}))
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "a denial needs a reason: {e}"
+    );
+    let (status, _) = api
+        .post(
+            &format!("/api/v1/approvals/{id}/deny"),
+            &dana,
+            json!({"reason": "not during the incident"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        client.next().await.unwrap(),
+        format!(
+            "ERR denied by rule deploys-need-approval: approval {id} was denied by dana: not during the incident"
+        )
+    );
+    assert!(target.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_enforced() {
+    let (_dir, target, gw) = start().await;
+    let api = Api::new(&gw);
+    let (mut client, id) = waiting(&gw, "deploy v3").await;
+    let approve = format!("/api/v1/approvals/{id}/approve");
+
+    // No token: 401 with a JSON body (checked with curl, a real client).
+    let out = Command::new("curl")
+        .args(["-s", "-i", "-X", "POST", &format!("{}{approve}", api.base)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+
+    // A bad token: 401.
+    let (status, _) = api.get("/api/v1/sessions", Some("not-a-token")).await;
+    assert_eq!(status, 401);
+
+    // The requester's groups hold no API role: 403.
+    let agent = gw.token("agent-1", &["agents"]).unwrap();
+    let (status, e) = api.post(&approve, &agent, json!({})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
+
+    // An auditor reads sessions and approvals but cannot approve.
+    let auditor = gw.token("ada", &["audit"]).unwrap();
+    let (status, sessions) = api
+        .get("/api/v1/sessions?user=agent-1", Some(&auditor))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(sessions[0]["user"], "agent-1");
+    let sid = sessions[0]["id"].as_str().unwrap().to_string();
+    let (status, detail) = api
+        .get(&format!("/api/v1/sessions/{sid}"), Some(&auditor))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "operation")
+    );
+    let (status, found) = api
+        .get("/api/v1/sessions?q=DEPLOY%20v3", Some(&auditor))
+        .await;
+    assert_eq!(
+        (status, found.as_array().unwrap().len()),
+        (200, 1),
+        "text search in operations"
+    );
+    let (status, found) = api
+        .get("/api/v1/sessions?q=no-such-command", Some(&auditor))
+        .await;
+    assert_eq!((status, found.as_array().unwrap().len()), (200, 0));
+    let (status, _) = api
+        .get(&format!("/api/v1/approvals/{id}"), Some(&auditor))
+        .await;
+    assert_eq!(status, 200);
+    let (status, e) = api.post(&approve, &auditor, json!({})).await;
+    assert_eq!(status, 403, "{e}");
+
+    // An approver holding the API role but outside the rule's approver groups is refused too.
+    let platform = gw.token("pat", &["platform"]).unwrap();
+    let (status, e) = api.post(&approve, &platform, json!({})).await;
+    assert_eq!(status, 403, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only members of dba"),
+        "{e}"
+    );
+    // An approver cannot read sessions.
+    let dana = gw.token("dana", &["dba"]).unwrap();
+    let (status, _) = api.get("/api/v1/sessions", Some(&dana)).await;
+    assert_eq!(status, 403);
+    assert!(target.received().is_empty());
+
+    // ... and the right approver can.
+    let (status, _) = api.post(&approve, &dana, json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(client.next().await.unwrap(), "deploy v3");
+
+    let (status, report) = api.get("/api/v1/audit/verify", Some(&auditor)).await;
+    assert_eq!(
+        (status, &report["ok"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_openapi_document() {
+    let (dir, _target, gw) = start().await;
+    let api = Api::new(&gw);
+    assert_eq!(
+        api.get("/healthz", None).await,
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        api.get("/readyz", None).await,
+        (200, json!({"status": "ok"}))
+    );
+    let metrics = reqwest::get(format!("{}/metrics", api.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# TYPE airlock_audit_records_total counter"),
+        "{metrics}"
+    );
+    let (status, e) = api.get("/api/v1/nope", None).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    let (status, doc) = api.get("/api/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/api/v1/sessions",
+        "/api/v1/approvals/{id}/approve",
+        "/api/v1/audit/verify",
+        "/readyz",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenAPI document must validate (scripts/test installs openapi-spec-validator): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The validator does reject a broken document (so the check above can fail).
+    let mut broken = doc.clone();
+    broken["paths"]["/api/v1/sessions"]["get"]["responses"] = json!("not-an-object");
+    std::fs::write(&file, serde_json::to_vec(&broken).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1])))"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
