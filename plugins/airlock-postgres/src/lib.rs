@@ -1,43 +1,387 @@
 //! # airlock-postgres
 //!
-//! The PostgreSQL wire-protocol connector: any unchanged Postgres client or driver connects through Airlock.
+//! The PostgreSQL wire-protocol connector: any unchanged Postgres client or
+//! driver (`psql`, `pgbench`, libpq, `tokio-postgres`, `psycopg`, JDBC, ...)
+//! connects to Airlock as if it were the database.
 //!
-//! **Status:** not yet implemented. The crate is registered by the gateway's
-//! `postgres` Cargo feature so that the plugin can be filled in without touching
-//! core or the binary; until then a configuration that defines a `postgres`
-//! listener is refused at start-up with a clear message (tracked in issue #5).
+//! * The client's **password is its access token**; the user name is only
+//!   recorded. The **database name picks the target**; the gateway logs in
+//!   upstream with the target's own user and credential (SCRAM-SHA-256, md5,
+//!   password or trust), which the client never sees.
+//! * Every statement (simple and extended protocol, multi-statement queries
+//!   one by one, `EXECUTE` as the statement it runs, fast-path calls) is
+//!   classified, judged by policy and **recorded durably before it is
+//!   forwarded**. A refusal is an `ErrorResponse` with SQLSTATE 42501 and the
+//!   session stays usable. Reviews wait for approval while the client gets a
+//!   notice with the approval's URL.
+//! * Result rows (text and binary text-like values), errors, notices,
+//!   notifications, parameter statuses and COPY OUT rows are **masked** before
+//!   they leave the gateway; the first rows of each statement are recorded.
+//! * TLS toward clients (`SSLRequest` and PostgreSQL 17's direct TLS) and
+//!   toward targets (`sslmode`), and cancel requests, work as with PostgreSQL.
+//!
+//! Configuration: [`PostgresListener`] and [`PostgresTarget`]; the user guide
+//! is `docs/postgres.md` in the repository.
+
+mod cancel;
+#[path = "classify_stub.rs"]
+pub mod classify;
+mod config;
+mod frame;
+mod relay;
+mod rows;
+mod startup;
+mod tls;
+mod upstream;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use airlock_core::{ClientInfo, ClientStream, Connector, Error, Gateway, Result};
+use airlock_core::config::Secret;
+use airlock_core::{ClientInfo, ClientStream, Connector, Error, Event, Gateway, MaskCounts, Result};
 use async_trait::async_trait;
-use serde::de::IgnoredAny;
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, Password, SecretKey,
+};
+use rustls::ServerConfig;
+use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
+use tokio::sync::Notify;
 
-/// The postgres connector. It cannot be constructed yet: [`Connector::new`]
-/// refuses every configuration, so no listener of this protocol can start.
+pub use config::{PostgresListener, PostgresTarget, SslMode};
+
+use crate::classify::Classifier;
+use crate::frame::{FrameReader, Peer, Severity, sqlstate};
+use crate::upstream::Target;
+
+/// The PostgreSQL connector: one per `[[listeners]]` entry with
+/// `protocol = "postgres"`.
 #[derive(Debug)]
 pub struct PostgresConnector {
-    never: std::convert::Infallible,
+    listener: PostgresListener,
+    targets: BTreeMap<String, Arc<Target>>,
+    tls: Option<Arc<ServerConfig>>,
+    classifier: Classifier,
+    cancels: Arc<cancel::Registry>,
 }
 
 #[async_trait]
 impl Connector for PostgresConnector {
     const PROTOCOL: &'static str = "postgres";
-    type Listener = IgnoredAny;
-    type Target = IgnoredAny;
+    type Listener = PostgresListener;
+    type Target = PostgresTarget;
 
-    fn new(_listener: IgnoredAny, _targets: BTreeMap<String, IgnoredAny>) -> Result<Self> {
-        Err(Error::Config(
-            "the postgres connector is not available in this release yet (tracked in issue #5); remove this listener".into(),
-        ))
+    fn new(listener: PostgresListener, targets: BTreeMap<String, PostgresTarget>) -> Result<Self> {
+        let tls = match (&listener.tls_cert, &listener.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "tls_cert and tls_key go together: set both for TLS, or neither".into(),
+                ));
+            }
+        };
+        let targets = targets
+            .into_iter()
+            .map(|(name, t)| Ok((name.clone(), Arc::new(Target::new(&name, t)?))))
+            .collect::<Result<_>>()?;
+        Ok(PostgresConnector {
+            classifier: Classifier::new(listener.classifier_cache),
+            listener,
+            targets,
+            tls,
+            cancels: Arc::default(),
+        })
     }
 
-    async fn serve(
-        &self,
-        _client: ClientStream,
-        _info: ClientInfo,
-        _gateway: Gateway,
-    ) -> Result<()> {
-        match self.never {}
+    fn held_secrets(&self) -> Vec<Secret> {
+        self.targets
+            .values()
+            .filter_map(|t| t.password.clone())
+            .collect()
+    }
+
+    async fn serve(&self, client: ClientStream, info: ClientInfo, gateway: Gateway) -> Result<()> {
+        let startup_time = Duration::from_secs(self.listener.startup_timeout_secs.max(1));
+        let opened = tokio::time::timeout(startup_time, startup::open(client, self.tls.as_ref()))
+            .await
+            .map_err(|_| Error::Client("the client did not finish its startup in time".into()))??;
+        match opened {
+            startup::Opening::Done => Ok(()),
+            startup::Opening::Cancel { pid, secret } => {
+                self.cancel(pid, secret).await;
+                Ok(())
+            }
+            startup::Opening::Startup(hello) => self.session(hello, info, gateway).await,
+        }
+    }
+}
+
+/// The client connection after startup, before the relay.
+struct Client {
+    reader: FrameReader<tokio::io::ReadHalf<ClientStream>>,
+    writer: BufWriter<WriteHalf<ClientStream>>,
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        relay::send(&mut self.writer, bytes).await
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| Error::Client(format!("writing to the client failed: {e}")))
+    }
+
+    /// Tells the client why its connection ends.
+    async fn fatal(&mut self, code: &str, message: &str, hint: Option<&str>) -> Result<()> {
+        self.send(&frame::error_response(Severity::Fatal, code, message, hint))
+            .await?;
+        self.flush().await
+    }
+}
+
+/// The SQLSTATE for a core error refusing a connection.
+fn refusal_code(e: &Error, target_exists: bool) -> &'static str {
+    match e {
+        Error::Unauthenticated(_) => sqlstate::INVALID_PASSWORD,
+        Error::Forbidden(_) if !target_exists => sqlstate::INVALID_CATALOG_NAME,
+        Error::Forbidden(_) => sqlstate::INVALID_AUTHORIZATION,
+        Error::Store(_) => sqlstate::SYSTEM_ERROR,
+        Error::Upstream(_) => sqlstate::CONNECTION_FAILURE,
+        Error::Client(_) => sqlstate::PROTOCOL_VIOLATION,
+        _ => sqlstate::INTERNAL_ERROR,
+    }
+}
+
+impl PostgresConnector {
+    async fn cancel(&self, pid: i32, secret: i32) {
+        // Like PostgreSQL, a cancel request gets no answer either way.
+        let Some(entry) = self.cancels.find(pid, secret) else {
+            tracing::debug!(pid, "cancel request with an unknown key");
+            return;
+        };
+        entry.local.notify_waiters();
+        let timeout = Duration::from_secs(self.listener.connect_timeout_secs.max(1));
+        if let Err(e) = entry.target.cancel(entry.pid, &entry.secret, timeout).await {
+            tracing::info!(target = %entry.target.name, error = %e, "forwarding a cancel request failed");
+        }
+    }
+
+    async fn session(&self, hello: startup::Hello, info: ClientInfo, gateway: Gateway) -> Result<()> {
+        let startup::Hello {
+            stream,
+            tls,
+            mut params,
+            unsupported_options,
+            minor,
+        } = hello;
+        let (read, write) = tokio::io::split(stream);
+        let mut client = Client {
+            reader: FrameReader::new(read, self.listener.max_message_bytes, Peer::Client),
+            writer: BufWriter::new(write),
+        };
+        let user = params.remove("user").unwrap_or_default();
+        let target_name = params.remove("database").unwrap_or_else(|| user.clone());
+        if minor > 0 || !unsupported_options.is_empty() {
+            client
+                .send(&frame::encode(&NegotiateProtocolVersion::new(
+                    0,
+                    unsupported_options,
+                )))
+                .await?;
+        }
+        if !tls && !self.listener.allow_cleartext_without_tls {
+            return client
+                .fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "Airlock receives your access token as the password and needs TLS for that: connect with sslmode=require",
+                    Some("if this listener has no TLS certificate, ask the operator to configure tls_cert and tls_key"),
+                )
+                .await;
+        }
+
+        // The password field carries the access token. SCRAM cannot be used:
+        // it needs a verifier of a password the gateway knows in advance.
+        let startup_time = Duration::from_secs(self.listener.startup_timeout_secs.max(1));
+        client
+            .send(&frame::encode(&Authentication::CleartextPassword))
+            .await?;
+        client.flush().await?;
+        let token = match tokio::time::timeout(startup_time, client.reader.next()).await {
+            Err(_) => return Err(Error::Client("no password message in time".into())),
+            Ok(r) => match r? {
+                None => return Ok(()),
+                Some(f) if f.tag == b'p' => f.decode::<Password>(Peer::Client)?.password,
+                Some(f) => {
+                    return client
+                        .fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            &format!(
+                                "expected a password message, got {:?}",
+                                char::from(f.tag)
+                            ),
+                            None,
+                        )
+                        .await;
+                }
+            },
+        };
+        let target_exists = self.targets.contains_key(&target_name);
+        if token.is_empty() {
+            return client
+                .fatal(
+                    sqlstate::INVALID_PASSWORD,
+                    "no access token: send your Airlock access token as the password (PGPASSWORD)",
+                    None,
+                )
+                .await;
+        }
+        let identity = match gateway
+            .authenticate(&token, &target_name, Self::PROTOCOL, &info)
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => {
+                let code = refusal_code(&e, target_exists);
+                return client.fatal(code, &e.to_string(), None).await;
+            }
+        };
+        if self.listener.require_user_match && user != identity.subject {
+            let message = format!(
+                "user name {user:?} does not match your token's subject {:?}; connect with user={}",
+                identity.subject, identity.subject
+            );
+            let recorded = gateway
+                .recorder()
+                .record(
+                    None,
+                    Event::AccessDenied {
+                        subject: Some(identity.subject.clone()),
+                        target: target_name.clone(),
+                        protocol: Self::PROTOCOL.to_string(),
+                        client: info.clone(),
+                        reason: message.clone(),
+                    },
+                )
+                .await;
+            if let Err(e) = recorded {
+                return client
+                    .fatal(sqlstate::SYSTEM_ERROR, &e.to_string(), None)
+                    .await;
+            }
+            return client
+                .fatal(sqlstate::INVALID_AUTHORIZATION, &message, None)
+                .await;
+        }
+        let session = match gateway
+            .open_session(identity, &target_name, Self::PROTOCOL, info)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let code = refusal_code(&e, target_exists);
+                return client.fatal(code, &e.to_string(), None).await;
+            }
+        };
+        let Some(target) = self.targets.get(&target_name).cloned() else {
+            let message = format!("target {target_name:?} is not served by this listener");
+            let _ = session.end(&message).await;
+            return client
+                .fatal(sqlstate::INVALID_CATALOG_NAME, &message, None)
+                .await;
+        };
+
+        let connect_time = Duration::from_secs(self.listener.connect_timeout_secs.max(1));
+        let upstream = match target.connect(&params, connect_time).await {
+            Ok(u) => u,
+            Err(e) => {
+                // The server's words never hold the password, and are masked
+                // anyway: the dictionary always holds every target credential.
+                let mut counts = MaskCounts::new();
+                let message = session
+                    .masker()
+                    .mask_str(None, &e.to_string(), &mut counts)
+                    .into_owned();
+                session.record_later(Event::Error {
+                    side: e.side(),
+                    message: message.clone(),
+                });
+                let _ = session.end("the target could not be reached").await;
+                return client
+                    .fatal(sqlstate::CONNECTION_FAILURE, &message, None)
+                    .await;
+            }
+        };
+
+        let local = Arc::new(Notify::new());
+        let key = self.cancels.register(cancel::Entry {
+            target: target.clone(),
+            pid: upstream.pid,
+            secret: upstream.secret.clone(),
+            local: local.clone(),
+        });
+        client
+            .send(&frame::encode(&Authentication::Ok))
+            .await?;
+        let masker = session.masker();
+        let mut counts = MaskCounts::new();
+        for (name, value) in &upstream.params {
+            let value = masker.mask_str(None, value, &mut counts).into_owned();
+            client
+                .send(&frame::encode(&ParameterStatus::new(name.clone(), value)))
+                .await?;
+        }
+        for notice in &upstream.notices {
+            let mut n: pgwire::messages::response::NoticeResponse = notice.decode(Peer::Upstream)?;
+            for (_, v) in n.fields.iter_mut() {
+                *v = masker.mask_str(None, v, &mut counts).into_owned();
+            }
+            client.send(&frame::encode(&n)).await?;
+        }
+        if !counts.is_empty() {
+            session.record_later(Event::Masked { counts });
+        }
+        let (pid, secret) = key.key();
+        client
+            .send(&frame::encode(&BackendKeyData::new(pid, SecretKey::I32(secret))))
+            .await?;
+        client
+            .send(&frame::ready_for_query(upstream.status))
+            .await?;
+        client.flush().await?;
+
+        let cx = relay::Context {
+            session: &session,
+            classifier: &self.classifier,
+            record_rows: self.listener.record_rows,
+            cancel: local,
+        };
+        let wires = relay::Wires {
+            client_read: client.reader,
+            client_write: client.writer,
+            server_read: upstream.reader,
+            server_write: BufWriter::new(upstream.write),
+            status: upstream.status,
+        };
+        let outcome = relay::run(&cx, wires).await;
+        drop(key);
+        match outcome {
+            Ok(reason) => session.end(&reason).await,
+            Err(e) => {
+                let mut counts = MaskCounts::new();
+                let message = session
+                    .masker()
+                    .mask_str(None, &e.to_string(), &mut counts)
+                    .into_owned();
+                session.record_later(Event::Error {
+                    side: e.side(),
+                    message: message.clone(),
+                });
+                session.end(&message).await
+            }
+        }
     }
 }

@@ -1,0 +1,92 @@
+//! Cancel keys. Each session gives its client the server's process id and a
+//! secret the gateway draws itself; a `CancelRequest` arriving on a new
+//! connection is matched to the session and forwarded to the server with
+//! the server's own key (which the client never sees). A statement still
+//! waiting for approval is cancelled in the gateway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::Notify;
+
+use crate::upstream::Target;
+
+/// What a cancel key leads to.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub(crate) target: Arc<Target>,
+    /// The server session's own key.
+    pub(crate) pid: i32,
+    pub(crate) secret: Bytes,
+    /// Wakes a statement that waits for approval in the gateway.
+    pub(crate) local: Arc<Notify>,
+}
+
+/// The cancel keys of one listener's live sessions.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    keys: Mutex<HashMap<(i32, i32), Entry>>,
+}
+
+impl Registry {
+    /// Registers a session; the key lives until the guard is dropped.
+    pub(crate) fn register(self: &Arc<Self>, entry: Entry) -> Guard {
+        let rng = SystemRandom::new();
+        let pid = entry.pid;
+        let mut keys = match self.keys.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut secret;
+        loop {
+            let mut b = [0u8; 4];
+            // If the system RNG fails, a zero secret still works, it is
+            // just guessable; the lookup below keeps keys unique either way.
+            let _ = rng.fill(&mut b);
+            secret = i32::from_be_bytes(b);
+            if !keys.contains_key(&(pid, secret)) {
+                break;
+            }
+        }
+        keys.insert((pid, secret), entry);
+        Guard {
+            registry: self.clone(),
+            key: (pid, secret),
+        }
+    }
+
+    /// The session with this key, if any.
+    pub(crate) fn find(&self, pid: i32, secret: i32) -> Option<Entry> {
+        let keys = match self.keys.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        keys.get(&(pid, secret)).cloned()
+    }
+}
+
+/// Keeps a cancel key registered.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    registry: Arc<Registry>,
+    key: (i32, i32),
+}
+
+impl Guard {
+    /// The key to give the client: (process id, secret).
+    pub(crate) fn key(&self) -> (i32, i32) {
+        self.key
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let mut keys = match self.registry.keys.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        keys.remove(&self.key);
+    }
+}

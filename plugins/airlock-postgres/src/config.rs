@@ -1,0 +1,176 @@
+//! The connector's own configuration: the keys of a `[[listeners]]` entry
+//! with `protocol = "postgres"` and of a `[targets.NAME]` entry with
+//! `protocol = "postgres"`. The field docs are the user's reference (see
+//! also `docs/postgres.md`).
+
+use std::path::PathBuf;
+
+use airlock_core::config::Secret;
+use serde::Deserialize;
+
+/// Options of a PostgreSQL listener.
+///
+/// ```toml
+/// [[listeners]]
+/// name = "pg"
+/// protocol = "postgres"
+/// listen = "0.0.0.0:6432"
+/// tls_cert = "/etc/airlock/pg.crt"
+/// tls_key = "/etc/airlock/pg.key"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresListener {
+    /// PEM file with the certificate chain the gateway presents to clients
+    /// (leaf first). With `tls_key`, clients can use `sslmode=require` (and
+    /// PostgreSQL 17's `sslnegotiation=direct`); without it the gateway
+    /// answers `SSLRequest` with "no" and clients that require TLS stop with
+    /// libpq's own message.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Accept the client's access token (sent as the password) over a
+    /// connection without TLS. Off by default: a token sent in clear text can
+    /// be read by anyone on the path. Turn it on only for loopback listeners
+    /// (demos, tests, a sidecar next to the client).
+    #[serde(default)]
+    pub allow_cleartext_without_tls: bool,
+    /// Refuse a connection whose user name differs from the token's subject.
+    /// Off by default: the user name is informational (it is recorded) and
+    /// the gateway always logs in upstream as the target's own user.
+    #[serde(default)]
+    pub require_user_match: bool,
+    /// How many result rows of each statement are recorded (masked) in the
+    /// session's audit trail. 0 records none; the row count is always recorded.
+    #[serde(default = "default_record_rows")]
+    pub record_rows: usize,
+    /// The largest protocol message a client may send, in bytes (a query, a
+    /// `Bind` with its parameters, a `CopyData` chunk). Larger messages end
+    /// the connection with SQLSTATE 54000.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Seconds a client has to finish TLS and log in before it is disconnected.
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_secs: u64,
+    /// Seconds the gateway waits for a target to accept a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// How many distinct statement texts the SQL classifier caches per
+    /// listener (prepared statements and repeated queries are classified once).
+    #[serde(default = "default_classifier_cache")]
+    pub classifier_cache: usize,
+}
+
+fn default_record_rows() -> usize {
+    10
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_startup_timeout() -> u64 {
+    60
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_classifier_cache() -> usize {
+    4096
+}
+
+/// A PostgreSQL database the gateway logs in to on behalf of its clients.
+/// Clients name it as their database (`psql "host=gw dbname=NAME ..."`).
+///
+/// ```toml
+/// [targets.orders]
+/// protocol = "postgres"
+/// host = "db.internal"
+/// port = 5432
+/// database = "orders"
+/// user = "airlock_rw"
+/// password = { env = "ORDERS_DB_PASSWORD" }
+/// sslmode = "verify-full"
+/// ssl_root_cert = "/etc/airlock/db-ca.pem"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTarget {
+    /// Host name or IP address of the PostgreSQL server.
+    pub host: String,
+    /// Its port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The database to open on that server.
+    pub database: String,
+    /// The role the gateway logs in as. Clients never learn its password.
+    pub user: String,
+    /// That role's password, as `{ env = "VAR" }` or `{ file = "path" }`.
+    /// Leave it out for `trust` authentication. Used for SCRAM-SHA-256, md5
+    /// or password authentication, whichever the server asks for.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// TLS toward the server: `disable`, `prefer` (TLS when the server offers
+    /// it, the default), `require` (TLS or nothing; like libpq, the server's
+    /// certificate is not checked) or `verify-full` (TLS, and the certificate
+    /// must chain to `ssl_root_cert` and name `host`).
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file with the CA certificates that `verify-full` trusts.
+    #[serde(default)]
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// How the gateway uses TLS toward a target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS when the server supports it, plain TCP otherwise.
+    #[default]
+    Prefer,
+    /// Always use TLS; do not check the server's certificate.
+    Require,
+    /// Always use TLS and check the certificate against `ssl_root_cert` and the host name.
+    VerifyFull,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_defaults_and_unknown_keys() {
+        let l: PostgresListener = toml::from_str("").unwrap();
+        assert_eq!(l.record_rows, 10);
+        assert!(!l.allow_cleartext_without_tls);
+        assert!(l.tls_cert.is_none());
+        let err = toml::from_str::<PostgresListener>("tls_certificate = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_certificate"), "{err}");
+    }
+
+    #[test]
+    fn target_parses_sslmode_and_refuses_inline_password() {
+        let t: PostgresTarget = toml::from_str(
+            "host = \"db\"\ndatabase = \"app\"\nuser = \"rw\"\nsslmode = \"verify-full\"",
+        )
+        .unwrap();
+        assert_eq!(t.port, 5432);
+        assert_eq!(t.sslmode, SslMode::VerifyFull);
+        assert!(t.password.is_none());
+        let err = toml::from_str::<PostgresTarget>(
+            "host = \"db\"\ndatabase = \"app\"\nuser = \"rw\"\npassword = \"hunter2\"",
+        )
+        .unwrap_err()
+        .message()
+        .to_string();
+        assert!(err.contains("never inline"), "{err}");
+    }
+}

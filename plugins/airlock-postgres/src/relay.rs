@@ -1,0 +1,1267 @@
+//! The session relay: two halves running side by side on one task.
+//!
+//! The *client half* reads the client's messages, judges every statement
+//! (simple `Query`, `Parse`, fast-path calls), records it durably, then
+//! forwards it. For every message that gets an answer it first tells the
+//! server half what to expect ([`Pending`]), in order, before writing to the
+//! server. A refused statement is not forwarded: its place in that queue
+//! holds the gateway's own error instead.
+//!
+//! The *server half* is the only writer to the client. It reads the server's
+//! messages, matches them to the queue (so results, errors and the gateway's
+//! own refusals reach the client in the order the client asked), masks
+//! values, and records outputs and results. After an error in the extended
+//! protocol it drops what the server will skip until `Sync`, exactly as the
+//! server does, and the `ReadyForQuery` that follows carries the server's
+//! real transaction status.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use airlock_core::{
+    Decision, Error, Event, MaskCounts, Operation, Result, Session, SqlKind, SqlOperation,
+};
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::data::{ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{Bind, Parse};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, NotificationResponse};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::ParameterStatus;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc};
+
+use crate::classify::{Classified, Classifier};
+use crate::frame::{self, Frame, FrameReader, Peer, Severity, sqlstate};
+use crate::rows::{self, Column};
+use crate::upstream::UpstreamStream;
+use airlock_core::ClientStream;
+
+/// COPY data is recorded (durably, before it is forwarded) in chunks of about this size.
+const COPY_RECORD_CHUNK: usize = 64 * 1024;
+
+/// What the relay needs besides the two connections.
+pub(crate) struct Context<'a> {
+    pub(crate) session: &'a Session,
+    pub(crate) classifier: &'a Classifier,
+    /// Result rows recorded per statement.
+    pub(crate) record_rows: usize,
+    /// Wakes a statement waiting for approval when the client cancels.
+    pub(crate) cancel: Arc<Notify>,
+}
+
+/// The two connections.
+pub(crate) struct Wires {
+    pub(crate) client_read: FrameReader<ReadHalf<ClientStream>>,
+    pub(crate) client_write: BufWriter<WriteHalf<ClientStream>>,
+    pub(crate) server_read: FrameReader<ReadHalf<UpstreamStream>>,
+    pub(crate) server_write: BufWriter<WriteHalf<UpstreamStream>>,
+    /// The server's transaction status at the start.
+    pub(crate) status: u8,
+}
+
+/// Relays until either side ends; returns why the session ended.
+pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let param_types = Arc::new(Mutex::new(HashMap::new()));
+    let mut client = ClientHalf {
+        cx,
+        reader: wires.client_read,
+        server: wires.server_write,
+        tx,
+        skipping: false,
+        prepared: HashMap::new(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        param_types: param_types.clone(),
+        copy: Vec::new(),
+        copy_bytes: 0,
+    };
+    let mut server = ServerHalf {
+        cx,
+        reader: wires.server_read,
+        client: wires.client_write,
+        rx,
+        queue: VecDeque::new(),
+        status: wires.status,
+        skipping: false,
+        portals: HashMap::new(),
+        param_types,
+    };
+    tokio::select! {
+        r = client.run() => r,
+        r = server.run() => r,
+    }
+}
+
+/// What the server half expects next, one entry per client message that
+/// gets an answer, in order.
+enum Pending {
+    /// A simple query: answers until ReadyForQuery.
+    Query(QueryTrack),
+    Parse,
+    Bind,
+    /// Describe of a statement (ParameterDescription, then RowDescription or NoData).
+    DescribeStatement(Bytes),
+    /// Describe of a portal. `hidden`: the gateway asked to learn the
+    /// columns it must mask, the client did not; the answer is not forwarded.
+    DescribePortal { name: Bytes, hidden: bool },
+    Execute { portal: Bytes, track: Track },
+    Close,
+    Sync,
+    /// A fast-path function call: answers until ReadyForQuery.
+    FunctionCall(Track),
+    /// A refused extended-protocol message: the gateway's error; the rest
+    /// until Sync is skipped (the client half drops it).
+    Refused(Bytes),
+    /// A refused simple query: the gateway's error, then ReadyForQuery.
+    RefusedQuery(Bytes),
+}
+
+/// Messages from the client half to the server half.
+enum Action {
+    Expect(Pending),
+    /// A notice for the client now (approval waits).
+    Notice(Bytes),
+    /// A fatal error for the client; the session ends once it is written.
+    Fatal(Bytes, String),
+}
+
+/// What is known about one statement's execution, for its record.
+struct Track {
+    started: Instant,
+    columns: Option<Arc<Vec<Column>>>,
+    rows: Vec<String>,
+    counts: MaskCounts,
+    copy_out: bool,
+    error: Option<String>,
+}
+
+impl Track {
+    fn new() -> Track {
+        Track {
+            started: Instant::now(),
+            columns: None,
+            rows: Vec::new(),
+            counts: MaskCounts::new(),
+            copy_out: false,
+            error: None,
+        }
+    }
+}
+
+struct QueryTrack {
+    current: Track,
+}
+
+// ---------------------------------------------------------------------------
+// Client half
+
+/// A statement prepared with Parse.
+struct Statement {
+    /// The text, masked, for records.
+    text: String,
+    /// Parameter types given in Parse.
+    types: Vec<u32>,
+}
+
+/// A portal made with Bind.
+struct Portal {
+    statement: Bytes,
+    /// The parameters, rendered and masked, for records.
+    params: String,
+    /// Whether the client described it (so the server half learns its columns).
+    described: bool,
+}
+
+struct ClientHalf<'a> {
+    cx: &'a Context<'a>,
+    reader: FrameReader<ReadHalf<ClientStream>>,
+    server: BufWriter<WriteHalf<UpstreamStream>>,
+    tx: mpsc::UnboundedSender<Action>,
+    /// After the gateway refused an extended-protocol message: drop
+    /// everything until Sync, as the server would after an error.
+    skipping: bool,
+    /// Prepared statements by name, as SQL `EXECUTE` names them (SQL
+    /// `PREPARE` and named Parse share one namespace), for judging `EXECUTE`.
+    prepared: HashMap<String, SqlOperation>,
+    statements: HashMap<Bytes, Statement>,
+    portals: HashMap<Bytes, Portal>,
+    /// Parameter types the server described, by statement name.
+    param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
+    /// CopyData held until its record is durable.
+    copy: Vec<Frame>,
+    copy_bytes: usize,
+}
+
+/// How judging a message ended.
+enum Verdict {
+    /// Forward it; apply these changes to the prepared-statement map.
+    Allow(Vec<SqlOperation>, Vec<PreparedChange>),
+    /// Refuse it with this error.
+    Refuse(Bytes),
+    /// The client left while the statement waited for approval.
+    Gone,
+}
+
+enum PreparedChange {
+    Add(String, SqlOperation),
+    Remove(String),
+    Clear,
+}
+
+impl ClientHalf<'_> {
+    async fn run(&mut self) -> Result<String> {
+        let end = self.relay().await;
+        let _ = self.server.flush().await;
+        match end {
+            Ok(reason) => Ok(reason),
+            Err(e) => {
+                let code = match &e {
+                    Error::Client(m) if m.contains("larger than the limit") => {
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED
+                    }
+                    Error::Client(_) => sqlstate::PROTOCOL_VIOLATION,
+                    _ => sqlstate::INTERNAL_ERROR,
+                };
+                let reason = e.to_string();
+                let fatal = frame::error_response(Severity::Fatal, code, &reason, None);
+                if self.tx.send(Action::Fatal(fatal, reason.clone())).is_err() {
+                    return Ok(reason);
+                }
+                // The server half writes the error and ends the session.
+                std::future::pending().await
+            }
+        }
+    }
+
+    async fn relay(&mut self) -> Result<String> {
+        loop {
+            if !self.reader.has_frame() {
+                self.flush_copy().await?;
+                self.flush_server().await?;
+            }
+            let Some(frame) = self.reader.next().await? else {
+                return Ok("client closed the connection".into());
+            };
+            if self.skipping && !matches!(frame.tag, b'S' | b'X') {
+                continue;
+            }
+            match frame.tag {
+                b'Q' => self.query(frame).await?,
+                b'P' => self.parse(frame).await?,
+                b'B' => self.bind(frame).await?,
+                b'D' => self.describe(frame).await?,
+                b'E' => self.execute(frame).await?,
+                b'C' => self.close(frame).await?,
+                b'S' => {
+                    self.skipping = false;
+                    self.forward(&frame, Some(Pending::Sync)).await?;
+                }
+                b'd' => {
+                    self.copy_bytes += frame.bytes.len();
+                    self.copy.push(frame);
+                    if self.copy_bytes >= COPY_RECORD_CHUNK {
+                        self.flush_copy().await?;
+                    }
+                }
+                b'c' | b'f' => {
+                    self.flush_copy().await?;
+                    self.forward(&frame, None).await?;
+                }
+                b'F' => self.function_call(frame).await?,
+                b'X' => {
+                    self.forward(&frame, None).await?;
+                    return Ok("client closed the session".into());
+                }
+                // Flush, and anything the gateway does not know: the server
+                // answers unknown messages with its own error.
+                _ => self.forward(&frame, None).await?,
+            }
+        }
+    }
+
+    fn expect(&self, pending: Pending) {
+        // The server half lives as long as this half; a send error means
+        // the session is ending anyway.
+        let _ = self.tx.send(Action::Expect(pending));
+    }
+
+    async fn write_server(&mut self, bytes: &[u8]) -> Result<()> {
+        self.server
+            .write_all(bytes)
+            .await
+            .map_err(|e| Error::Upstream(format!("writing to the server failed: {e}")))
+    }
+
+    async fn flush_server(&mut self) -> Result<()> {
+        self.server
+            .flush()
+            .await
+            .map_err(|e| Error::Upstream(format!("writing to the server failed: {e}")))
+    }
+
+    /// Tells the server half what to expect, then forwards the frame.
+    async fn forward(&mut self, frame: &Frame, pending: Option<Pending>) -> Result<()> {
+        if let Some(p) = pending {
+            self.expect(p);
+        }
+        self.write_server(&frame.bytes).await
+    }
+
+    /// Refuses the current message. In the extended protocol the messages
+    /// up to Sync are then dropped, as the server would after an error.
+    fn refuse(&mut self, error: Bytes, extended: bool) {
+        if extended {
+            self.skipping = true;
+            self.expect(Pending::Refused(error));
+        } else {
+            self.expect(Pending::RefusedQuery(error));
+        }
+    }
+
+    async fn query(&mut self, frame: Frame) -> Result<()> {
+        let q: Query = frame.decode(Peer::Client)?;
+        let classified = self.cx.classifier.classify(&q.query);
+        match self.judge(&classified).await? {
+            Verdict::Allow(_, changes) => {
+                self.apply(changes);
+                let track = QueryTrack {
+                    current: Track::new(),
+                };
+                self.forward(&frame, Some(Pending::Query(track))).await
+            }
+            Verdict::Refuse(error) => {
+                self.refuse(error, false);
+                Ok(())
+            }
+            Verdict::Gone => Err(Error::Client("the client left while waiting for approval".into())),
+        }
+    }
+
+    async fn parse(&mut self, frame: Frame) -> Result<()> {
+        let parse: Parse = frame.decode(Peer::Client)?;
+        let name = cstr_at(frame.body());
+        let classified = self.cx.classifier.classify(&parse.query);
+        match self.judge(&classified).await? {
+            Verdict::Allow(ops, changes) => {
+                self.apply(changes);
+                let mut counts = MaskCounts::new();
+                let text = self
+                    .cx
+                    .session
+                    .masker()
+                    .mask_str(None, &parse.query, &mut counts)
+                    .into_owned();
+                if !name.is_empty() {
+                    // SQL EXECUTE can run statements prepared with Parse.
+                    let op = ops.into_iter().next().unwrap_or_else(|| opaque(&parse.query));
+                    self.prepared
+                        .insert(String::from_utf8_lossy(&name).into_owned(), op);
+                }
+                self.statements.insert(
+                    name,
+                    Statement {
+                        text,
+                        types: parse.type_oids,
+                    },
+                );
+                self.forward(&frame, Some(Pending::Parse)).await
+            }
+            Verdict::Refuse(error) => {
+                self.refuse(error, true);
+                Ok(())
+            }
+            Verdict::Gone => Err(Error::Client("the client left while waiting for approval".into())),
+        }
+    }
+
+    async fn bind(&mut self, frame: Frame) -> Result<()> {
+        let bind: Bind = frame.decode(Peer::Client)?;
+        let portal = cstr_at(frame.body());
+        let statement = cstr_at(&frame.body()[portal.len() + 1..]);
+        let types = {
+            let described = self
+                .param_types
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&statement).cloned());
+            described
+                .or_else(|| self.statements.get(&statement).map(|s| s.types.clone()))
+                .unwrap_or_default()
+        };
+        let mut counts = MaskCounts::new();
+        let params = rows::render_params(
+            self.cx.session.masker(),
+            &bind.parameters,
+            &bind.parameter_format_codes,
+            &types,
+            &mut counts,
+        );
+        if !counts.is_empty() {
+            self.cx.session.record_later(Event::Masked { counts });
+        }
+        self.portals.insert(
+            portal,
+            Portal {
+                statement,
+                params,
+                described: false,
+            },
+        );
+        self.forward(&frame, Some(Pending::Bind)).await
+    }
+
+    async fn describe(&mut self, frame: Frame) -> Result<()> {
+        frame::check_structure(b'D', frame.body(), Peer::Client)?;
+        let kind = frame.body()[0];
+        let name = cstr_at(&frame.body()[1..]);
+        let pending = if kind == b'P' {
+            if let Some(p) = self.portals.get_mut(&name) {
+                p.described = true;
+            }
+            Pending::DescribePortal { name, hidden: false }
+        } else {
+            Pending::DescribeStatement(name)
+        };
+        self.forward(&frame, Some(pending)).await
+    }
+
+    async fn execute(&mut self, frame: Frame) -> Result<()> {
+        frame::check_structure(b'E', frame.body(), Peer::Client)?;
+        let portal = cstr_at(frame.body());
+        let (what, params, described) = match self.portals.get(&portal) {
+            Some(p) => (
+                match self.statements.get(&p.statement) {
+                    Some(s) => s.text.clone(),
+                    None => format!("statement {:?}", String::from_utf8_lossy(&p.statement)),
+                },
+                p.params.clone(),
+                p.described,
+            ),
+            None => (
+                format!("portal {:?}", String::from_utf8_lossy(&portal)),
+                String::new(),
+                false,
+            ),
+        };
+        let data = if params.is_empty() {
+            format!("execute: {what}")
+        } else {
+            format!("execute: {what}\nparameters: {params}")
+        };
+        // The execution is what acts on the target: its record (with the
+        // parameters) is durable before the Execute leaves.
+        self.flush_server().await?;
+        if let Err(e) = self.cx.session.record(Event::Input { data }).await {
+            self.refuse(store_error(&e), true);
+            return Ok(());
+        }
+        if !described {
+            // Learn the portal's columns (names, types, formats) so that its
+            // rows can be masked even when the client never describes it.
+            let mut body = Vec::with_capacity(portal.len() + 2);
+            body.push(b'P');
+            body.extend_from_slice(&portal);
+            body.push(0);
+            self.expect(Pending::DescribePortal {
+                name: portal.clone(),
+                hidden: true,
+            });
+            self.write_server(&frame::raw(b'D', &body)).await?;
+            if let Some(p) = self.portals.get_mut(&portal) {
+                p.described = true;
+            }
+        }
+        let track = Track::new();
+        self.forward(&frame, Some(Pending::Execute { portal, track }))
+            .await
+    }
+
+    async fn close(&mut self, frame: Frame) -> Result<()> {
+        frame::check_structure(b'C', frame.body(), Peer::Client)?;
+        let kind = frame.body()[0];
+        let name = cstr_at(&frame.body()[1..]);
+        if kind == b'S' {
+            self.statements.remove(&name);
+            self.prepared.remove(String::from_utf8_lossy(&name).as_ref());
+        } else {
+            self.portals.remove(&name);
+        }
+        self.forward(&frame, Some(Pending::Close)).await
+    }
+
+    async fn function_call(&mut self, frame: Frame) -> Result<()> {
+        let function = frame
+            .body()
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        // A fast-path call runs any function by OID, outside SQL: it is
+        // judged as a statement the classifier cannot see into.
+        let op = SqlOperation {
+            text: format!("-- fast-path function call of function OID {function}"),
+            kind: SqlKind::Opaque,
+            object: None,
+            tables: Vec::new(),
+            has_where: None,
+        };
+        match self.decide(vec![op]).await? {
+            Verdict::Allow(..) => {
+                self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
+                    .await
+            }
+            Verdict::Refuse(error) => {
+                self.refuse(error, false);
+                Ok(())
+            }
+            Verdict::Gone => Err(Error::Client("the client left while waiting for approval".into())),
+        }
+    }
+
+    /// Records the CopyData held so far (masked) and then forwards it. If the
+    /// record cannot be written the COPY is failed toward the server, so no
+    /// unrecorded data reaches it.
+    async fn flush_copy(&mut self) -> Result<()> {
+        if self.copy.is_empty() {
+            return Ok(());
+        }
+        let frames = std::mem::take(&mut self.copy);
+        self.copy_bytes = 0;
+        let mut data = BytesMut::new();
+        for f in &frames {
+            data.extend_from_slice(f.body());
+        }
+        let mut counts = MaskCounts::new();
+        let text = match std::str::from_utf8(&data) {
+            Ok(text) => rows::mask_plain(self.cx.session.masker(), text, &mut counts)
+                .unwrap_or_else(|| text.to_string()),
+            Err(_) => format!("<{} bytes of binary COPY data>", data.len()),
+        };
+        if !counts.is_empty() {
+            self.cx.session.record_later(Event::Masked { counts });
+        }
+        match self.cx.session.record(Event::Input { data: text }).await {
+            Ok(()) => {
+                for f in frames {
+                    self.write_server(&f.bytes).await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut body = e.to_string().into_bytes();
+                body.push(0);
+                self.write_server(&frame::raw(b'f', &body)).await
+            }
+        }
+    }
+
+    /// The operation a classified statement stands for. `EXECUTE name` is
+    /// judged as the statement it runs; an unknown name as opaque.
+    fn resolve(&self, c: &Classified, overlay: &[PreparedChange]) -> SqlOperation {
+        let Some(name) = &c.execute else {
+            return c.operation.clone();
+        };
+        let mut found = self.prepared.get(name).cloned();
+        for change in overlay {
+            match change {
+                PreparedChange::Add(n, op) if n == name => found = Some(op.clone()),
+                PreparedChange::Remove(n) if n == name => found = None,
+                PreparedChange::Clear => found = None,
+                _ => {}
+            }
+        }
+        match found {
+            Some(inner) => SqlOperation {
+                text: format!("{} -- prepared as: {}", c.operation.text, inner.text),
+                kind: inner.kind,
+                object: inner.object,
+                tables: inner.tables,
+                has_where: inner.has_where,
+            },
+            None => SqlOperation {
+                text: c.operation.text.clone(),
+                kind: SqlKind::Opaque,
+                ..c.operation.clone()
+            },
+        }
+    }
+
+    fn apply(&mut self, changes: Vec<PreparedChange>) {
+        for change in changes {
+            match change {
+                PreparedChange::Add(name, op) => {
+                    self.prepared.insert(name, op);
+                }
+                PreparedChange::Remove(name) => {
+                    self.prepared.remove(&name);
+                }
+                PreparedChange::Clear => self.prepared.clear(),
+            }
+        }
+    }
+
+    /// Judges the statements of one message.
+    async fn judge(&mut self, classified: &[Classified]) -> Result<Verdict> {
+        let mut ops = Vec::with_capacity(classified.len());
+        let mut changes = Vec::new();
+        for c in classified {
+            ops.push(self.resolve(c, &changes));
+            if let Some((name, inner)) = &c.prepare {
+                changes.push(PreparedChange::Add(name.clone(), inner.clone()));
+            }
+            match &c.deallocate {
+                Some(Some(name)) => changes.push(PreparedChange::Remove(name.clone())),
+                Some(None) => changes.push(PreparedChange::Clear),
+                None => {}
+            }
+            if discards_all(&c.operation.text) {
+                changes.push(PreparedChange::Clear);
+            }
+        }
+        Ok(match self.decide(ops).await? {
+            Verdict::Allow(ops, _) => Verdict::Allow(ops, changes),
+            other => other,
+        })
+    }
+
+    /// Authorizes each operation (each record durable before anything is
+    /// forwarded); one denial refuses the whole message; reviews wait for
+    /// approval while the client is told where to approve.
+    async fn decide(&mut self, ops: Vec<SqlOperation>) -> Result<Verdict> {
+        // Earlier pipelined messages go out while this one is judged.
+        self.flush_server().await?;
+        let mut decisions = Vec::with_capacity(ops.len());
+        for op in &ops {
+            let operation = Operation::Sql(op.clone());
+            match self.cx.session.authorize(&operation).await {
+                Ok(d) => decisions.push((operation, d)),
+                Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
+            }
+        }
+        if let Some((_, Decision::Deny { rule, message })) =
+            decisions.iter().find(|(_, d)| matches!(d, Decision::Deny { .. }))
+        {
+            return Ok(Verdict::Refuse(denied(rule, message)));
+        }
+        for (operation, decision) in &decisions {
+            let Decision::Review { message, .. } = decision else {
+                continue;
+            };
+            let pending = match self.cx.session.request_approval(operation, decision).await {
+                Ok(p) => p,
+                Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
+            };
+            if !pending.is_decided() {
+                let note = format!(
+                    "{message}: waiting for approval {} (approve at {})",
+                    pending.id(),
+                    pending.url()
+                );
+                let _ = self.tx.send(Action::Notice(frame::notice_response(
+                    &note,
+                    Some("the statement runs once it is approved; cancel the query to stop waiting"),
+                )));
+            }
+            let id = pending.id().to_string();
+            let wait = pending.wait();
+            tokio::pin!(wait);
+            let outcome = loop {
+                tokio::select! {
+                    d = &mut wait => break d,
+                    _ = self.cx.cancel.notified() => {
+                        return Ok(Verdict::Refuse(frame::error_response(
+                            Severity::Error,
+                            sqlstate::QUERY_CANCELED,
+                            &format!("canceling statement due to user request (it was waiting for approval {id})"),
+                            None,
+                        )));
+                    }
+                    more = self.reader.fill() => {
+                        if !more? {
+                            return Ok(Verdict::Gone);
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(Decision::Allow) => {}
+                Ok(Decision::Deny { rule, message }) => {
+                    return Ok(Verdict::Refuse(denied(&rule, &message)));
+                }
+                Ok(Decision::Review { rule, .. }) => {
+                    return Ok(Verdict::Refuse(denied(
+                        &rule,
+                        "the approval did not settle the review",
+                    )));
+                }
+                Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
+            }
+        }
+        Ok(Verdict::Allow(ops, Vec::new()))
+    }
+}
+
+/// The first C string of a message body, as raw bytes.
+fn cstr_at(b: &[u8]) -> Bytes {
+    match frame::take_cstr(b) {
+        Some((s, _)) => Bytes::copy_from_slice(s),
+        None => Bytes::new(),
+    }
+}
+
+fn opaque(text: &str) -> SqlOperation {
+    SqlOperation {
+        text: text.to_string(),
+        kind: SqlKind::Opaque,
+        object: None,
+        tables: Vec::new(),
+        has_where: None,
+    }
+}
+
+/// `DISCARD ALL` drops every prepared statement.
+fn discards_all(text: &str) -> bool {
+    let mut words = text.split_whitespace().map(str::to_ascii_lowercase);
+    words.next().as_deref() == Some("discard") && words.next().as_deref() == Some("all")
+}
+
+fn denied(rule: &str, message: &str) -> Bytes {
+    frame::error_response(
+        Severity::Error,
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        &format!("denied by rule {rule}: {message}"),
+        None,
+    )
+}
+
+fn store_error(e: &Error) -> Bytes {
+    let code = match e {
+        Error::Store(_) | Error::Internal(_) => sqlstate::SYSTEM_ERROR,
+        _ => sqlstate::INSUFFICIENT_PRIVILEGE,
+    };
+    frame::error_response(Severity::Error, code, &e.to_string(), None)
+}
+
+// ---------------------------------------------------------------------------
+// Server half
+
+struct ServerHalf<'a> {
+    cx: &'a Context<'a>,
+    reader: FrameReader<ReadHalf<UpstreamStream>>,
+    client: BufWriter<WriteHalf<ClientStream>>,
+    rx: mpsc::UnboundedReceiver<Action>,
+    queue: VecDeque<Pending>,
+    /// The transaction status of the server's last ReadyForQuery.
+    status: u8,
+    /// After an error in the extended protocol: the server skips to Sync.
+    skipping: bool,
+    /// Columns of portals, from Describe (`None`: the portal returns no rows).
+    portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
+    param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
+}
+
+impl ServerHalf<'_> {
+    async fn run(&mut self) -> Result<String> {
+        let end = self.relay().await;
+        let _ = self.client.flush().await;
+        end
+    }
+
+    async fn relay(&mut self) -> Result<String> {
+        let mut channel_open = true;
+        loop {
+            while let Ok(action) = self.rx.try_recv() {
+                if let Some(end) = self.act(action).await? {
+                    return Ok(end);
+                }
+            }
+            self.advance().await?;
+            if !self.reader.has_frame() {
+                self.flush_client().await?;
+            }
+            tokio::select! {
+                biased;
+                action = self.rx.recv(), if channel_open => match action {
+                    Some(action) => if let Some(end) = self.act(action).await? {
+                        return Ok(end);
+                    },
+                    None => channel_open = false,
+                },
+                frame = self.reader.next() => match frame? {
+                    Some(frame) => {
+                        // Anything the client half queued before this answer
+                        // was sent must be known before matching it.
+                        while let Ok(action) = self.rx.try_recv() {
+                            if let Some(end) = self.act(action).await? {
+                                return Ok(end);
+                            }
+                        }
+                        self.advance().await?;
+                        self.handle(frame).await?;
+                    }
+                    None => return Ok("the server closed the connection".into()),
+                },
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> Result<Option<String>> {
+        match action {
+            Action::Expect(p) => self.queue.push_back(p),
+            Action::Notice(n) => {
+                self.write_client(&n).await?;
+                self.flush_client().await?;
+            }
+            Action::Fatal(e, reason) => {
+                self.write_client(&e).await?;
+                self.flush_client().await?;
+                return Ok(Some(reason));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<()> {
+        self.client
+            .write_all(bytes)
+            .await
+            .map_err(|e| Error::Client(format!("writing to the client failed: {e}")))
+    }
+
+    async fn flush_client(&mut self) -> Result<()> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| Error::Client(format!("writing to the client failed: {e}")))
+    }
+
+    /// Emits the gateway's own answers that have reached the head of the
+    /// queue, and drops what the server skips after an error.
+    async fn advance(&mut self) -> Result<()> {
+        loop {
+            match self.queue.front() {
+                Some(Pending::Sync) | None => return Ok(()),
+                Some(_) if self.skipping => {
+                    if let Some(p) = self.queue.pop_front() {
+                        self.skipped(p);
+                    }
+                }
+                Some(Pending::Refused(_)) => {
+                    if let Some(Pending::Refused(error)) = self.queue.pop_front() {
+                        self.write_client(&error).await?;
+                        self.skipping = true;
+                    }
+                }
+                Some(Pending::RefusedQuery(_)) => {
+                    if let Some(Pending::RefusedQuery(error)) = self.queue.pop_front() {
+                        self.write_client(&error).await?;
+                        let ready = frame::ready_for_query(self.status);
+                        self.write_client(&ready).await?;
+                    }
+                }
+                Some(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Records the end of a message the server skipped.
+    fn skipped(&mut self, p: Pending) {
+        if let Pending::Execute { mut track, .. } = p {
+            track.error = Some("not executed: an earlier message of the pipeline failed".into());
+            self.finish(track, None);
+        }
+    }
+
+    fn track(&mut self) -> Option<&mut Track> {
+        match self.queue.front_mut()? {
+            Pending::Query(q) => Some(&mut q.current),
+            Pending::Execute { track, .. } => Some(track),
+            Pending::FunctionCall(track) => Some(track),
+            _ => None,
+        }
+    }
+
+    /// Records how a statement ended: its first rows, masking counts and result.
+    fn finish(&self, track: Track, rows: Option<u64>) {
+        let session = self.cx.session;
+        if !track.rows.is_empty() {
+            let mut data = track
+                .columns
+                .as_ref()
+                .map(|c| rows::header(c))
+                .unwrap_or_default();
+            for row in &track.rows {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(row);
+            }
+            session.record_later(Event::Output { data });
+        }
+        if !track.counts.is_empty() {
+            session.record_later(Event::Masked {
+                counts: track.counts,
+            });
+        }
+        session.record_later(Event::Result {
+            rows,
+            error: track.error,
+            duration_us: track.started.elapsed().as_micros() as u64,
+        });
+    }
+
+    /// Ends the current statement of the head entry.
+    fn complete(&mut self, rows: Option<u64>) {
+        match self.queue.front_mut() {
+            Some(Pending::Query(q)) => {
+                let track = std::mem::replace(&mut q.current, Track::new());
+                self.finish(track, rows);
+            }
+            Some(Pending::Execute { .. }) => {
+                if let Some(Pending::Execute { track, .. }) = self.queue.pop_front() {
+                    self.finish(track, rows);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<()> {
+        let masker = self.cx.session.masker();
+        match frame.tag {
+            b'N' => {
+                let mut n: NoticeResponse = frame.decode(Peer::Upstream)?;
+                let out = if self.mask_fields(&mut n.fields) {
+                    frame::encode(&n)
+                } else {
+                    frame.bytes.clone()
+                };
+                self.write_client(&out).await
+            }
+            b'E' => {
+                let mut e: ErrorResponse = frame.decode(Peer::Upstream)?;
+                let out = if self.mask_fields(&mut e.fields) {
+                    frame::encode(&e)
+                } else {
+                    frame.bytes.clone()
+                };
+                let text = error_text(&e);
+                self.on_error(text);
+                self.write_client(&out).await
+            }
+            b'A' => {
+                let mut n: NotificationResponse = frame.decode(Peer::Upstream)?;
+                let mut counts = MaskCounts::new();
+                let channel = rows::mask_plain(masker, &n.channel, &mut counts);
+                let payload = rows::mask_plain(masker, &n.payload, &mut counts);
+                self.record_counts(counts);
+                if channel.is_none() && payload.is_none() {
+                    return self.write_client(&frame.bytes).await;
+                }
+                if let Some(c) = channel {
+                    n.channel = c;
+                }
+                if let Some(p) = payload {
+                    n.payload = p;
+                }
+                self.write_client(&frame::encode(&n)).await
+            }
+            b'S' => {
+                let mut p: ParameterStatus = frame.decode(Peer::Upstream)?;
+                let mut counts = MaskCounts::new();
+                match rows::mask_plain(masker, &p.value, &mut counts) {
+                    Some(v) => {
+                        p.value = v;
+                        self.record_counts(counts);
+                        self.write_client(&frame::encode(&p)).await
+                    }
+                    None => self.write_client(&frame.bytes).await,
+                }
+            }
+            b'Z' => {
+                frame::check_structure(b'Z', frame.body(), Peer::Upstream)?;
+                self.status = frame.body()[0];
+                self.skipping = false;
+                match self.queue.front() {
+                    Some(Pending::Query(_)) => {
+                        if let Some(Pending::Query(q)) = self.queue.pop_front() {
+                            // A query whose last statement produced no
+                            // completion (an error already ended it) has
+                            // nothing more to record.
+                            if !q.current.rows.is_empty() {
+                                self.finish(q.current, None);
+                            }
+                        }
+                    }
+                    Some(Pending::Sync) => {
+                        self.queue.pop_front();
+                    }
+                    Some(Pending::FunctionCall(_)) => {
+                        if let Some(Pending::FunctionCall(track)) = self.queue.pop_front() {
+                            self.finish(track, None);
+                        }
+                    }
+                    _ => tracing::debug!("ReadyForQuery without a matching request"),
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b'1' | b'2' | b'3' => {
+                if matches!(
+                    self.queue.front(),
+                    Some(Pending::Parse | Pending::Bind | Pending::Close)
+                ) {
+                    self.queue.pop_front();
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b't' => {
+                if let Some(Pending::DescribeStatement(name)) = self.queue.front() {
+                    let d: ParameterDescription = frame.decode(Peer::Upstream)?;
+                    let name = name.clone();
+                    if let Ok(mut m) = self.param_types.lock() {
+                        m.insert(name, d.types);
+                    }
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b'T' => {
+                let desc: RowDescription = frame.decode(Peer::Upstream)?;
+                let cols = Arc::new(rows::columns(&desc));
+                match self.queue.front_mut() {
+                    Some(Pending::Query(q)) => q.current.columns = Some(cols),
+                    Some(Pending::DescribePortal { name, hidden }) => {
+                        let (name, hidden) = (name.clone(), *hidden);
+                        self.portals.insert(name, Some(cols));
+                        self.queue.pop_front();
+                        if hidden {
+                            return Ok(());
+                        }
+                    }
+                    Some(Pending::DescribeStatement(_)) => {
+                        self.queue.pop_front();
+                    }
+                    _ => {}
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b'n' => {
+                match self.queue.front() {
+                    Some(Pending::DescribePortal { name, hidden }) => {
+                        let (name, hidden) = (name.clone(), *hidden);
+                        self.portals.insert(name, None);
+                        self.queue.pop_front();
+                        if hidden {
+                            return Ok(());
+                        }
+                    }
+                    Some(Pending::DescribeStatement(_)) => {
+                        self.queue.pop_front();
+                    }
+                    _ => {}
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b'D' => self.data_row(frame).await,
+            b'C' => {
+                frame::check_structure(b'C', frame.body(), Peer::Upstream)?;
+                let rows = row_count(frame.body());
+                self.complete(rows);
+                self.write_client(&frame.bytes).await
+            }
+            b'I' => {
+                self.complete(None);
+                self.write_client(&frame.bytes).await
+            }
+            b's' => {
+                if let Some(Pending::Execute { .. }) = self.queue.front() {
+                    if let Some(Pending::Execute { track, .. }) = self.queue.pop_front() {
+                        let n = track.rows.len() as u64;
+                        self.finish(track, Some(n));
+                    }
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b'H' => {
+                if let Some(t) = self.track() {
+                    t.copy_out = true;
+                }
+                self.write_client(&frame.bytes).await
+            }
+            b'd' => {
+                let record_rows = self.cx.record_rows;
+                let copying = self.track().is_some_and(|t| t.copy_out);
+                if !copying {
+                    return self.write_client(&frame.bytes).await;
+                }
+                let mut counts = MaskCounts::new();
+                let (masked, line) = rows::mask_copy_line(masker, frame.body(), &mut counts);
+                if let Some(t) = self.track() {
+                    for (k, v) in counts {
+                        *t.counts.entry(k).or_default() += v;
+                    }
+                    if let Some(line) = line {
+                        if t.rows.len() < record_rows {
+                            t.rows.push(line);
+                        }
+                    }
+                }
+                match masked {
+                    Some(data) => self.write_client(&frame::raw(b'd', &data)).await,
+                    None => self.write_client(&frame.bytes).await,
+                }
+            }
+            b'c' => {
+                if let Some(t) = self.track() {
+                    t.copy_out = false;
+                }
+                self.write_client(&frame.bytes).await
+            }
+            _ => self.write_client(&frame.bytes).await,
+        }
+    }
+
+    async fn data_row(&mut self, frame: Frame) -> Result<()> {
+        let record_rows = self.cx.record_rows;
+        let cols = match self.queue.front() {
+            Some(Pending::Query(q)) => q.current.columns.clone(),
+            Some(Pending::Execute { portal, .. }) => {
+                let cols = self.portals.get(portal).cloned().flatten();
+                if let Some(Pending::Execute { track, .. }) = self.queue.front_mut() {
+                    if track.columns.is_none() {
+                        track.columns = cols.clone();
+                    }
+                }
+                cols
+            }
+            _ => None,
+        };
+        let no_cols = Vec::new();
+        let cols_ref: &[Column] = cols.as_deref().unwrap_or(&no_cols);
+        let render = self.track().is_some_and(|t| t.rows.len() < record_rows);
+        let mut counts = MaskCounts::new();
+        let (masked, line) = rows::mask_row(
+            self.cx.session.masker(),
+            cols_ref,
+            frame.body(),
+            &mut counts,
+            render,
+        )
+        .map_err(Error::Upstream)?;
+        match self.track() {
+            Some(t) => {
+                for (k, v) in counts {
+                    *t.counts.entry(k).or_default() += v;
+                }
+                if let Some(line) = line {
+                    t.rows.push(line);
+                }
+            }
+            None => self.record_counts(counts),
+        }
+        match masked {
+            Some(bytes) => self.write_client(&bytes).await,
+            None => self.write_client(&frame.bytes).await,
+        }
+    }
+
+    fn record_counts(&self, counts: MaskCounts) {
+        if !counts.is_empty() {
+            self.cx.session.record_later(Event::Masked { counts });
+        }
+    }
+
+    /// An error from the server ends the current statement; in the
+    /// extended protocol the server then skips to Sync.
+    fn on_error(&mut self, text: String) {
+        match self.queue.front_mut() {
+            Some(Pending::Query(q)) => {
+                let mut track = std::mem::replace(&mut q.current, Track::new());
+                track.error = Some(text);
+                self.finish(track, None);
+            }
+            Some(Pending::FunctionCall(track)) => track.error = Some(text),
+            Some(Pending::Sync) | None => {}
+            Some(Pending::Execute { .. }) => {
+                if let Some(Pending::Execute { mut track, .. }) = self.queue.pop_front() {
+                    track.error = Some(text);
+                    self.finish(track, None);
+                }
+                self.skipping = true;
+            }
+            Some(_) => {
+                self.queue.pop_front();
+                self.skipping = true;
+            }
+        }
+    }
+
+    /// Masks every field of an error or notice; whether one changed.
+    fn mask_fields(&self, fields: &mut [(u8, String)]) -> bool {
+        let mut counts = MaskCounts::new();
+        let mut changed = false;
+        for (_, value) in fields.iter_mut() {
+            if let Some(m) = rows::mask_plain(self.cx.session.masker(), value, &mut counts) {
+                *value = m;
+                changed = true;
+            }
+        }
+        self.record_counts(counts);
+        changed
+    }
+}
+
+/// `SQLSTATE: message` of a server error (already masked), for the record.
+fn error_text(e: &ErrorResponse) -> String {
+    let field = |c: u8| {
+        e.fields
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    format!("{}: {}", field(b'C'), field(b'M'))
+}
+
+/// The row count of a CommandComplete tag ("SELECT 3", "INSERT 0 1", "COPY 5").
+fn row_count(body: &[u8]) -> Option<u64> {
+    let tag = frame::take_cstr(body)?.0;
+    let tag = std::str::from_utf8(tag).ok()?;
+    let mut words = tag.split(' ');
+    let command = words.next()?;
+    if !matches!(
+        command,
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE"
+    ) {
+        return None;
+    }
+    tag.rsplit(' ').next()?.parse().ok()
+}
+
+/// Writes all of `bytes`; used for the few messages sent outside the relay.
+pub(crate) async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<()> {
+    w.write_all(bytes)
+        .await
+        .map_err(|e| Error::Client(format!("writing to the client failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_counts_from_command_tags() {
+        assert_eq!(row_count(b"SELECT 3\0"), Some(3));
+        assert_eq!(row_count(b"INSERT 0 12\0"), Some(12));
+        assert_eq!(row_count(b"COPY 5\0"), Some(5));
+        assert_eq!(row_count(b"CREATE TABLE\0"), None);
+        assert_eq!(row_count(b"SET\0"), None);
+    }
+
+    #[test]
+    fn discard_all_is_recognised() {
+        assert!(discards_all("DISCARD ALL"));
+        assert!(discards_all("discard  all"));
+        assert!(!discards_all("DISCARD PLANS"));
+    }
+}

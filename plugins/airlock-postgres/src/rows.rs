@@ -1,0 +1,491 @@
+//! Result values: masking the cells of `DataRow` messages by column (text
+//! format, and binary format for text-like types) and rendering rows,
+//! parameters and values for the audit record.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use airlock_core::MaskCounts;
+use airlock_core::mask::Masker;
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::data::{DataRow, RowDescription};
+
+use crate::frame;
+
+/// Type OIDs the gateway understands in binary format.
+mod oid {
+    pub(super) const BOOL: u32 = 16;
+    pub(super) const BYTEA: u32 = 17;
+    pub(super) const NAME: u32 = 19;
+    pub(super) const INT8: u32 = 20;
+    pub(super) const INT2: u32 = 21;
+    pub(super) const INT4: u32 = 23;
+    pub(super) const TEXT: u32 = 25;
+    pub(super) const OID: u32 = 26;
+    pub(super) const JSON: u32 = 114;
+    pub(super) const XML: u32 = 142;
+    pub(super) const FLOAT4: u32 = 700;
+    pub(super) const FLOAT8: u32 = 701;
+    pub(super) const UNKNOWN: u32 = 705;
+    pub(super) const BPCHAR: u32 = 1042;
+    pub(super) const VARCHAR: u32 = 1043;
+    pub(super) const UUID: u32 = 2950;
+    pub(super) const JSONB: u32 = 3802;
+    pub(super) const JSONB_ARRAY: u32 = 3807;
+    /// Arrays of text-like element types.
+    pub(super) const TEXT_ARRAYS: [u32; 6] = [1009, 1015, 1014, 1003, 199, 143];
+}
+
+/// How a binary value of a type holds text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TextLike {
+    /// The bytes are the text.
+    Plain,
+    /// A version byte (1), then the text (jsonb).
+    Jsonb,
+}
+
+fn text_like(type_oid: u32) -> Option<TextLike> {
+    match type_oid {
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML | oid::UNKNOWN
+        | oid::BYTEA => Some(TextLike::Plain),
+        oid::JSONB => Some(TextLike::Jsonb),
+        _ => None,
+    }
+}
+
+fn array_element(type_oid: u32) -> Option<TextLike> {
+    if oid::TEXT_ARRAYS.contains(&type_oid) {
+        Some(TextLike::Plain)
+    } else if type_oid == oid::JSONB_ARRAY {
+        Some(TextLike::Jsonb)
+    } else {
+        None
+    }
+}
+
+/// One result column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Column {
+    /// The column's name, as the client sees it.
+    pub(crate) name: String,
+    /// The name masking rules match on.
+    pub(crate) field: String,
+    pub(crate) type_oid: u32,
+    /// 0 text, 1 binary.
+    pub(crate) format: i16,
+}
+
+/// The columns of a `RowDescription`.
+pub(crate) fn columns(desc: &RowDescription) -> Vec<Column> {
+    desc.fields
+        .iter()
+        .map(|f| Column {
+            name: f.name.clone(),
+            field: f.name.clone(),
+            type_oid: f.type_id,
+            format: f.format_code,
+        })
+        .collect()
+}
+
+/// A cell's value after masking, for the record.
+enum Rendered {
+    Null,
+    Text(String),
+}
+
+/// Masks one `DataRow` body. Returns the new frame when a value changed
+/// (`None`: forward the original bytes) and, when `render` is set, the row
+/// as a line for the audit record.
+pub(crate) fn mask_row(
+    masker: &Masker,
+    cols: &[Column],
+    body: &[u8],
+    counts: &mut MaskCounts,
+    render: bool,
+) -> std::result::Result<(Option<Bytes>, Option<String>), String> {
+    let cells = split_cells(body)?;
+    let mut changed = false;
+    let mut out: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(cells.len());
+    let mut line = render.then(String::new);
+    for (i, cell) in cells.into_iter().enumerate() {
+        let col = cols.get(i);
+        let Some(value) = cell else {
+            out.push(None);
+            if let Some(l) = &mut line {
+                push_cell(l, i, &Rendered::Null);
+            }
+            continue;
+        };
+        let (masked, rendered) = mask_value(masker, col, value, counts);
+        if let Some(l) = &mut line {
+            push_cell(l, i, &rendered);
+        }
+        if let Cow::Owned(_) = masked {
+            changed = true;
+        }
+        out.push(Some(masked));
+    }
+    let frame = changed.then(|| {
+        let mut data = BytesMut::new();
+        for cell in &out {
+            match cell {
+                None => data.put_i32(-1),
+                Some(v) => {
+                    data.put_i32(v.len() as i32);
+                    data.put_slice(v);
+                }
+            }
+        }
+        frame::encode(&DataRow::new(data, out.len() as i16))
+    });
+    Ok((frame, line))
+}
+
+fn push_cell(line: &mut String, i: usize, value: &Rendered) {
+    if i > 0 {
+        line.push_str(" | ");
+    }
+    match value {
+        Rendered::Null => line.push_str("NULL"),
+        Rendered::Text(t) => line.push_str(t),
+    }
+}
+
+/// Splits a `DataRow` body into its cells (`None` for NULL).
+fn split_cells(body: &[u8]) -> std::result::Result<Vec<Option<&[u8]>>, String> {
+    let bad = || "malformed DataRow from the server".to_string();
+    if body.len() < 2 {
+        return Err(bad());
+    }
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    let mut rest = &body[2..];
+    let mut cells = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        if rest.len() < 4 {
+            return Err(bad());
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            cells.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if rest.len() < len {
+            return Err(bad());
+        }
+        cells.push(Some(&rest[..len]));
+        rest = &rest[len..];
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok(cells)
+}
+
+/// Masks one non-null value of a column (unknown column: treated as text).
+fn mask_value<'a>(
+    masker: &Masker,
+    col: Option<&Column>,
+    value: &'a [u8],
+    counts: &mut MaskCounts,
+) -> (Cow<'a, [u8]>, Rendered) {
+    let field = col.map(|c| c.field.as_str());
+    let binary = col.is_some_and(|c| c.format == 1);
+    if !binary {
+        let (masked, text) = mask_text(masker, field, value, counts);
+        return (masked, Rendered::Text(text));
+    }
+    let Some(col) = col else {
+        return (Cow::Borrowed(value), Rendered::Text(String::new()));
+    };
+    match text_like(col.type_oid) {
+        Some(kind) => {
+            let (masked, text) = mask_text_like(masker, field, value, kind, counts);
+            (masked, Rendered::Text(text))
+        }
+        None => match array_element(col.type_oid) {
+            Some(kind) => match mask_array(masker, field, value, kind, counts) {
+                Some((masked, text)) => (masked, Rendered::Text(text)),
+                None => (Cow::Borrowed(value), Rendered::Text(hex(value))),
+            },
+            None => (
+                Cow::Borrowed(value),
+                Rendered::Text(render_binary(col.type_oid, value)),
+            ),
+        },
+    }
+}
+
+/// Masks a text value. Invalid UTF-8 (a client encoding other than UTF-8)
+/// is matched on its lossy reading and left untouched unless a match is found.
+fn mask_text<'a>(
+    masker: &Masker,
+    field: Option<&str>,
+    value: &'a [u8],
+    counts: &mut MaskCounts,
+) -> (Cow<'a, [u8]>, String) {
+    let text = String::from_utf8_lossy(value);
+    match masker.mask_str(field, &text, counts) {
+        Cow::Borrowed(_) => (Cow::Borrowed(value), text.into_owned()),
+        Cow::Owned(masked) if masked == *text => (Cow::Borrowed(value), masked),
+        Cow::Owned(masked) => (Cow::Owned(masked.clone().into_bytes()), masked),
+    }
+}
+
+fn mask_text_like<'a>(
+    masker: &Masker,
+    field: Option<&str>,
+    value: &'a [u8],
+    kind: TextLike,
+    counts: &mut MaskCounts,
+) -> (Cow<'a, [u8]>, String) {
+    match kind {
+        TextLike::Plain => mask_text(masker, field, value, counts),
+        TextLike::Jsonb => match value.split_first() {
+            Some((&version, json)) => match mask_text(masker, field, json, counts) {
+                (Cow::Borrowed(_), text) => (Cow::Borrowed(value), text),
+                (Cow::Owned(masked), text) => {
+                    let mut v = Vec::with_capacity(masked.len() + 1);
+                    v.push(version);
+                    v.extend_from_slice(&masked);
+                    (Cow::Owned(v), text)
+                }
+            },
+            None => (Cow::Borrowed(value), String::new()),
+        },
+    }
+}
+
+/// Masks the elements of a binary array of a text-like type. `None` when
+/// the array is malformed (it is then forwarded as it is).
+fn mask_array<'a>(
+    masker: &Masker,
+    field: Option<&str>,
+    value: &'a [u8],
+    kind: TextLike,
+    counts: &mut MaskCounts,
+) -> Option<(Cow<'a, [u8]>, String)> {
+    let i32_at = |b: &[u8], at: usize| -> Option<i32> {
+        b.get(at..at + 4)
+            .map(|s| i32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let ndim = i32_at(value, 0)?;
+    if !(0..=6).contains(&ndim) {
+        return None;
+    }
+    let header = 12 + 8 * ndim as usize;
+    if value.len() < header {
+        return None;
+    }
+    let mut rest = &value[header..];
+    let mut changed = false;
+    let mut out = BytesMut::with_capacity(value.len());
+    out.put_slice(&value[..header]);
+    let mut text = String::from("{");
+    let mut first = true;
+    while !rest.is_empty() {
+        let len = i32_at(rest, 0)?;
+        rest = &rest[4..];
+        if !first {
+            text.push(',');
+        }
+        first = false;
+        if len < 0 {
+            out.put_i32(-1);
+            text.push_str("NULL");
+            continue;
+        }
+        let elem = rest.get(..len as usize)?;
+        rest = &rest[len as usize..];
+        let (masked, t) = mask_text_like(masker, field, elem, kind, counts);
+        if let Cow::Owned(_) = masked {
+            changed = true;
+        }
+        out.put_i32(masked.len() as i32);
+        out.put_slice(&masked);
+        text.push_str(&t);
+    }
+    text.push('}');
+    Some((
+        if changed {
+            Cow::Owned(out.to_vec())
+        } else {
+            Cow::Borrowed(value)
+        },
+        text,
+    ))
+}
+
+/// A binary value of a type that holds no text, rendered for the record.
+pub(crate) fn render_binary(type_oid: u32, v: &[u8]) -> String {
+    match (type_oid, v.len()) {
+        (oid::BOOL, 1) => (if v[0] != 0 { "t" } else { "f" }).to_string(),
+        (oid::INT2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
+        (oid::INT4, 4) => i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
+        (oid::OID, 4) => u32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
+        (oid::INT8, 8) => {
+            i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]).to_string()
+        }
+        (oid::FLOAT4, 4) => f32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
+        (oid::FLOAT8, 8) => {
+            f64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]).to_string()
+        }
+        (oid::UUID, 16) => {
+            let h = hex_digits(v);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
+        }
+        _ => hex(v),
+    }
+}
+
+fn hex_digits(v: &[u8]) -> String {
+    let mut s = String::with_capacity(v.len() * 2);
+    for b in v {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Binary data as PostgreSQL's `\x` hex notation, cut after 64 bytes.
+fn hex(v: &[u8]) -> String {
+    const MAX: usize = 64;
+    let mut s = format!("\\x{}", hex_digits(&v[..v.len().min(MAX)]));
+    if v.len() > MAX {
+        let _ = write!(s, "... ({} bytes)", v.len());
+    }
+    s
+}
+
+/// Renders (and masks) bind parameters for the record: `$1 = 'x', $2 = NULL`.
+pub(crate) fn render_params(
+    masker: &Masker,
+    params: &[Option<Bytes>],
+    formats: &[i16],
+    types: &[u32],
+    counts: &mut MaskCounts,
+) -> String {
+    let mut s = String::new();
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "${} = ", i + 1);
+        let Some(v) = p else {
+            s.push_str("NULL");
+            continue;
+        };
+        // One format code applies to all parameters; none means text.
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(0),
+        };
+        let type_oid = types.get(i).copied().unwrap_or(0);
+        let text = if format == 1 {
+            match text_like(type_oid) {
+                Some(kind) => mask_text_like(masker, None, v, kind, counts).1,
+                None if type_oid == 0 && std::str::from_utf8(v).is_ok_and(printable) => {
+                    mask_text(masker, None, v, counts).1
+                }
+                None => render_binary(type_oid, v),
+            }
+        } else {
+            mask_text(masker, None, v, counts).1
+        };
+        let _ = write!(s, "'{}'", text.replace('\'', "''"));
+    }
+    s
+}
+
+fn printable(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+}
+
+/// The header line of a recorded result.
+pub(crate) fn header(cols: &[Column]) -> String {
+    cols.iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Masks a text that is not a cell (an error field, a notification payload,
+/// a COPY line). Returns `None` when nothing changed.
+pub(crate) fn mask_plain(masker: &Masker, text: &str, counts: &mut MaskCounts) -> Option<String> {
+    match masker.mask_str(None, text, counts) {
+        Cow::Owned(m) if m != text => Some(m),
+        _ => None,
+    }
+}
+
+/// Masks a COPY OUT row: returns the new bytes when something changed and
+/// the row for the record. Binary COPY data is not text and is forwarded as is.
+pub(crate) fn mask_copy_line(
+    masker: &Masker,
+    data: &[u8],
+    counts: &mut MaskCounts,
+) -> (Option<Bytes>, Option<String>) {
+    match std::str::from_utf8(data) {
+        Ok(text) => match mask_plain(masker, text, counts) {
+            Some(m) => {
+                let line = m.trim_end_matches('\n').to_string();
+                (Some(Bytes::from(m.into_bytes())), Some(line))
+            }
+            None => (None, Some(text.trim_end_matches('\n').to_string())),
+        },
+        Err(_) => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cells: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i16(cells.len() as i16);
+        for c in cells {
+            match c {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+            }
+        }
+        b.to_vec()
+    }
+
+    #[test]
+    fn cells_split_and_reject_truncation() {
+        let body = row(&[Some(b"1"), None, Some(b"")]);
+        let cells = split_cells(&body).unwrap();
+        assert_eq!(cells, vec![Some(&b"1"[..]), None, Some(&b""[..])]);
+        assert!(split_cells(&body[..body.len() - 1]).is_err() || body.ends_with(&[0, 0, 0, 0]));
+        let mut bad = row(&[Some(b"abc")]);
+        bad.truncate(bad.len() - 1);
+        assert!(split_cells(&bad).is_err());
+    }
+
+    #[test]
+    fn binary_values_render_for_the_record() {
+        assert_eq!(render_binary(oid::INT4, &42i32.to_be_bytes()), "42");
+        assert_eq!(render_binary(oid::INT8, &(-7i64).to_be_bytes()), "-7");
+        assert_eq!(render_binary(oid::BOOL, &[1]), "t");
+        assert_eq!(render_binary(9999, &[0xde, 0xad]), "\\xdead");
+        assert_eq!(
+            render_binary(oid::UUID, &[0x11; 16]),
+            "11111111-1111-1111-1111-111111111111"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The client's opening: TLS negotiation (`SSLRequest`, or direct TLS as
+//! PostgreSQL 17 clients do with `sslnegotiation=direct`), GSSAPI encryption
+//! refusal, cancel requests, and the startup message.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use airlock_core::{ClientStream, Error, Result};
+use bytes::{Buf, BytesMut};
+use pgwire::messages::startup::Startup;
+use pgwire::messages::{DecodeContext, Message};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::frame::{self, Severity, sqlstate};
+
+/// The first byte of a TLS handshake record: a client that starts TLS
+/// without asking first (direct TLS).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// How a client connection opened.
+pub(crate) enum Opening {
+    /// A client that wants a session.
+    Startup(Hello),
+    /// A cancel request for another connection's statement.
+    Cancel { pid: i32, secret: i32 },
+    /// The client went away, or was refused (it was told why).
+    Done,
+}
+
+/// A client after its startup message.
+pub(crate) struct Hello {
+    pub(crate) stream: ClientStream,
+    pub(crate) tls: bool,
+    /// The startup parameters (user, database, application_name, ...).
+    pub(crate) params: BTreeMap<String, String>,
+    /// Protocol options (`_pq_.*`) and a newer minor version the client
+    /// asked for; the gateway answers with NegotiateProtocolVersion.
+    pub(crate) unsupported_options: Vec<String>,
+    pub(crate) minor: u16,
+}
+
+/// Reads the client's opening packets until a startup message, a cancel
+/// request or the end.
+pub(crate) async fn open(mut stream: ClientStream, tls: Option<&Arc<ServerConfig>>) -> Result<Opening> {
+    let mut encrypted = false;
+    loop {
+        let mut first = [0u8; 1];
+        match stream.read(&mut first).await {
+            Ok(0) => return Ok(Opening::Done),
+            Ok(_) => {}
+            Err(e) => return Err(Error::Client(format!("reading from the client failed: {e}"))),
+        }
+        if first[0] == TLS_HANDSHAKE && !encrypted {
+            let Some(config) = tls else {
+                // Nothing sensible can be said to a client speaking TLS
+                // without a certificate to answer with; libpq reports the
+                // closed connection.
+                return Err(Error::Client(
+                    "the client started TLS directly but this listener has no tls_cert".into(),
+                ));
+            };
+            let prefixed: ClientStream = Box::new(Prefixed {
+                first: Some(first[0]),
+                inner: stream,
+            });
+            let tls_stream = tokio_rustls::TlsAcceptor::from(config.clone())
+                .accept(prefixed)
+                .await
+                .map_err(|e| Error::Client(format!("TLS handshake with the client failed: {e}")))?;
+            // Direct TLS must negotiate PostgreSQL's ALPN name, so that a
+            // TLS client for another protocol cannot be confused with one.
+            if tls_stream.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+                return Err(Error::Client(
+                    "direct TLS without the ALPN protocol \"postgresql\" was refused".into(),
+                ));
+            }
+            stream = Box::new(tls_stream);
+            encrypted = true;
+            continue;
+        }
+        let Some(body) = frame::read_startup_packet(&mut stream, Some(first[0])).await? else {
+            return Ok(Opening::Done);
+        };
+        match frame::startup_code(&body) {
+            frame::SSL_REQUEST => {
+                if encrypted {
+                    return refuse(
+                        stream,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "SSLRequest on a connection that already uses TLS",
+                    )
+                    .await;
+                }
+                match tls {
+                    Some(config) => {
+                        write(&mut stream, b"S").await?;
+                        let tls_stream = tokio_rustls::TlsAcceptor::from(config.clone())
+                            .accept(stream)
+                            .await
+                            .map_err(|e| {
+                                Error::Client(format!("TLS handshake with the client failed: {e}"))
+                            })?;
+                        stream = Box::new(tls_stream);
+                        encrypted = true;
+                    }
+                    None => write(&mut stream, b"N").await?,
+                }
+            }
+            frame::GSSENC_REQUEST => write(&mut stream, b"N").await?,
+            frame::CANCEL_REQUEST => {
+                let mut b = &body[4..];
+                if b.len() < 8 {
+                    return Ok(Opening::Done);
+                }
+                let pid = b.get_i32();
+                let secret = b.get_i32();
+                return Ok(Opening::Cancel { pid, secret });
+            }
+            code if (code >> 16) == 3 => {
+                let mut buf = BytesMut::from(&body[..]);
+                let startup = Startup::decode_body(&mut buf, body.len() + 4, &DecodeContext::default())
+                    .map_err(|e| Error::Client(format!("malformed startup message: {e}")))?;
+                let mut params = BTreeMap::new();
+                let mut unsupported_options = Vec::new();
+                for (k, v) in startup.parameters {
+                    if k.starts_with("_pq_.") {
+                        unsupported_options.push(k);
+                    } else {
+                        params.insert(k, v);
+                    }
+                }
+                if params.contains_key("replication") {
+                    return refuse(
+                        stream,
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "replication connections are not supported through Airlock",
+                    )
+                    .await;
+                }
+                return Ok(Opening::Startup(Hello {
+                    stream,
+                    tls: encrypted,
+                    params,
+                    unsupported_options,
+                    minor: startup.protocol_number_minor,
+                }));
+            }
+            code => {
+                let message = format!(
+                    "unsupported frontend protocol {}.{}: Airlock speaks protocol 3.0",
+                    code >> 16,
+                    code & 0xffff
+                );
+                return refuse(stream, sqlstate::FEATURE_NOT_SUPPORTED, &message).await;
+            }
+        }
+    }
+}
+
+async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<()> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| Error::Client(format!("writing to the client failed: {e}")))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| Error::Client(format!("writing to the client failed: {e}")))
+}
+
+/// Tells the client why it is refused (FATAL) and ends the opening.
+async fn refuse(mut stream: ClientStream, code: &str, message: &str) -> Result<Opening> {
+    write(
+        &mut stream,
+        &frame::error_response(Severity::Fatal, code, message, None),
+    )
+    .await?;
+    Ok(Opening::Done)
+}
+
+/// A stream with one byte already read put back in front.
+struct Prefixed {
+    first: Option<u8>,
+    inner: ClientStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(b) = self.first {
+            if buf.remaining() > 0 {
+                buf.put_slice(&[b]);
+                self.first = None;
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn packet(code: i32, rest: &[u8]) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        b.put_i32(8 + rest.len() as i32);
+        b.put_i32(code);
+        b.put_slice(rest);
+        b.to_vec()
+    }
+
+    #[tokio::test]
+    async fn ssl_and_gss_are_refused_without_a_certificate_then_startup_follows() {
+        let (client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(open(Box::new(server), None));
+        let (mut r, mut w) = tokio::io::split(client);
+        w.write_all(&packet(frame::GSSENC_REQUEST, b"")).await.unwrap();
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"N");
+        w.write_all(&packet(frame::SSL_REQUEST, b"")).await.unwrap();
+        r.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"N");
+        w.write_all(&packet(
+            196608,
+            b"user\0alice\0database\0orders\0_pq_.x\0y\0\0",
+        ))
+        .await
+        .unwrap();
+        let Opening::Startup(hello) = task.await.unwrap().unwrap() else {
+            panic!("expected a startup");
+        };
+        assert!(!hello.tls);
+        assert_eq!(hello.params["user"], "alice");
+        assert_eq!(hello.params["database"], "orders");
+        assert_eq!(hello.unsupported_options, vec!["_pq_.x".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn cancel_and_old_protocols() {
+        let (client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(open(Box::new(server), None));
+        let (_r, mut w) = tokio::io::split(client);
+        w.write_all(&packet(frame::CANCEL_REQUEST, &[0, 0, 0, 7, 0, 0, 0, 9]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            task.await.unwrap().unwrap(),
+            Opening::Cancel { pid: 7, secret: 9 }
+        ));
+
+        let (client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(open(Box::new(server), None));
+        let (mut r, mut w) = tokio::io::split(client);
+        w.write_all(&packet(2 << 16, b"user\0x\0\0")).await.unwrap();
+        assert!(matches!(task.await.unwrap().unwrap(), Opening::Done));
+        let mut reply = Vec::new();
+        r.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply[0], b'E');
+        assert!(String::from_utf8_lossy(&reply).contains("unsupported frontend protocol 2.0"));
+    }
+}
