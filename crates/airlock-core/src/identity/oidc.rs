@@ -251,7 +251,7 @@ impl OidcIssuer {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("cannot reach {url}: {}", chain(&e)))?;
+            .map_err(|e| format!("cannot reach {url}: {}", chain(&e.without_url())))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("{url} answered HTTP {status}"));
@@ -260,7 +260,7 @@ impl OidcIssuer {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("reading {url} failed: {}", chain(&e)))?
+            .map_err(|e| format!("reading {url} failed: {}", chain(&e.without_url())))?
         {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
                 return Err(format!("{url} sent more than {MAX_DOCUMENT_BYTES} bytes"));
