@@ -321,6 +321,37 @@ async fn rotated_key_is_picked_up_without_restart() {
 }
 
 #[tokio::test]
+async fn withdrawn_key_stops_being_trusted_after_the_max_age() {
+    let (issuer, verifier, _dir) =
+        setup("jwks_max_age_secs = 0\nmin_refresh_interval_secs = 0").await;
+    let old = issuer.token("alice", &["dev"]);
+    verifier.verify(&old).await.unwrap();
+    assert_eq!(issuer.jwks_fetches(), 1);
+    issuer.rotate().unwrap();
+    issuer.retire_previous_keys();
+
+    // The cached keys are too old: this verification still succeeds from
+    // the cache and starts a background refetch.
+    verifier.verify(&old).await.unwrap();
+    // Once the refetched keys are in place, the withdrawn key is unknown.
+    let mut result = verifier.verify(&old).await;
+    for _ in 0..500 {
+        if result.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        result = verifier.verify(&old).await;
+    }
+    assert!(issuer.jwks_fetches() >= 2, "the keys were refetched");
+    let err = failure(result);
+    assert!(
+        matches!(&err, AuthFailure::UnknownKey { kid, .. } if kid == "\"test-rsa-1\""),
+        "{err:?}"
+    );
+    good_token_passes(&issuer, &verifier).await;
+}
+
+#[tokio::test]
 async fn many_verifications_fetch_the_keys_once() {
     let (issuer, verifier, _dir) = setup("").await;
     let verifier = Arc::new(verifier);

@@ -339,6 +339,14 @@ impl OidcIssuer {
         Ok(())
     }
 
+    /// Withdraws every published key except the current signing key, as an
+    /// IdP does at the end of a rotation (or after a key leaked).
+    pub fn retire_previous_keys(&self) {
+        let mut state = self.shared.state();
+        let signing = state.signing;
+        state.published.retain(|&i| i == signing);
+    }
+
     /// Stops the server: the listener is closed and open connections are
     /// dropped, so the issuer is unreachable from now on.
     pub async fn stop(&mut self) {
@@ -494,6 +502,9 @@ mod tests {
             issuer.rotate().is_err(),
             "the unpublished key stays unpublished"
         );
+        issuer.retire_previous_keys();
+        assert_eq!(issuer.jwks()["keys"][0]["kid"], "test-rsa-2");
+        assert_eq!(issuer.jwks()["keys"].as_array().unwrap().len(), 1);
     }
 
     #[tokio::test]

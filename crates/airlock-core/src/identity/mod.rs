@@ -87,6 +87,18 @@ impl Verifier {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(REQUEST_TIMEOUT)
                 .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    // Keys fetched over https must never arrive over plain http.
+                    let downgrade = attempt.url().scheme() != "https"
+                        && attempt.previous().iter().any(|u| u.scheme() == "https");
+                    if downgrade {
+                        attempt.error("refusing a redirect from https to http")
+                    } else if attempt.previous().len() >= 5 {
+                        attempt.error("too many redirects")
+                    } else {
+                        attempt.follow()
+                    }
+                }))
                 .build()
                 .map_err(|e| {
                     Error::Internal(format!(

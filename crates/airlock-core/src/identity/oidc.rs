@@ -101,9 +101,14 @@ impl OidcIssuer {
     ) -> std::result::Result<Arc<VerifyKey>, AuthFailure> {
         let (found, generation, stale) = {
             let cache = self.read_cache();
+            // Old keys are refetched, but no more often than the rate limit
+            // allows (a failed refetch leaves them old).
             let stale = cache
                 .fetched_at
-                .is_some_and(|t| t.elapsed() >= self.max_age);
+                .is_some_and(|t| t.elapsed() >= self.max_age)
+                && cache
+                    .attempted_at
+                    .is_none_or(|t| t.elapsed() >= self.min_refresh_interval);
             (cache.keys.find(kid), cache.generation, stale)
         };
         if let Some(key) = found {
