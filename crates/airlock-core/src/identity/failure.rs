@@ -28,7 +28,7 @@ pub enum AuthFailure {
         issuer: String,
         /// The `alg` in the token's header.
         alg: String,
-        /// The key's id (or "without kid").
+        /// The key's id, quoted (or "(no kid)").
         kid: String,
         /// The algorithms the key allows, comma separated.
         allowed: String,
@@ -88,7 +88,7 @@ pub enum AuthFailure {
     UnknownKey {
         /// The issuer.
         issuer: String,
-        /// The token's `kid` (or "without kid").
+        /// The token's `kid`, quoted (or "(no kid)").
         kid: String,
     },
 

@@ -31,7 +31,7 @@ pub(crate) struct VerifyKey {
 }
 
 impl VerifyKey {
-    /// `"k1"` or `without kid`, for messages.
+    /// `"k1"` or `(no kid)`, for messages.
     pub(crate) fn kid_label(&self) -> String {
         kid_label(self.kid.as_deref())
     }
@@ -107,10 +107,10 @@ impl VerifyKey {
     }
 }
 
-/// `"k1"` or `without kid`, for messages (a token's kid is attacker-chosen,
+/// `"k1"` or `(no kid)`, for messages (a token's kid is attacker-chosen,
 /// hence shortened).
 pub(crate) fn kid_label(kid: Option<&str>) -> String {
-    kid.map_or_else(|| "without kid".into(), |k| format!("{:?}", shorten(k)))
+    kid.map_or_else(|| "(no kid)".into(), |k| format!("{:?}", shorten(k)))
 }
 
 /// An issuer's usable keys, by `kid`.
