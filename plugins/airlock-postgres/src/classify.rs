@@ -65,6 +65,13 @@
 //!   part of that kind has one.
 //! * A read (`SELECT`, `COPY ... TO STDOUT`) calling a known side-effecting
 //!   function (`pg_terminate_backend`, `set_config`, `nextval`, ...) is a `Call`.
+//! * `EXECUTE p(...)` whose parameters call such a function is opaque (with no
+//!   [`Classified::execute`]), since the connector would otherwise judge it as
+//!   the prepared statement alone.
+//! * sqlparser reads `UPDATE ONLY t` as table `only` aliased `t`; the
+//!   classifier reports `t`. Any other reserved word where a table name should
+//!   be means sqlparser read the statement differently from PostgreSQL, and the
+//!   statement is opaque.
 
 mod analyze;
 mod fallback;

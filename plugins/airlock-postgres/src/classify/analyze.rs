@@ -10,8 +10,8 @@ use std::ops::ControlFlow;
 use airlock_core::{Access, SqlKind, SqlOperation, TableAccess};
 use sqlparser::ast::{
     CopySource, CopyTarget, DiscardObject, Expr, FromTable, GrantObjects, Ident, ObjectName,
-    ObjectNamePart, ObjectType, Query, Select, Set, Statement, TableFactor, TableObject, Visit,
-    Visitor,
+    ObjectNamePart, ObjectType, Query, Select, Set, SetExpr, Statement, TableFactor, TableObject,
+    Visit, Visitor,
 };
 
 use super::Classified;
@@ -45,11 +45,21 @@ pub(super) fn classify_statement(
         Statement::Execute {
             name: Some(name),
             immediate: false,
+            parameters,
             ..
-        } => Classified {
-            execute: Some(object_ident_name(name)),
-            ..Classified::plain(simple(text, SqlKind::Execute))
-        },
+        } => {
+            // The connector judges EXECUTE as the prepared statement, which
+            // would hide a side effect in the parameters: EXECUTE p(nextval('s')).
+            let mut fx = Effects::new(stmt);
+            let _ = parameters.visit(&mut fx);
+            if fx.calls || fx.opaque_calls || fx.misparsed {
+                return Classified::opaque(text);
+            }
+            Classified {
+                execute: Some(object_ident_name(name)),
+                ..Classified::plain(simple(text, SqlKind::Execute))
+            }
+        }
         Statement::Deallocate { name, .. } => {
             // `DEALLOCATE ALL` parses as a statement named ALL; a quoted "ALL" is a name.
             let target = if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
@@ -79,7 +89,7 @@ pub(super) fn classify_statement(
                 || options
                     .iter()
                     .flatten()
-                    .any(|o| o.name.value.eq_ignore_ascii_case("analyze") && !is_false(&o.arg));
+                    .any(|o| is_analyze(&o.name.value) && !is_false(&o.arg));
             // EXPLAIN ANALYZE runs the statement: anything but a plain read is
             // judged as what it executes (including an EXECUTE to substitute).
             // An opaque statement stays opaque even unexecuted: its EXPLAIN
@@ -90,7 +100,7 @@ pub(super) fn classify_statement(
                 inner.operation.text = text.to_owned();
                 return inner;
             }
-            let tables = inner
+            let mut tables: Vec<TableAccess> = inner
                 .operation
                 .tables
                 .into_iter()
@@ -99,7 +109,6 @@ pub(super) fn classify_statement(
                     access: Access::Read,
                 })
                 .collect();
-            let mut tables: Vec<TableAccess> = tables;
             dedup_tables(&mut tables);
             Classified::plain(SqlOperation {
                 tables,
@@ -119,6 +128,11 @@ fn simple(text: &str, kind: SqlKind) -> SqlOperation {
         tables: Vec::new(),
         has_where: None,
     }
+}
+
+/// Whether an EXPLAIN option is ANALYZE (PostgreSQL also takes the British spelling).
+fn is_analyze(name: &str) -> bool {
+    name.eq_ignore_ascii_case("analyze") || name.eq_ignore_ascii_case("analyse")
 }
 
 /// Whether a utility option's argument turns it off (`ANALYZE false`, `ANALYZE off`, `ANALYZE 0`).
@@ -550,6 +564,31 @@ impl Effects {
         }
     }
 
+    /// Reads of `TABLE t` in a query body (`SELECT ... UNION TABLE t`), which
+    /// sqlparser keeps as plain strings rather than relations. They are never
+    /// taken for CTE names, as the strings lost their quoting: a CTE read this
+    /// way shows up as a table read, which errs on the safe side.
+    fn table_commands(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Table(table) => {
+                let name = [&table.schema_name, &table.table_name]
+                    .into_iter()
+                    .flatten()
+                    .map(|part| part.trim_matches('"').to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                if !name.is_empty() {
+                    self.reads.push(name);
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.table_commands(left);
+                self.table_commands(right);
+            }
+            _ => {}
+        }
+    }
+
     /// Whether an unqualified `name` refers to a CTE in scope.
     fn is_cte(&self, name: &ObjectName) -> bool {
         let [ObjectNamePart::Identifier(ident)] = name.0.as_slice() else {
@@ -558,7 +597,7 @@ impl Effects {
         let folded = ident_name(ident);
         self.ctes
             .iter()
-            .any(|scope| scope.names[..scope.visible].contains(&folded))
+            .any(|scope| scope.names.iter().take(scope.visible).any(|n| *n == folded))
     }
 
     fn finish(self, base: Base, text: &str) -> SqlOperation {
@@ -646,6 +685,7 @@ impl Visitor for Effects {
     }
 
     fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.table_commands(&query.body);
         if self
             .ctes
             .last()

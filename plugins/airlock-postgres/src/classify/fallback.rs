@@ -176,7 +176,7 @@ fn skip_parens(piece: &Piece<'_>, mut i: usize) -> Option<usize> {
         match k {
             TokenKind::LParen => depth += 1,
             TokenKind::RParen => {
-                depth -= 1;
+                depth = depth.saturating_sub(1);
                 if depth == 0 {
                     return Some(i + 1);
                 }

@@ -245,7 +245,7 @@ fn block_comment_end(b: &[u8], mut i: usize) -> Result<usize, LexError> {
             depth += 1;
             i += 2;
         } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-            depth -= 1;
+            depth = depth.saturating_sub(1);
             i += 2;
             if depth == 0 {
                 return Ok(i);

@@ -98,6 +98,19 @@ fn cte_names_are_not_tables_but_the_same_name_outside_their_scope_is() {
 }
 
 #[test]
+fn table_commands_in_set_operations_are_reads() {
+    assert_eq!(
+        tables("SELECT * FROM a UNION TABLE secrets"),
+        ["r:a", "r:secrets"]
+    );
+    assert_eq!(tables("SELECT * FROM (TABLE s.secrets) q"), ["r:s.secrets"]);
+    assert_eq!(
+        tables("SELECT * FROM a UNION SELECT * FROM b"),
+        ["r:a", "r:b"]
+    );
+}
+
+#[test]
 fn table_functions_are_not_tables() {
     assert_eq!(
         tables("SELECT * FROM generate_series(1, 3) g JOIN t ON true"),
@@ -214,6 +227,11 @@ fn data_modifying_ctes_make_the_statement_a_write() {
     assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(true)));
     assert_eq!(tables_of(&op), ["w:a", "w:archive"]);
 
+    // A WITH in front of a DELETE.
+    let op = self::op("WITH x AS (SELECT id FROM u) DELETE FROM t WHERE id IN (SELECT id FROM x)");
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(true)));
+    assert_eq!(tables_of(&op), ["w:t", "r:u"]);
+
     // The benign neighbour: a read-only CTE stays a SELECT.
     assert_eq!(
         kind("WITH x AS (SELECT * FROM t) SELECT * FROM x"),
@@ -236,6 +254,8 @@ fn explain_analyze_of_a_write_is_the_write() {
         "explain analyze delete from t",
         "EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t",
         "EXPLAIN (ANALYZE true) DELETE FROM t",
+        "EXPLAIN (ANALYSE) DELETE FROM t",
+        "EXPLAIN (COSTS off, ANALYZE 1) DELETE FROM t",
     ] {
         let op = op(sql);
         assert_eq!(op.kind, SqlKind::Delete, "{sql}");
@@ -348,6 +368,22 @@ fn prepare_execute_deallocate() {
     assert_eq!(c.operation.kind, SqlKind::Execute);
     assert_eq!(c.execute.as_deref(), Some("del"));
     assert_eq!(one("EXECUTE \"Del\"").execute.as_deref(), Some("Del"));
+    // A side effect in the parameters is not hidden behind the prepared statement.
+    for sql in [
+        "EXECUTE del(pg_terminate_backend(1))",
+        "EXECUTE del(dblink_exec('x', 'DROP TABLE t'))",
+    ] {
+        let c = one(sql);
+        assert_eq!(
+            (c.operation.kind, c.execute),
+            (SqlKind::Opaque, None),
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        one("EXECUTE del(lower('A'))").execute.as_deref(),
+        Some("del")
+    );
 
     let c = one("DEALLOCATE del");
     assert_eq!(c.operation.kind, SqlKind::Deallocate);
@@ -763,4 +799,26 @@ fn the_classifier_is_shared_across_threads() {
     for h in handles {
         h.join().unwrap();
     }
+}
+
+#[test]
+fn deeply_nested_input_is_opaque_not_a_crash() {
+    let depth = 5_000;
+    let nested = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
+    assert_eq!(kinds(&nested), [SqlKind::Opaque]);
+    let subqueries = format!(
+        "SELECT * FROM {}t{}",
+        "(SELECT * FROM ".repeat(depth),
+        ") x".repeat(depth)
+    );
+    assert_eq!(kinds(&subqueries), [SqlKind::Opaque]);
+    let comments = format!("{}{} SELECT 1", "/*".repeat(depth), "*/".repeat(depth));
+    assert_eq!(kinds(&comments), [SqlKind::Select]);
+    // Moderate nesting is still understood.
+    let shallow = format!(
+        "SELECT * FROM {}t{}",
+        "(SELECT * FROM ".repeat(10),
+        ") x".repeat(10)
+    );
+    assert_eq!(tables(&shallow), ["r:t"]);
 }
