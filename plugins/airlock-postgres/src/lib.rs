@@ -7,6 +7,7 @@
 //! core or the binary; until then a configuration that defines a `postgres`
 //! listener is refused at start-up with a clear message (tracked in issue #5).
 
+pub mod classify;
 use std::collections::BTreeMap;
 
 use airlock_core::{ClientInfo, ClientStream, Connector, Error, Gateway, Result};
