@@ -4,6 +4,7 @@
 //! does before forwarding), so concurrency is what group commit feeds on.
 //!
 //! `cargo bench -p airlock-benches --bench audit`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! The REST API end to end: approvals decided over HTTP release or refuse a
 //! waiting client; roles are enforced; errors are JSON; the OpenAPI document
 //! validates.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
 use std::process::Command;
 

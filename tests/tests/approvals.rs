@@ -1,6 +1,7 @@
 //! Just-in-time approvals end to end through a real connector (the example
 //! line connector), a real gateway and its store: the operation waits, an
 //! approver decides, and the client's request proceeds or is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
 use std::time::Duration;
 

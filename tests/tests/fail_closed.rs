@@ -5,6 +5,7 @@
 //! The store is made unwritable the way it happens in production: its
 //! filesystem fills up. The test mounts a small tmpfs for the data directory,
 //! so it needs root (as CI and the development machines run).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
 use std::io::Write;
 use std::process::Command;

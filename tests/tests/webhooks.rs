@@ -1,6 +1,7 @@
 //! Approval notifications reach a local HTTP receiver, with retries when it
 //! fails, and a receiver that never accepts neither blocks nor loses the
 //! approval. Both outcomes are in the audit chain.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -104,10 +105,9 @@ async fn approval_events(gw: &TestGateway, id: &str) -> Vec<(String, Option<Stri
                 reason,
                 ..
             } = record.event
+                && aid == id
             {
-                if aid == id {
-                    out.push((status, reason));
-                }
+                out.push((status, reason));
             }
         }
     }

@@ -406,10 +406,8 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
             if record.prev != prev {
                 return Ok(report(count, cps, seq, Problem::Broken { seq }));
             }
-            if let Some(h) = sealed.get(&seq) {
-                if *h != hash {
-                    return Ok(report(count, cps, seq, Problem::CheckpointMismatch { seq }));
-                }
+            if sealed.get(&seq).is_some_and(|h| *h != hash) {
+                return Ok(report(count, cps, seq, Problem::CheckpointMismatch { seq }));
             }
             prev = hash;
             expected += 1;
@@ -417,14 +415,14 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
         }
     }
     let last = expected - 1;
-    if let Some((&max_sealed, _)) = sealed.iter().next_back() {
-        if max_sealed > last {
-            let problem = Problem::Truncated {
-                last,
-                sealed: max_sealed,
-            };
-            return Ok(report(count, checkpoints.len(), last, problem));
-        }
+    if let Some((&max_sealed, _)) = sealed.iter().next_back()
+        && max_sealed > last
+    {
+        let problem = Problem::Truncated {
+            last,
+            sealed: max_sealed,
+        };
+        return Ok(report(count, checkpoints.len(), last, problem));
     }
     Ok(VerifyReport {
         records: count,

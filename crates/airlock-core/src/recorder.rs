@@ -45,7 +45,8 @@ impl Default for RecorderOptions {
 enum Msg {
     Record {
         session: Option<SessionId>,
-        event: Event,
+        // Boxed: events are large and the channel holds many messages.
+        event: Box<Event>,
         done: Option<oneshot::Sender<Result<u64>>>,
     },
     Shutdown(oneshot::Sender<Result<()>>),
@@ -91,7 +92,7 @@ impl Recorder {
         self.tx
             .send(Msg::Record {
                 session,
-                event,
+                event: Box::new(event),
                 done: Some(done),
             })
             .await
@@ -106,7 +107,7 @@ impl Recorder {
     pub fn record_later(&self, session: Option<SessionId>, event: Event) {
         let msg = Msg::Record {
             session,
-            event,
+            event: Box::new(event),
             done: None,
         };
         if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
@@ -184,7 +185,7 @@ impl Writer {
                         seq,
                         time: crate::now(),
                         session,
-                        event,
+                        event: *event,
                         prev,
                     };
                     match SealedRecord::seal(record) {
@@ -220,12 +221,11 @@ impl Writer {
                         let _ = done.send(Ok(seq));
                     }
                 }
-                if let Some(h) = self.head {
-                    if h.seq - self.sealed_seq >= self.options.checkpoint_every {
-                        if let Err(e) = self.checkpoint().await {
-                            tracing::error!(error = %e, "cannot write an audit checkpoint");
-                        }
-                    }
+                let due = self
+                    .head
+                    .is_some_and(|h| h.seq - self.sealed_seq >= self.options.checkpoint_every);
+                if due && let Err(e) = self.checkpoint().await {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint");
                 }
             }
             Err(e) => {

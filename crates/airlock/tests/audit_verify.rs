@@ -1,6 +1,7 @@
 //! `airlock audit verify` against real stores: an untouched chain verifies
 //! clean; altering, deleting, swapping, re-chaining and truncating records
 //! are each detected, with a non-zero exit and the first bad record named.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
 use std::path::Path;
 use std::process::Command;

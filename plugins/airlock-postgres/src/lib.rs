@@ -24,7 +24,6 @@
 //! is `docs/postgres.md` in the repository.
 
 mod cancel;
-#[path = "classify_stub.rs"]
 pub mod classify;
 mod config;
 mod frame;

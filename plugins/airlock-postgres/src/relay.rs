@@ -615,9 +615,6 @@ impl ClientHalf<'_> {
                 Some(None) => changes.push(PreparedChange::Clear),
                 None => {}
             }
-            if discards_all(&c.operation.text) {
-                changes.push(PreparedChange::Clear);
-            }
         }
         Ok(match self.decide(ops).await? {
             Verdict::Allow(ops, _) => Verdict::Allow(ops, changes),
@@ -718,12 +715,6 @@ fn opaque(text: &str) -> SqlOperation {
         tables: Vec::new(),
         has_where: None,
     }
-}
-
-/// `DISCARD ALL` drops every prepared statement.
-fn discards_all(text: &str) -> bool {
-    let mut words = text.split_whitespace().map(str::to_ascii_lowercase);
-    words.next().as_deref() == Some("discard") && words.next().as_deref() == Some("all")
 }
 
 fn denied(rule: &str, message: &str) -> Bytes {
@@ -1256,12 +1247,5 @@ mod tests {
         assert_eq!(row_count(b"COPY 5\0"), Some(5));
         assert_eq!(row_count(b"CREATE TABLE\0"), None);
         assert_eq!(row_count(b"SET\0"), None);
-    }
-
-    #[test]
-    fn discard_all_is_recognised() {
-        assert!(discards_all("DISCARD ALL"));
-        assert!(discards_all("discard  all"));
-        assert!(!discards_all("DISCARD PLANS"));
     }
 }

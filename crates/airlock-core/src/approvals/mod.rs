@@ -497,7 +497,7 @@ impl Approvals {
                 out.push(a);
             }
         }
-        out.sort_by(|a, b| b.created.cmp(&a.created));
+        out.sort_by_key(|a| std::cmp::Reverse(a.created));
         Ok(out)
     }
 

@@ -1,0 +1,221 @@
+//! The SQL statement classifier: turns a query string into one
+//! [`SqlOperation`] per statement, which policy then judges.
+//!
+//! ```
+//! use airlock_core::{Access, SqlKind};
+//! use airlock_postgres::classify::Classifier;
+//!
+//! let classifier = Classifier::new(1024);
+//! let ops = classifier.classify("SELECT * FROM orders; DELETE FROM s.carts WHERE id = 1");
+//! assert_eq!(ops[0].operation.kind, SqlKind::Select);
+//! assert_eq!(ops[1].operation.kind, SqlKind::Delete);
+//! assert_eq!(ops[1].operation.tables[0].name, "s.carts");
+//! assert_eq!(ops[1].operation.tables[0].access, Access::Write);
+//! assert_eq!(ops[1].operation.has_where, Some(true));
+//! ```
+//!
+//! # How a string is judged
+//!
+//! 1. A small PostgreSQL-aware lexer splits the string at semicolons outside
+//!    quotes, dollar quotes, quoted identifiers and (nested) comments. Pieces
+//!    with only comments are dropped, so an empty string gives an empty list
+//!    (the server answers it with `EmptyQueryResponse` and runs nothing).
+//! 2. sqlparser ([`PostgreSqlDialect`]) parses each piece and must find exactly
+//!    one statement in it. The two splitters thereby check each other: where
+//!    they disagree, the piece is opaque. One unparseable statement does not
+//!    make its neighbours opaque.
+//! 3. The statement's shape gives its kind, object and write targets; a walk
+//!    over everything nested in it adds the tables read (subqueries, joins,
+//!    CTEs, `INSERT ... SELECT` sources; CTE names are not tables), the
+//!    data-modifying statements inside CTEs, `SELECT ... INTO`, and calls of
+//!    known side-effecting functions (listed in `classify/functions.rs`).
+//!
+//! # What is [`SqlKind::Opaque`], and why
+//!
+//! Opaque means "could be anything": policy can deny it or send it to review,
+//! and never treats it as a read.
+//!
+//! * Anything sqlparser does not parse (`DO $$ ... $$`, `ALTER SYSTEM`,
+//!   `REFRESH MATERIALIZED VIEW`, vendor syntax, garbage such as `DR/**/OP`),
+//!   except a few statements whose keywords leave no doubt (`VACUUM (...)`,
+//!   `CREATE RULE`, `GRANT role TO user`; see `classify/fallback.rs`).
+//! * A string the lexer cannot split reliably becomes **one** opaque entry for
+//!   the whole string: an unterminated quote or comment (the server rejects it
+//!   anyway), or a plain string literal with a backslash before a quote, whose
+//!   end (and so the statement boundaries) depends on `standard_conforming_strings`.
+//! * `COPY ... TO/FROM PROGRAM` (a shell command on the database host) and
+//!   `COPY ... TO/FROM 'file'` (files on the database host, not the client's
+//!   data stream that `CopyIn`/`CopyOut` describe).
+//! * Statements calling functions that run SQL given as text, read tables
+//!   named in strings, or touch files or other servers (`dblink_exec`,
+//!   `query_to_xml`, `lo_export`, `pg_read_file`, ...).
+//! * `LOAD` (loads a shared library into the server) and statements of other
+//!   dialects that sqlparser happens to accept.
+//!
+//! # Things that look like reads but are not
+//!
+//! * `EXPLAIN ANALYZE <statement>` executes it: unless the statement is a plain
+//!   read, the result is the statement's own classification (an `EXECUTE`
+//!   inside keeps its [`Classified::execute`]). Plain `EXPLAIN` is `Explain`
+//!   with the inner tables as reads.
+//! * `SELECT ... INTO t` is `Create` with object `table`.
+//! * `WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x` is a `Delete` whose
+//!   `has_where` is the CTE's; with several data-modifying parts the strongest
+//!   wins (delete, update, merge, insert) and `has_where` is true only if every
+//!   part of that kind has one.
+//! * A read (`SELECT`, `COPY ... TO STDOUT`) calling a known side-effecting
+//!   function (`pg_terminate_backend`, `set_config`, `nextval`, ...) is a `Call`.
+//! * `EXECUTE p(...)` whose parameters call such a function is opaque (with no
+//!   [`Classified::execute`]), since the connector would otherwise judge it as
+//!   the prepared statement alone.
+//! * sqlparser reads `UPDATE ONLY t` as table `only` aliased `t`; the
+//!   classifier reports `t`. Any other reserved word where a table name should
+//!   be means sqlparser read the statement differently from PostgreSQL, and the
+//!   statement is opaque.
+
+mod analyze;
+mod fallback;
+mod functions;
+mod lex;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use airlock_core::{SqlKind, SqlOperation};
+use lru::LruCache;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// Longest query string kept in the cache. Longer ones (bulk inserts, mostly
+/// unique) are classified every time, so the cache stays within about
+/// `capacity` × this many bytes of text.
+pub const MAX_CACHED_LEN: usize = 8 * 1024;
+
+/// One classified statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classified {
+    /// The statement's operation. For PREPARE: kind Prepare, tables/has_where of the inner statement.
+    pub operation: SqlOperation,
+    /// `PREPARE name AS inner`: the name and the inner statement's own operation.
+    pub prepare: Option<(String, SqlOperation)>,
+    /// `EXECUTE name (...)`: the name (the connector substitutes the prepared operation).
+    pub execute: Option<String>,
+    /// `DEALLOCATE name` / `DEALLOCATE ALL` (None inside = ALL). `DISCARD ALL`,
+    /// which also drops every prepared statement, sets `Some(None)` too.
+    pub deallocate: Option<Option<String>>,
+}
+
+impl Classified {
+    /// A statement that is nothing but its operation.
+    fn plain(operation: SqlOperation) -> Self {
+        Classified {
+            operation,
+            prepare: None,
+            execute: None,
+            deallocate: None,
+        }
+    }
+
+    /// A statement that could be anything.
+    fn opaque(text: &str) -> Self {
+        Classified::plain(SqlOperation {
+            text: text.to_owned(),
+            kind: SqlKind::Opaque,
+            object: None,
+            tables: Vec::new(),
+            has_where: None,
+        })
+    }
+}
+
+/// Classifies query strings, caching the result per distinct string.
+///
+/// One classifier is shared by all sessions of a connector: it is `Send + Sync`
+/// and the cache is a bounded LRU behind a mutex that is held only to look up
+/// or store a result, never while parsing.
+pub struct Classifier {
+    cache: Option<Mutex<LruCache<String, Arc<[Classified]>>>>,
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Classifier");
+        match &self.cache {
+            Some(cache) => {
+                let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+                d.field("capacity", &cache.cap().get())
+                    .field("cached", &cache.len())
+            }
+            None => d.field("capacity", &0),
+        }
+        .finish()
+    }
+}
+
+impl Classifier {
+    /// A classifier that remembers the results for up to `capacity` distinct
+    /// query strings (each at most [`MAX_CACHED_LEN`] bytes); 0 disables the cache.
+    pub fn new(capacity: usize) -> Self {
+        Classifier {
+            cache: NonZeroUsize::new(capacity).map(|cap| Mutex::new(LruCache::new(cap))),
+        }
+    }
+
+    /// One entry per statement of `sql`, in order. Empty when `sql` holds no
+    /// statement (only whitespace, comments and semicolons): the server runs
+    /// nothing for it. A string that cannot be split reliably is a single
+    /// opaque entry. Repeated strings return the same `Arc` from the cache.
+    pub fn classify(&self, sql: &str) -> Arc<[Classified]> {
+        let Some(cache) = self.cache.as_ref().filter(|_| sql.len() <= MAX_CACHED_LEN) else {
+            return classify_uncached(sql).into();
+        };
+        if let Some(hit) = cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sql)
+        {
+            return Arc::clone(hit);
+        }
+        let result: Arc<[Classified]> = classify_uncached(sql).into();
+        cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(sql.to_owned(), Arc::clone(&result));
+        result
+    }
+}
+
+fn classify_uncached(sql: &str) -> Vec<Classified> {
+    match lex::split(sql) {
+        Ok(pieces) => pieces.iter().map(classify_piece).collect(),
+        Err(_) => vec![Classified::opaque(sql.trim())],
+    }
+}
+
+fn classify_piece(piece: &lex::Piece<'_>) -> Classified {
+    // sqlparser knows other dialects' VACUUM and ANALYZE and takes PostgreSQL's
+    // `VACUUM ANALYZE` for a vacuum of table `analyze`.
+    if fallback::is_maintenance(piece)
+        && let Some(classified) = fallback::classify(piece)
+    {
+        return classified;
+    }
+    let parsed = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(piece.text)
+        .and_then(|mut parser| parser.parse_statements());
+    match parsed.as_deref() {
+        Ok([stmt]) => {
+            let prepare_text = match stmt {
+                sqlparser::ast::Statement::Prepare { .. } => lex::prepare_body(piece),
+                _ => None,
+            };
+            analyze::classify_statement(stmt, piece.text, prepare_text)
+        }
+        // The splitters disagree about where statements end.
+        Ok(_) => Classified::opaque(piece.text),
+        Err(_) => fallback::classify(piece).unwrap_or_else(|| Classified::opaque(piece.text)),
+    }
+}

