@@ -4,6 +4,8 @@
 //! started in-process from a TOML configuration, real TCP services as targets
 //! and real clients.
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
