@@ -1,0 +1,320 @@
+//! Logging in through the PostgreSQL connector: the token as password,
+//! refusals with their SQLSTATE, TLS toward clients (negotiated and direct)
+//! and toward targets, and the upstream login methods.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use airlock_tests::postgres::{
+    MD5_USER, PgGateway, TRUST_USER, TestPostgres, conninfo, pg_config, psql,
+};
+use tokio_postgres::NoTls;
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    db: &str,
+    user: &str,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .user(user)
+        .dbname(db)
+        .password(token)
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+/// A self-signed certificate for "localhost", written as PEM files.
+fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.join("gw.crt"), dir.join("gw.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_their_sqlstate_and_the_core_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let extra = r#"
+[targets.closed]
+protocol = "postgres"
+host = "127.0.0.1"
+port = 1
+database = "app"
+user = "nobody"
+sslmode = "disable"
+
+[[grants]]
+groups = ["agents"]
+targets = ["closed"]
+"#;
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", extra), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let good = gw.token("agent-1", &["agents"]).unwrap();
+    assert!(connect(gw.addr, "app", "agent-1", &good).await.is_ok());
+
+    let e = connect(gw.addr, "app", "agent-1", "not-a-token").await.unwrap_err();
+    assert_eq!(code(&e), "28P01", "{e}");
+    assert!(message(&e).starts_with("authentication failed"), "{e}");
+
+    let e = connect(gw.addr, "nosuchdb", "agent-1", &good).await.unwrap_err();
+    assert_eq!(code(&e), "3D000", "{e}");
+    assert!(message(&e).contains("no target named \"nosuchdb\""), "{e}");
+
+    let outsider = gw.token("visitor", &["visitors"]).unwrap();
+    let e = connect(gw.addr, "app", "visitor", &outsider).await.unwrap_err();
+    assert_eq!(code(&e), "28000", "{e}");
+
+    let e = connect(gw.addr, "closed", "agent-1", &good).await.unwrap_err();
+    assert_eq!(code(&e), "08001", "{e}");
+    assert!(message(&e).starts_with("target closed unreachable:"), "{e}");
+
+    let e = connect(gw.addr, "app", "agent-1", "").await.unwrap_err();
+    assert_eq!(code(&e), "28P01", "{e}");
+
+    // Each refusal is in the audit trail.
+    let events = gw.events().await.unwrap();
+    let denied = events
+        .iter()
+        .filter(|e| e["type"] == "access_denied")
+        .count();
+    assert!(denied >= 3, "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_name_must_match_the_subject_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(
+        &pg_config(&pg, &pw, "require_user_match = true", ""),
+        &dir.path().join("data"),
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let e = connect(gw.addr, "app", "someone-else", &token).await.unwrap_err();
+    assert_eq!(code(&e), "28000", "{e}");
+    assert!(message(&e).contains("does not match your token's subject"), "{e}");
+    assert!(connect(gw.addr, "app", "agent-1", &token).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_negotiated_and_cleartext_tokens_are_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let (cert, key) = certificate(dir.path());
+    let listener = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    // Same config as the other tests, but cleartext is not allowed.
+    let toml = pg_config(&pg, &pw, &listener, "")
+        .replace("allow_cleartext_without_tls = true", "");
+    let gw = PgGateway::start(&toml, &dir.path().join("data")).await.unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+
+    let (ok, out, err) = psql(
+        &conninfo(gw.addr, "agent-1", "sslmode=require"),
+        &token,
+        &["-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    // The gateway's TLS is toward the client; its own link to the server is plain.
+    assert_eq!(out.trim(), "f");
+
+    let verify = format!(
+        "host=localhost port={} dbname=app user=agent-1 sslmode=verify-full sslrootcert={}",
+        gw.addr.port(),
+        cert.display()
+    );
+    let (ok, out, err) = psql(&verify, &token, &["-At", "-c", "SELECT 7"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "7");
+
+    let (ok, _, err) = psql(
+        &conninfo(gw.addr, "agent-1", "sslmode=disable"),
+        &token,
+        &["-c", "SELECT 1"],
+    )
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(err.contains("needs TLS") && err.contains("sslmode=require"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_needs_the_postgresql_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let (cert, key) = certificate(dir.path());
+    let listener = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let gw = PgGateway::start(&pg_config(&pg, &pw, &listener, ""), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+
+    let tls = |alpn: Vec<Vec<u8>>| {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&cert).unwrap();
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    // Direct TLS (PostgreSQL 17's sslnegotiation=direct): TLS first, then startup.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let stream = tls(vec![b"postgresql".to_vec()])
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user("agent-1")
+        .dbname("app")
+        .password(&token)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (client, conn) = config.connect_raw(stream, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let v: i32 = client.query_one("SELECT 5", &[]).await.unwrap().get(0);
+    assert_eq!(v, 5);
+
+    // Without the ALPN name the gateway refuses.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let refused = match tls(vec![]).connect(name, tcp).await {
+        Err(_) => true,
+        Ok(stream) => config.connect_raw(stream, NoTls).await.is_err(),
+    };
+    assert!(refused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_md5_trust_and_tls_logins() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let md5_pw = dir.path().join("md5-password");
+    std::fs::write(&md5_pw, pg.md5_password()).unwrap();
+    let (cert, key) = certificate(dir.path());
+
+    // An inner gateway with TLS in front of the server; the outer gateway
+    // reaches it with sslmode = "verify-full" and an inner token as password.
+    let inner_listener = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let inner_data = dir.path().join("inner");
+    let inner = PgGateway::start(&pg_config(&pg, &pw, &inner_listener, ""), &inner_data)
+        .await
+        .unwrap();
+    let inner_token = dir.path().join("inner-token");
+    std::fs::write(&inner_token, inner.token("outer-gw", &["agents"]).unwrap()).unwrap();
+
+    let extra = format!(
+        r#"
+[targets.md5]
+protocol = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "app"
+user = "{MD5_USER}"
+password = {{ file = "{md5}" }}
+sslmode = "prefer"
+
+[targets.trusted]
+protocol = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "app"
+user = "{TRUST_USER}"
+sslmode = "disable"
+
+[targets.chained]
+protocol = "postgres"
+host = "localhost"
+port = {inner_port}
+database = "app"
+user = "outer-gw"
+password = {{ file = "{inner_token}" }}
+sslmode = "verify-full"
+ssl_root_cert = "{cert}"
+
+[[grants]]
+groups = ["agents"]
+targets = ["md5", "trusted", "chained"]
+"#,
+        port = pg.port(),
+        md5 = md5_pw.display(),
+        inner_port = inner.addr.port(),
+        inner_token = inner_token.display(),
+        cert = cert.display(),
+    );
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("outer"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    for (db, user) in [
+        ("md5", MD5_USER),
+        ("trusted", TRUST_USER),
+        ("chained", "airlock_app"),
+    ] {
+        let client = connect(gw.addr, db, "agent-1", &token)
+            .await
+            .unwrap_or_else(|e| panic!("{db}: {e}"));
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user, "{db}");
+    }
+    // The inner gateway recorded the outer one's session.
+    let events = inner.events().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "session_start" && e["identity"]["subject"] == "outer-gw"),
+        "{events:#?}"
+    );
+}
