@@ -1,0 +1,334 @@
+//! Policy through the PostgreSQL wire protocol: refused statements never
+//! reach the server (its own statement log is the witness), evasion attempts
+//! are judged correctly, the session stays usable after a refusal, and
+//! reviewed statements wait for an approval.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use std::time::Duration;
+
+use airlock_core::Identity;
+use airlock_core::approvals::ApprovalStatus;
+use airlock_tests::postgres::{PgGateway, TestPostgres, conninfo, pg_config, psql_stdin};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+const RULES: &str = r#"
+[policy]
+packs = ["sql-guardrails"]
+
+[[grants]]
+groups = ["dba"]
+targets = ["app"]
+
+[[rules]]
+name = "orders-deletes-need-approval"
+action = "review"
+approvers = ["dba"]
+message = "deleting orders needs a DBA's approval"
+[rules.sql]
+kinds = ["delete"]
+tables = ["orders"]
+"#;
+
+async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE victim (id int); INSERT INTO victim SELECT generate_series(1, 5);
+         CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2);
+         ALTER TABLE victim OWNER TO airlock_app; ALTER TABLE orders OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", RULES), &dir.path().join("data"))
+        .await
+        .unwrap();
+    (dir, pg, gw)
+}
+
+async fn connect(gw: &PgGateway, sub: &str, groups: &[&str]) -> tokio_postgres::Client {
+    let token = gw.token(sub, groups).unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(gw.addr.ip().to_string())
+        .port(gw.addr.port())
+        .user(sub)
+        .dbname("app")
+        .password(&token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
+    let (_dir, pg, gw) = setup().await;
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let attempts: &[(&str, &str)] = &[
+        ("DROP TABLE victim", "sql-guardrails/no-drop"),
+        ("dRoP /* evade-1 */ TaBlE victim", "sql-guardrails/no-drop"),
+        ("DR/**/OP TABLE victim /* evade-2 */", "sql-guardrails/opaque-sql"),
+        ("SELECT 'evade-3'; DROP TABLE victim", "sql-guardrails/no-drop"),
+        (
+            "WITH gone AS (DELETE FROM victim RETURNING *) SELECT 'evade-4', count(*) FROM gone",
+            "sql-guardrails/no-unbounded-write",
+        ),
+        (
+            "DO $$ BEGIN DELETE FROM victim; END $$ /* evade-5 */",
+            "sql-guardrails/opaque-sql",
+        ),
+        ("TRUNCATE victim /* evade-6 */", "sql-guardrails/no-truncate"),
+        (
+            "update victim set id = 0 -- evade-7",
+            "sql-guardrails/no-unbounded-write",
+        ),
+    ];
+    for (sql, rule) in attempts {
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), "42501", "{sql}: {e}");
+        assert!(
+            message(&e).starts_with(&format!("denied by rule {rule}: ")),
+            "{sql}: {}",
+            message(&e)
+        );
+        // The same connection goes on.
+        assert_eq!(count(&client, "victim").await, 5, "{sql}");
+    }
+
+    // PREPARE is harmless; EXECUTE is judged as the statement it runs.
+    client
+        .simple_query("PREPARE wipe AS DELETE FROM victim")
+        .await
+        .unwrap();
+    let e = client.simple_query("EXECUTE wipe /* evade-8 */").await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert!(message(&e).contains("no-unbounded-write"), "{}", message(&e));
+    // A PREPARE and its EXECUTE in one query string are judged together.
+    let e = client
+        .simple_query("PREPARE wipe2 AS DELETE FROM victim; EXECUTE wipe2 /* evade-9 */")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    // Through the extended protocol too (Parse of an EXECUTE).
+    let e = client
+        .query("EXECUTE wipe /* evade-10 */", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+    let e = client
+        .execute("DELETE FROM victim /* evade-11 */", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "42501");
+
+    // The same statements with a WHERE clause go through.
+    client
+        .simple_query("PREPARE trim1 AS DELETE FROM victim WHERE id = 5")
+        .await
+        .unwrap();
+    client.simple_query("EXECUTE trim1").await.unwrap();
+    let n = client
+        .execute("DELETE FROM victim WHERE id = $1", &[&4i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(count(&client, "victim").await, 3);
+
+    let log = pg.log();
+    for marker in [
+        "DROP TABLE victim",
+        "evade-1", "evade-2", "evade-3", "evade-4", "evade-5", "evade-6", "evade-7",
+        "evade-8", "evade-9", "evade-10", "evade-11",
+    ] {
+        assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
+    }
+    assert!(log.contains("PREPARE trim1 AS DELETE FROM victim WHERE id = 5"));
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
+    let (_dir, pg, gw) = setup().await;
+    let mut client = connect(&gw, "agent-1", &["agents"]).await;
+
+    // Simple protocol inside a transaction: the refusal does not abort it.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query("INSERT INTO victim VALUES (100)")
+        .await
+        .unwrap();
+    let e = client.simple_query("TRUNCATE victim").await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    let rows = client
+        .simple_query("SELECT count(*) FROM victim")
+        .await
+        .unwrap();
+    let n = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(n.as_deref(), Some("6"));
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "6");
+
+    // Extended protocol inside a transaction.
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO victim VALUES ($1)", &[&101i32])
+        .await
+        .unwrap();
+    let e = tx.execute("DELETE FROM victim", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    tx.execute("INSERT INTO victim VALUES ($1)", &[&102i32])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "8");
+
+    // Pipelined extended-protocol queries with a refusal in the middle:
+    // each keeps its own answer.
+    let (a, b, c) = tokio::join!(
+        client.query_one("SELECT 1::int4", &[]),
+        client.query("DELETE FROM victim", &[]),
+        client.query_one("SELECT 3::int4", &[]),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(code(&b.unwrap_err()), "42501");
+    assert_eq!(c.unwrap().get::<_, i32>(0), 3);
+
+    // psql with a script: the refused statement fails, the next one runs.
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let script = "DROP TABLE victim;\nSELECT 'still here' AS s;\n";
+    let (_, out, err) = psql_stdin(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-v", "ON_ERROR_STOP=0", "-At", "-f", "-"],
+        Some(script),
+    )
+    .await
+    .unwrap();
+    assert!(err.contains("denied by rule sql-guardrails/no-drop"), "{err}");
+    assert!(out.contains("still here"), "{out}");
+}
+
+async fn pending(gw: &PgGateway) -> String {
+    for _ in 0..200 {
+        let list = gw
+            .runtime
+            .gateway
+            .approvals()
+            .list(Some(ApprovalStatus::Pending))
+            .await
+            .unwrap();
+        if let Some(a) = list.first() {
+            return a.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no approval request appeared");
+}
+
+fn dba() -> Identity {
+    Identity {
+        subject: "dana".into(),
+        groups: vec!["dba".into()],
+        issuer: "airlock-local".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewed_statements_wait_for_approval() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let ci = conninfo(gw.addr, "agent-1", "");
+    let waiting = tokio::spawn(async move {
+        psql_stdin(
+            &ci,
+            &token,
+            &["-At", "-f", "-"],
+            Some("DELETE FROM orders WHERE id = 1 /* reviewed-1 */;\n"),
+        )
+        .await
+        .unwrap()
+    });
+    let id = pending(&gw).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pg.log().contains("reviewed-1"), "nothing runs before approval");
+    gw.runtime
+        .gateway
+        .approvals()
+        .decide(&id, &dba(), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let (ok, out, err) = waiting.await.unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("deleting orders needs a DBA's approval: waiting for approval")
+            && err.contains(&id)
+            && err.contains("http"),
+        "the client is told what it waits for and where: {err}"
+    );
+    assert!(out.contains("DELETE 1"), "{out}");
+    assert!(pg.log().contains("reviewed-1"));
+
+    // A denied review reaches the client with the reason; the session goes on.
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let gw2 = gw.runtime.gateway.clone();
+    let decide = async {
+        let id = pending(&gw).await;
+        gw2.approvals()
+            .decide(&id, &dba(), false, Some("orders are kept for audits".into()))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let (result, ()) = tokio::join!(
+        client.execute("DELETE FROM orders WHERE id = $1 /* reviewed-2 */", &[&2i32]),
+        decide
+    );
+    let e = result.unwrap_err();
+    assert_eq!(code(&e), "42501");
+    assert!(message(&e).contains("orders are kept for audits"), "{}", message(&e));
+    assert_eq!(count(&client, "orders").await, 1);
+    assert!(!pg.log().contains("reviewed-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_statement_waiting_for_approval() {
+    let (_dir, pg, gw) = setup().await;
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let cancel = client.cancel_token();
+    let waiting = tokio::spawn(async move {
+        let r = client
+            .simple_query("DELETE FROM orders WHERE id = 1 /* reviewed-3 */")
+            .await
+            .map(|_| ());
+        (r, client)
+    });
+    pending(&gw).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let (r, client) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code(&r.unwrap_err()), "57014");
+    assert_eq!(count(&client, "orders").await, 2);
+    assert!(!pg.log().contains("reviewed-3"));
+}
