@@ -1,0 +1,192 @@
+//! Masking through the PostgreSQL connector: column rules and detectors in
+//! text and binary results, errors, notices, notifications, parameter
+//! statuses and COPY OUT; and the gateway's own credential for the server
+//! never reaches a client in any byte.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use airlock_tests::postgres::{
+    PgGateway, Tap, TestPostgres, conninfo, contains, pg_config, psql_stdin,
+};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::{FromSql, Type};
+
+const MASKING: &str = r#"
+[[masking.fields]]
+name = "ssn"
+"#;
+
+async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE customers (id int, email text, ssn text, note varchar(200), doc jsonb, tags text[], nick name);
+         INSERT INTO customers VALUES
+           (1, 'alice@example.com', '123-45-6789', 'call bob@example.org', '{\"mail\": \"carol@example.net\"}', '{\"dave@example.com\",\"plain\"}', 'erin@example.com');
+         ALTER TABLE customers OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", MASKING), &dir.path().join("data"))
+        .await
+        .unwrap();
+    (dir, pg, gw)
+}
+
+async fn connect(addr: std::net::SocketAddr, token: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .user("agent-1")
+        .dbname("app")
+        .password(token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Any value, as the raw bytes the client received.
+struct Raw(Vec<u8>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columns_and_detected_values_are_masked_in_text_and_binary_results() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+
+    // Text format (psql).
+    let (ok, out, err) = psql_stdin(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-At", "-f", "-"],
+        Some("SELECT id, email, ssn, note, doc, tags, nick FROM customers;\nSELECT 'harmless text';\n"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    for raw in ["alice@", "123-45-6789", "bob@", "carol@", "dave@", "erin@"] {
+        assert!(!out.contains(raw), "{raw} leaked: {out}");
+    }
+    assert!(out.contains("<EMAIL>") && out.contains("<REDACTED>"), "{out}");
+    assert!(out.contains("plain"), "unmatched values stay: {out}");
+    assert!(out.contains("harmless text"), "{out}");
+
+    // Binary format (tokio-postgres asks for binary results).
+    let client = connect(gw.addr, &token).await;
+    let row = client
+        .query_one("SELECT id, email, ssn, note, doc, tags, nick FROM customers", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "<EMAIL>");
+    assert_eq!(row.get::<_, String>(2), "<REDACTED>", "the column rule applies");
+    assert_eq!(row.get::<_, String>(3), "call <EMAIL>");
+    let doc: Raw = row.get(4);
+    assert_eq!(doc.0[0], 1, "jsonb keeps its version byte");
+    let doc = String::from_utf8(doc.0[1..].to_vec()).unwrap();
+    assert!(doc.contains("<EMAIL>") && !doc.contains("carol@"), "{doc}");
+    assert_eq!(row.get::<_, Vec<String>>(5), vec!["<EMAIL>", "plain"]);
+    assert_eq!(row.get::<_, String>(6), "<EMAIL>");
+    // The same query of values without anything to mask is untouched.
+    let row = client
+        .query_one("SELECT 'plain'::text, 'x'::varchar, 7::int8", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "plain");
+    assert_eq!(row.get::<_, i64>(2), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_errors_notifications_and_copy_out_are_masked() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let script = "
+DO $$ BEGIN RAISE NOTICE 'write to frank@example.com'; END $$;
+LISTEN news;
+NOTIFY news, 'from grace@example.com';
+COPY (SELECT email, note FROM customers) TO STDOUT;
+DO $$ BEGIN RAISE EXCEPTION 'cannot mail heidi@example.com'; END $$;
+";
+    let (_, out, err) = psql_stdin(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-v", "ON_ERROR_STOP=0", "-f", "-"],
+        Some(script),
+    )
+    .await
+    .unwrap();
+    let all = format!("{out}{err}");
+    for raw in ["frank@", "grace@", "alice@", "bob@", "heidi@"] {
+        assert!(!all.contains(raw), "{raw} leaked: {all}");
+    }
+    assert!(all.contains("NOTICE:  write to <EMAIL>"), "{all}");
+    assert!(all.contains("with payload \"from <EMAIL>\""), "{all}");
+    assert!(all.contains("<EMAIL>\tcall <EMAIL>"), "{all}");
+    assert!(all.contains("ERROR:  cannot mail <EMAIL>"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_password_never_reaches_the_client() {
+    let (_dir, pg, gw) = setup().await;
+    let password = pg.password().to_string();
+    // Someone stored the credential where queries can reach it.
+    pg.psql(&format!(
+        "CREATE TABLE creds (secret text primary key); INSERT INTO creds VALUES ('{password}');
+         ALTER TABLE creds OWNER TO airlock_app;"
+    ))
+    .await
+    .unwrap();
+    let tap = Tap::start(gw.addr).await.unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let script = format!(
+        "
+SELECT secret, 'visible-marker' FROM creds;
+SELECT secret::bytea FROM creds;
+SELECT set_config('application_name', (SELECT secret FROM creds), false);
+SELECT pg_notify('ch', (SELECT secret FROM creds));
+LISTEN ch;
+SELECT pg_notify('ch', 'x' || (SELECT secret FROM creds));
+DO $$ BEGIN RAISE NOTICE 'n: %', (SELECT secret FROM creds); END $$;
+COPY creds TO STDOUT;
+INSERT INTO creds SELECT secret FROM creds;
+DO $$ BEGIN RAISE EXCEPTION 'e: %', (SELECT secret FROM creds); END $$;
+"
+    );
+    let (_, out, err) = psql_stdin(
+        &conninfo(tap.addr, "agent-1", ""),
+        &token,
+        &["-v", "ON_ERROR_STOP=0", "-f", "-"],
+        Some(&script),
+    )
+    .await
+    .unwrap();
+    // Binary results and the extended protocol too.
+    let client = connect(tap.addr, &token).await;
+    let row = client.query_one("SELECT secret FROM creds", &[]).await.unwrap();
+    assert_ne!(row.get::<_, String>(0), password);
+    let e = client
+        .execute("INSERT INTO creds VALUES ($1)", &[&row.get::<_, String>(0)])
+        .await;
+    assert!(e.is_ok(), "the masked value is a different key");
+    drop(client);
+
+    let seen = tap.received();
+    assert!(contains(&seen, b"visible-marker"), "the tap sees the traffic");
+    assert!(
+        !contains(&seen, password.as_bytes()),
+        "the password reached the client: {out}{err}"
+    );
+    assert!(out.contains("<SECRET>") || err.contains("<SECRET>"), "{out}{err}");
+    // The statements did run on the server (they were not simply refused).
+    assert!(pg.log().contains("SELECT set_config('application_name'"));
+}
