@@ -1,0 +1,214 @@
+//! What the PostgreSQL connector records: every statement with its decision
+//! before it is forwarded, execution parameters, the first result rows and
+//! the result, all masked; and the record of a statement survives the
+//! gateway being killed right after forwarding it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use airlock_tests::postgres::{PgGateway, TestPostgres, events_in, mint, pg_config, psql_stdin};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_parameters_rows_and_results_are_recorded_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    pg.psql(
+        "CREATE TABLE people (id int, email text); ALTER TABLE people OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(
+        &pg_config(&pg, &pw, "record_rows = 2", ""),
+        &dir.path().join("data"),
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+
+    // Extended protocol with parameters.
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(gw.addr.ip().to_string())
+        .port(gw.addr.port())
+        .user("agent-1")
+        .dbname("app")
+        .password(&token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (id, email) in [(1, "ann@example.com"), (2, "ben@example.com"), (3, "cy@example.com")] {
+        client
+            .execute("INSERT INTO people VALUES ($1, $2)", &[&id, &email])
+            .await
+            .unwrap();
+    }
+    let rows = client
+        .query("SELECT id, email FROM people ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    drop(client);
+    // Simple protocol and COPY IN.
+    let (ok, _, err) = psql_stdin(
+        &airlock_tests::postgres::conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-f", "-"],
+        Some("COPY people FROM STDIN;\n4\tdee@example.com\n\\.\nSELECT count(*) FROM people;\n"),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let events = gw.events().await.unwrap();
+    let all = serde_json::to_string(&events).unwrap();
+    for raw in ["ann@", "ben@", "cy@", "dee@"] {
+        assert!(!all.contains(raw), "{raw} is stored unmasked");
+    }
+    let ops = of_type(&events, "operation");
+    assert!(ops.iter().any(|o| o["operation"]["text"] == "INSERT INTO people VALUES ($1, $2)"
+        && o["operation"]["kind"] == "insert"
+        && o["decision"]["decision"] == "allow"));
+    assert!(ops.iter().any(|o| o["operation"]["kind"] == "copy_in"));
+    let inputs = of_type(&events, "input");
+    assert!(
+        inputs.iter().any(|i| i["data"]
+            == "execute: INSERT INTO people VALUES ($1, $2)\nparameters: $1 = '1', $2 = '<EMAIL>'"),
+        "{inputs:#?}"
+    );
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["data"].as_str().is_some_and(|d| d.starts_with("4\t<EMAIL>\n"))),
+        "COPY data is recorded masked: {inputs:#?}"
+    );
+    let outputs = of_type(&events, "output");
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o["data"] == "id | email\n1 | <EMAIL>\n2 | <EMAIL>"),
+        "the first record_rows rows, masked: {outputs:#?}"
+    );
+    let results = of_type(&events, "result");
+    assert!(results.iter().any(|r| r["rows"] == 3), "{results:#?}");
+    assert!(
+        outputs.iter().any(|o| o["data"] == "count\n4"),
+        "the simple protocol's rows too: {outputs:#?}"
+    );
+    // The statement's record comes before its execution's result.
+    let op_at = events
+        .iter()
+        .position(|e| e["type"] == "operation" && e["operation"]["kind"] == "select")
+        .unwrap();
+    let rows_at = events
+        .iter()
+        .position(|e| e["type"] == "result" && e["rows"] == 3)
+        .unwrap();
+    assert!(op_at < rows_at);
+    assert_eq!(of_type(&events, "session_end").len(), 2);
+}
+
+/// The gateway binary, built with the postgres connector.
+fn airlock_binary() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&root)
+        // The default features include the postgres connector.
+        .args(["build", "-q", "-p", "airlock", "--bin", "airlock"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the airlock binary failed");
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("airlock")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_survives_a_kill_right_after_forwarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    pg.psql("CREATE TABLE marks (m text); ALTER TABLE marks OWNER TO airlock_app;")
+        .await
+        .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = dir.path().join("data");
+    let config = format!(
+        "[gateway]\ndata_dir = \"{}\"\n{}",
+        data.display(),
+        pg_config(&pg, &pw, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    );
+    let config_path = dir.path().join("airlock.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut gateway = tokio::process::Command::new(airlock_binary())
+        .arg("--config")
+        .arg(&config_path)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the gateway did not start");
+    let token = mint(&data, "agent-1", &["agents"]).unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("agent-1")
+        .dbname("app")
+        .password(&token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let statement = "INSERT INTO marks SELECT 'kill-marker-7' FROM pg_sleep(1)";
+    let running = tokio::spawn(async move { client.simple_query(statement).await.map(|_| ()) });
+    // Kill the gateway the moment the statement is at the server.
+    let mut reached = false;
+    for _ in 0..400 {
+        if pg.log().contains("kill-marker-7") {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(reached, "the statement never reached the server");
+    gateway.start_kill().unwrap();
+    gateway.wait().await.unwrap();
+    assert!(running.await.unwrap().is_err(), "the client lost its gateway");
+
+    // The server ran it, and the reopened store holds its record.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM marks WHERE m = 'kill-marker-7'").await.unwrap(),
+        "1"
+    );
+    let store = airlock_store::SledStore::open(&data).unwrap();
+    let events = events_in(&store).await.unwrap();
+    assert!(
+        events.iter().any(|e| e["type"] == "operation"
+            && e["operation"]["text"] == statement
+            && e["decision"]["decision"] == "allow"),
+        "{events:#?}"
+    );
+}
