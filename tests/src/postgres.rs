@@ -337,7 +337,9 @@ pub fn mint(data_dir: &Path, sub: &str, groups: &[&str]) -> anyhow::Result<Strin
 }
 
 /// Every stored record's event, as JSON, in chain order.
-pub async fn events_in(store: &dyn airlock_core::store::Store) -> anyhow::Result<Vec<serde_json::Value>> {
+pub async fn events_in(
+    store: &dyn airlock_core::store::Store,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     store.flush().await?;
     let mut out = Vec::new();
     let mut after = 0;
@@ -364,7 +366,11 @@ pub fn conninfo(addr: SocketAddr, user: &str, extra: &str) -> String {
 
 /// Runs `psql` through the gateway with `token` as the password; returns
 /// (success, stdout, stderr).
-pub async fn psql(conninfo: &str, token: &str, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+pub async fn psql(
+    conninfo: &str,
+    token: &str,
+    args: &[&str],
+) -> anyhow::Result<(bool, String, String)> {
     psql_stdin(conninfo, token, args, None).await
 }
 

@@ -19,11 +19,9 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
 async fn statements_parameters_rows_and_results_are_recorded_masked() {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await.unwrap();
-    pg.psql(
-        "CREATE TABLE people (id int, email text); ALTER TABLE people OWNER TO airlock_app;",
-    )
-    .await
-    .unwrap();
+    pg.psql("CREATE TABLE people (id int, email text); ALTER TABLE people OWNER TO airlock_app;")
+        .await
+        .unwrap();
     let pw = pg.password_file(dir.path()).unwrap();
     let gw = PgGateway::start(
         &pg_config(&pg, &pw, "record_rows = 2", ""),
@@ -44,7 +42,11 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    for (id, email) in [(1, "ann@example.com"), (2, "ben@example.com"), (3, "cy@example.com")] {
+    for (id, email) in [
+        (1, "ann@example.com"),
+        (2, "ben@example.com"),
+        (3, "cy@example.com"),
+    ] {
         client
             .execute("INSERT INTO people VALUES ($1, $2)", &[&id, &email])
             .await
@@ -74,9 +76,11 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
         assert!(!all.contains(raw), "{raw} is stored unmasked");
     }
     let ops = of_type(&events, "operation");
-    assert!(ops.iter().any(|o| o["operation"]["text"] == "INSERT INTO people VALUES ($1, $2)"
-        && o["operation"]["kind"] == "insert"
-        && o["decision"]["decision"] == "allow"));
+    assert!(ops.iter().any(
+        |o| o["operation"]["text"] == "INSERT INTO people VALUES ($1, $2)"
+            && o["operation"]["kind"] == "insert"
+            && o["decision"]["decision"] == "allow"
+    ));
     assert!(ops.iter().any(|o| o["operation"]["kind"] == "copy_in"));
     let inputs = of_type(&events, "input");
     assert!(
@@ -85,9 +89,9 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
         "{inputs:#?}"
     );
     assert!(
-        inputs
-            .iter()
-            .any(|i| i["data"].as_str().is_some_and(|d| d.starts_with("4\t<EMAIL>\n"))),
+        inputs.iter().any(|i| i["data"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("4\t<EMAIL>\n"))),
         "COPY data is recorded masked: {inputs:#?}"
     );
     let outputs = of_type(&events, "output");
@@ -163,7 +167,10 @@ async fn the_record_survives_a_kill_right_after_forwarding() {
         .unwrap();
     let mut up = false;
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             up = true;
             break;
         }
@@ -195,12 +202,17 @@ async fn the_record_survives_a_kill_right_after_forwarding() {
     assert!(reached, "the statement never reached the server");
     gateway.start_kill().unwrap();
     gateway.wait().await.unwrap();
-    assert!(running.await.unwrap().is_err(), "the client lost its gateway");
+    assert!(
+        running.await.unwrap().is_err(),
+        "the client lost its gateway"
+    );
 
     // The server ran it, and the reopened store holds its record.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        pg.psql("SELECT count(*) FROM marks WHERE m = 'kill-marker-7'").await.unwrap(),
+        pg.psql("SELECT count(*) FROM marks WHERE m = 'kill-marker-7'")
+            .await
+            .unwrap(),
         "1"
     );
     let store = airlock_store::SledStore::open(&data).unwrap();

@@ -34,7 +34,9 @@ fn code(e: &tokio_postgres::Error) -> String {
 }
 
 fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// A self-signed certificate for "localhost", written as PEM files.
@@ -74,19 +76,27 @@ targets = ["closed"]
     let good = gw.token("agent-1", &["agents"]).unwrap();
     assert!(connect(gw.addr, "app", "agent-1", &good).await.is_ok());
 
-    let e = connect(gw.addr, "app", "agent-1", "not-a-token").await.unwrap_err();
+    let e = connect(gw.addr, "app", "agent-1", "not-a-token")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "28P01", "{e}");
     assert!(message(&e).starts_with("authentication failed"), "{e}");
 
-    let e = connect(gw.addr, "nosuchdb", "agent-1", &good).await.unwrap_err();
+    let e = connect(gw.addr, "nosuchdb", "agent-1", &good)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "3D000", "{e}");
     assert!(message(&e).contains("no target named \"nosuchdb\""), "{e}");
 
     let outsider = gw.token("visitor", &["visitors"]).unwrap();
-    let e = connect(gw.addr, "app", "visitor", &outsider).await.unwrap_err();
+    let e = connect(gw.addr, "app", "visitor", &outsider)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "28000", "{e}");
 
-    let e = connect(gw.addr, "closed", "agent-1", &good).await.unwrap_err();
+    let e = connect(gw.addr, "closed", "agent-1", &good)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "08001", "{e}");
     assert!(message(&e).starts_with("target closed unreachable:"), "{e}");
 
@@ -114,9 +124,14 @@ async fn user_name_must_match_the_subject_when_configured() {
     .await
     .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
-    let e = connect(gw.addr, "app", "someone-else", &token).await.unwrap_err();
+    let e = connect(gw.addr, "app", "someone-else", &token)
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "28000", "{e}");
-    assert!(message(&e).contains("does not match your token's subject"), "{e}");
+    assert!(
+        message(&e).contains("does not match your token's subject"),
+        "{e}"
+    );
     assert!(connect(gw.addr, "app", "agent-1", &token).await.is_ok());
 }
 
@@ -132,15 +147,20 @@ async fn tls_is_negotiated_and_cleartext_tokens_are_refused_without_it() {
         key.display()
     );
     // Same config as the other tests, but cleartext is not allowed.
-    let toml = pg_config(&pg, &pw, &listener, "")
-        .replace("allow_cleartext_without_tls = true", "");
-    let gw = PgGateway::start(&toml, &dir.path().join("data")).await.unwrap();
+    let toml = pg_config(&pg, &pw, &listener, "").replace("allow_cleartext_without_tls = true", "");
+    let gw = PgGateway::start(&toml, &dir.path().join("data"))
+        .await
+        .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
 
     let (ok, out, err) = psql(
         &conninfo(gw.addr, "agent-1", "sslmode=require"),
         &token,
-        &["-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+        &[
+            "-At",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
     )
     .await
     .unwrap();
@@ -153,7 +173,9 @@ async fn tls_is_negotiated_and_cleartext_tokens_are_refused_without_it() {
         gw.addr.port(),
         cert.display()
     );
-    let (ok, out, err) = psql(&verify, &token, &["-At", "-c", "SELECT 7"]).await.unwrap();
+    let (ok, out, err) = psql(&verify, &token, &["-At", "-c", "SELECT 7"])
+        .await
+        .unwrap();
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "7");
 
@@ -165,7 +187,10 @@ async fn tls_is_negotiated_and_cleartext_tokens_are_refused_without_it() {
     .await
     .unwrap();
     assert!(!ok);
-    assert!(err.contains("needs TLS") && err.contains("sslmode=require"), "{err}");
+    assert!(
+        err.contains("needs TLS") && err.contains("sslmode=require"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,9 +204,12 @@ async fn direct_tls_needs_the_postgresql_alpn() {
         cert.display(),
         key.display()
     );
-    let gw = PgGateway::start(&pg_config(&pg, &pw, &listener, ""), &dir.path().join("data"))
-        .await
-        .unwrap();
+    let gw = PgGateway::start(
+        &pg_config(&pg, &pw, &listener, ""),
+        &dir.path().join("data"),
+    )
+    .await
+    .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
 
     let tls = |alpn: Vec<Vec<u8>>| {

@@ -38,7 +38,9 @@ async fn tokio_postgres_extended_protocol_binary_results_and_pipelining() {
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let client = connect(&gw, &token).await;
     client
-        .batch_execute("CREATE TABLE t (id int8 primary key, name text, score float8, ok bool, doc jsonb)")
+        .batch_execute(
+            "CREATE TABLE t (id int8 primary key, name text, score float8, ok bool, doc jsonb)",
+        )
         .await
         .unwrap();
     let insert = client
@@ -49,13 +51,19 @@ async fn tokio_postgres_extended_protocol_binary_results_and_pipelining() {
         let doc = format!("{{\"n\": {i}}}");
         let name = format!("name-{i}");
         client
-            .execute(&insert, &[&i, &name, &(i as f64 / 2.0), &(i % 2 == 0), &doc])
+            .execute(
+                &insert,
+                &[&i, &name, &(i as f64 / 2.0), &(i % 2 == 0), &doc],
+            )
             .await
             .unwrap();
     }
     // Binary results of several types.
     let rows = client
-        .query("SELECT id, name, score, ok FROM t WHERE id >= $1 ORDER BY id", &[&3i64])
+        .query(
+            "SELECT id, name, score, ok FROM t WHERE id >= $1 ORDER BY id",
+            &[&3i64],
+        )
         .await
         .unwrap();
     let got: Vec<(i64, String, f64, bool)> = rows
@@ -64,27 +72,47 @@ async fn tokio_postgres_extended_protocol_binary_results_and_pipelining() {
         .collect();
     assert_eq!(
         got,
-        vec![(3, "name-3".into(), 1.5, false), (4, "name-4".into(), 2.0, true)]
+        vec![
+            (3, "name-3".into(), 1.5, false),
+            (4, "name-4".into(), 2.0, true)
+        ]
     );
     // Pipelining: several queries in flight on one connection.
-    let stmt = client.prepare("SELECT name FROM t WHERE id = $1").await.unwrap();
+    let stmt = client
+        .prepare("SELECT name FROM t WHERE id = $1")
+        .await
+        .unwrap();
     let (a, b, c) = tokio::join!(
         client.query_one(&stmt, &[&0i64]),
         client.query_one(&stmt, &[&1i64]),
         client.query_one(&stmt, &[&2i64]),
     );
     assert_eq!(
-        [a.unwrap().get::<_, String>(0), b.unwrap().get(0), c.unwrap().get(0)],
+        [
+            a.unwrap().get::<_, String>(0),
+            b.unwrap().get(0),
+            c.unwrap().get(0)
+        ],
         ["name-0", "name-1", "name-2"]
     );
     // An error in the middle keeps the connection usable.
-    let err = client.query("SELECT * FROM missing_table", &[]).await.unwrap_err();
+    let err = client
+        .query("SELECT * FROM missing_table", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42P01");
-    let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5);
     // Transactions over the extended protocol.
     client.batch_execute("BEGIN").await.unwrap();
-    client.execute("DELETE FROM t WHERE id = $1", &[&0i64]).await.unwrap();
+    client
+        .execute("DELETE FROM t WHERE id = $1", &[&0i64])
+        .await
+        .unwrap();
     client.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(pg.psql("SELECT count(*) FROM t").await.unwrap(), "5");
 }

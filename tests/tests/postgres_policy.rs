@@ -66,7 +66,9 @@ fn code(e: &tokio_postgres::Error) -> String {
 }
 
 fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
@@ -84,8 +86,14 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
     let attempts: &[(&str, &str)] = &[
         ("DROP TABLE victim", "sql-guardrails/no-drop"),
         ("dRoP /* evade-1 */ TaBlE victim", "sql-guardrails/no-drop"),
-        ("DR/**/OP TABLE victim /* evade-2 */", "sql-guardrails/opaque-sql"),
-        ("SELECT 'evade-3'; DROP TABLE victim", "sql-guardrails/no-drop"),
+        (
+            "DR/**/OP TABLE victim /* evade-2 */",
+            "sql-guardrails/opaque-sql",
+        ),
+        (
+            "SELECT 'evade-3'; DROP TABLE victim",
+            "sql-guardrails/no-drop",
+        ),
         (
             "WITH gone AS (DELETE FROM victim RETURNING *) SELECT 'evade-4', count(*) FROM gone",
             "sql-guardrails/no-unbounded-write",
@@ -94,7 +102,10 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
             "DO $$ BEGIN DELETE FROM victim; END $$ /* evade-5 */",
             "sql-guardrails/opaque-sql",
         ),
-        ("TRUNCATE victim /* evade-6 */", "sql-guardrails/no-truncate"),
+        (
+            "TRUNCATE victim /* evade-6 */",
+            "sql-guardrails/no-truncate",
+        ),
         (
             "update victim set id = 0 -- evade-7",
             "sql-guardrails/no-unbounded-write",
@@ -117,9 +128,16 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         .simple_query("PREPARE wipe AS DELETE FROM victim")
         .await
         .unwrap();
-    let e = client.simple_query("EXECUTE wipe /* evade-8 */").await.unwrap_err();
+    let e = client
+        .simple_query("EXECUTE wipe /* evade-8 */")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "42501");
-    assert!(message(&e).contains("no-unbounded-write"), "{}", message(&e));
+    assert!(
+        message(&e).contains("no-unbounded-write"),
+        "{}",
+        message(&e)
+    );
     // A PREPARE and its EXECUTE in one query string are judged together.
     let e = client
         .simple_query("PREPARE wipe2 AS DELETE FROM victim; EXECUTE wipe2 /* evade-9 */")
@@ -154,8 +172,17 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
     let log = pg.log();
     for marker in [
         "DROP TABLE victim",
-        "evade-1", "evade-2", "evade-3", "evade-4", "evade-5", "evade-6", "evade-7",
-        "evade-8", "evade-9", "evade-10", "evade-11",
+        "evade-1",
+        "evade-2",
+        "evade-3",
+        "evade-4",
+        "evade-5",
+        "evade-6",
+        "evade-7",
+        "evade-8",
+        "evade-9",
+        "evade-10",
+        "evade-11",
     ] {
         assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
     }
@@ -223,7 +250,10 @@ async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
     )
     .await
     .unwrap();
-    assert!(err.contains("denied by rule sql-guardrails/no-drop"), "{err}");
+    assert!(
+        err.contains("denied by rule sql-guardrails/no-drop"),
+        "{err}"
+    );
     assert!(out.contains("still here"), "{out}");
 }
 
@@ -269,7 +299,10 @@ async fn reviewed_statements_wait_for_approval() {
     });
     let id = pending(&gw).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!pg.log().contains("reviewed-1"), "nothing runs before approval");
+    assert!(
+        !pg.log().contains("reviewed-1"),
+        "nothing runs before approval"
+    );
     gw.runtime
         .gateway
         .approvals()
@@ -294,18 +327,30 @@ async fn reviewed_statements_wait_for_approval() {
     let decide = async {
         let id = pending(&gw).await;
         gw2.approvals()
-            .decide(&id, &dba(), false, Some("orders are kept for audits".into()))
+            .decide(
+                &id,
+                &dba(),
+                false,
+                Some("orders are kept for audits".into()),
+            )
             .await
             .unwrap()
             .unwrap();
     };
     let (result, ()) = tokio::join!(
-        client.execute("DELETE FROM orders WHERE id = $1 /* reviewed-2 */", &[&2i32]),
+        client.execute(
+            "DELETE FROM orders WHERE id = $1 /* reviewed-2 */",
+            &[&2i32]
+        ),
         decide
     );
     let e = result.unwrap_err();
     assert_eq!(code(&e), "42501");
-    assert!(message(&e).contains("orders are kept for audits"), "{}", message(&e));
+    assert!(
+        message(&e).contains("orders are kept for audits"),
+        "{}",
+        message(&e)
+    );
     assert_eq!(count(&client, "orders").await, 1);
     assert!(!pg.log().contains("reviewed-2"));
 }

@@ -52,7 +52,10 @@ SELECT 1 AS a; SELECT 2 AS b;
     assert!(ok, "{err}");
     assert!(out.contains("Table \"public.items\""), "{out}");
     assert!(out.contains("items_pkey"), "{out}");
-    assert!(out.contains("pg_catalog, public"), "SET persists in the session: {out}");
+    assert!(
+        out.contains("pg_catalog, public"),
+        "SET persists in the session: {out}"
+    );
     assert!(out.contains(" 2\n"), "the rolled-back row is gone: {out}");
     assert!(out.contains(" a \n") && out.contains(" b \n"), "{out}");
 
@@ -75,7 +78,12 @@ SELECT 1 AS a; SELECT 2 AS b;
     assert_eq!(pg.psql("SELECT count(*) FROM items").await.unwrap(), "4");
 }
 
-async fn psql_stdin_ok(ci: &str, token: &str, args: &[&str], input: &str) -> (bool, String, String) {
+async fn psql_stdin_ok(
+    ci: &str,
+    token: &str,
+    args: &[&str],
+    input: &str,
+) -> (bool, String, String) {
     airlock_tests::postgres::psql_stdin(ci, token, args, Some(input))
         .await
         .unwrap()
@@ -105,7 +113,9 @@ async fn pgbench_initializes_and_runs_in_simple_and_prepared_mode() {
     let ci = conninfo(gw.addr, "bench", "");
     pgbench(&ci, &token, &["-i", "-s", "1", "-q"]).await;
     assert_eq!(
-        pg.psql("SELECT count(*) FROM pgbench_accounts").await.unwrap(),
+        pg.psql("SELECT count(*) FROM pgbench_accounts")
+            .await
+            .unwrap(),
         "100000"
     );
     for mode in ["simple", "extended", "prepared"] {
@@ -114,11 +124,16 @@ async fn pgbench_initializes_and_runs_in_simple_and_prepared_mode() {
             out.contains("number of transactions actually processed: 60/60"),
             "{mode}: {out}"
         );
-        assert!(out.contains("number of failed transactions: 0"), "{mode}: {out}");
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{mode}: {out}"
+        );
     }
     assert_eq!(
         // Each run starts by emptying the history table.
-        pg.psql("SELECT count(*) FROM pgbench_history").await.unwrap(),
+        pg.psql("SELECT count(*) FROM pgbench_history")
+            .await
+            .unwrap(),
         "60"
     );
 }

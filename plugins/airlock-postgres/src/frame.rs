@@ -213,7 +213,9 @@ pub(crate) async fn read_startup_packet<R: AsyncRead + Unpin>(
         if e.kind() == std::io::ErrorKind::UnexpectedEof && start == 0 {
             return Ok(None);
         }
-        return Err(Error::Client(format!("reading the startup packet failed: {e}")));
+        return Err(Error::Client(format!(
+            "reading the startup packet failed: {e}"
+        )));
     }
     let len = i32::from_be_bytes(len);
     if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
@@ -554,6 +556,11 @@ mod tests {
         assert_eq!(r, &[0x16, 0x03], "the TLS bytes after it stay unread");
         input[3] = 3;
         assert!(read_startup_packet(&mut &input[..], None).await.is_err());
-        assert!(read_startup_packet(&mut &[][..], None).await.unwrap().is_none());
+        assert!(
+            read_startup_packet(&mut &[][..], None)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -38,7 +38,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::config::Secret;
-use airlock_core::{ClientInfo, ClientStream, Connector, Error, Event, Gateway, MaskCounts, Result};
+use airlock_core::{
+    ClientInfo, ClientStream, Connector, Error, Event, Gateway, MaskCounts, Result,
+};
 use async_trait::async_trait;
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, Password, SecretKey,
@@ -169,7 +171,12 @@ impl PostgresConnector {
         }
     }
 
-    async fn session(&self, hello: startup::Hello, info: ClientInfo, gateway: Gateway) -> Result<()> {
+    async fn session(
+        &self,
+        hello: startup::Hello,
+        info: ClientInfo,
+        gateway: Gateway,
+    ) -> Result<()> {
         let startup::Hello {
             stream,
             tls,
@@ -218,10 +225,7 @@ impl PostgresConnector {
                     return client
                         .fatal(
                             sqlstate::PROTOCOL_VIOLATION,
-                            &format!(
-                                "expected a password message, got {:?}",
-                                char::from(f.tag)
-                            ),
+                            &format!("expected a password message, got {:?}", char::from(f.tag)),
                             None,
                         )
                         .await;
@@ -322,9 +326,7 @@ impl PostgresConnector {
             secret: upstream.secret.clone(),
             local: local.clone(),
         });
-        client
-            .send(&frame::encode(&Authentication::Ok))
-            .await?;
+        client.send(&frame::encode(&Authentication::Ok)).await?;
         let masker = session.masker();
         let mut counts = MaskCounts::new();
         for (name, value) in &upstream.params {
@@ -334,7 +336,8 @@ impl PostgresConnector {
                 .await?;
         }
         for notice in &upstream.notices {
-            let mut n: pgwire::messages::response::NoticeResponse = notice.decode(Peer::Upstream)?;
+            let mut n: pgwire::messages::response::NoticeResponse =
+                notice.decode(Peer::Upstream)?;
             for (_, v) in n.fields.iter_mut() {
                 *v = masker.mask_str(None, v, &mut counts).into_owned();
             }
@@ -345,7 +348,10 @@ impl PostgresConnector {
         }
         let (pid, secret) = key.key();
         client
-            .send(&frame::encode(&BackendKeyData::new(pid, SecretKey::I32(secret))))
+            .send(&frame::encode(&BackendKeyData::new(
+                pid,
+                SecretKey::I32(secret),
+            )))
             .await?;
         client
             .send(&frame::ready_for_query(upstream.status))

@@ -105,8 +105,14 @@ enum Pending {
     DescribeStatement(Bytes),
     /// Describe of a portal. `hidden`: the gateway asked to learn the
     /// columns it must mask, the client did not; the answer is not forwarded.
-    DescribePortal { name: Bytes, hidden: bool },
-    Execute { portal: Bytes, track: Track },
+    DescribePortal {
+        name: Bytes,
+        hidden: bool,
+    },
+    Execute {
+        portal: Bytes,
+        track: Track,
+    },
     Close,
     Sync,
     /// A fast-path function call: answers until ReadyForQuery.
@@ -132,8 +138,11 @@ struct Track {
     started: Instant,
     columns: Option<Arc<Vec<Column>>>,
     rows: Vec<String>,
+    /// Rows returned so far.
+    count: u64,
     counts: MaskCounts,
-    copy_out: bool,
+    /// Set while a COPY OUT streams.
+    copy_out: Option<CopyOut>,
     error: Option<String>,
 }
 
@@ -143,11 +152,20 @@ impl Track {
             started: Instant::now(),
             columns: None,
             rows: Vec::new(),
+            count: 0,
             counts: MaskCounts::new(),
-            copy_out: false,
+            copy_out: None,
             error: None,
         }
     }
+}
+
+/// How COPY OUT data is masked.
+enum CopyOut {
+    /// One text or CSV row per message.
+    Text,
+    /// The binary format, parsed across messages.
+    Binary(rows::BinaryCopy),
 }
 
 struct QueryTrack {
@@ -335,7 +353,9 @@ impl ClientHalf<'_> {
                 self.refuse(error, false);
                 Ok(())
             }
-            Verdict::Gone => Err(Error::Client("the client left while waiting for approval".into())),
+            Verdict::Gone => Err(Error::Client(
+                "the client left while waiting for approval".into(),
+            )),
         }
     }
 
@@ -355,7 +375,10 @@ impl ClientHalf<'_> {
                     .into_owned();
                 if !name.is_empty() {
                     // SQL EXECUTE can run statements prepared with Parse.
-                    let op = ops.into_iter().next().unwrap_or_else(|| opaque(&parse.query));
+                    let op = ops
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| opaque(&parse.query));
                     self.prepared
                         .insert(String::from_utf8_lossy(&name).into_owned(), op);
                 }
@@ -372,7 +395,9 @@ impl ClientHalf<'_> {
                 self.refuse(error, true);
                 Ok(())
             }
-            Verdict::Gone => Err(Error::Client("the client left while waiting for approval".into())),
+            Verdict::Gone => Err(Error::Client(
+                "the client left while waiting for approval".into(),
+            )),
         }
     }
 
@@ -420,7 +445,10 @@ impl ClientHalf<'_> {
             if let Some(p) = self.portals.get_mut(&name) {
                 p.described = true;
             }
-            Pending::DescribePortal { name, hidden: false }
+            Pending::DescribePortal {
+                name,
+                hidden: false,
+            }
         } else {
             Pending::DescribeStatement(name)
         };
@@ -484,7 +512,8 @@ impl ClientHalf<'_> {
         let name = cstr_at(&frame.body()[1..]);
         if kind == b'S' {
             self.statements.remove(&name);
-            self.prepared.remove(String::from_utf8_lossy(&name).as_ref());
+            self.prepared
+                .remove(String::from_utf8_lossy(&name).as_ref());
         } else {
             self.portals.remove(&name);
         }
@@ -515,7 +544,9 @@ impl ClientHalf<'_> {
                 self.refuse(error, false);
                 Ok(())
             }
-            Verdict::Gone => Err(Error::Client("the client left while waiting for approval".into())),
+            Verdict::Gone => Err(Error::Client(
+                "the client left while waiting for approval".into(),
+            )),
         }
     }
 
@@ -636,8 +667,9 @@ impl ClientHalf<'_> {
                 Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
             }
         }
-        if let Some((_, Decision::Deny { rule, message })) =
-            decisions.iter().find(|(_, d)| matches!(d, Decision::Deny { .. }))
+        if let Some((_, Decision::Deny { rule, message })) = decisions
+            .iter()
+            .find(|(_, d)| matches!(d, Decision::Deny { .. }))
         {
             return Ok(Verdict::Refuse(denied(rule, message)));
         }
@@ -657,7 +689,9 @@ impl ClientHalf<'_> {
                 );
                 let _ = self.tx.send(Action::Notice(frame::notice_response(
                     &note,
-                    Some("the statement runs once it is approved; cancel the query to stop waiting"),
+                    Some(
+                        "the statement runs once it is approved; cancel the query to stop waiting",
+                    ),
                 )));
             }
             let id = pending.id().to_string();
@@ -1065,46 +1099,68 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b's' => {
-                if let Some(Pending::Execute { .. }) = self.queue.front() {
-                    if let Some(Pending::Execute { track, .. }) = self.queue.pop_front() {
-                        let n = track.rows.len() as u64;
-                        self.finish(track, Some(n));
-                    }
+                if let Some(Pending::Execute { .. }) = self.queue.front()
+                    && let Some(Pending::Execute { track, .. }) = self.queue.pop_front()
+                {
+                    let n = track.count;
+                    self.finish(track, Some(n));
                 }
                 self.write_client(&frame.bytes).await
             }
             b'H' => {
+                // The overall format: 0 text, 1 binary.
+                let binary = frame.body().first() == Some(&1);
                 if let Some(t) = self.track() {
-                    t.copy_out = true;
+                    t.copy_out = Some(if binary {
+                        CopyOut::Binary(rows::BinaryCopy::default())
+                    } else {
+                        CopyOut::Text
+                    });
                 }
                 self.write_client(&frame.bytes).await
             }
             b'd' => {
                 let record_rows = self.cx.record_rows;
-                let copying = self.track().is_some_and(|t| t.copy_out);
-                if !copying {
-                    return self.write_client(&frame.bytes).await;
-                }
                 let mut counts = MaskCounts::new();
-                let (masked, line) = rows::mask_copy_line(masker, frame.body(), &mut counts);
-                if let Some(t) = self.track() {
-                    for (k, v) in counts {
-                        *t.counts.entry(k).or_default() += v;
+                let Some(t) = self.track() else {
+                    return self.write_client(&frame.bytes).await;
+                };
+                let (out, lines) = match &mut t.copy_out {
+                    None => return self.write_client(&frame.bytes).await,
+                    Some(CopyOut::Text) => {
+                        let (masked, line) =
+                            rows::mask_copy_line(masker, frame.body(), &mut counts);
+                        let out = match masked {
+                            Some(data) => frame::raw(b'd', &data),
+                            None => frame.bytes.clone(),
+                        };
+                        (Some(out), line.into_iter().collect::<Vec<_>>())
                     }
-                    if let Some(line) = line {
-                        if t.rows.len() < record_rows {
-                            t.rows.push(line);
-                        }
+                    Some(CopyOut::Binary(copy)) => {
+                        let (data, lines) = copy.push(masker, frame.body(), &mut counts);
+                        ((!data.is_empty()).then(|| frame::raw(b'd', &data)), lines)
+                    }
+                };
+                for (k, v) in counts {
+                    *t.counts.entry(k).or_default() += v;
+                }
+                for line in lines {
+                    if t.rows.len() < record_rows {
+                        t.rows.push(line);
                     }
                 }
-                match masked {
-                    Some(data) => self.write_client(&frame::raw(b'd', &data)).await,
-                    None => self.write_client(&frame.bytes).await,
+                match out {
+                    Some(out) => self.write_client(&out).await,
+                    None => Ok(()),
                 }
             }
             b'c' => {
-                if let Some(t) = self.track() {
-                    t.copy_out = false;
+                let rest = match self.track().and_then(|t| t.copy_out.take()) {
+                    Some(CopyOut::Binary(mut copy)) => copy.finish(),
+                    _ => Bytes::new(),
+                };
+                if !rest.is_empty() {
+                    self.write_client(&frame::raw(b'd', &rest)).await?;
                 }
                 self.write_client(&frame.bytes).await
             }
@@ -1118,10 +1174,10 @@ impl ServerHalf<'_> {
             Some(Pending::Query(q)) => q.current.columns.clone(),
             Some(Pending::Execute { portal, .. }) => {
                 let cols = self.portals.get(portal).cloned().flatten();
-                if let Some(Pending::Execute { track, .. }) = self.queue.front_mut() {
-                    if track.columns.is_none() {
-                        track.columns = cols.clone();
-                    }
+                if let Some(Pending::Execute { track, .. }) = self.queue.front_mut()
+                    && track.columns.is_none()
+                {
+                    track.columns = cols.clone();
                 }
                 cols
             }
@@ -1141,6 +1197,7 @@ impl ServerHalf<'_> {
         .map_err(Error::Upstream)?;
         match self.track() {
             Some(t) => {
+                t.count += 1;
                 for (k, v) in counts {
                     *t.counts.entry(k).or_default() += v;
                 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use airlock_core::MaskCounts;
 use airlock_core::mask::Masker;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, RowDescription};
 
 use crate::frame;
@@ -47,7 +47,13 @@ enum TextLike {
 
 fn text_like(type_oid: u32) -> Option<TextLike> {
     match type_oid {
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::JSON | oid::XML | oid::UNKNOWN
+        oid::TEXT
+        | oid::VARCHAR
+        | oid::BPCHAR
+        | oid::NAME
+        | oid::JSON
+        | oid::XML
+        | oid::UNKNOWN
         | oid::BYTEA => Some(TextLike::Plain),
         oid::JSONB => Some(TextLike::Jsonb),
         _ => None,
@@ -122,10 +128,10 @@ pub(crate) fn mask_row(
         if let Some(l) = &mut line {
             push_cell(l, i, &rendered);
         }
-        if let Cow::Owned(_) = masked {
+        if !matches!(masked, Some(Cow::Borrowed(_))) {
             changed = true;
         }
-        out.push(Some(masked));
+        out.push(masked);
     }
     let frame = changed.then(|| {
         let mut data = BytesMut::new();
@@ -185,37 +191,59 @@ fn split_cells(body: &[u8]) -> std::result::Result<Vec<Option<&[u8]>>, String> {
     Ok(cells)
 }
 
+/// A masked cell: its new value (`None`: replaced by NULL) and its rendering.
+type MaskedCell<'a> = (Option<Cow<'a, [u8]>>, Rendered);
+
 /// Masks one non-null value of a column (unknown column: treated as text).
 fn mask_value<'a>(
     masker: &Masker,
     col: Option<&Column>,
     value: &'a [u8],
     counts: &mut MaskCounts,
-) -> (Cow<'a, [u8]>, Rendered) {
+) -> MaskedCell<'a> {
     let field = col.map(|c| c.field.as_str());
     let binary = col.is_some_and(|c| c.format == 1);
     if !binary {
         let (masked, text) = mask_text(masker, field, value, counts);
-        return (masked, Rendered::Text(text));
+        return (Some(masked), Rendered::Text(text));
     }
     let Some(col) = col else {
-        return (Cow::Borrowed(value), Rendered::Text(String::new()));
+        return (Some(Cow::Borrowed(value)), Rendered::Text(String::new()));
     };
-    match text_like(col.type_oid) {
-        Some(kind) => {
-            let (masked, text) = mask_text_like(masker, field, value, kind, counts);
-            (masked, Rendered::Text(text))
-        }
-        None => match array_element(col.type_oid) {
-            Some(kind) => match mask_array(masker, field, value, kind, counts) {
-                Some((masked, text)) => (masked, Rendered::Text(text)),
-                None => (Cow::Borrowed(value), Rendered::Text(hex(value))),
-            },
-            None => (
-                Cow::Borrowed(value),
+    if let Some(kind) = text_like(col.type_oid) {
+        let (masked, text) = mask_text_like(masker, field, value, kind, counts);
+        return (Some(masked), Rendered::Text(text));
+    }
+    if let Some(kind) = array_element(col.type_oid)
+        && let Some((masked, text)) = mask_array(masker, field, value, kind, counts)
+    {
+        return (Some(masked), Rendered::Text(text));
+    }
+    mask_opaque_binary(masker, field, value, counts)
+        .map(|masked| (None, Rendered::Text(masked)))
+        .unwrap_or_else(|| {
+            (
+                Some(Cow::Borrowed(value)),
                 Rendered::Text(render_binary(col.type_oid, value)),
-            ),
-        },
+            )
+        })
+}
+
+/// A binary value the gateway cannot rewrite in its own format (numbers,
+/// composites, other types). When masking its bytes read as text finds
+/// something (a field rule on its column, a detector or a held credential
+/// inside), the value is withheld: the client gets NULL, which is valid for
+/// every type, and the record gets the masked text.
+fn mask_opaque_binary(
+    masker: &Masker,
+    field: Option<&str>,
+    value: &[u8],
+    counts: &mut MaskCounts,
+) -> Option<String> {
+    let text = String::from_utf8_lossy(value);
+    match masker.mask_str(field, &text, counts) {
+        Cow::Owned(masked) if masked != *text => Some(masked),
+        _ => None,
     }
 }
 
@@ -408,7 +436,8 @@ pub(crate) fn render_params(
 }
 
 fn printable(s: &str) -> bool {
-    !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    !s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
 }
 
 /// The header line of a recorded result.
@@ -444,6 +473,141 @@ pub(crate) fn mask_copy_line(
             None => (None, Some(text.trim_end_matches('\n').to_string())),
         },
         Err(_) => (None, None),
+    }
+}
+
+/// The binary COPY format's signature.
+const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// Masks a binary-format COPY OUT stream, whose values carry no type: each
+/// value is masked as text when it is UTF-8 and withheld (NULL) when its
+/// lossy reading holds something to mask. Works across `CopyData` boundaries.
+#[derive(Debug, Default)]
+pub(crate) struct BinaryCopy {
+    buf: BytesMut,
+    header_done: bool,
+    /// The stream did not start with the signature: it is forwarded as it is.
+    passthrough: bool,
+}
+
+impl BinaryCopy {
+    /// Adds a chunk; returns the bytes to send now (complete tuples, masked)
+    /// and the rows for the record.
+    pub(crate) fn push(
+        &mut self,
+        masker: &Masker,
+        data: &[u8],
+        counts: &mut MaskCounts,
+    ) -> (Bytes, Vec<String>) {
+        self.buf.extend_from_slice(data);
+        let mut out = BytesMut::new();
+        let mut lines = Vec::new();
+        loop {
+            if !self.header_done {
+                if self.buf.len() < 19 {
+                    break;
+                }
+                if &self.buf[..11] != COPY_SIGNATURE {
+                    // Not the format we know: pass everything through.
+                    self.header_done = true;
+                    self.passthrough = true;
+                    continue;
+                }
+                let ext =
+                    u32::from_be_bytes([self.buf[15], self.buf[16], self.buf[17], self.buf[18]])
+                        as usize;
+                if self.buf.len() < 19 + ext {
+                    break;
+                }
+                out.extend_from_slice(&self.buf.split_to(19 + ext));
+                self.header_done = true;
+                continue;
+            }
+            if self.passthrough {
+                out.extend_from_slice(&self.buf.split());
+                break;
+            }
+            match self.tuple(masker, counts) {
+                Some((bytes, line)) => {
+                    out.extend_from_slice(&bytes);
+                    if let Some(line) = line {
+                        lines.push(line);
+                    }
+                }
+                None => break,
+            }
+        }
+        (out.freeze(), lines)
+    }
+
+    /// What is left when the COPY ends (an incomplete tuple, sent as it is).
+    pub(crate) fn finish(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// One complete tuple (or the trailer) off the buffer, masked.
+    fn tuple(
+        &mut self,
+        masker: &Masker,
+        counts: &mut MaskCounts,
+    ) -> Option<(Bytes, Option<String>)> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return None;
+        }
+        let n = i16::from_be_bytes([b[0], b[1]]);
+        if n < 0 {
+            let trailer = self.buf.split_to(2).freeze();
+            return Some((trailer, None));
+        }
+        let mut at = 2;
+        let mut fields = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let len = i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
+            at += 4;
+            if len < 0 {
+                fields.push(None);
+                continue;
+            }
+            let v = b.get(at..at + len as usize)?;
+            at += len as usize;
+            fields.push(Some(v));
+        }
+        let mut out = BytesMut::with_capacity(at);
+        out.put_i16(n);
+        let mut line = String::new();
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push_str(" | ");
+            }
+            let Some(v) = f else {
+                out.put_i32(-1);
+                line.push_str("NULL");
+                continue;
+            };
+            match std::str::from_utf8(v) {
+                Ok(text) => {
+                    let masked = mask_plain(masker, text, counts);
+                    let value = masked.as_deref().unwrap_or(text);
+                    out.put_i32(value.len() as i32);
+                    out.put_slice(value.as_bytes());
+                    line.push_str(value);
+                }
+                Err(_) => match mask_opaque_binary(masker, None, v, counts) {
+                    Some(masked) => {
+                        out.put_i32(-1);
+                        line.push_str(&masked);
+                    }
+                    None => {
+                        out.put_i32(v.len() as i32);
+                        out.put_slice(v);
+                        line.push_str(&hex(v));
+                    }
+                },
+            }
+        }
+        self.buf.advance(at);
+        Some((out.freeze(), Some(line)))
     }
 }
 

@@ -44,14 +44,21 @@ pub(crate) struct Hello {
 
 /// Reads the client's opening packets until a startup message, a cancel
 /// request or the end.
-pub(crate) async fn open(mut stream: ClientStream, tls: Option<&Arc<ServerConfig>>) -> Result<Opening> {
+pub(crate) async fn open(
+    mut stream: ClientStream,
+    tls: Option<&Arc<ServerConfig>>,
+) -> Result<Opening> {
     let mut encrypted = false;
     loop {
         let mut first = [0u8; 1];
         match stream.read(&mut first).await {
             Ok(0) => return Ok(Opening::Done),
             Ok(_) => {}
-            Err(e) => return Err(Error::Client(format!("reading from the client failed: {e}"))),
+            Err(e) => {
+                return Err(Error::Client(format!(
+                    "reading from the client failed: {e}"
+                )));
+            }
         }
         if first[0] == TLS_HANDSHAKE && !encrypted {
             let Some(config) = tls else {
@@ -121,8 +128,9 @@ pub(crate) async fn open(mut stream: ClientStream, tls: Option<&Arc<ServerConfig
             }
             code if (code >> 16) == 3 => {
                 let mut buf = BytesMut::from(&body[..]);
-                let startup = Startup::decode_body(&mut buf, body.len() + 4, &DecodeContext::default())
-                    .map_err(|e| Error::Client(format!("malformed startup message: {e}")))?;
+                let startup =
+                    Startup::decode_body(&mut buf, body.len() + 4, &DecodeContext::default())
+                        .map_err(|e| Error::Client(format!("malformed startup message: {e}")))?;
                 let mut params = BTreeMap::new();
                 let mut unsupported_options = Vec::new();
                 for (k, v) in startup.parameters {
@@ -193,12 +201,12 @@ impl AsyncRead for Prefixed {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(b) = self.first {
-            if buf.remaining() > 0 {
-                buf.put_slice(&[b]);
-                self.first = None;
-                return Poll::Ready(Ok(()));
-            }
+        if let Some(b) = self.first
+            && buf.remaining() > 0
+        {
+            buf.put_slice(&[b]);
+            self.first = None;
+            return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
@@ -238,7 +246,9 @@ mod tests {
         let (client, server) = tokio::io::duplex(4096);
         let task = tokio::spawn(open(Box::new(server), None));
         let (mut r, mut w) = tokio::io::split(client);
-        w.write_all(&packet(frame::GSSENC_REQUEST, b"")).await.unwrap();
+        w.write_all(&packet(frame::GSSENC_REQUEST, b""))
+            .await
+            .unwrap();
         let mut b = [0u8; 1];
         r.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"N");

@@ -22,12 +22,8 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The listener's TLS configuration from its PEM files.
 pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
-    let cert_pem = std::fs::read(cert).map_err(|e| {
-        Error::Config(format!(
-            "cannot read tls_cert {}: {e}",
-            cert.display()
-        ))
-    })?;
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| Error::Config(format!("cannot read tls_cert {}: {e}", cert.display())))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| {

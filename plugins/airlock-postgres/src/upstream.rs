@@ -87,10 +87,9 @@ impl Target {
         let addr = (self.host.as_str(), self.port);
         let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => {
-                return Err(self.unreachable(format!(
-                    "no connection within {}s",
-                    timeout.as_secs()
-                )));
+                return Err(
+                    self.unreachable(format!("no connection within {}s", timeout.as_secs()))
+                );
             }
             Ok(Err(e)) => return Err(self.unreachable(e)),
             Ok(Ok(tcp)) => tcp,
@@ -128,9 +127,9 @@ impl Target {
                 "the server does not support TLS, which targets.{}.sslmode requires",
                 self.name
             ))),
-            other => Err(self.unreachable(format!(
-                "unexpected answer {other:#04x} to the TLS request"
-            ))),
+            other => {
+                Err(self.unreachable(format!("unexpected answer {other:#04x} to the TLS request")))
+            }
         }
     }
 
@@ -220,7 +219,11 @@ impl Target {
     }
 
     /// Answers one authentication request of the server.
-    fn authenticate(&self, frame: &Frame, scram: &mut Option<ScramSha256>) -> Result<Option<Bytes>> {
+    fn authenticate(
+        &self,
+        frame: &Frame,
+        scram: &mut Option<ScramSha256>,
+    ) -> Result<Option<Bytes>> {
         let mut body = frame.body();
         let code = body.get_i32();
         let password = || {
