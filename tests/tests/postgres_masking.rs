@@ -160,7 +160,7 @@ DO $$ BEGIN RAISE EXCEPTION 'cannot mail heidi@example.com'; END $$;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_password_never_reaches_the_client() {
-    let (_dir, pg, gw) = setup().await;
+    let (dir, pg, gw) = setup().await;
     let password = pg.password().to_string();
     // Someone stored the credential where queries can reach it.
     pg.psql(&format!(
@@ -183,16 +183,23 @@ COPY creds TO STDOUT;
 COPY creds TO STDOUT (FORMAT binary);
 COPY (SELECT 1::int4, secret, ROW(secret) FROM creds) TO STDOUT (FORMAT binary);
 INSERT INTO creds SELECT secret FROM creds;
+SELECT lo_from_bytea(0, convert_to(secret, 'UTF8')) AS loid FROM creds \\gset
+\\lo_export :loid 'LO_FILE'
 DO $$ BEGIN RAISE EXCEPTION 'e: %', (SELECT secret FROM creds); END $$;
 ";
+    let lo_file = dir.path().join("lo.out");
+    let script = script.replace("LO_FILE", &lo_file.display().to_string());
     let (_, out, err) = psql_stdin(
         &conninfo(tap.addr, "agent-1", ""),
         &token,
         &["-v", "ON_ERROR_STOP=0", "-f", "-"],
-        Some(script),
+        Some(&script),
     )
     .await
     .unwrap();
+    // Large objects are read with fast-path function calls.
+    let exported = std::fs::read_to_string(&lo_file).unwrap();
+    assert_eq!(exported, "<SECRET>", "{out}{err}");
     // Binary results and the extended protocol too.
     let client = connect(tap.addr, &token).await;
     let row = client

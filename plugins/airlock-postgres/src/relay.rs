@@ -1154,6 +1154,16 @@ impl ServerHalf<'_> {
                     None => Ok(()),
                 }
             }
+            b'V' => {
+                // A fast-path call's result: masked like a value of unknown type.
+                let mut counts = MaskCounts::new();
+                let out = rows::mask_function_result(masker, frame.body(), &mut counts);
+                self.record_counts(counts);
+                match out {
+                    Some(body) => self.write_client(&frame::raw(b'V', &body)).await,
+                    None => self.write_client(&frame.bytes).await,
+                }
+            }
             b'c' => {
                 let rest = match self.track().and_then(|t| t.copy_out.take()) {
                     Some(CopyOut::Binary(mut copy)) => copy.finish(),

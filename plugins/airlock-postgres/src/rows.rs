@@ -476,6 +476,31 @@ pub(crate) fn mask_copy_line(
     }
 }
 
+/// Masks the value of a `FunctionCallResponse` body (length, then bytes):
+/// text is masked, other bytes holding something to mask are withheld.
+/// Returns the new body when something changed.
+pub(crate) fn mask_function_result(
+    masker: &Masker,
+    body: &[u8],
+    counts: &mut MaskCounts,
+) -> Option<Vec<u8>> {
+    let len = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    let value = body.get(4..4 + usize::try_from(len).ok()?)?;
+    let mut out = Vec::new();
+    match std::str::from_utf8(value) {
+        Ok(text) => {
+            let masked = mask_plain(masker, text, counts)?;
+            out.extend_from_slice(&(masked.len() as i32).to_be_bytes());
+            out.extend_from_slice(masked.as_bytes());
+        }
+        Err(_) => {
+            mask_opaque_binary(masker, None, value, counts)?;
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+        }
+    }
+    Some(out)
+}
+
 /// The binary COPY format's signature.
 const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
