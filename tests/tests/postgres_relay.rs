@@ -137,3 +137,119 @@ async fn pgbench_initializes_and_runs_in_simple_and_prepared_mode() {
         "60"
     );
 }
+
+/// A raw protocol client for malformed input.
+struct Raw {
+    stream: tokio::net::TcpStream,
+}
+
+impl Raw {
+    async fn login(
+        addr: std::net::SocketAddr,
+        token: &str,
+        minor: u16,
+        extra: &[(&str, &str)],
+    ) -> (Raw, Vec<(u8, Vec<u8>)>) {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&3u16.to_be_bytes());
+        body.extend_from_slice(&minor.to_be_bytes());
+        for (k, v) in [("user", "raw"), ("database", "app")].iter().chain(extra) {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).await.unwrap();
+        let mut raw = Raw { stream };
+        let mut seen = Vec::new();
+        loop {
+            let (tag, body) = raw.read().await.unwrap();
+            seen.push((tag, body.clone()));
+            if tag == b'R' && body == [0, 0, 0, 3] {
+                let mut pw = token.as_bytes().to_vec();
+                pw.push(0);
+                raw.send(b'p', &pw).await;
+            }
+            if tag == b'Z' || tag == b'E' {
+                return (raw, seen);
+            }
+        }
+    }
+
+    async fn send(&mut self, tag: u8, body: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.stream.write_all(&m).await.unwrap();
+    }
+
+    async fn read(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 5];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.stream.read_exact(&mut head),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.stream.read_exact(&mut body).await.ok()?;
+        Some((head[0], body))
+    }
+}
+
+fn sqlstate(body: &[u8]) -> String {
+    body.split(|&b| b == 0)
+        .find(|f| f.first() == Some(&b'C'))
+        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_end_only_their_session() {
+    let (_dir, _pg, gw) = setup("max_message_bytes = 4096", "").await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+
+    // A newer protocol version is negotiated down to 3.0.
+    let (mut raw, seen) = Raw::login(gw.addr, &token, 2, &[("_pq_.test", "1")]).await;
+    assert_eq!(seen.first().map(|m| m.0), Some(b'v'), "{seen:?}");
+    assert_eq!(seen.last().map(|m| m.0), Some(b'Z'), "{seen:?}");
+    assert!(seen.iter().any(|(t, _)| *t == b'K'));
+
+    // A Bind that claims more bytes than it carries.
+    raw.send(b'B', b"\0\0\0\0\0\x01\0\0\0\x64abc").await;
+    let (tag, body) = raw.read().await.unwrap();
+    assert_eq!(tag, b'E');
+    assert_eq!(sqlstate(&body), "08P01");
+    assert!(raw.read().await.is_none(), "the connection ends");
+
+    // A query larger than max_message_bytes.
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let mut q = format!("SELECT '{}'", "x".repeat(5000)).into_bytes();
+    q.push(0);
+    raw.send(b'Q', &q).await;
+    let (tag, body) = raw.read().await.unwrap();
+    assert_eq!(tag, b'E');
+    assert_eq!(sqlstate(&body), "54000");
+    assert!(String::from_utf8_lossy(&body).contains("max_message_bytes"));
+
+    // Other sessions are unaffected, and a fitting query works.
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    raw.send(b'Q', b"SELECT 'fine'\0").await;
+    let mut tags = Vec::new();
+    while let Some((tag, _)) = raw.read().await {
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags, vec![b'T', b'D', b'C', b'Z']);
+}

@@ -639,6 +639,170 @@ impl BinaryCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_core::Identity;
+    use airlock_core::mask::{MaskConfig, MaskEngine};
+
+    fn masker() -> Masker {
+        let config: MaskConfig = toml::from_str("[[fields]]\nname = \"ssn\"").unwrap();
+        let engine = MaskEngine::new(&config, vec!["hunter2-held".into()], [7; 32]).unwrap();
+        engine.masker(
+            "app",
+            &Identity {
+                subject: "t".into(),
+                groups: vec![],
+                issuer: "test".into(),
+            },
+        )
+    }
+
+    fn col(name: &str, type_oid: u32, format: i16) -> Column {
+        Column {
+            name: name.into(),
+            field: name.into(),
+            type_oid,
+            format,
+        }
+    }
+
+    fn cells_of(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+        split_cells(&frame[5..])
+            .unwrap()
+            .into_iter()
+            .map(|c| c.map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_masked_by_column_and_detector_in_both_formats() {
+        let m = masker();
+        let cols = [
+            col("email", oid::TEXT, 0),
+            col("ssn", oid::INT8, 1),
+            col("note", oid::VARCHAR, 1),
+            col("doc", oid::JSONB, 1),
+            col("n", oid::INT4, 1),
+        ];
+        let mut doc = vec![1u8];
+        doc.extend_from_slice(br#"{"to":"a@example.com"}"#);
+        let body = row(&[
+            Some(b"bob@example.org"),
+            Some(&123456789i64.to_be_bytes()),
+            Some(b"key hunter2-held"),
+            Some(&doc),
+            Some(&5i32.to_be_bytes()),
+        ]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(cells[0].as_deref(), Some(&b"<EMAIL>"[..]));
+        assert_eq!(
+            cells[1], None,
+            "a binary int8 under a column rule is withheld"
+        );
+        assert_eq!(cells[2].as_deref(), Some(&b"key <SECRET>"[..]));
+        let doc = cells[3].clone().unwrap();
+        assert_eq!(doc[0], 1);
+        assert_eq!(&doc[1..], br#"{"to":"<EMAIL>"}"#);
+        assert_eq!(cells[4].as_deref(), Some(&5i32.to_be_bytes()[..]));
+        let line = line.unwrap();
+        assert!(
+            line.starts_with("<EMAIL> | <REDACTED> | key <SECRET> | "),
+            "{line}"
+        );
+        assert!(line.ends_with(" | 5"), "{line}");
+        assert!(!counts.is_empty());
+
+        // Nothing to mask: the original bytes are forwarded.
+        let plain = row(&[Some(b"plain"), None]);
+        let (frame, line) = mask_row(&m, &cols[..2], &plain, &mut counts, true).unwrap();
+        assert!(frame.is_none());
+        assert_eq!(line.as_deref(), Some("plain | NULL"));
+    }
+
+    #[test]
+    fn binary_text_arrays_are_masked_element_by_element() {
+        let m = masker();
+        let mut arr = BytesMut::new();
+        arr.put_i32(1);
+        arr.put_i32(1);
+        arr.put_u32(oid::TEXT);
+        arr.put_i32(3);
+        arr.put_i32(1);
+        for e in [Some(&b"x@example.com"[..]), None, Some(b"y")] {
+            match e {
+                Some(v) => {
+                    arr.put_i32(v.len() as i32);
+                    arr.put_slice(v);
+                }
+                None => arr.put_i32(-1),
+            }
+        }
+        let cols = [col("tags", 1009, 1)];
+        let body = row(&[Some(&arr)]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        assert_eq!(line.as_deref(), Some("{<EMAIL>,NULL,y}"));
+        let cell = cells_of(&frame.unwrap())[0].clone().unwrap();
+        assert!(contains(&cell, b"<EMAIL>") && !contains(&cell, b"x@example.com"));
+        assert_eq!(&cell[..20], &arr[..20], "the header is kept");
+    }
+
+    fn contains(h: &[u8], n: &[u8]) -> bool {
+        h.windows(n.len()).any(|w| w == n)
+    }
+
+    #[test]
+    fn binary_copy_is_masked_across_message_boundaries() {
+        let m = masker();
+        let mut stream = BytesMut::new();
+        stream.put_slice(COPY_SIGNATURE);
+        stream.put_i32(0);
+        stream.put_i32(0);
+        for v in [&b"c@example.com"[..], b"ok"] {
+            stream.put_i16(2);
+            stream.put_i32(4);
+            stream.put_i32(42);
+            stream.put_i32(v.len() as i32);
+            stream.put_slice(v);
+        }
+        stream.put_i16(-1);
+        let mut copy = BinaryCopy::default();
+        let mut counts = MaskCounts::new();
+        let mut out = Vec::new();
+        let mut lines = Vec::new();
+        // Split into awkward chunks.
+        for chunk in stream.chunks(7) {
+            let (bytes, l) = copy.push(&m, chunk, &mut counts);
+            out.extend_from_slice(&bytes);
+            lines.extend(l);
+        }
+        out.extend_from_slice(&copy.finish());
+        assert!(contains(&out, b"<EMAIL>") && !contains(&out, b"c@example.com"));
+        assert!(out.starts_with(COPY_SIGNATURE));
+        assert!(out.ends_with(&[0xff, 0xff]));
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with(" | <EMAIL>"), "{lines:?}");
+    }
+
+    #[test]
+    fn parameters_render_masked_for_the_record() {
+        let m = masker();
+        let mut counts = MaskCounts::new();
+        let params = vec![
+            Some(Bytes::from_static(b"d@example.com")),
+            None,
+            Some(Bytes::copy_from_slice(&7i32.to_be_bytes())),
+            Some(Bytes::from_static(b"it's")),
+        ];
+        let s = render_params(
+            &m,
+            &params,
+            &[0, 0, 1, 0],
+            &[0, 0, oid::INT4, 0],
+            &mut counts,
+        );
+        assert_eq!(s, "$1 = '<EMAIL>', $2 = NULL, $3 = '7', $4 = 'it''s'");
+    }
 
     fn row(cells: &[Option<&[u8]>]) -> Vec<u8> {
         let mut b = BytesMut::new();
