@@ -253,3 +253,74 @@ async fn malformed_and_oversized_messages_end_only_their_session() {
     }
     assert_eq!(tags, vec![b'T', b'D', b'C', b'Z']);
 }
+
+fn parse(sql: &str) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    b
+}
+
+/// Bind of the unnamed statement to the unnamed portal, no parameters,
+/// text results.
+const BIND: &[u8] = &[0, 0, 0, 0, 0, 0, 0, 0];
+const EXECUTE: &[u8] = &[0, 0, 0, 0, 0];
+
+async fn answers(raw: &mut Raw) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some((tag, body)) = raw.read().await {
+        out.push((tag, body));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_an_extended_pipeline_answers_in_order() {
+    let rules = r#"
+[[rules]]
+name = "no-drop"
+action = "deny"
+message = "no drops here"
+[rules.sql]
+kinds = ["drop"]
+"#;
+    let (_dir, pg, gw) = setup("", rules).await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+
+    // One batch: an allowed statement, a refused one, more after it, Sync.
+    raw.send(b'P', &parse("SELECT 'first-in-batch'")).await;
+    raw.send(b'B', BIND).await;
+    raw.send(b'E', EXECUTE).await;
+    raw.send(b'P', &parse("DROP TABLE IF EXISTS nothing_here"))
+        .await;
+    raw.send(b'B', BIND).await;
+    raw.send(b'E', EXECUTE).await;
+    raw.send(b'P', &parse("SELECT 'after-refusal-in-batch'"))
+        .await;
+    raw.send(b'S', &[]).await;
+    let got = answers(&mut raw).await;
+    let tags: Vec<u8> = got.iter().map(|(t, _)| *t).collect();
+    // ParseComplete, BindComplete, the row (the gateway's own Describe of the
+    // portal stays hidden), CommandComplete, the refusal, ReadyForQuery.
+    assert_eq!(tags, b"12DCEZ".to_vec(), "{got:?}");
+    assert_eq!(sqlstate(&got[4].1), "42501");
+    assert!(String::from_utf8_lossy(&got[4].1).contains("denied by rule no-drop: no drops here"));
+    assert_eq!(got[5].1, b"I");
+
+    // The next batch works normally.
+    raw.send(b'P', &parse("SELECT 'next-batch'")).await;
+    raw.send(b'B', BIND).await;
+    raw.send(b'D', b"P\0").await;
+    raw.send(b'E', EXECUTE).await;
+    raw.send(b'S', &[]).await;
+    let tags: Vec<u8> = answers(&mut raw).await.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"12TDCZ".to_vec());
+
+    let log = pg.log();
+    assert!(log.contains("first-in-batch") && log.contains("next-batch"));
+    assert!(!log.contains("nothing_here") && !log.contains("after-refusal-in-batch"));
+}
