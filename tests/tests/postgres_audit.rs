@@ -224,3 +224,102 @@ async fn the_record_survives_a_kill_right_after_forwarding() {
         "{events:#?}"
     );
 }
+
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "airlock-test"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root: this test must run as root"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_store_refuses_statements_with_58000() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let _mount = Tmpfs::mount(&data, "8m");
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &data)
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(gw.addr.ip().to_string())
+        .port(gw.addr.port())
+        .user("agent-1")
+        .dbname("app")
+        .password(&token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.simple_query("SELECT 'before-full'").await.unwrap();
+
+    let mut filler = std::fs::File::create(data.join("filler")).unwrap();
+    for size in [64 * 1024, 4096, 1] {
+        let chunk = vec![0u8; size];
+        while filler.write_all(&chunk).is_ok() {}
+    }
+    let _ = filler.sync_all();
+    // The journal's last page may still have room for a few records; keep
+    // going until the store refuses, then check that statement's fate.
+    let mut refused = None;
+    for i in 0..500 {
+        let marker = format!("while-full-{i}-");
+        let result = if i % 2 == 0 {
+            client
+                .simple_query(&format!("SELECT '{marker}'"))
+                .await
+                .map(|_| ())
+        } else {
+            client
+                .query(&format!("SELECT '{marker}' WHERE $1::int = 1"), &[&1i32])
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = result {
+            assert_eq!(e.code().unwrap().code(), "58000", "{e}");
+            let message = e.as_db_error().unwrap().message().to_string();
+            assert!(
+                message.contains("audit store could not record"),
+                "{message}"
+            );
+            refused = Some(marker);
+            break;
+        }
+    }
+    let marker = refused.expect("the full store never refused a statement");
+    assert!(
+        !pg.log().contains(&marker),
+        "the unrecorded statement never reached the server"
+    );
+
+    // The session is refused statement by statement, not dropped.
+    let e = client
+        .simple_query("SELECT 'still-full'")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "58000");
+    assert!(!pg.log().contains("still-full"));
+}
