@@ -6,6 +6,8 @@
 //! end-to-end tests start gateways through it too.
 
 pub mod client;
+#[cfg(feature = "demo")]
+pub mod demo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -50,6 +50,16 @@ enum LogFormat {
 enum Command {
     /// Run the gateway until Ctrl-C (or SIGTERM).
     Serve,
+    /// Run a complete demo: a throwaway PostgreSQL with PII behind the gateway, the API, tokens and a psql command.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Where the Postgres listener listens.
+        #[arg(long, default_value = "127.0.0.1:15432")]
+        pg_listen: std::net::SocketAddr,
+        /// Where the API listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api_listen: std::net::SocketAddr,
+    },
     /// Check the configuration and explain every problem with its place in the file.
     CheckConfig,
     /// Mint an access token from the local issuer (for people and machine identities).
@@ -210,6 +220,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = config.gateway.data_dir.clone();
     match cli.command {
         Command::Serve => serve(&config, &source).await,
+        #[cfg(feature = "demo")]
+        Command::Demo {
+            pg_listen,
+            api_listen,
+        } => {
+            let data_dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("airlock-demo"));
+            airlock::demo::run(airlock::demo::DemoOptions {
+                pg_listen,
+                api_listen,
+                data_dir,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => {
             let checked = airlock::check(&config, &source, &airlock::registry())?;
             println!(
