@@ -563,6 +563,8 @@ impl Masker {
         out: &mut Vec<u8>,
         counts: &mut MaskCounts,
     ) {
+        // Tally per label first: a handful of labels, many hits.
+        let mut tally: Vec<(Label, u64)> = Vec::new();
         let mut at = from;
         for h in hits {
             if h.end <= from || h.start >= to {
@@ -570,26 +572,39 @@ impl Masker {
             }
             let start = h.start.max(from);
             out.extend_from_slice(&b[at..start]);
-            self.replace_into(h.label, &b[start..h.end], out, counts);
+            self.write_replacement(h.label, &b[start..h.end], out);
+            match tally.iter_mut().find(|(l, _)| *l == h.label) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((h.label, 1)),
+            }
             at = h.end;
         }
         out.extend_from_slice(&b[at..to]);
+        for (label, n) in tally {
+            count(counts, self.label_name(label), n);
+        }
+    }
+
+    fn label_name(&self, label: Label) -> &str {
+        match label {
+            Label::Det(d) => d.name(),
+            Label::Custom(i) => &self.shared.custom[usize::from(i)].name,
+            Label::Field(i) => &self.shared.fields[usize::from(i)].count_name,
+        }
+    }
+
+    fn write_replacement(&self, label: Label, text: &[u8], out: &mut Vec<u8>) {
+        let (rep, det) = match label {
+            Label::Det(d) => (&self.shared.replace[d.idx()], Some(d)),
+            Label::Custom(i) => (&self.shared.custom[usize::from(i)].replace, None),
+            Label::Field(i) => (&self.shared.fields[usize::from(i)].replace, None),
+        };
+        rep.write(&self.shared.hmac, det, text, out);
     }
 
     fn replace_into(&self, label: Label, text: &[u8], out: &mut Vec<u8>, counts: &mut MaskCounts) {
-        let (rep, name, det) = match label {
-            Label::Det(d) => (&self.shared.replace[d.idx()], d.name(), Some(d)),
-            Label::Custom(i) => {
-                let c = &self.shared.custom[usize::from(i)];
-                (&c.replace, c.name.as_str(), None)
-            }
-            Label::Field(i) => {
-                let f = &self.shared.fields[usize::from(i)];
-                (&f.replace, f.count_name.as_str(), None)
-            }
-        };
-        rep.write(&self.shared.hmac, det, text, out);
-        count(counts, name);
+        self.write_replacement(label, text, out);
+        count(counts, self.label_name(label), 1);
     }
 
     /// The whole value replaced under `label`.
@@ -619,12 +634,12 @@ impl Masker {
     }
 }
 
-fn count(counts: &mut MaskCounts, name: &str) {
+fn count(counts: &mut MaskCounts, name: &str, n: u64) {
     // get_mut first: the common case allocates no key.
     if let Some(c) = counts.get_mut(name) {
-        *c += 1;
+        *c += n;
     } else {
-        counts.insert(name.to_string(), 1);
+        counts.insert(name.to_string(), n);
     }
 }
 

@@ -211,7 +211,7 @@ fn private_key_blocks() {
     let gcp = r#"{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----\n", "x": 1}"#;
     check(
         gcp,
-        r#"{"type": "service_account", "private_key": "<GCP_PRIVATE_KEY>\n", "x": 1}"#,
+        r#"{"type": "service_account", "private_key": "<GCP_PRIVATE_KEY>", "x": 1}"#,
     );
     // A truncated block is still masked; public keys and certificates are not secrets.
     check(
