@@ -160,7 +160,9 @@ pub(crate) fn merge(hits: &mut Vec<Hit>) {
     if hits.len() < 2 {
         return;
     }
-    let key = |h: &Hit| (h.start, h.label.rank(), usize::MAX - h.end);
+    // Position, then rank, in one integer (ranks fit in 20 bits). Hits with
+    // the same start and rank merge the same way in any order.
+    let key = |h: &Hit| ((h.start as u64) << 20) | u64::from(h.label.rank());
     // Each pass emits its hits in order, so this is a merge of a few sorted
     // runs, which the stable sort detects.
     if !hits.is_sorted_by_key(key) {
@@ -670,6 +672,9 @@ impl Scanner<'_> {
             self.plan.keys,
         );
         let mut i = self.from;
+        // Every colon of one hex/colon run gives the same IPv6 verdict, so
+        // the run is judged once (digits in it are still looked at).
+        let mut judged_until = 0;
         loop {
             i = next_class(self.buf, i);
             if i >= self.buf.len() {
@@ -681,7 +686,13 @@ impl Scanner<'_> {
                     if keys {
                         self.key_sep(i);
                     }
-                    if ipv6 { self.ipv6(i) } else { i + 1 }
+                    if ipv6 && i >= judged_until {
+                        let (next, run_end) = self.ipv6(i);
+                        judged_until = run_end;
+                        next
+                    } else {
+                        i + 1
+                    }
                 }
                 b'=' if keys => {
                     self.key_sep(i);
@@ -983,18 +994,21 @@ impl Scanner<'_> {
                 e -= 1;
             }
         }
+        // Every key word ends in one of these letters: most separators
+        // (times, JSON keys, URLs) are rejected here.
+        if e == 0
+            || !matches!(
+                b[e - 1].to_ascii_lowercase(),
+                b'd' | b'e' | b's' | b't' | b'y' | b'n' | b'l'
+            )
+        {
+            return;
+        }
         let mut s = e;
         while s > 0 && e - s < 64 && is_ident(b[s - 1]) {
             s -= 1;
         }
         if s == e || (s > 0 && is_ident(b[s - 1])) {
-            return;
-        }
-        // Every key word ends in one of these letters.
-        if !matches!(
-            b[e - 1].to_ascii_lowercase(),
-            b'd' | b'e' | b's' | b't' | b'y' | b'n' | b'l'
-        ) {
             return;
         }
         if let Some(kind) = key_kind(&b[s..e]) {
@@ -1198,14 +1212,16 @@ impl Scanner<'_> {
         e
     }
 
-    fn ipv6(&mut self, c: usize) -> usize {
+    /// An IPv6 address around the colon at `c`. Returns where to go on and
+    /// the end of the hex/colon run judged (0 if none was).
+    fn ipv6(&mut self, c: usize) -> (usize, usize) {
         let b = self.buf;
         let len = b.len();
         // The hex/colon/dot run around this colon, at most 45 bytes.
         let mut t = c;
         while t > 0 && is_hexcolon(b[t - 1]) {
             if c - t >= 46 {
-                return c + 1;
+                return (c + 1, 0);
             }
             t -= 1;
         }
@@ -1214,20 +1230,21 @@ impl Scanner<'_> {
                 if !self.eof {
                     self.need(t);
                 }
-                return len;
+                return (len, 0);
             }
-            Some(&n) if !(n.is_ascii_hexdigit() || n == b':') => return c + 1,
+            Some(&n) if !(n.is_ascii_hexdigit() || n == b':') => return (c + 1, 0),
             Some(_) => {}
         }
         let Some(mut e) = self.run(c, is_hexcolon, 46) else {
             self.need(t);
-            return len;
+            return (len, 0);
         };
+        let run_end = e;
         if e - t > 45
             || (t > 0 && (is_word(b[t - 1]) || b[t - 1] == b'.'))
             || b.get(e).is_some_and(|&x| is_word(x))
         {
-            return c + 1;
+            return (c + 1, run_end);
         }
         while e > t && b[e - 1] == b'.' {
             e -= 1;
@@ -1238,16 +1255,16 @@ impl Scanner<'_> {
         // `::` an address has all eight groups (or six and an IPv4 tail).
         let compressed = memmem::find(tok, b"::").is_some();
         if colons < 2 || !tok.iter().any(u8::is_ascii_digit) || (!compressed && colons < 6) {
-            return c + 1;
+            return (c + 1, run_end);
         }
         let parsed = std::str::from_utf8(tok)
             .ok()
             .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok());
         if parsed.is_none() {
-            return c + 1;
+            return (c + 1, run_end);
         }
         self.hit(t, e, Det::Ipv6);
-        e
+        (e, run_end)
     }
 
     fn digit(&mut self, p: usize) -> usize {
