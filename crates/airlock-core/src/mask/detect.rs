@@ -531,6 +531,31 @@ fn next_class(h: &[u8], mut i: usize) -> usize {
     h.len()
 }
 
+/// The end of the run of ASCII digits starting at `i`, at most `limit`.
+/// Eight bytes at a time: digit runs have unpredictable lengths, and a
+/// byte loop pays a branch miss at the end of each.
+fn digits_end(h: &[u8], mut i: usize, limit: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while i < limit {
+        let Some(Ok(block)) = h.get(i..i + 8).map(<[u8; 8]>::try_from) else {
+            break;
+        };
+        let x = u64::from_le_bytes(block);
+        let lo7 = x & !HI;
+        let digit = (lo7 + LO * (0x80 - 0x30)) & !(lo7 + LO * (0x80 - 0x3a)) & !x & HI;
+        let other = !digit & HI;
+        if other != 0 {
+            return (i + (other.trailing_zeros() / 8) as usize).min(limit);
+        }
+        i += 8;
+    }
+    while i < limit && h[i].is_ascii_digit() {
+        i += 1;
+    }
+    i.min(limit)
+}
+
 /// Where an e-mail local part ending before `end` starts: the run of local
 /// characters, at most 64, not counting the tail of a terminal escape
 /// sequence (`ESC[1;32m` + `john` is `john`). `None` when the run is longer
@@ -616,6 +641,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(never)]
     fn dictionary(&mut self, dict: &Dict) {
         let input = AcInput::new(self.buf).span(self.from..self.buf.len());
         for m in dict.ac.find_iter(input) {
@@ -633,6 +659,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(never)]
     fn triggers(&mut self, t: &Triggers) {
         let mut at = self.from;
         while let Some((s, e, kind, found)) = t.find(self.buf, at) {
@@ -664,6 +691,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(never)]
     fn classes(&mut self) {
         let (numeric, email, ipv6, keys) = (
             self.plan.numeric,
@@ -734,6 +762,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(never)]
     fn aws(&mut self, s: usize) {
         let b = self.buf;
         if s > 0 && is_alnum(b[s - 1]) {
@@ -980,6 +1009,7 @@ impl Scanner<'_> {
     }
 
     /// A `:` or `=` at `i`: is it `secret_key = value`?
+    #[inline(never)]
     fn key_sep(&mut self, i: usize) {
         let b = self.buf;
         let mut e = i;
@@ -1018,6 +1048,7 @@ impl Scanner<'_> {
 
     /// The value after the key name `b[s..e]`. `t` is where a later scan
     /// finds this candidate again (its trigger).
+    #[inline(never)]
     fn value(&mut self, t: usize, s: usize, e: usize, kind: KeyKind) {
         let b = self.buf;
         // Undecided if the bytes end anywhere before the value's end.
@@ -1163,6 +1194,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(never)]
     fn email(&mut self, a: usize) -> usize {
         let b = self.buf;
         let Some(mut s) = local_start(b, a) else {
@@ -1214,6 +1246,7 @@ impl Scanner<'_> {
 
     /// An IPv6 address around the colon at `c`. Returns where to go on and
     /// the end of the hex/colon run judged (0 if none was).
+    #[inline(never)]
     fn ipv6(&mut self, c: usize) -> (usize, usize) {
         let b = self.buf;
         let len = b.len();
@@ -1269,10 +1302,7 @@ impl Scanner<'_> {
 
     fn digit(&mut self, p: usize) -> usize {
         let b = self.buf;
-        let mut run_end = p;
-        while run_end < b.len() && b[run_end].is_ascii_digit() {
-            run_end += 1;
-        }
+        let run_end = digits_end(b, p, b.len());
         let prev = if p > 0 { b[p - 1] } else { b' ' };
         if prev.is_ascii_digit() {
             return run_end;
@@ -1288,9 +1318,41 @@ impl Scanner<'_> {
         if prev == b'_' || !self.plan.numeric {
             return run_end;
         }
+        // Most numbers in text are a lone `12` or a `2024-01-15`: reject them
+        // here, from the first group and the byte after it, before the
+        // (out-of-line) group parse. `+` may start a phone number of any shape.
+        let len = b.len();
+        let plus = prev == b'+';
+        if !plus && run_end < len {
+            let (l0, first) = (run_end - p, b[p]);
+            let card_lead = (b'2'..=b'6').contains(&first);
+            let lead_ok = match l0 {
+                1..=3 => true,
+                4 => first == b'0' || card_lead,
+                5 => first == b'0',
+                13..=19 => card_lead,
+                _ => false,
+            };
+            if !lead_ok {
+                return run_end;
+            }
+            if l0 < 13 && run_end + 1 < len {
+                let (c, d) = (b[run_end], b[run_end + 1]);
+                let next_ok = match c {
+                    b' ' => d.is_ascii_digit() || d == b'(',
+                    b'-' | b'.' | b'/' => d.is_ascii_digit(),
+                    b')' => matches!(d, b' ' | b'-') || d.is_ascii_digit(),
+                    _ => false,
+                };
+                if !next_ok {
+                    return run_end;
+                }
+            }
+        }
         self.numeric(p).unwrap_or(run_end)
     }
 
+    #[inline(never)]
     fn iban(&mut self, p: usize) -> Option<usize> {
         let b = self.buf;
         if p < 2 || !b[p - 2].is_ascii_uppercase() || !b[p - 1].is_ascii_uppercase() {
@@ -1344,6 +1406,7 @@ impl Scanner<'_> {
     }
 
     /// Numbers made of digit groups: cards, SSNs, phone numbers, IPv4.
+    #[inline(never)]
     fn numeric(&mut self, p: usize) -> Option<usize> {
         let b = self.buf;
         let len = b.len();
@@ -1356,44 +1419,11 @@ impl Scanner<'_> {
         let plus = prev == b'+' && !is_word(prev2);
         let paren = prev == b'(';
         let start = if plus || paren { p - 1 } else { p };
-        // Most numbers in text are a lone `12` or `2024-01-15`: reject them
-        // from the first group alone before parsing groups.
-        if !plus {
-            let mut e0 = p;
-            while e0 < len && b[e0].is_ascii_digit() && e0 - p < 20 {
-                e0 += 1;
-            }
-            let (l0, first) = (e0 - p, b[p]);
-            let card_lead = (b'2'..=b'6').contains(&first);
-            let lead_ok = match l0 {
-                1..=3 => true,
-                4 => first == b'0' || card_lead,
-                5 => first == b'0',
-                13..=19 => card_lead,
-                _ => false,
-            };
-            if !lead_ok && e0 < len {
-                return None;
-            }
-            if (1..13).contains(&l0) && e0 + 1 < len {
-                let next_ok = match b[e0] {
-                    b' ' => b[e0 + 1].is_ascii_digit() || b[e0 + 1] == b'(',
-                    b'-' | b'.' | b'/' => b[e0 + 1].is_ascii_digit(),
-                    b')' => matches!(b[e0 + 1], b' ' | b'-') || b[e0 + 1].is_ascii_digit(),
-                    _ => false,
-                };
-                if !next_ok {
-                    return None;
-                }
-            }
-        }
         let mut g = Groups::default();
         let mut i = p;
         loop {
             let gs = i;
-            while i < len && b[i].is_ascii_digit() && i - gs < 20 {
-                i += 1;
-            }
+            i = digits_end(b, i, len.min(i + 20));
             g.push(gs, i);
             if i == len {
                 if !self.eof {
@@ -1501,6 +1531,7 @@ impl Scanner<'_> {
         p >= 2 && self.buf[p - 1] == b' ' && self.buf[p - 2].is_ascii_digit()
     }
 
+    #[inline(never)]
     fn ssn(&self, g: &Groups) -> Option<(Det, usize)> {
         if g.n < 3 || g.len(0) != 3 || g.len(1) != 2 || g.len(2) != 4 {
             return None;
@@ -1517,6 +1548,7 @@ impl Scanner<'_> {
         validate::ssn_valid(d(0), d(1), d(2)).then(|| (Det::Ssn, g.end(2)))
     }
 
+    #[inline(never)]
     fn card(&self, g: &Groups) -> Option<(Det, usize)> {
         let b = self.buf;
         let first = b[g.start(0)];
@@ -1568,6 +1600,7 @@ impl Scanner<'_> {
         best
     }
 
+    #[inline(never)]
     fn ipv4(&self, g: &Groups, p: usize) -> Option<(Det, usize)> {
         if g.n < 4 || (1..4).any(|k| self.sep(g, k) != DOT) || !self.ends_clean(g, 4, DOT) {
             return None;
@@ -1583,27 +1616,25 @@ impl Scanner<'_> {
             }
         }
         // "version 10.0.0.1", "v1.2.3.4", "ver: 1.2.3.4" are versions.
-        let lo = p.saturating_sub(16);
-        let before: Vec<u8> = self.buf[lo..p]
-            .iter()
-            .rev()
-            .copied()
-            .skip_while(|c| matches!(c, b' ' | b':' | b'=' | b'\t'))
-            .take_while(|c| c.is_ascii_alphabetic())
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
-        let word: Vec<u8> = before.into_iter().rev().collect();
-        if word.ends_with(b"version")
-            || word == b"ver"
-            || word == b"v"
-            || word == b"release"
-            || word == b"build"
-        {
+        let b = self.buf;
+        let mut q = p;
+        while q > 0 && p - q < 4 && matches!(b[q - 1], b' ' | b':' | b'=' | b'\t') {
+            q -= 1;
+        }
+        let mut w = q;
+        while w > 0 && q - w < 16 && b[w - 1].is_ascii_alphabetic() {
+            w -= 1;
+        }
+        let word = &b[w..q];
+        let is = |x: &[u8]| word.eq_ignore_ascii_case(x);
+        let versionish = word.len() >= 7 && word[word.len() - 7..].eq_ignore_ascii_case(b"version");
+        if versionish || is(b"ver") || is(b"v") || is(b"release") || is(b"build") {
             return None;
         }
         Some((Det::Ipv4, g.end(3)))
     }
 
+    #[inline(never)]
     fn phone(&self, g: &Groups, plus: bool, paren: bool) -> Option<(Det, usize)> {
         let b = self.buf;
         let digit0 = |k: usize| b[g.start(k)];

@@ -145,8 +145,9 @@ impl StreamMasker {
         let hits = &self.hits;
         m.render(&self.buf, self.from, hold, hits, out, counts);
         self.from = hold;
-        // Keep only LOOKBEHIND bytes of released context; trim in batches.
-        if self.from > 2 * LOOKBEHIND + 4096 {
+        // Keep only LOOKBEHIND bytes of released context; trim in batches
+        // so that the move is rare.
+        if self.from > 32 * 1024 {
             let cut = self.from - LOOKBEHIND;
             self.buf.drain(..cut);
             self.from -= cut;
