@@ -823,3 +823,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn engine_is_shareable_and_debug_hides_credentials() {
+    fn shared<T: Send + Sync>() {}
+    fn sendable<T: Send>() {}
+    shared::<MaskEngine>();
+    shared::<Masker>();
+    sendable::<StreamMasker>();
+    let e = engine("[masking]\nliterals = [\"Nightingale\"]", &[HELD]);
+    let m = e.masker("t", &who("a", &[]));
+    let mut s = m.stream();
+    s.push(b"pw Pg-Adm1n", &mut Vec::new(), &mut MaskCounts::new());
+    for shown in [format!("{e:?}"), format!("{m:?}"), format!("{s:?}")] {
+        assert!(
+            !shown.contains("Pg-Adm1n") && !shown.contains("Nightingale"),
+            "{shown}"
+        );
+    }
+    // The held bytes are still there: Debug shows only how many.
+    assert!(s.held() > 0);
+}
+
+#[test]
+fn kubernetes_secrets_in_lists_and_watch_events() {
+    let m = default_masker();
+    let mut c = MaskCounts::new();
+    let mut list = json!({ "kind": "List", "items": [
+        { "kind": "Secret", "data": { "k": "czNjcjN0" } },
+        { "kind": "ConfigMap", "data": { "k": "czNjcjN0" } }
+    ]});
+    m.mask_json(&mut list, &mut c);
+    assert_ne!(list["items"][0]["data"]["k"], "czNjcjN0");
+    assert_eq!(list["items"][1]["data"]["k"], "czNjcjN0");
+    let mut event = json!({ "type": "ADDED", "object": { "kind": "Secret", "stringData": { "pw": "hunter2" } } });
+    m.mask_json(&mut event, &mut c);
+    assert_eq!(event["object"]["stringData"]["pw"], "<KUBE_SECRET>");
+    assert_eq!(c["kube_secret"], 2);
+}
