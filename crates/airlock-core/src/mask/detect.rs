@@ -160,13 +160,9 @@ pub(crate) fn merge(hits: &mut Vec<Hit>) {
     if hits.len() < 2 {
         return;
     }
-    // Position, then rank, in one integer (ranks fit in 20 bits). Hits with
-    // the same start and rank merge the same way in any order.
-    let key = |h: &Hit| ((h.start as u64) << 20) | u64::from(h.label.rank());
-    // Each pass emits its hits in order, so this is a merge of a few sorted
-    // runs, which the stable sort detects.
-    if !hits.is_sorted_by_key(key) {
-        hits.sort_by_key(key);
+    // `scan` leaves hits in order; this only guards other callers.
+    if !hits.is_sorted_by_key(order_key) {
+        hits.sort_unstable_by_key(order_key);
     }
     let mut w = 0;
     for r in 1..hits.len() {
@@ -178,6 +174,48 @@ pub(crate) fn merge(hits: &mut Vec<Hit>) {
         }
     }
     hits.truncate(w + 1);
+}
+
+/// Position, then rank, in one integer (ranks fit in 20 bits). Hits with the
+/// same start and rank merge the same way in any order.
+fn order_key(h: &Hit) -> u64 {
+    ((h.start as u64) << 20) | u64::from(h.label.rank())
+}
+
+/// Puts the hits in order. Each pass appends a run that is already (almost
+/// always) in order, so the runs are merged in one linear pass rather than
+/// sorted. `bounds` are the indices where the runs start, then the end.
+fn order(hits: &mut Vec<Hit>, bounds: &[usize]) {
+    let mut runs: Vec<(usize, usize)> = Vec::with_capacity(bounds.len());
+    for w in bounds.windows(2) {
+        let (a, z) = (w[0], w[1]);
+        if a == z {
+            continue;
+        }
+        let run = &mut hits[a..z];
+        if !run.is_sorted_by_key(order_key) {
+            run.sort_unstable_by_key(order_key);
+        }
+        runs.push((a, z));
+    }
+    if runs.len() < 2 {
+        return;
+    }
+    let mut merged = Vec::with_capacity(hits.len());
+    loop {
+        let mut best: Option<usize> = None;
+        for (r, &(a, z)) in runs.iter().enumerate() {
+            if a < z && best.is_none_or(|b| order_key(&hits[a]) < order_key(&hits[runs[b].0])) {
+                best = Some(r);
+            }
+        }
+        let Some(r) = best else {
+            break;
+        };
+        merged.push(hits[runs[r].0]);
+        runs[r].0 += 1;
+    }
+    *hits = merged;
 }
 
 /// The dictionary: held credentials (always) and configured literals.
@@ -419,15 +457,20 @@ pub(crate) fn scan(
         hold: buf.len(),
         hits,
     };
+    let mut bounds = [0usize; 5];
+    bounds[0] = s.hits.len();
     if let Some(dict) = &plan.dict {
         s.dictionary(dict);
     }
+    bounds[1] = s.hits.len();
     if let Some(t) = &plan.triggers {
         s.triggers(t);
     }
+    bounds[2] = s.hits.len();
     if plan.numeric || plan.keys || plan.is_on(Det::Email) || plan.is_on(Det::Ipv6) {
         s.classes();
     }
+    bounds[3] = s.hits.len();
     let mut caches = caches;
     for (i, rule) in shared.custom.iter().enumerate() {
         if plan.custom_on.get(i).copied().unwrap_or(false) {
@@ -438,10 +481,13 @@ pub(crate) fn scan(
             s.custom(i, rule, cache);
         }
     }
+    bounds[4] = s.hits.len();
     if !eof {
         s.tails();
     }
-    s.hold
+    let hold = s.hold;
+    order(hits, &bounds);
+    hold
 }
 
 struct Scanner<'a> {
@@ -777,15 +823,22 @@ impl Scanner<'_> {
             return;
         }
         // A secret key is 40 base64 characters; on its own it is
-        // indistinguishable from other tokens, so it is recognised next to
-        // its key id (CSV exports, `aws configure` output) or after a key
-        // name (see `key`).
+        // indistinguishable from other tokens, so it is recognised after its
+        // key id on the same line (CSV exports) or after a key name (see
+        // `value`).
         let mut found = None;
         if self.plan.is_on(Det::AwsSecretKey) {
+            // The rest of the line, at most 160 bytes.
             let window_end = end + 160;
             let mut i = end;
+            let mut line_ended = false;
             while i < window_end.min(b.len()) {
-                if is_b64(b[i]) && !is_b64(b[i - 1]) {
+                let c = b[i];
+                if c == b'\n' {
+                    line_ended = true;
+                    break;
+                }
+                if is_b64(c) && !is_b64(b[i - 1]) {
                     let Some(te) = self.run(i, is_b64, 41) else {
                         self.need(s);
                         return;
@@ -800,7 +853,7 @@ impl Scanner<'_> {
                     i += 1;
                 }
             }
-            if found.is_none() && window_end > b.len() && !self.eof {
+            if found.is_none() && !line_ended && window_end > b.len() && !self.eof {
                 self.need(s);
                 return;
             }

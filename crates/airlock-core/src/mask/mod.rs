@@ -108,6 +108,8 @@ struct Replace {
     style: Style,
     keep: usize,
     token: String,
+    /// `<TOKEN>`, ready to copy.
+    redacted: Vec<u8>,
 }
 
 impl Replace {
@@ -131,17 +133,19 @@ impl Replace {
                 "masking: {what}: token {token:?} must be letters, digits or '_' (it is shown as <{token}>)"
             )));
         }
-        Ok(Replace { style, keep, token })
+        let redacted = format!("<{token}>").into_bytes();
+        Ok(Replace {
+            style,
+            keep,
+            token,
+            redacted,
+        })
     }
 
     /// Writes the replacement of `text` to `out`.
     fn write(&self, key: &hmac::Key, det: Option<Det>, text: &[u8], out: &mut Vec<u8>) {
         match self.style {
-            Style::Redact => {
-                out.push(b'<');
-                out.extend_from_slice(self.token.as_bytes());
-                out.push(b'>');
-            }
+            Style::Redact => out.extend_from_slice(&self.redacted),
             Style::Partial => partial(text, self.keep, out),
             Style::Pseudonym => {
                 let norm = normalize(det, text);
