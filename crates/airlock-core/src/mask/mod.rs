@@ -702,7 +702,3 @@ fn custom_names(shared: &Shared) -> String {
     }
 }
 
-/// Loads the key (placeholder).
-pub fn load_or_create_key(_d: &std::path::Path) -> Result<[u8; 32]> {
-    Ok([0; 32])
-}
