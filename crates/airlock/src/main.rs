@@ -103,6 +103,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mask standard input to standard output with the streaming masker (try a profile on real data, scrub logs).
+    Mask {
+        /// Pick the profile a session on this target would get.
+        #[arg(long, default_value = "*")]
+        target: String,
+        /// ...by an identity with these comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// ...and this subject.
+        #[arg(long, default_value = "airlock-mask")]
+        subject: String,
+        /// Print counts per detector to standard error.
+        #[arg(long)]
+        report: bool,
+    },
     /// Audit trail commands.
     Audit {
         #[command(subcommand)]
@@ -323,6 +338,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             print_replay(&detail, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mask {
+            target,
+            groups,
+            subject,
+            report,
+        } => {
+            let key = airlock_core::mask::load_or_create_key(&data_dir)?;
+            let checked = airlock::check(&config, &source, &airlock::registry())?;
+            let held = checked
+                .built
+                .held_secrets
+                .iter()
+                .map(|s| s.expose().to_string())
+                .collect();
+            let engine = airlock_core::mask::MaskEngine::new(&config.masking, held, key)?;
+            let identity = airlock_core::Identity {
+                subject,
+                groups,
+                issuer: "cli".into(),
+            };
+            let masker = engine.masker(&target, &identity);
+            let counts = airlock_core::mask::mask_stream(
+                &masker,
+                std::io::stdin().lock(),
+                std::io::stdout().lock(),
+            )?;
+            if report {
+                let total: u64 = counts.values().sum();
+                eprintln!("masked {total} values with profile {:?}", masker.profile());
+                for (detector, n) in &counts {
+                    eprintln!("  {detector:<24} {n}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Approvals { command } => {

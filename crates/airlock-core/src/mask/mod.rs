@@ -701,4 +701,3 @@ fn custom_names(shared: &Shared) -> String {
             .join(", ")
     }
 }
-
