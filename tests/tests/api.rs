@@ -21,7 +21,7 @@ action = "review"
 approvers = ["dba"]
 message = "deploys need a DBA's approval"
 [rules.command]
-regex = "^deploy "
+line = ["^deploy "]
 "#;
 
 struct Api {

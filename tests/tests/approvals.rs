@@ -23,7 +23,7 @@ approvers = ["dba"]
 message = "deploys need a DBA's approval"
 {extra}
 [rules.command]
-regex = "^deploy "
+line = ["^deploy "]
 "#
     )
 }

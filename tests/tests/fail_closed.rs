@@ -68,23 +68,76 @@ async fn full_audit_store_refuses_operations_with_a_clear_error() {
     assert_eq!(client.send("echo before").await.unwrap(), "echo before");
 
     fill(&data);
-    let answer = client.send("echo after").await.unwrap();
+    // The journal's last page may still have room, so a few more records can
+    // fit; the first one that needs new space must be refused.
+    let mut refused = None;
+    for i in 0..500 {
+        let line = format!("echo after {i} {}", "x".repeat(200));
+        let answer = client.send(&line).await.unwrap();
+        if answer.starts_with("ERR") {
+            refused = Some((line, answer));
+            break;
+        }
+        assert_eq!(
+            answer, line,
+            "an accepted command was recorded and forwarded"
+        );
+    }
+    let (line, answer) = refused.expect("with the disk full, an operation is refused");
     assert!(
         answer.starts_with("ERR the audit store could not record this action, so it was refused"),
         "{answer}"
     );
-    assert_eq!(
-        target.received(),
-        vec!["echo before".to_string()],
+    assert!(
+        answer.contains("No space left on device"),
+        "the cause is named: {answer}"
+    );
+    assert!(
+        !target.received().contains(&line),
         "the refused command never reached the target"
     );
+    let forwarded = target.received().len();
+    // Refused again while the disk stays full; nothing new reaches the target.
+    assert!(
+        client
+            .send("echo still full")
+            .await
+            .unwrap()
+            .starts_with("ERR the audit store")
+    );
+    assert_eq!(target.received().len(), forwarded);
 
-    // Space is freed: the gateway records and forwards again, same session.
+    // The embedded store stays refusing after an I/O error (sled cannot be
+    // trusted until reopened): free the space and restart the gateway.
     std::fs::remove_file(data.join("filler")).unwrap();
+    drop(client);
+    let _ = gw.runtime.shutdown().await;
+    let gw = TestGateway::start(&line_config(target.addr, ""), &data)
+        .await
+        .unwrap();
+    let mut client = LineClient::connect(gw.lines).await.unwrap();
+    assert!(
+        client
+            .send(&format!("AUTH echo {token}"))
+            .await
+            .unwrap()
+            .starts_with("OK ")
+    );
     assert_eq!(
         client.send("echo recovered").await.unwrap(),
         "echo recovered"
     );
     drop(client);
+    let report = airlock_core::audit::verify(
+        gw.runtime.store.as_ref(),
+        &airlock_core::audit::public_key_in(&data).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.is_clean(),
+        "the chain is intact after the failure: {:?}",
+        report.problem
+    );
     gw.runtime.shutdown().await.unwrap();
 }

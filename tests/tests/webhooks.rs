@@ -76,7 +76,7 @@ action = "review"
 approvers = ["dba"]
 message = "deploys need approval"
 [rules.command]
-regex = "^deploy "
+line = ["^deploy "]
 
 [[approvals.webhooks]]
 url = "{url}"

@@ -11,7 +11,7 @@ use crate::views::{ApprovalQuery, ApprovalView, DecideBody};
 use crate::{ApiError, ApiState, Result};
 
 /// Lists approval requests, newest first.
-#[utoipa::path(get, path = "/api/v1/approvals", params(ApprovalQuery), tag = "approvals",
+#[utoipa::path(get, path = "/api/v1/approvals", operation_id = "listApprovals", params(ApprovalQuery), tag = "approvals",
     responses(
         (status = 200, description = "Approval requests, newest first", body = [ApprovalView]),
         (status = 400, description = "Unknown status", body = ErrorBody),
@@ -39,7 +39,7 @@ pub(crate) async fn list(
 }
 
 /// One approval request.
-#[utoipa::path(get, path = "/api/v1/approvals/{id}", tag = "approvals",
+#[utoipa::path(get, path = "/api/v1/approvals/{id}", operation_id = "getApproval", tag = "approvals",
     params(("id" = String, Path, description = "Approval id")),
     responses(
         (status = 200, description = "The approval request", body = ApprovalView),
@@ -97,7 +97,7 @@ async fn decide(
 }
 
 /// Approves a request. The caller must be in one of the rule's approver groups and not be the requester.
-#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "approvals",
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", operation_id = "approveApproval", tag = "approvals",
     params(("id" = String, Path, description = "Approval id")),
     request_body(content = DecideBody, description = "Optional reason", content_type = "application/json"),
     responses(
@@ -125,7 +125,7 @@ pub(crate) async fn approve(
 }
 
 /// Denies a request with a reason, which the requester's client receives.
-#[utoipa::path(post, path = "/api/v1/approvals/{id}/deny", tag = "approvals",
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/deny", operation_id = "denyApproval", tag = "approvals",
     params(("id" = String, Path, description = "Approval id")),
     request_body(content = DecideBody, description = "The reason (required)", content_type = "application/json"),
     responses(

@@ -26,7 +26,7 @@ fn time_param(name: &str, value: &Option<String>) -> Result<Option<OffsetDateTim
 }
 
 /// Lists sessions, newest first.
-#[utoipa::path(get, path = "/api/v1/sessions", params(SessionQuery), tag = "sessions",
+#[utoipa::path(get, path = "/api/v1/sessions", operation_id = "listSessions", params(SessionQuery), tag = "sessions",
     responses(
         (status = 200, description = "Matching sessions, newest first", body = [SessionView]),
         (status = 400, description = "Bad filter", body = ErrorBody),
@@ -74,7 +74,7 @@ pub(crate) async fn list(
 }
 
 /// One session with its events (a replayable timeline).
-#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions",
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", operation_id = "getSession", tag = "sessions",
     params(("id" = String, Path, description = "Session id")),
     responses(
         (status = 200, description = "The session and its events", body = SessionDetail),
@@ -103,7 +103,7 @@ pub(crate) async fn get(
 }
 
 /// Verifies the whole audit chain and its signed checkpoints.
-#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+#[utoipa::path(get, path = "/api/v1/audit/verify", operation_id = "verifyAudit", tag = "audit",
     responses(
         (status = 200, description = "The verification report (check `ok`)", body = VerifyView),
         (status = 401, description = "No or bad token", body = ErrorBody),

@@ -235,7 +235,13 @@ impl Session {
         {
             Some(grant) => grant,
             None => {
-                let settings = self.gateway.inner.policy.review_settings(rule);
+                let settings = self
+                    .gateway
+                    .inner
+                    .policy
+                    .rule(rule)
+                    .map(crate::approvals::ReviewSettings::from)
+                    .unwrap_or_default();
                 let mut counts = MaskCounts::new();
                 let masked = self.mask_operation(operation, &mut counts);
                 approvals

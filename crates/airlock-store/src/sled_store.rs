@@ -228,8 +228,13 @@ impl Inner {
                 source: e,
             });
         }
+        if let Err(e) = self.index(batch) {
+            // The caller is told the batch failed and will reuse its sequence
+            // numbers, so the journal must not keep it either.
+            let _ = journal.file.set_len(before);
+            return Err(e);
+        }
         journal.len += frames.len() as u64;
-        self.index(batch)?;
         if journal.len >= JOURNAL_ROTATE_BYTES || journal.rotated.elapsed() >= JOURNAL_ROTATE_AFTER
         {
             drop(journal);

@@ -6,6 +6,8 @@
 //! end-to-end tests start gateways through it too.
 
 pub mod client;
+#[cfg(feature = "demo")]
+pub mod demo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,6 +98,7 @@ pub struct Runtime {
     pub api: Option<std::net::SocketAddr>,
     recorder: Recorder,
     tasks: JoinSet<()>,
+    connections: Connections,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -149,6 +152,22 @@ impl Runtime {
             airlock_core::mask::load_or_create_key(data_dir)?,
         )?;
         let verifier = Verifier::new(&config.identity, data_dir)?;
+        // Bound before the approval service exists so approval links carry
+        // the real port (the configured one may be 0).
+        let api_socket = match &config.api {
+            None => None,
+            Some(api) => Some(
+                TcpListener::bind(api.listen)
+                    .await
+                    .with_context(|| format!("[api]: cannot listen on {}", api.listen))?,
+            ),
+        };
+        let api_addr = api_socket.as_ref().map(|s| s.local_addr()).transpose()?;
+        let approvals_url = match (&config.gateway.public_url, api_addr) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("http://{addr}"),
+            (None, None) => public_url(config),
+        };
         let notifier: Option<Arc<dyn Notifier>> = if config.approvals.webhooks.is_empty() {
             None
         } else {
@@ -157,12 +176,7 @@ impl Runtime {
                 recorder.clone(),
             )?)
         };
-        let approvals = Approvals::new(
-            store.clone(),
-            recorder.clone(),
-            notifier,
-            public_url(config),
-        );
+        let approvals = Approvals::new(store.clone(), recorder.clone(), notifier, approvals_url);
         let gateway = Gateway::new(GatewayParts {
             verifier,
             policy,
@@ -172,6 +186,7 @@ impl Runtime {
             approvals,
         });
         let mut tasks = JoinSet::new();
+        let connections = Connections::default();
         let mut addresses = Vec::new();
         for listener in built.listeners {
             let socket = TcpListener::bind(listener.listen).await.with_context(|| {
@@ -183,14 +198,15 @@ impl Runtime {
             let addr = socket.local_addr()?;
             tracing::info!(listener = %listener.name, protocol = listener.protocol, %addr, "listening");
             addresses.push((listener.name.clone(), addr));
-            tasks.spawn(accept_loop(socket, listener, gateway.clone()));
+            tasks.spawn(accept_loop(
+                socket,
+                listener,
+                gateway.clone(),
+                connections.clone(),
+            ));
         }
-        let api = match &config.api {
-            None => None,
-            Some(api) => {
-                let socket = TcpListener::bind(api.listen)
-                    .await
-                    .with_context(|| format!("[api]: cannot listen on {}", api.listen))?;
+        let api = match (api_socket, &config.api) {
+            (Some(socket), Some(api)) => {
                 let addr = socket.local_addr()?;
                 let state = airlock_api::ApiState {
                     gateway: gateway.clone(),
@@ -210,6 +226,7 @@ impl Runtime {
                 });
                 Some(addr)
             }
+            _ => None,
         };
         Ok(Runtime {
             gateway,
@@ -218,6 +235,7 @@ impl Runtime {
             api,
             recorder,
             tasks,
+            connections,
             writer,
         })
     }
@@ -234,6 +252,8 @@ impl Runtime {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        // Sessions end (and record their end) before the recorder stops.
+        self.connections.close().await;
         self.recorder.shutdown().await?;
         let _ = self.writer.await;
         Ok(())
@@ -249,7 +269,52 @@ pub fn public_url(config: &Config) -> String {
     }
 }
 
-async fn accept_loop(socket: TcpListener, listener: BoundListener, gateway: Gateway) {
+/// The live client connections, so shutdown can end them.
+#[derive(Clone, Debug)]
+struct Connections {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            stop: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl Connections {
+    /// Runs `serve` until it ends or shutdown begins.
+    async fn run<F: std::future::Future<Output = ()>>(&self, serve: F) {
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            _ = serve => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// Ends every connection and waits (at most 5 s) until they are gone.
+    async fn close(&self) {
+        let _ = self.stop.send(true);
+        for _ in 0..500 {
+            if self.stop.receiver_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!(
+            connections = self.stop.receiver_count(),
+            "connections still open at shutdown"
+        );
+    }
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: BoundListener,
+    gateway: Gateway,
+    connections: Connections,
+) {
     loop {
         let (stream, addr) = match socket.accept().await {
             Ok(c) => c,
@@ -268,10 +333,15 @@ async fn accept_loop(socket: TcpListener, listener: BoundListener, gateway: Gate
         };
         let gateway = gateway.clone();
         let name = listener.name.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
-            if let Err(e) = connector.serve(Box::new(stream), info, gateway).await {
-                tracing::info!(listener = %name, client = %addr, side = ?e.side(), error = %e, "connection ended with an error");
-            }
+            connections
+                .run(async move {
+                    if let Err(e) = connector.serve(Box::new(stream), info, gateway).await {
+                        tracing::info!(listener = %name, client = %addr, side = ?e.side(), error = %e, "connection ended with an error");
+                    }
+                })
+                .await;
         });
     }
 }

@@ -50,6 +50,16 @@ enum LogFormat {
 enum Command {
     /// Run the gateway until Ctrl-C (or SIGTERM).
     Serve,
+    /// Run a complete demo: a throwaway PostgreSQL with PII behind the gateway, the API, tokens and a psql command.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Where the Postgres listener listens.
+        #[arg(long, default_value = "127.0.0.1:15432")]
+        pg_listen: std::net::SocketAddr,
+        /// Where the API listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api_listen: std::net::SocketAddr,
+    },
     /// Check the configuration and explain every problem with its place in the file.
     CheckConfig,
     /// Mint an access token from the local issuer (for people and machine identities).
@@ -92,6 +102,21 @@ enum Command {
         /// Print the records as JSON lines.
         #[arg(long)]
         json: bool,
+    },
+    /// Mask standard input to standard output with the streaming masker (try a profile on real data, scrub logs).
+    Mask {
+        /// Pick the profile a session on this target would get.
+        #[arg(long, default_value = "*")]
+        target: String,
+        /// ...by an identity with these comma-separated groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// ...and this subject.
+        #[arg(long, default_value = "airlock-mask")]
+        subject: String,
+        /// Print counts per detector to standard error.
+        #[arg(long)]
+        report: bool,
     },
     /// Audit trail commands.
     Audit {
@@ -210,6 +235,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = config.gateway.data_dir.clone();
     match cli.command {
         Command::Serve => serve(&config, &source).await,
+        #[cfg(feature = "demo")]
+        Command::Demo {
+            pg_listen,
+            api_listen,
+        } => {
+            let data_dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("airlock-demo"));
+            airlock::demo::run(airlock::demo::DemoOptions {
+                pg_listen,
+                api_listen,
+                data_dir,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => {
             let checked = airlock::check(&config, &source, &airlock::registry())?;
             println!(
@@ -296,6 +338,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             print_replay(&detail, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mask {
+            target,
+            groups,
+            subject,
+            report,
+        } => {
+            let key = airlock_core::mask::load_or_create_key(&data_dir)?;
+            let checked = airlock::check(&config, &source, &airlock::registry())?;
+            let held = checked
+                .built
+                .held_secrets
+                .iter()
+                .map(|s| s.expose().to_string())
+                .collect();
+            let engine = airlock_core::mask::MaskEngine::new(&config.masking, held, key)?;
+            let identity = airlock_core::Identity {
+                subject,
+                groups,
+                issuer: "cli".into(),
+            };
+            let masker = engine.masker(&target, &identity);
+            let counts = airlock_core::mask::mask_stream(
+                &masker,
+                std::io::stdin().lock(),
+                std::io::stdout().lock(),
+            )?;
+            if report {
+                let total: u64 = counts.values().sum();
+                eprintln!("masked {total} values with profile {:?}", masker.profile());
+                for (detector, n) in &counts {
+                    eprintln!("  {detector:<24} {n}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Approvals { command } => {

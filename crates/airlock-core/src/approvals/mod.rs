@@ -104,6 +104,17 @@ impl Default for ReviewSettings {
     }
 }
 
+impl From<&crate::policy::CompiledRule> for ReviewSettings {
+    fn from(rule: &crate::policy::CompiledRule) -> Self {
+        ReviewSettings {
+            timeout: Duration::from_secs(rule.timeout_secs),
+            approvals_required: rule.approvals_required,
+            self_approval: rule.self_approval,
+            grant: Duration::from_secs(rule.grant_minutes.saturating_mul(60)),
+        }
+    }
+}
+
 /// One approver's vote.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {

@@ -1,0 +1,343 @@
+//! Compiled rule conditions. Everything that can be prepared ahead (globs,
+//! regexes, lower-casing, kind sets) is prepared at compile time, because
+//! `decide` runs on every statement's path.
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::RegexSet;
+
+use super::config::{CommandMatch, HttpMatch, KubeMatch, SqlMatch};
+use crate::{
+    Access, CommandOperation, HttpOperation, Identity, KubeOperation, Operation, SqlKind,
+    SqlOperation,
+};
+
+/// How many kinds of operation there are; rules are bucketed per kind.
+pub(crate) const OP_KINDS: usize = 4;
+
+/// The bucket of an operation.
+pub(crate) fn op_kind(op: &Operation) -> usize {
+    match op {
+        Operation::Sql(_) => 0,
+        Operation::Command(_) => 1,
+        Operation::Kube(_) => 2,
+        Operation::Http(_) => 3,
+    }
+}
+
+/// Builds a glob set, or `None` for an empty pattern list (no condition).
+pub(crate) fn glob_set(
+    patterns: &[String],
+    case_insensitive: bool,
+    literal_separator: bool,
+) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(glob(pattern, case_insensitive, literal_separator)?);
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| format!("invalid glob patterns {patterns:?}: {e}"))
+}
+
+/// Compiles one glob pattern.
+pub(crate) fn glob(
+    pattern: &str,
+    case_insensitive: bool,
+    literal_separator: bool,
+) -> Result<globset::Glob, String> {
+    GlobBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        .literal_separator(literal_separator)
+        .build()
+        .map_err(|e| format!("invalid glob pattern {pattern:?}: {}", e.kind()))
+}
+
+/// Builds a regex set, or `None` for an empty list (no condition).
+fn regex_set(patterns: &[String]) -> Result<Option<RegexSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    for pattern in patterns {
+        // Compiled one by one first so the error names the bad pattern.
+        regex::Regex::new(pattern)
+            .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))?;
+    }
+    RegexSet::new(patterns)
+        .map(Some)
+        .map_err(|e| format!("invalid regular expressions {patterns:?}: {e}"))
+}
+
+fn lower(values: &[String]) -> Vec<String> {
+    values.iter().map(|v| v.to_ascii_lowercase()).collect()
+}
+
+/// Who a rule applies to.
+#[derive(Debug, Default)]
+pub(crate) struct Who {
+    pub(crate) groups: Vec<String>,
+    pub(crate) subjects: Vec<String>,
+    pub(crate) except_groups: Vec<String>,
+    pub(crate) except_subjects: Vec<String>,
+}
+
+impl Who {
+    fn matches(&self, identity: &Identity) -> bool {
+        let anyone = self.groups.is_empty() && self.subjects.is_empty();
+        let named =
+            anyone || self.subjects.contains(&identity.subject) || identity.in_any(&self.groups);
+        named
+            && !(self.except_subjects.contains(&identity.subject)
+                || identity.in_any(&self.except_groups))
+    }
+}
+
+/// All conditions of a rule except its targets, which are resolved against
+/// the configured targets at compile time.
+#[derive(Debug)]
+pub(crate) struct Matcher {
+    pub(crate) who: Who,
+    pub(crate) protocols: Vec<String>,
+    pub(crate) op: OpMatcher,
+}
+
+impl Matcher {
+    /// Whether the rule's conditions hold. The caller has already checked
+    /// the target and that the operation kind fits (`OpMatcher::kinds`).
+    #[inline]
+    pub(crate) fn matches(&self, identity: &Identity, protocol: &str, op: &Operation) -> bool {
+        (self.protocols.is_empty() || self.protocols.iter().any(|p| p == protocol))
+            && self.op.matches(op)
+            && self.who.matches(identity)
+    }
+}
+
+/// Conditions on the operation itself.
+#[derive(Debug)]
+pub(crate) enum OpMatcher {
+    Any,
+    Sql(SqlMatcher),
+    Command(CommandMatcher),
+    Kube(KubeMatcher),
+    Http(HttpMatcher),
+}
+
+impl OpMatcher {
+    /// Which operation buckets ([`op_kind`]) this matcher can match.
+    pub(crate) fn fits_kind(&self, kind: usize) -> bool {
+        match self {
+            OpMatcher::Any => true,
+            OpMatcher::Sql(_) => kind == 0,
+            OpMatcher::Command(_) => kind == 1,
+            OpMatcher::Kube(_) => kind == 2,
+            OpMatcher::Http(_) => kind == 3,
+        }
+    }
+
+    fn matches(&self, op: &Operation) -> bool {
+        match (self, op) {
+            (OpMatcher::Any, _) => true,
+            (OpMatcher::Sql(m), Operation::Sql(op)) => m.matches(op),
+            (OpMatcher::Command(m), Operation::Command(op)) => m.matches(op),
+            (OpMatcher::Kube(m), Operation::Kube(op)) => m.matches(op),
+            (OpMatcher::Http(m), Operation::Http(op)) => m.matches(op),
+            _ => false,
+        }
+    }
+}
+
+fn kind_bit(kind: SqlKind) -> u64 {
+    1u64 << (kind as u32)
+}
+
+/// `[rules.sql]`, compiled.
+#[derive(Debug)]
+pub(crate) struct SqlMatcher {
+    /// Bit set of accepted kinds; 0 = any.
+    kinds: u64,
+    objects: Vec<String>,
+    tables: Option<TableMatcher>,
+    access: Option<Access>,
+    has_where: Option<bool>,
+    text: Option<RegexSet>,
+}
+
+impl SqlMatcher {
+    pub(crate) fn compile(m: &SqlMatch) -> Result<Self, String> {
+        let tables = if m.tables.is_empty() {
+            None
+        } else {
+            let (qualified, bare): (Vec<String>, Vec<String>) =
+                m.tables.iter().cloned().partition(|t| t.contains('.'));
+            Some(TableMatcher {
+                qualified: glob_set(&qualified, true, false)
+                    .map_err(|e| format!("sql.tables: {e}"))?,
+                bare: glob_set(&bare, true, false).map_err(|e| format!("sql.tables: {e}"))?,
+            })
+        };
+        Ok(SqlMatcher {
+            kinds: m.kinds.iter().fold(0, |bits, k| bits | kind_bit(*k)),
+            objects: lower(&m.objects),
+            tables,
+            access: m.access,
+            has_where: m.has_where,
+            text: regex_set(&m.text).map_err(|e| format!("sql.text: {e}"))?,
+        })
+    }
+
+    fn matches(&self, op: &SqlOperation) -> bool {
+        if self.kinds != 0 && self.kinds & kind_bit(op.kind) == 0 {
+            return false;
+        }
+        if let Some(want) = self.has_where
+            && op.has_where != Some(want)
+        {
+            return false;
+        }
+        if !self.objects.is_empty() {
+            match &op.object {
+                Some(object) if self.objects.iter().any(|o| o.eq_ignore_ascii_case(object)) => {}
+                _ => return false,
+            }
+        }
+        if (self.tables.is_some() || self.access.is_some())
+            && !op.tables.iter().any(|t| {
+                self.access.is_none_or(|a| a == t.access)
+                    && self.tables.as_ref().is_none_or(|m| m.matches(&t.name))
+            })
+        {
+            return false;
+        }
+        if let Some(text) = &self.text
+            && !text.is_match(&op.text)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// Table patterns: qualified ones match the name as written, bare ones match
+/// the table's own name in any schema.
+#[derive(Debug)]
+struct TableMatcher {
+    qualified: Option<GlobSet>,
+    bare: Option<GlobSet>,
+}
+
+impl TableMatcher {
+    fn matches(&self, name: &str) -> bool {
+        let table = name.rsplit('.').next().unwrap_or(name);
+        self.qualified.as_ref().is_some_and(|g| g.is_match(name))
+            || self.bare.as_ref().is_some_and(|g| g.is_match(table))
+    }
+}
+
+/// `[rules.command]`, compiled.
+#[derive(Debug)]
+pub(crate) struct CommandMatcher {
+    line: Option<RegexSet>,
+    interactive: Option<bool>,
+}
+
+impl CommandMatcher {
+    pub(crate) fn compile(m: &CommandMatch) -> Result<Self, String> {
+        Ok(CommandMatcher {
+            line: regex_set(&m.line).map_err(|e| format!("command.line: {e}"))?,
+            interactive: m.interactive,
+        })
+    }
+
+    fn matches(&self, op: &CommandOperation) -> bool {
+        self.interactive.is_none_or(|i| i == op.interactive)
+            && self.line.as_ref().is_none_or(|r| r.is_match(&op.line))
+    }
+}
+
+/// `[rules.kube]`, compiled.
+#[derive(Debug)]
+pub(crate) struct KubeMatcher {
+    verbs: Vec<String>,
+    resources: Vec<String>,
+    subresources: Vec<String>,
+    api_groups: Vec<String>,
+    namespaces: Option<GlobSet>,
+    names: Option<GlobSet>,
+}
+
+impl KubeMatcher {
+    pub(crate) fn compile(m: &KubeMatch) -> Result<Self, String> {
+        Ok(KubeMatcher {
+            verbs: lower(&m.verbs),
+            resources: lower(&m.resources),
+            subresources: lower(&m.subresources),
+            api_groups: m
+                .api_groups
+                .iter()
+                .map(|g| {
+                    if g == "core" {
+                        String::new()
+                    } else {
+                        g.clone()
+                    }
+                })
+                .collect(),
+            namespaces: glob_set(&m.namespaces, false, false)
+                .map_err(|e| format!("kube.namespaces: {e}"))?,
+            names: glob_set(&m.names, false, false).map_err(|e| format!("kube.names: {e}"))?,
+        })
+    }
+
+    fn matches(&self, op: &KubeOperation) -> bool {
+        fn any_of(list: &[String], value: &str) -> bool {
+            list.is_empty() || list.iter().any(|v| v.eq_ignore_ascii_case(value))
+        }
+        fn optional(list: &[String], value: Option<&str>) -> bool {
+            list.is_empty() || value.is_some_and(|v| any_of(list, v))
+        }
+        fn glob(set: &Option<GlobSet>, value: Option<&str>) -> bool {
+            set.as_ref()
+                .is_none_or(|g| value.is_some_and(|v| g.is_match(v)))
+        }
+        any_of(&self.verbs, &op.verb)
+            && any_of(&self.resources, &op.resource)
+            && optional(&self.subresources, op.subresource.as_deref())
+            && (self.api_groups.is_empty() || self.api_groups.contains(&op.api_group))
+            && glob(&self.namespaces, op.namespace.as_deref())
+            && glob(&self.names, op.name.as_deref())
+    }
+}
+
+/// `[rules.http]`, compiled.
+#[derive(Debug)]
+pub(crate) struct HttpMatcher {
+    methods: Vec<String>,
+    paths: Option<GlobSet>,
+    path_regex: Option<RegexSet>,
+}
+
+impl HttpMatcher {
+    pub(crate) fn compile(m: &HttpMatch) -> Result<Self, String> {
+        Ok(HttpMatcher {
+            methods: m.methods.iter().map(|v| v.to_ascii_uppercase()).collect(),
+            paths: glob_set(&m.paths, false, true).map_err(|e| format!("http.paths: {e}"))?,
+            path_regex: regex_set(&m.path_regex).map_err(|e| format!("http.path_regex: {e}"))?,
+        })
+    }
+
+    fn matches(&self, op: &HttpOperation) -> bool {
+        (self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&op.method)))
+            && self.paths.as_ref().is_none_or(|g| g.is_match(&op.path))
+            && self
+                .path_regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(&op.path))
+    }
+}
