@@ -322,4 +322,33 @@ async fn a_full_audit_store_refuses_statements_with_58000() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "58000");
     assert!(!pg.log().contains("still-full"));
+
+    // The embedded store keeps refusing after an I/O error until it is
+    // reopened: free the space and restart the gateway.
+    drop(filler);
+    std::fs::remove_file(data.join("filler")).unwrap();
+    drop(client);
+    let _ = gw.runtime.shutdown().await;
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &data)
+        .await
+        .unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(gw.addr.ip().to_string())
+        .port(gw.addr.port())
+        .user("agent-1")
+        .dbname("app")
+        .password(&token)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.simple_query("SELECT 'after-full'").await.unwrap();
+    assert!(pg.log().contains("after-full"));
+    let report = airlock_core::audit::verify(
+        gw.runtime.store.as_ref(),
+        &airlock_core::audit::public_key_in(&data).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problem);
 }
