@@ -113,7 +113,8 @@ enum Pending {
         portal: Bytes,
         track: Track,
     },
-    Close,
+    /// Close of a statement, or of the named portal.
+    Close(Option<Bytes>),
     Sync,
     /// A fast-path function call: answers until ReadyForQuery.
     FunctionCall(Track),
@@ -510,14 +511,19 @@ impl ClientHalf<'_> {
         frame::check_structure(b'C', frame.body(), Peer::Client)?;
         let kind = frame.body()[0];
         let name = cstr_at(&frame.body()[1..]);
-        if kind == b'S' {
+        let pending = if kind == b'S' {
             self.statements.remove(&name);
             self.prepared
                 .remove(String::from_utf8_lossy(&name).as_ref());
+            if let Ok(mut m) = self.param_types.lock() {
+                m.remove(&name);
+            }
+            Pending::Close(None)
         } else {
             self.portals.remove(&name);
-        }
-        self.forward(&frame, Some(Pending::Close)).await
+            Pending::Close(Some(name))
+        };
+        self.forward(&frame, Some(pending)).await
     }
 
     async fn function_call(&mut self, frame: Frame) -> Result<()> {
@@ -1034,9 +1040,10 @@ impl ServerHalf<'_> {
             b'1' | b'2' | b'3' => {
                 if matches!(
                     self.queue.front(),
-                    Some(Pending::Parse | Pending::Bind | Pending::Close)
-                ) {
-                    self.queue.pop_front();
+                    Some(Pending::Parse | Pending::Bind | Pending::Close(_))
+                ) && let Some(Pending::Close(Some(portal))) = self.queue.pop_front()
+                {
+                    self.portals.remove(&portal);
                 }
                 self.write_client(&frame.bytes).await
             }
