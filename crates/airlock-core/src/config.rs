@@ -275,12 +275,20 @@ impl<'de> Deserialize<'de> for Secret {
             env: Option<String>,
             file: Option<PathBuf>,
         }
+        // Untagged, so that a mistyped secret never echoes its value back in
+        // the error (serde's "invalid type: string ..." would).
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Reference(Reference),
+            Other(serde::de::IgnoredAny),
+        }
         use serde::de::Error as _;
-        let r = Reference::deserialize(d).map_err(|e| {
-            D::Error::custom(format!(
-                "{e}; secrets are written as {{ env = \"VAR\" }} or {{ file = \"path\" }}, never inline"
-            ))
-        })?;
+        let Raw::Reference(r) = Raw::deserialize(d)? else {
+            return Err(D::Error::custom(
+                "secrets are written as { env = \"VAR\" } or { file = \"path\" }, never inline",
+            ));
+        };
         match (r.env, r.file) {
             (Some(var), None) => match std::env::var(&var) {
                 Ok(value) if !value.is_empty() => Ok(Secret {

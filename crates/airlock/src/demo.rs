@@ -71,6 +71,10 @@ fn seed_sql() -> String {
     }
     sql.push_str(&rows.join(",\n"));
     sql.push_str(";\nINSERT INTO orders (customer_id, amount, status) SELECT 1 + (g % 40), (g * 13.37)::numeric(10,2), CASE WHEN g % 3 = 0 THEN 'shipped' ELSE 'new' END FROM generate_series(1, 120) g;");
+    // The gateway logs in as the app role: it owns the shop.
+    sql.push_str(&format!(
+        "\nALTER TABLE customers OWNER TO {APP_USER}; ALTER TABLE orders OWNER TO {APP_USER};"
+    ));
     sql
 }
 
