@@ -91,6 +91,16 @@ impl TestGateway {
         })
     }
 
+    /// Connects a line client and logs in as `sub` to target `echo`.
+    pub async fn login(&self, sub: &str, groups: &[&str]) -> anyhow::Result<LineClient> {
+        let mut client = LineClient::connect(self.lines).await?;
+        let answer = client
+            .send(&format!("AUTH echo {}", self.token(sub, groups)?))
+            .await?;
+        anyhow::ensure!(answer.starts_with("OK "), "login refused: {answer}");
+        Ok(client)
+    }
+
     /// Mints a local-issuer token.
     pub fn token(&self, sub: &str, groups: &[&str]) -> anyhow::Result<String> {
         let issuer = airlock_core::identity::LocalIssuer::load_or_create(
@@ -132,6 +142,12 @@ impl LineClient {
             .context("no answer within 20s")??;
         answer.context("the gateway closed the connection")
     }
+}
+
+/// The approval id in a `WAIT <message>: approval <id> at <url>` line.
+pub fn approval_id(wait: &str) -> Option<String> {
+    let rest = wait.split(": approval ").nth(1)?;
+    rest.split(' ').next().map(str::to_string)
 }
 
 /// A gateway configuration with one line target at `target`.

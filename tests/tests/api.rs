@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
+use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
 use serde_json::{Value, json};
 
 const RULES: &str = r#"
@@ -67,25 +67,10 @@ impl Api {
 }
 
 async fn waiting(gw: &TestGateway, line: &str) -> (LineClient, String) {
-    let mut client = LineClient::connect(gw.lines).await.unwrap();
-    let token = gw.token("agent-1", &["agents"]).unwrap();
-    assert!(
-        client
-            .send(&format!("AUTH echo {token}"))
-            .await
-            .unwrap()
-            .starts_with("OK ")
-    );
+    let mut client = gw.login("agent-1", &["agents"]).await.unwrap();
     let wait = client.send(line).await.unwrap();
     assert!(wait.starts_with("WAIT "), "{wait}");
-    let id = wait
-        .split("approval ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = approval_id(&wait).unwrap();
     assert!(
         wait.ends_with(&format!(
             "at http://{}/approvals/{id}",

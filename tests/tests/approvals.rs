@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use airlock_core::Identity;
 use airlock_core::approvals::{ApprovalStatus, DecideError};
-use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
+use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
 
 fn review_rule(extra: &str) -> String {
     format!(
@@ -38,15 +38,7 @@ fn person(name: &str, groups: &[&str]) -> Identity {
 
 /// Connects as `sub` and sends `line`; returns the client and the approval id from the WAIT line.
 async fn ask(gw: &TestGateway, sub: &str, groups: &[&str], line: &str) -> (LineClient, String) {
-    let mut client = LineClient::connect(gw.lines).await.unwrap();
-    let token = gw.token(sub, groups).unwrap();
-    assert!(
-        client
-            .send(&format!("AUTH echo {token}"))
-            .await
-            .unwrap()
-            .starts_with("OK ")
-    );
+    let mut client = gw.login(sub, groups).await.unwrap();
     let wait = client.send(line).await.unwrap();
     assert!(
         wait.starts_with("WAIT deploys need a DBA's approval: approval "),
@@ -56,14 +48,7 @@ async fn ask(gw: &TestGateway, sub: &str, groups: &[&str], line: &str) -> (LineC
         wait.contains(" at http://"),
         "the client is told where to approve: {wait}"
     );
-    let id = wait
-        .split("approval ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = approval_id(&wait).unwrap();
     (client, id)
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_core::{Event, Identity};
-use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
+use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -114,24 +114,9 @@ async fn approval_events(gw: &TestGateway, id: &str) -> Vec<(String, Option<Stri
 }
 
 async fn request(gw: &TestGateway) -> (LineClient, String) {
-    let mut client = LineClient::connect(gw.lines).await.unwrap();
-    let token = gw.token("agent-1", &["agents"]).unwrap();
-    assert!(
-        client
-            .send(&format!("AUTH echo {token}"))
-            .await
-            .unwrap()
-            .starts_with("OK ")
-    );
+    let mut client = gw.login("agent-1", &["agents"]).await.unwrap();
     let wait = client.send("deploy api").await.unwrap();
-    let id = wait
-        .split("approval ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let id = approval_id(&wait).unwrap();
     (client, id)
 }
 
