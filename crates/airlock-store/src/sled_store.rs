@@ -81,13 +81,10 @@ impl SledStore {
             data_dir.display()
         )))?;
         let db_path = data_dir.join("store");
-        let database = sled::Config::new()
-            .path(&db_path)
-            .open()
-            .map_err(db(format!(
-                "cannot open the audit store at {}",
-                db_path.display()
-            )))?;
+        let database = open_db(&db_path).map_err(db(format!(
+            "cannot open the audit store at {}",
+            db_path.display()
+        )))?;
         let tree = |name: &str| {
             database
                 .open_tree(name)
@@ -318,6 +315,23 @@ impl Inner {
                 source: e,
             },
         })
+    }
+}
+
+/// Opens sled, waiting briefly for its file lock: a store closed a moment ago
+/// in this process releases the lock from sled's background thread.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let mut attempts = 0;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && attempts < 30 =>
+            {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 

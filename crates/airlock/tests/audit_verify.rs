@@ -56,7 +56,14 @@ async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     populate(dir.path()).await;
     {
-        let db = sled::open(dir.path().join("store")).unwrap();
+        // sled releases its lock from a background thread after the store closes.
+        let db = (0..30)
+            .find_map(|_| {
+                sled::open(dir.path().join("store"))
+                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(100)))
+                    .ok()
+            })
+            .expect("the store opens once the recorder has closed it");
         let records = db.open_tree("records").unwrap();
         tamper(&records);
         db.flush().unwrap();
