@@ -9,8 +9,8 @@ use toml::Spanned;
 
 use super::config::{Action, GrantConfig, PolicyOptions, RuleConfig};
 use super::matcher::{
-    CommandMatcher, HttpMatcher, KubeMatcher, Matcher, OP_KINDS, OpMatcher, SqlMatcher, Who, glob,
-    glob_set,
+    CommandMatcher, HttpMatcher, KubeMatcher, Matcher, OP_KINDS, OpMatcher, RegexPools, RegexSets,
+    SqlMatcher, Who, glob, glob_set,
 };
 use super::{
     CompiledGrant, CompiledRule, DEFAULT_REVIEW_TIMEOUT_SECS, Policy, TargetPolicy, packs,
@@ -44,6 +44,7 @@ pub(super) fn compile(
     let enabled = load_packs(options, source)?;
 
     let mut pending = Vec::new();
+    let mut pools = RegexPools::default();
     let mut names = HashSet::new();
     let mut overridden = HashSet::new();
     for spanned in rules {
@@ -79,7 +80,7 @@ pub(super) fn compile(
             overridden.insert(name.to_string());
         }
         if rule.enabled {
-            pending.push(compile_rule(spanned, source, targets)?);
+            pending.push(compile_rule(spanned, source, targets, &mut pools)?);
         }
     }
     for (_, pack_source, pack_rules) in &enabled {
@@ -95,7 +96,7 @@ pub(super) fn compile(
                     pack_source.at(spanned.span())
                 )));
             }
-            pending.push(compile_rule(spanned, pack_source, targets)?);
+            pending.push(compile_rule(spanned, pack_source, targets, &mut pools)?);
         }
     }
 
@@ -144,10 +145,12 @@ pub(super) fn compile(
         .enumerate()
         .map(|(i, r)| (r.name.clone(), i))
         .collect();
+    let regexes = RegexSets::compile(&pools).map_err(Error::Config)?;
     Ok(Policy {
         rules,
         by_name,
         targets: per_target,
+        regexes,
     })
 }
 
@@ -208,6 +211,7 @@ fn compile_rule(
     spanned: &Spanned<RuleConfig>,
     source: &Source,
     targets: &BTreeMap<String, String>,
+    pools: &mut RegexPools,
 ) -> Result<Pending> {
     let rule = spanned.get_ref();
     let at = source.at(spanned.span());
@@ -265,13 +269,13 @@ fn compile_rule(
             "a rule can match one kind of operation ([rules.sql], [rules.command], [rules.kube] or [rules.http]); split it into several rules".into(),
         ));
     } else if let Some(m) = &rule.sql {
-        OpMatcher::Sql(SqlMatcher::compile(m).map_err(fail)?)
+        OpMatcher::Sql(SqlMatcher::compile(m, pools).map_err(fail)?)
     } else if let Some(m) = &rule.command {
-        OpMatcher::Command(CommandMatcher::compile(m).map_err(fail)?)
+        OpMatcher::Command(CommandMatcher::compile(m, pools).map_err(fail)?)
     } else if let Some(m) = &rule.kube {
         OpMatcher::Kube(KubeMatcher::compile(m).map_err(fail)?)
     } else if let Some(m) = &rule.http {
-        OpMatcher::Http(HttpMatcher::compile(m).map_err(fail)?)
+        OpMatcher::Http(HttpMatcher::compile(m, pools).map_err(fail)?)
     } else {
         OpMatcher::Any
     };

@@ -3,7 +3,9 @@
 //! `decide` runs on every statement's path.
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use regex::RegexSet;
+use std::ops::Range;
+
+use regex::{RegexSet, RegexSetBuilder, SetMatches};
 
 use super::config::{CommandMatch, HttpMatch, KubeMatch, SqlMatch};
 use crate::{
@@ -56,19 +58,88 @@ pub(crate) fn glob(
         .map_err(|e| format!("invalid glob pattern {pattern:?}: {}", e.kind()))
 }
 
-/// Builds a regex set, or `None` for an empty list (no condition).
-fn regex_set(patterns: &[String]) -> Result<Option<RegexSet>, String> {
+/// The regular expressions of all rules, one set per operation field, so a
+/// decision scans the command line (or statement text, or path) once however
+/// many rules look at it.
+#[derive(Debug, Default)]
+pub(crate) struct RegexPools {
+    pub(crate) sql_text: Vec<String>,
+    pub(crate) command_line: Vec<String>,
+    pub(crate) http_path: Vec<String>,
+}
+
+/// Validates `patterns` one by one (so an error names the bad one) and adds
+/// them to `pool`; the rule keeps the range of its patterns.
+fn register(pool: &mut Vec<String>, patterns: &[String]) -> Result<Option<Range<usize>>, String> {
     if patterns.is_empty() {
         return Ok(None);
     }
     for pattern in patterns {
-        // Compiled one by one first so the error names the bad pattern.
         regex::Regex::new(pattern)
             .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))?;
     }
-    RegexSet::new(patterns)
-        .map(Some)
-        .map_err(|e| format!("invalid regular expressions {patterns:?}: {e}"))
+    let start = pool.len();
+    pool.extend(patterns.iter().cloned());
+    Ok(Some(start..pool.len()))
+}
+
+/// The compiled [`RegexPools`].
+#[derive(Debug)]
+pub(crate) struct RegexSets {
+    sql_text: RegexSet,
+    command_line: RegexSet,
+    http_path: RegexSet,
+}
+
+impl RegexSets {
+    pub(crate) fn compile(pools: &RegexPools) -> Result<Self, String> {
+        let build = |patterns: &[String]| {
+            RegexSetBuilder::new(patterns)
+                // Each pattern compiled alone already; the union is larger.
+                .size_limit(64 << 20)
+                .build()
+                .map_err(|e| format!("the rules' regular expressions are too large together: {e}"))
+        };
+        Ok(RegexSets {
+            sql_text: build(&pools.sql_text)?,
+            command_line: build(&pools.command_line)?,
+            http_path: build(&pools.http_path)?,
+        })
+    }
+
+    /// A lazy scan of the field of `op` that rules' regexes look at.
+    pub(crate) fn scan<'a>(&'a self, op: &'a Operation) -> Scan<'a> {
+        let (set, haystack) = match op {
+            Operation::Sql(op) => (&self.sql_text, op.text.as_str()),
+            Operation::Command(op) => (&self.command_line, op.line.as_str()),
+            Operation::Http(op) => (&self.http_path, op.path.as_str()),
+            Operation::Kube(_) => (&self.command_line, ""),
+        };
+        Scan {
+            set,
+            haystack,
+            hits: None,
+        }
+    }
+}
+
+/// Which of the policy's regexes match one operation, computed on first use.
+pub(crate) struct Scan<'a> {
+    set: &'a RegexSet,
+    haystack: &'a str,
+    hits: Option<SetMatches>,
+}
+
+impl Scan<'_> {
+    fn any(&mut self, patterns: &Range<usize>) -> bool {
+        let Scan {
+            set,
+            haystack,
+            hits,
+        } = self;
+        let hits = hits.get_or_insert_with(|| set.matches(haystack));
+        patterns.clone().any(|i| hits.matched(i))
+    }
 }
 
 fn lower(values: &[String]) -> Vec<String> {
@@ -108,10 +179,16 @@ impl Matcher {
     /// Whether the rule's conditions hold. The caller has already checked
     /// the target and that the operation kind fits (`OpMatcher::kinds`).
     #[inline]
-    pub(crate) fn matches(&self, identity: &Identity, protocol: &str, op: &Operation) -> bool {
+    pub(crate) fn matches(
+        &self,
+        identity: &Identity,
+        protocol: &str,
+        op: &Operation,
+        scan: &mut Scan<'_>,
+    ) -> bool {
         (self.protocols.is_empty() || self.protocols.iter().any(|p| p == protocol))
-            && self.op.matches(op)
             && self.who.matches(identity)
+            && self.op.matches(op, scan)
     }
 }
 
@@ -137,13 +214,13 @@ impl OpMatcher {
         }
     }
 
-    fn matches(&self, op: &Operation) -> bool {
+    fn matches(&self, op: &Operation, scan: &mut Scan<'_>) -> bool {
         match (self, op) {
             (OpMatcher::Any, _) => true,
-            (OpMatcher::Sql(m), Operation::Sql(op)) => m.matches(op),
-            (OpMatcher::Command(m), Operation::Command(op)) => m.matches(op),
+            (OpMatcher::Sql(m), Operation::Sql(op)) => m.matches(op, scan),
+            (OpMatcher::Command(m), Operation::Command(op)) => m.matches(op, scan),
             (OpMatcher::Kube(m), Operation::Kube(op)) => m.matches(op),
-            (OpMatcher::Http(m), Operation::Http(op)) => m.matches(op),
+            (OpMatcher::Http(m), Operation::Http(op)) => m.matches(op, scan),
             _ => false,
         }
     }
@@ -162,11 +239,11 @@ pub(crate) struct SqlMatcher {
     tables: Option<TableMatcher>,
     access: Option<Access>,
     has_where: Option<bool>,
-    text: Option<RegexSet>,
+    text: Option<Range<usize>>,
 }
 
 impl SqlMatcher {
-    pub(crate) fn compile(m: &SqlMatch) -> Result<Self, String> {
+    pub(crate) fn compile(m: &SqlMatch, pools: &mut RegexPools) -> Result<Self, String> {
         let tables = if m.tables.is_empty() {
             None
         } else {
@@ -184,11 +261,11 @@ impl SqlMatcher {
             tables,
             access: m.access,
             has_where: m.has_where,
-            text: regex_set(&m.text).map_err(|e| format!("sql.text: {e}"))?,
+            text: register(&mut pools.sql_text, &m.text).map_err(|e| format!("sql.text: {e}"))?,
         })
     }
 
-    fn matches(&self, op: &SqlOperation) -> bool {
+    fn matches(&self, op: &SqlOperation, scan: &mut Scan<'_>) -> bool {
         if self.kinds != 0 && self.kinds & kind_bit(op.kind) == 0 {
             return false;
         }
@@ -212,7 +289,7 @@ impl SqlMatcher {
             return false;
         }
         if let Some(text) = &self.text
-            && !text.is_match(&op.text)
+            && !scan.any(text)
         {
             return false;
         }
@@ -239,21 +316,22 @@ impl TableMatcher {
 /// `[rules.command]`, compiled.
 #[derive(Debug)]
 pub(crate) struct CommandMatcher {
-    line: Option<RegexSet>,
+    line: Option<Range<usize>>,
     interactive: Option<bool>,
 }
 
 impl CommandMatcher {
-    pub(crate) fn compile(m: &CommandMatch) -> Result<Self, String> {
+    pub(crate) fn compile(m: &CommandMatch, pools: &mut RegexPools) -> Result<Self, String> {
         Ok(CommandMatcher {
-            line: regex_set(&m.line).map_err(|e| format!("command.line: {e}"))?,
+            line: register(&mut pools.command_line, &m.line)
+                .map_err(|e| format!("command.line: {e}"))?,
             interactive: m.interactive,
         })
     }
 
-    fn matches(&self, op: &CommandOperation) -> bool {
+    fn matches(&self, op: &CommandOperation, scan: &mut Scan<'_>) -> bool {
         self.interactive.is_none_or(|i| i == op.interactive)
-            && self.line.as_ref().is_none_or(|r| r.is_match(&op.line))
+            && self.line.as_ref().is_none_or(|r| scan.any(r))
     }
 }
 
@@ -316,28 +394,26 @@ impl KubeMatcher {
 pub(crate) struct HttpMatcher {
     methods: Vec<String>,
     paths: Option<GlobSet>,
-    path_regex: Option<RegexSet>,
+    path_regex: Option<Range<usize>>,
 }
 
 impl HttpMatcher {
-    pub(crate) fn compile(m: &HttpMatch) -> Result<Self, String> {
+    pub(crate) fn compile(m: &HttpMatch, pools: &mut RegexPools) -> Result<Self, String> {
         Ok(HttpMatcher {
             methods: m.methods.iter().map(|v| v.to_ascii_uppercase()).collect(),
             paths: glob_set(&m.paths, false, true).map_err(|e| format!("http.paths: {e}"))?,
-            path_regex: regex_set(&m.path_regex).map_err(|e| format!("http.path_regex: {e}"))?,
+            path_regex: register(&mut pools.http_path, &m.path_regex)
+                .map_err(|e| format!("http.path_regex: {e}"))?,
         })
     }
 
-    fn matches(&self, op: &HttpOperation) -> bool {
+    fn matches(&self, op: &HttpOperation, scan: &mut Scan<'_>) -> bool {
         (self.methods.is_empty()
             || self
                 .methods
                 .iter()
                 .any(|m| m.eq_ignore_ascii_case(&op.method)))
             && self.paths.as_ref().is_none_or(|g| g.is_match(&op.path))
-            && self
-                .path_regex
-                .as_ref()
-                .is_none_or(|r| r.is_match(&op.path))
+            && self.path_regex.as_ref().is_none_or(|r| scan.any(r))
     }
 }

@@ -33,7 +33,7 @@ pub use packs::packs;
 
 use crate::config::Source;
 use crate::{Decision, Identity, Operation, Result};
-use matcher::{Matcher, OP_KINDS, op_kind};
+use matcher::{Matcher, OP_KINDS, RegexSets, op_kind};
 
 /// The rule name of a denial no rule made: no grant covers the client, or
 /// the grant has `access = "rules"` and no allow rule matched.
@@ -94,6 +94,7 @@ pub struct Policy {
     rules: Vec<CompiledRule>,
     by_name: HashMap<String, usize>,
     targets: HashMap<String, TargetPolicy>,
+    regexes: RegexSets,
 }
 
 /// Everything that applies to one target, prepared at compile time.
@@ -182,10 +183,11 @@ impl Policy {
             GrantAccess::Full => &candidates[..t.allow_from[kind]],
             GrantAccess::Rules => &candidates[..],
         };
+        let mut scan = self.regexes.scan(op);
         // Candidates are ordered deny, review, allow: the first match wins.
         for &i in candidates {
             let rule = &self.rules[i as usize];
-            if rule.matcher.matches(identity, protocol, op) {
+            if rule.matcher.matches(identity, protocol, op, &mut scan) {
                 return rule.decision();
             }
         }

@@ -946,6 +946,7 @@ fn ssh_pack_blocks_machine_destroying_commands() {
         "rm -Rf --no-preserve-root /",
         "rm --recursive --force /",
         "sudo rm -rf /",
+        "sudo rm -rf --no-preserve-root /",
         "/bin/rm -rf / ",
         "bash -c 'rm -rf /'",
         "{ rm -rf ~/*; }",
@@ -1013,6 +1014,7 @@ fn ssh_pack_blocks_machine_destroying_commands() {
         "systemctl restart nginx",
         "cat /var/log/shutdown.log",
         "grep reboot-required /var/run",
+        "grep reboot /var/log/syslog",
         "init-db.sh",
     ] {
         assert_allowed(on(benign));
@@ -1232,4 +1234,28 @@ fn compile_errors_name_the_position_and_the_fix() {
         "\"most\"",
         "unknown variant `most`",
     );
+}
+
+// ---------------------------------------------------------------- the guide
+
+#[test]
+fn every_example_in_the_policy_guide_compiles() {
+    let guide = include_str!("../../../../docs/policy.md");
+    let targets =
+        "\n[targets.analytics]\nprotocol = \"postgres\"\n[targets.web-1]\nprotocol = \"ssh\"\n";
+    let mut examples = 0;
+    for block in guide.split("```toml\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        // Pack overrides need their pack; examples that set [policy] say so themselves.
+        let packs = if block.contains("[policy]") {
+            ""
+        } else {
+            ALL_PACKS
+        };
+        if let Err(e) = try_policy(&format!("{targets}{packs}{block}")) {
+            panic!("example does not compile: {e}\n{block}");
+        }
+        examples += 1;
+    }
+    assert!(examples >= 15, "found only {examples} examples");
 }
