@@ -6,6 +6,8 @@
 #
 #   benches/scripts/pgbench.sh                 # defaults: 10 s per run, clients 1 16 64
 #   DURATION=30 CLIENTS="1 16" benches/scripts/pgbench.sh
+#   WORKLOADS=select-only MODES=simple CONNECTIONS=no benches/scripts/pgbench.sh
+#   KEEP=1 ...      # leave the servers up afterwards (for perf); prints how to reach them
 #
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # pgbouncer), and a release build (cargo build --release -p airlock).
@@ -13,6 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 16 64"}
+WORKLOADS=${WORKLOADS:-"select-only write-mix"}
+MODES=${MODES:-"simple prepared"}
+CONNECTIONS=${CONNECTIONS:-yes}
 AIRLOCK=${AIRLOCK:-${CARGO_TARGET_DIR:-target}/release/airlock}
 [ -x "$AIRLOCK" ] || { echo "build first: cargo build --release -p airlock" >&2; exit 1; }
 command -v pgbouncer >/dev/null || { echo "install pgbouncer (apt-get install pgbouncer)" >&2; exit 1; }
@@ -21,7 +26,8 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 work=$(mktemp -d /tmp/airlock-pgbench.XXXXXX)
 chmod 755 "$work"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work"; }
+# runuser forks, so kill by the work directory every server was started with.
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pkill -f "$work" 2>/dev/null || true; sleep 1; rm -rf "$work"; }
 trap cleanup EXIT
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
@@ -99,9 +105,9 @@ connrate() { # port password: new connections per second (pgbench -C, select-onl
 }
 
 printf '%-14s %-9s %7s %10s %10s %10s %12s %12s\n' workload mode clients direct pgbouncer airlock airlock/dir airlock/bouncer
-for wl in "select-only:-S" "write-mix:-N"; do
-  name=${wl%%:*}; flag=${wl#*:}
-  for mode in simple prepared; do
+for name in $WORKLOADS; do
+  case $name in select-only) flag=-S ;; write-mix) flag=-N ;; *) echo "unknown workload $name" >&2; exit 1 ;; esac
+  for mode in $MODES; do
     for c in $CLIENTS; do
       d=$(run $PGPORT "$PASS" $mode "$c" "$flag")
       b=$(run $BOUNCER "$PASS" $mode "$c" "$flag")
@@ -112,6 +118,13 @@ for wl in "select-only:-S" "write-mix:-N"; do
     done
   done
 done
-d=$(connrate $PGPORT "$PASS"); b=$(connrate $BOUNCER "$PASS"); a=$(connrate $GW "$TOKEN")
-printf '%-14s %-9s %7s %10s %10s %10s %12s %12s\n' connections simple 4 "$d" "$b" "$a" \
-  "$(awk -v a="$a" -v d="$d" 'BEGIN{printf "%.2fx", d ? a/d : 0}')" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2fx", b ? a/b : 0}')"
+if [ "$CONNECTIONS" = yes ]; then
+  d=$(connrate $PGPORT "$PASS"); b=$(connrate $BOUNCER "$PASS"); a=$(connrate $GW "$TOKEN")
+  printf '%-14s %-9s %7s %10s %10s %10s %12s %12s\n' connections simple 4 "$d" "$b" "$a" \
+    "$(awk -v a="$a" -v d="$d" 'BEGIN{printf "%.2fx", d ? a/d : 0}')" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2fx", b ? a/b : 0}')"
+fi
+if [ -n "${KEEP:-}" ]; then
+  echo "servers kept up until Ctrl-C: direct :$PGPORT  pgbouncer :$BOUNCER  airlock :$GW (pid ${pids[2]})"
+  echo "  PGPASSWORD='$TOKEN' pgbench -h 127.0.0.1 -p $GW -U bench -n -S -T 10 bench"
+  wait
+fi

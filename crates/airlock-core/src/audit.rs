@@ -113,6 +113,15 @@ impl SealedRecord {
     }
 }
 
+/// The sequence number a stored body claims, if it can be read.
+fn claimed_seq(body: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(body).ok().map(|s| s.seq)
+}
+
 /// The last record of the chain: where the next one continues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainHead {
@@ -369,7 +378,8 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
         if batch.is_empty() {
             break;
         }
-        for RawRecord { seq, hash, body } in batch {
+        let mut records = batch.into_iter().peekable();
+        while let Some(RawRecord { seq, hash, body }) = records.next() {
             after = seq;
             let cps = checkpoints.len();
             if seq != expected {
@@ -394,6 +404,17 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
                 }
             };
             if record.seq != seq {
+                // A store that numbers records by their place (a log) shows a
+                // removal as a later record sitting in the gap; it is a swap
+                // only if the missing record turns up right after.
+                let next = records.peek().and_then(|r| claimed_seq(&r.body));
+                if record.seq > seq && next != Some(seq) {
+                    let problem = Problem::Removed {
+                        seq,
+                        found: record.seq,
+                    };
+                    return Ok(report(count, cps, seq - 1, problem));
+                }
                 let problem = Problem::Reordered {
                     seq,
                     claims: record.seq,

@@ -14,6 +14,7 @@
 //! ```
 
 mod error;
+mod log;
 mod sled_store;
 
 pub use error::{Error, Result};

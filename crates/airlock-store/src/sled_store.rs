@@ -1,22 +1,30 @@
-//! The embedded store: a write-ahead journal plus a sled index.
+//! The embedded store: an append-only segment log plus a sled index.
 //!
-//! Why a journal in front of sled: sled can only make writes durable with a
-//! full flush (write + fsync), so with sled alone the `os` durability mode
-//! would either lose records on a gateway crash or pay an fsync per batch.
-//! The journal is a plain append-only file: one `write` per batch puts the
-//! records in the operating system (the `os` guarantee), one `fdatasync`
-//! puts them on disk (the `fsync` guarantee). sled is then updated in one
-//! transaction per batch; a background-free rotation flushes sled and empties
-//! the journal. On open, journal frames newer than sled's head are replayed.
+//! Why a log in front of sled: sled can only make writes durable with a full
+//! flush (write + fsync), and inserting a record costs tens of microseconds
+//! (it rewrites a tree node per key). A gateway waits for the store before it
+//! forwards every action, so that cost would sit on the data path. Instead a
+//! record is stored by one `write` to the log (the `os` guarantee) or one
+//! `write` plus `fdatasync` (the `fsync` guarantee), per batch of records,
+//! and `append` returns right after it.
 //!
-//! Journal frame: `u32 LE body length | 32-byte SHA-256 of body | body`. A torn
-//! frame at the end (crash mid-write) was never acknowledged and is dropped.
+//! sled holds only what is derived from the log, built by an indexer thread
+//! behind the acknowledgement: where runs of records start (`spans`), where
+//! each session's records are (`session_records`), session summaries and
+//! their user/target indexes. The indexer takes everything queued in one
+//! pass (lingering briefly so passes are large), so its cost per record
+//! shrinks as load grows. Readers first wait until the index holds every
+//! record appended before the read, so a read never misses an acknowledged
+//! record. Indexing is idempotent, and a marker file records how far the
+//! index is known to be flushed: on open the log is re-indexed from there.
+//! If indexing fails, the store refuses further appends (the gateway fails
+//! closed) and the next open re-indexes from the log.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use airlock_core::approvals::{Approval, ApprovalStatus};
@@ -25,20 +33,35 @@ use airlock_core::config::Durability;
 use airlock_core::store::{RawRecord, SessionFilter, SessionSummary, Store};
 use airlock_core::{Decision, Event, SessionId};
 use async_trait::async_trait;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::error::{Error, Result, db, io};
+use crate::log::{Log, Position, read_frame, skip_frame};
 
-/// Rotate the journal once it holds this much.
-const JOURNAL_ROTATE_BYTES: u64 = 32 << 20;
-/// ...or once this much time has passed since the last rotation.
-const JOURNAL_ROTATE_AFTER: Duration = Duration::from_secs(30);
+/// Start a new log segment once the current one holds this much (small in
+/// unit tests, so they cross segments).
+const SEGMENT_BYTES: u64 = if cfg!(test) { 4096 } else { 64 << 20 };
+/// Flush sled and move the re-index marker forward this often.
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How long the indexer lets records gather before a pass, unless a reader
+/// is waiting.
+const INDEX_LINGER: Duration = Duration::from_millis(20);
+/// At most this many records per index pass while re-indexing on open.
+const REPLAY_CHUNK: usize = 16 * 1024;
+
+const HEAD_KEY: &[u8] = b"head";
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"log-v1";
+/// The marker file: the log position up to which the index is flushed.
+const MARKER: &str = "indexed";
 
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
+    // Stops and joins the indexer when the last clone is dropped, so the
+    // database (and its file lock) is released.
+    _indexer: Arc<Indexer>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -51,30 +74,78 @@ impl std::fmt::Debug for SledStore {
 
 struct Inner {
     dir: PathBuf,
+    log: Log,
     db: sled::Db,
-    records: sled::Tree,
+    /// First seq of a run of records → position of its first frame, count.
+    spans: sled::Tree,
     checkpoints: sled::Tree,
     sessions: sled::Tree,
     by_user: sled::Tree,
     by_target: sled::Tree,
+    /// Session id ++ first seq of an index pass → (seq, position) entries.
     session_records: sled::Tree,
     meta: sled::Tree,
     approvals: sled::Tree,
     approval_changes: tokio::sync::broadcast::Sender<String>,
     journal: Mutex<Journal>,
+    queue: Mutex<Queue>,
+    /// Wakes the indexer.
+    work: Condvar,
+    /// Wakes readers waiting for the index.
+    done: Condvar,
 }
 
+/// The segment being appended to.
 struct Journal {
     file: File,
+    segment: u64,
     len: u64,
-    rotated: Instant,
 }
 
-const HEAD_KEY: &[u8] = b"head";
+/// Records in the log and not yet in the index.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    /// The last sequence number written to the log.
+    appended: u64,
+    /// The last sequence number in the index.
+    indexed: u64,
+    /// A reader is waiting: index now instead of lingering.
+    urgent: bool,
+    /// Why indexing failed; the store refuses appends and reads after it.
+    failed: Option<String>,
+    stop: bool,
+}
+
+/// A record as the indexer needs it.
+struct Pending {
+    record: Record,
+    hash: Hash,
+    at: Position,
+    /// Where the next frame starts.
+    end: u64,
+}
+
+struct Indexer {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.inner.queue.lock() {
+            q.stop = true;
+        }
+        self.inner.work.notify_all();
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
 
 impl SledStore {
-    /// Opens (or creates) the store in `data_dir`, replaying any journal
-    /// records the index has not seen yet.
+    /// Opens (or creates) the store in `data_dir`, re-indexing the part of
+    /// the log the index may not hold.
     pub fn open(data_dir: &Path) -> Result<SledStore> {
         std::fs::create_dir_all(data_dir).map_err(io(format!(
             "cannot create data directory {}",
@@ -90,48 +161,71 @@ impl SledStore {
                 .open_tree(name)
                 .map_err(db(format!("cannot open tree {name}")))
         };
-        let journal_path = data_dir.join("journal");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&journal_path)
-            .map_err(io(format!(
-                "cannot open the journal {}",
-                journal_path.display()
-            )))?;
+        let meta = tree("meta")?;
+        check_format(&database, &meta, data_dir)?;
+        let log = Log::open(data_dir)?;
+        let segments = log.segments()?;
+        let (segment, file) = match segments.last() {
+            Some(&s) => (s, log.append_to(s)?),
+            None => (1, log.append_to(1)?),
+        };
         let inner = Inner {
             dir: data_dir.to_path_buf(),
-            records: tree("records")?,
+            spans: tree("spans")?,
             checkpoints: tree("checkpoints")?,
             sessions: tree("sessions")?,
             by_user: tree("by_user")?,
             by_target: tree("by_target")?,
             session_records: tree("session_records")?,
-            meta: tree("meta")?,
+            meta,
             approvals: tree("approvals")?,
             approval_changes: tokio::sync::broadcast::channel(1024).0,
             db: database,
             journal: Mutex::new(Journal {
+                file,
+                segment,
                 len: 0,
-                rotated: Instant::now(),
-                file: file.try_clone().map_err(io("cannot open the journal"))?,
             }),
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            log,
         };
-        let replayed = inner.replay(&mut file)?;
-        if replayed > 0 {
-            tracing::info!(
-                records = replayed,
-                "replayed audit records from the journal"
-            );
+        let end = inner.reindex()?;
+        {
+            let mut journal = inner.journal()?;
+            journal.len = if end.segment == journal.segment {
+                end.offset
+            } else {
+                0
+            };
+            // Cut off a torn frame (never acknowledged) and anything after it.
+            let len = journal.len;
+            journal
+                .file
+                .set_len(len)
+                .map_err(io("cannot cut the torn end of the audit log"))?;
         }
-        inner.rotate()?;
-        // The journal file itself must survive a machine crash.
-        File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("cannot sync the data directory"))?;
+        let seq = inner.head()?.map_or(0, |h| h.seq);
+        {
+            let mut q = inner.queue()?;
+            q.appended = seq;
+            q.indexed = seq;
+        }
+        let inner = Arc::new(inner);
+        let thread = std::thread::Builder::new()
+            .name("airlock-indexer".into())
+            .spawn({
+                let inner = inner.clone();
+                move || inner.run_indexer()
+            })
+            .map_err(io("cannot start the audit indexer thread"))?;
         Ok(SledStore {
-            inner: Arc::new(inner),
+            _indexer: Arc::new(Indexer {
+                inner: inner.clone(),
+                thread: Mutex::new(Some(thread)),
+            }),
+            inner,
         })
     }
 
@@ -150,6 +244,51 @@ impl SledStore {
             .map_err(|e| airlock_core::Error::Internal(format!("store task failed: {e}")))?
             .map_err(Into::into)
     }
+
+    /// Like [`Self::blocking`], once the index holds every record appended so far.
+    async fn indexed<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> airlock_core::Result<T> {
+        self.blocking(move |s| {
+            s.caught_up()?;
+            f(s)
+        })
+        .await
+    }
+}
+
+/// Refuses a data directory written by the earlier store layout, which kept
+/// record bodies in sled, rather than silently starting a second chain.
+fn check_format(database: &sled::Db, meta: &sled::Tree, dir: &Path) -> Result<()> {
+    match meta
+        .get(FORMAT_KEY)
+        .map_err(db("cannot read the store format"))?
+    {
+        Some(f) if f.as_ref() == FORMAT => Ok(()),
+        Some(f) => Err(Error::Corrupt(format!(
+            "the store in {} has format {:?}, which this Airlock does not read",
+            dir.display(),
+            String::from_utf8_lossy(&f)
+        ))),
+        None => {
+            let old = database
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"records");
+            if old {
+                return Err(Error::Corrupt(format!(
+                    "the store in {} was written by an older Airlock (records inside sled); \
+                     keep it for `airlock audit verify` with that version and start this one \
+                     with a new data directory",
+                    dir.display()
+                )));
+            }
+            meta.insert(FORMAT_KEY, FORMAT)
+                .map_err(db("cannot write the store format"))?;
+            Ok(())
+        }
+    }
 }
 
 impl Inner {
@@ -164,158 +303,542 @@ impl Inner {
         decode_head(&v).map(Some)
     }
 
-    /// Applies journal frames newer than the index; truncates a torn tail.
-    fn replay(&self, file: &mut File) -> Result<usize> {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(io("cannot read the journal"))?;
-        let head = self.head()?.map_or(0, |h| h.seq);
+    fn queue(&self) -> Result<MutexGuard<'_, Queue>> {
+        self.queue
+            .lock()
+            .map_err(|_| Error::Corrupt("the index queue lock is poisoned".into()))
+    }
+
+    fn journal(&self) -> Result<MutexGuard<'_, Journal>> {
+        self.journal
+            .lock()
+            .map_err(|_| Error::Corrupt("the journal lock is poisoned".into()))
+    }
+
+    /// Indexes the log from the flushed marker (or the start) to its end and
+    /// returns the position after the last whole frame.
+    fn reindex(&self) -> Result<Position> {
+        let segments = self.log.segments()?;
+        let first = segments.first().copied().unwrap_or(1);
+        let mut pos = self.marker()?.unwrap_or(Position {
+            segment: first,
+            offset: 0,
+        });
+        let last = segments.last().copied().unwrap_or(first);
         let mut pending = Vec::new();
-        let mut pos = 0usize;
-        while let Some((hash, body, next)) = next_frame(&bytes, pos) {
-            if Hash::of(body) != hash {
+        let mut replayed = 0usize;
+        let mut seq = None::<u64>;
+        loop {
+            let Some(file) = self.log.open_segment(pos.segment)? else {
                 break;
-            }
-            let sealed = SealedRecord::open(body.to_vec())
-                .map_err(|e| Error::Corrupt(format!("journal frame at byte {pos}: {e}")))?;
-            if sealed.record.seq > head {
-                pending.push(sealed);
-            }
-            pos = next;
-        }
-        if pos < bytes.len() {
-            tracing::warn!(
-                bytes = bytes.len() - pos,
-                "dropping a torn journal tail (a write interrupted by a crash; it was never acknowledged)"
-            );
-        }
-        let n = pending.len();
-        if n > 0 {
-            self.index(&pending)?;
-        }
-        Ok(n)
-    }
-
-    fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()> {
-        let mut frames = Vec::with_capacity(batch.iter().map(|r| r.body.len() + 36).sum());
-        for r in batch {
-            let len = u32::try_from(r.body.len())
-                .map_err(|_| Error::Corrupt("an audit record is larger than 4 GiB".into()))?;
-            frames.extend_from_slice(&len.to_le_bytes());
-            frames.extend_from_slice(&r.hash.0);
-            frames.extend_from_slice(&r.body);
-        }
-        let mut journal = self
-            .journal
-            .lock()
-            .map_err(|_| Error::Corrupt("the journal lock is poisoned".into()))?;
-        let before = journal.len;
-        let written = journal
-            .file
-            .write_all(&frames)
-            .and_then(|()| match durability {
-                Durability::Os => Ok(()),
-                Durability::Fsync => journal.file.sync_data(),
-            });
-        if let Err(e) = written {
-            // Leave no partial batch behind: the caller will be told it failed.
-            let _ = journal.file.set_len(before);
-            return Err(Error::Io {
-                what: format!("cannot write the audit journal in {}", self.dir.display()),
-                source: e,
-            });
-        }
-        if let Err(e) = self.index(batch) {
-            // The caller is told the batch failed and will reuse its sequence
-            // numbers, so the journal must not keep it either.
-            let _ = journal.file.set_len(before);
-            return Err(e);
-        }
-        journal.len += frames.len() as u64;
-        if journal.len >= JOURNAL_ROTATE_BYTES || journal.rotated.elapsed() >= JOURNAL_ROTATE_AFTER
-        {
-            drop(journal);
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    /// Flushes sled to disk, then empties the journal it made redundant.
-    fn rotate(&self) -> Result<()> {
-        let mut journal = self
-            .journal
-            .lock()
-            .map_err(|_| Error::Corrupt("the journal lock is poisoned".into()))?;
-        self.db
-            .flush()
-            .map_err(db("cannot flush the audit store"))?;
-        journal
-            .file
-            .set_len(0)
-            .and_then(|()| journal.file.sync_data())
-            .map_err(io("cannot truncate the audit journal"))?;
-        journal.len = 0;
-        journal.rotated = Instant::now();
-        Ok(())
-    }
-
-    /// Writes records and everything derived from them in one transaction.
-    fn index(&self, batch: &[SealedRecord]) -> Result<()> {
-        let trees = [
-            &self.records,
-            &self.sessions,
-            &self.by_user,
-            &self.by_target,
-            &self.session_records,
-            &self.meta,
-        ];
-        let result = trees.as_slice().transaction(|t| {
-            let [records, sessions, by_user, by_target, session_records, meta] = t.as_slice()
-            else {
-                return Err(ConflictableTransactionError::Abort(Error::Corrupt(
-                    "wrong number of trees".into(),
-                )));
             };
-            let mut touched: HashMap<SessionId, SessionSummary> = HashMap::new();
-            for r in batch {
-                let seq = r.record.seq.to_be_bytes();
-                let mut value = Vec::with_capacity(32 + r.body.len());
-                value.extend_from_slice(&r.hash.0);
-                value.extend_from_slice(&r.body);
-                records.insert(&seq, value)?;
-                let Some(id) = r.record.session else {
-                    continue;
+            let size = file
+                .metadata()
+                .map_err(io("cannot read the audit log"))?
+                .len();
+            if pos.offset > size {
+                // Never extend the file: that would turn the gap into zeros.
+                tracing::error!(
+                    segment = pos.segment,
+                    missing = pos.offset - size,
+                    "the audit log is shorter than its index says: records were removed from its end; run `airlock audit verify`"
+                );
+                pos.offset = size;
+            }
+            loop {
+                let frame = read_frame(&file, pos.offset)?;
+                let Some(frame) = frame.filter(|f| Hash::of(&f.body) == f.hash) else {
+                    break;
                 };
-                let mut key = id.0.as_bytes().to_vec();
-                key.extend_from_slice(&seq);
-                session_records.insert(key, &[])?;
-                let summary = match touched.remove(&id) {
-                    Some(s) => Some(s),
-                    None => load_summary(sessions, id)?,
-                };
-                if let Some(s) = summarize(summary, &r.record, by_user, by_target)? {
-                    touched.insert(id, s);
+                let sealed = SealedRecord::open(frame.body).map_err(|e| {
+                    Error::Corrupt(format!(
+                        "audit log segment {} at byte {}: {e}",
+                        pos.segment, pos.offset
+                    ))
+                })?;
+                seq = Some(sealed.record.seq);
+                pending.push(Pending {
+                    hash: sealed.hash,
+                    record: sealed.record,
+                    at: pos,
+                    end: frame.next,
+                });
+                pos.offset = frame.next;
+                if pending.len() >= REPLAY_CHUNK {
+                    replayed += pending.len();
+                    self.index(&std::mem::take(&mut pending))?;
                 }
             }
-            for (id, s) in &touched {
-                let json = serde_json::to_vec(s).map_err(|e| {
-                    ConflictableTransactionError::Abort(Error::Corrupt(e.to_string()))
-                })?;
-                sessions.insert(id.0.as_bytes(), json)?;
+            if pos.offset < size {
+                if pos.segment != last {
+                    return Err(Error::Corrupt(format!(
+                        "audit log segment {} is damaged at byte {} (of {size}); run `airlock audit verify`",
+                        pos.segment, pos.offset
+                    )));
+                }
+                tracing::warn!(
+                    bytes = size - pos.offset,
+                    "cutting a torn end off the audit log (a write interrupted by a crash; it was never acknowledged)"
+                );
             }
-            if let Some(last) = batch.last() {
-                meta.insert(HEAD_KEY, encode_head(last.record.seq, &last.hash))?;
+            match segments.iter().find(|s| **s > pos.segment) {
+                Some(&next) => {
+                    pos = Position {
+                        segment: next,
+                        offset: 0,
+                    }
+                }
+                None => break,
             }
-            Ok(())
-        });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => Error::Sled {
-                what: "cannot index audit records".into(),
-                source: e,
-            },
-        })
+        }
+        replayed += pending.len();
+        if !pending.is_empty() {
+            self.index(&pending)?;
+        }
+        if replayed > 0 {
+            tracing::info!(records = replayed, last = ?seq, "re-indexed audit records from the log");
+        }
+        self.flush_index(pos)?;
+        Ok(pos)
     }
+
+    fn marker(&self) -> Result<Option<Position>> {
+        match std::fs::read(self.log.dir().join(MARKER)) {
+            Ok(bytes) => Ok(Position::decode(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("cannot read the audit index marker")(e)),
+        }
+    }
+
+    /// Flushes sled, then records that the index covers the log up to `pos`.
+    fn flush_index(&self, pos: Position) -> Result<()> {
+        self.db
+            .flush()
+            .map_err(db("cannot flush the audit index"))?;
+        let dir = self.log.dir();
+        let tmp = dir.join(format!("{MARKER}.tmp"));
+        std::fs::write(&tmp, pos.encode())
+            .and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(MARKER)))
+            .and_then(|()| File::open(dir).and_then(|d| d.sync_all()))
+            .map_err(io("cannot write the audit index marker"))
+    }
+
+    /// Writes a batch to the log and queues it for the index. Once this
+    /// returns the records are stored.
+    fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()> {
+        let Some(first) = batch.first().map(|r| r.record.seq) else {
+            return Ok(());
+        };
+        let mut bytes = Vec::with_capacity(batch.iter().map(|r| r.body.len() + 36).sum());
+        let offsets = crate::log::encode_frames(
+            batch.iter().map(|r| (&r.hash, r.body.as_slice())),
+            &mut bytes,
+        )?;
+        let mut journal = self.journal()?;
+        if let Some(why) = &self.queue()?.failed {
+            return Err(Error::Corrupt(format!(
+                "the audit index failed earlier ({why}); restart the gateway to re-index the log"
+            )));
+        }
+        if journal.len >= SEGMENT_BYTES {
+            let file = self.log.append_to(first)?;
+            *journal = Journal {
+                file,
+                segment: first,
+                len: 0,
+            };
+        }
+        let base = journal.len;
+        let sync = matches!(durability, Durability::Fsync);
+        if let Err(e) = crate::log::write_batch(&mut journal.file, base, &bytes, sync) {
+            return Err(Error::Io {
+                what: format!("cannot write the audit log in {}", self.dir.display()),
+                source: e,
+            });
+        }
+        journal.len = base + bytes.len() as u64;
+        let segment = journal.segment;
+        // Queued while the log is still locked, so the queue is in log order.
+        let mut q = self.queue()?;
+        let wake = q.pending.is_empty();
+        for (i, (r, offset)) in batch.iter().zip(&offsets).enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(bytes.len() as u64);
+            q.pending.push(Pending {
+                record: r.record.clone(),
+                hash: r.hash,
+                at: Position {
+                    segment,
+                    offset: base + offset,
+                },
+                end: base + end,
+            });
+        }
+        q.appended = batch.last().map_or(q.appended, |r| r.record.seq);
+        drop(q);
+        drop(journal);
+        // Only the first record of a pass wakes the indexer; it lingers for
+        // the rest.
+        if wake {
+            self.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until the index holds every record appended before the call.
+    fn caught_up(&self) -> Result<()> {
+        let mut q = self.queue()?;
+        let target = q.appended;
+        if q.indexed < target {
+            q.urgent = true;
+            self.work.notify_one();
+        }
+        loop {
+            if let Some(why) = &q.failed {
+                return Err(Error::Corrupt(format!(
+                    "the audit index failed ({why}); restart the gateway to re-index the log"
+                )));
+            }
+            if q.indexed >= target {
+                return Ok(());
+            }
+            q = self
+                .done
+                .wait(q)
+                .map_err(|_| Error::Corrupt("the index queue lock is poisoned".into()))?;
+        }
+    }
+
+    /// The indexer thread: folds queued records into sled, a pass at a time,
+    /// and flushes the index now and then.
+    fn run_indexer(&self) {
+        let mut flushed = Instant::now();
+        let mut unflushed: Option<Position> = None;
+        loop {
+            let batch = {
+                let Ok(mut q) = self.queue() else { return };
+                while q.pending.is_empty() && !q.stop {
+                    let wait = if unflushed.is_some() {
+                        FLUSH_EVERY.saturating_sub(flushed.elapsed())
+                    } else {
+                        FLUSH_EVERY
+                    };
+                    q = match self.work.wait_timeout(q, wait) {
+                        Ok((q, _)) => q,
+                        Err(_) => return,
+                    };
+                    if unflushed.is_some() && flushed.elapsed() >= FLUSH_EVERY {
+                        break;
+                    }
+                }
+                let deadline = Instant::now() + INDEX_LINGER;
+                while !q.pending.is_empty() && !q.urgent && !q.stop {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    q = match self.work.wait_timeout(q, left) {
+                        Ok((q, _)) => q,
+                        Err(_) => return,
+                    };
+                }
+                q.urgent = false;
+                if q.pending.is_empty() && q.stop {
+                    drop(q);
+                    if let Some(pos) = unflushed
+                        && let Err(e) = self.flush_index(pos)
+                    {
+                        tracing::warn!(error = %e, "cannot flush the audit index on close; it is re-indexed on the next open");
+                    }
+                    return;
+                }
+                std::mem::take(&mut q.pending)
+            };
+            if let Some(last) = batch.last() {
+                let result = self.index(&batch);
+                if let Ok(mut q) = self.queue() {
+                    match result {
+                        Ok(()) => {
+                            q.indexed = q.indexed.max(last.record.seq);
+                            unflushed = Some(Position {
+                                segment: last.at.segment,
+                                offset: last.end,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot index audit records; the log keeps them, refusing further appends");
+                            q.failed = Some(e.to_string());
+                        }
+                    }
+                }
+                self.done.notify_all();
+            }
+            if let Some(pos) = unflushed
+                && flushed.elapsed() >= FLUSH_EVERY
+            {
+                if let Err(e) = self.flush_index(pos) {
+                    tracing::warn!(error = %e, "cannot flush the audit index; it is re-indexed from an older point on the next open");
+                }
+                flushed = Instant::now();
+                unflushed = None;
+            }
+        }
+    }
+
+    /// Folds records into the index.
+    ///
+    /// Every write is idempotent, so a pass applied twice (re-indexing after
+    /// a crash) leaves the same index: spans and session entries are keyed by
+    /// sequence number and point at fixed log positions, and a session
+    /// summary remembers the last record folded into it. The chain head is
+    /// written last.
+    fn index(&self, batch: &[Pending]) -> Result<()> {
+        let mut spans = sled::Batch::default();
+        let mut span: Option<(u64, Position, u32)> = None;
+        let mut by_session: BTreeMap<SessionId, (u64, Vec<u8>)> = BTreeMap::new();
+        let mut by_user = sled::Batch::default();
+        let mut by_target = sled::Batch::default();
+        let mut touched: HashMap<SessionId, Option<StoredSummary>> = HashMap::new();
+        for p in batch {
+            let seq = p.record.seq;
+            span = match span {
+                Some((first, at, n))
+                    if at.segment == p.at.segment && first + u64::from(n) == seq =>
+                {
+                    Some((first, at, n + 1))
+                }
+                other => {
+                    if let Some((first, at, n)) = other {
+                        spans.insert(&first.to_be_bytes(), encode_span(at, n));
+                    }
+                    Some((seq, p.at, 1))
+                }
+            };
+            let Some(id) = p.record.session else {
+                continue;
+            };
+            let entry = by_session.entry(id).or_insert_with(|| (seq, Vec::new()));
+            entry.1.extend_from_slice(&seq.to_be_bytes());
+            entry.1.extend_from_slice(&p.at.encode());
+            let stored = match touched.remove(&id) {
+                Some(s) => s,
+                None => self.stored_summary(id)?,
+            };
+            let folded = match stored {
+                Some(s) if s.last_seq >= seq => Some(s),
+                stored => summarize(
+                    stored.map(|s| s.summary),
+                    &p.record,
+                    &mut by_user,
+                    &mut by_target,
+                )
+                .map(|summary| StoredSummary {
+                    summary,
+                    last_seq: seq,
+                }),
+            };
+            touched.insert(id, folded);
+        }
+        if let Some((first, at, n)) = span {
+            spans.insert(&first.to_be_bytes(), encode_span(at, n));
+        }
+        let mut session_records = sled::Batch::default();
+        for (id, (first, entries)) in by_session {
+            let mut key = id.0.as_bytes().to_vec();
+            key.extend_from_slice(&first.to_be_bytes());
+            session_records.insert(key, entries);
+        }
+        let mut sessions = sled::Batch::default();
+        for (id, s) in touched {
+            if let Some(s) = s {
+                let json = serde_json::to_vec(&s).map_err(|e| Error::Corrupt(e.to_string()))?;
+                sessions.insert(id.0.as_bytes(), json);
+            }
+        }
+        let apply = |tree: &sled::Tree, batch: sled::Batch| {
+            tree.apply_batch(batch)
+                .map_err(db("cannot index audit records"))
+        };
+        apply(&self.spans, spans)?;
+        apply(&self.session_records, session_records)?;
+        apply(&self.by_user, by_user)?;
+        apply(&self.by_target, by_target)?;
+        apply(&self.sessions, sessions)?;
+        if let Some(last) = batch.last() {
+            self.meta
+                .insert(HEAD_KEY, encode_head(last.record.seq, &last.hash))
+                .map_err(db("cannot index audit records"))?;
+        }
+        Ok(())
+    }
+
+    fn stored_summary(&self, id: SessionId) -> Result<Option<StoredSummary>> {
+        match self
+            .sessions
+            .get(id.0.as_bytes())
+            .map_err(db("cannot read a session"))?
+        {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("session {id} cannot be read: {e}"))),
+        }
+    }
+
+    /// Where record `seq` starts, from the span that holds it.
+    fn locate(&self, seq: u64) -> Result<Option<Position>> {
+        let Some(kv) = self.spans.range(..=seq.to_be_bytes()).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = kv.map_err(db("cannot read the audit index"))?;
+        let first = seq_of(&k)?;
+        let (mut at, count) = decode_span(&v).ok_or_else(|| {
+            Error::Corrupt(format!("the index entry for record {first} is damaged"))
+        })?;
+        if seq >= first + u64::from(count) {
+            return Ok(None);
+        }
+        let Some(file) = self.log.open_segment(at.segment)? else {
+            return Ok(None);
+        };
+        for _ in first..seq {
+            match skip_frame(&file, at.offset)? {
+                Some(next) => at.offset = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(at))
+    }
+
+    /// Up to `limit` records after `after`, in log order, numbered by their
+    /// place in the log (not by what they claim: that is for the verifier).
+    fn raw_records(&self, after: u64, limit: usize) -> Result<Vec<RawRecord>> {
+        let mut out = Vec::new();
+        let Some(first) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        let Some(mut pos) = self.locate(first)? else {
+            return Ok(out);
+        };
+        let Some(mut file) = self.log.open_segment(pos.segment)? else {
+            return Ok(out);
+        };
+        let mut seq = first;
+        while out.len() < limit {
+            match read_frame(&file, pos.offset)? {
+                Some(frame) => {
+                    out.push(RawRecord {
+                        seq,
+                        hash: frame.hash,
+                        body: frame.body,
+                    });
+                    seq += 1;
+                    pos.offset = frame.next;
+                }
+                None => {
+                    let Some(next) = self.log.next_segment(pos.segment)? else {
+                        break;
+                    };
+                    let Some(f) = self.log.open_segment(next)? else {
+                        break;
+                    };
+                    file = f;
+                    pos = Position {
+                        segment: next,
+                        offset: 0,
+                    };
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn session_records(&self, id: SessionId) -> Result<Vec<Record>> {
+        // Re-indexing may have written a record's entry twice: key by seq.
+        let mut places = BTreeMap::new();
+        for kv in self.session_records.scan_prefix(id.0.as_bytes()) {
+            let (_, v) = kv.map_err(db("cannot read session records"))?;
+            for entry in v.chunks(24) {
+                let seq = entry.get(..8).map(seq_of).transpose()?;
+                match (seq, entry.get(8..).and_then(Position::decode)) {
+                    (Some(seq), Some(at)) => {
+                        places.insert(seq, at);
+                    }
+                    _ => {
+                        return Err(Error::Corrupt(format!(
+                            "the index of session {id} is damaged"
+                        )));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(places.len());
+        let mut open: Option<(u64, File)> = None;
+        for (seq, at) in places {
+            let file = match open.take() {
+                Some((s, f)) if s == at.segment => f,
+                _ => self.log.open_segment(at.segment)?.ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "record {seq} of session {id} is missing; run `airlock audit verify`"
+                    ))
+                })?,
+            };
+            let frame = read_frame(&file, at.offset)?.ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "record {seq} of session {id} is missing; run `airlock audit verify`"
+                ))
+            })?;
+            let sealed = SealedRecord::open(frame.body)
+                .map_err(|e| Error::Corrupt(format!("record {seq}: {e}")))?;
+            if sealed.record.seq != seq {
+                return Err(Error::Corrupt(format!(
+                    "record {seq} of session {id} is not where the index says; run `airlock audit verify`"
+                )));
+            }
+            out.push(sealed.record);
+            open = Some((at.segment, file));
+        }
+        Ok(out)
+    }
+
+    /// Makes everything appended durable on disk and flushes the index.
+    fn flush(&self) -> Result<()> {
+        self.caught_up()?;
+        let pos = {
+            let journal = self.journal()?;
+            journal
+                .file
+                .sync_data()
+                .map_err(io("cannot sync the audit log"))?;
+            Position {
+                segment: journal.segment,
+                offset: journal.len,
+            }
+        };
+        self.flush_index(pos)
+    }
+}
+
+/// A session summary as the index keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSummary {
+    #[serde(flatten)]
+    summary: SessionSummary,
+    /// The last record folded in; records up to it are skipped on re-index.
+    #[serde(default)]
+    last_seq: u64,
+}
+
+fn encode_span(at: Position, count: u32) -> Vec<u8> {
+    let mut v = at.encode().to_vec();
+    v.extend_from_slice(&count.to_be_bytes());
+    v
+}
+
+fn decode_span(v: &[u8]) -> Option<(Position, u32)> {
+    Some((
+        Position::decode(v)?,
+        u32::from_be_bytes(v.get(16..20)?.try_into().ok()?),
+    ))
 }
 
 /// Opens sled, waiting briefly for its file lock: a store closed a moment ago
@@ -323,7 +846,9 @@ impl Inner {
 fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let mut attempts = 0;
     loop {
-        match sled::Config::new().path(path).open() {
+        // No periodic flush: the log makes records durable, and the indexer
+        // (and every approval) flushes sled explicitly.
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && attempts < 30 =>
             {
@@ -335,27 +860,14 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
     }
 }
 
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
-
-fn load_summary(sessions: &TransactionalTree, id: SessionId) -> TxResult<Option<SessionSummary>> {
-    match sessions.get(id.0.as_bytes())? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|e| ConflictableTransactionError::Abort(Error::Corrupt(e.to_string()))),
-    }
-}
-
 /// Folds one record into its session's summary.
 fn summarize(
     summary: Option<SessionSummary>,
     record: &Record,
-    by_user: &TransactionalTree,
-    by_target: &TransactionalTree,
-) -> TxResult<Option<SessionSummary>> {
-    let Some(id) = record.session else {
-        return Ok(summary);
-    };
+    by_user: &mut sled::Batch,
+    by_target: &mut sled::Batch,
+) -> Option<SessionSummary> {
+    let id = record.session?;
     match (&record.event, summary) {
         (
             Event::SessionStart {
@@ -366,9 +878,9 @@ fn summarize(
             },
             _,
         ) => {
-            by_user.insert(index_key(&identity.subject, id), &[])?;
-            by_target.insert(index_key(target, id), &[])?;
-            Ok(Some(SessionSummary {
+            by_user.insert(index_key(&identity.subject, id), &[]);
+            by_target.insert(index_key(target, id), &[]);
+            Some(SessionSummary {
                 id,
                 user: identity.subject.clone(),
                 groups: identity.groups.clone(),
@@ -380,21 +892,21 @@ fn summarize(
                 operations: 0,
                 denied: 0,
                 end_reason: None,
-            }))
+            })
         }
         (Event::Operation { decision, .. }, Some(mut s)) => {
             s.operations += 1;
             if matches!(decision, Decision::Deny { .. }) {
                 s.denied += 1;
             }
-            Ok(Some(s))
+            Some(s)
         }
         (Event::SessionEnd { reason }, Some(mut s)) => {
             s.ended = Some(record.time);
             s.end_reason = Some(reason.clone());
-            Ok(Some(s))
+            Some(s)
         }
-        (_, s) => Ok(s),
+        (_, s) => s,
     }
 }
 
@@ -414,44 +926,19 @@ fn encode_head(seq: u64, hash: &Hash) -> Vec<u8> {
 
 fn decode_head(v: &[u8]) -> Result<ChainHead> {
     let (seq, hash) = (v.get(..8), v.get(8..40));
-    match (seq, hash.and_then(Hash::from_slice)) {
-        (Some(seq), Some(hash)) => Ok(ChainHead {
-            seq: u64::from_be_bytes(
-                seq.try_into()
-                    .map_err(|_| Error::Corrupt("bad head".into()))?,
-            ),
-            hash,
-        }),
+    match (
+        seq.map(seq_of).transpose()?,
+        hash.and_then(Hash::from_slice),
+    ) {
+        (Some(seq), Some(hash)) => Ok(ChainHead { seq, hash }),
         _ => Err(Error::Corrupt("the stored chain head is damaged".into())),
     }
-}
-
-/// The frame at `pos`: (hash, body, next position), or `None` if incomplete.
-fn next_frame(bytes: &[u8], pos: usize) -> Option<(Hash, &[u8], usize)> {
-    let len = u32::from_le_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?) as usize;
-    let hash = Hash::from_slice(bytes.get(pos + 4..pos + 36)?)?;
-    let end = pos.checked_add(36)?.checked_add(len)?;
-    let body = bytes.get(pos + 36..end)?;
-    Some((hash, body, end))
 }
 
 fn seq_of(key: &[u8]) -> Result<u64> {
     key.try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| Error::Corrupt(format!("a record key has {} bytes, not 8", key.len())))
-}
-
-fn raw(key: &[u8], value: &[u8]) -> Result<RawRecord> {
-    let seq = seq_of(key)?;
-    let hash = value
-        .get(..32)
-        .and_then(Hash::from_slice)
-        .ok_or_else(|| Error::Corrupt(format!("record {seq} is shorter than its hash")))?;
-    Ok(RawRecord {
-        seq,
-        hash,
-        body: value[32..].to_vec(),
-    })
 }
 
 fn id_of(key: &[u8]) -> Option<SessionId> {
@@ -466,12 +953,19 @@ impl Store for SledStore {
         batch: &[SealedRecord],
         durability: Durability,
     ) -> airlock_core::Result<()> {
-        let batch = batch.to_vec();
-        self.blocking(move |s| s.append(&batch, durability)).await
+        match durability {
+            // One buffered write to a file: cheaper than a hop to a blocking
+            // thread, and the recorder's writer task is the only caller.
+            Durability::Os => self.inner.append(batch, durability).map_err(Into::into),
+            Durability::Fsync => {
+                let batch = batch.to_vec();
+                self.blocking(move |s| s.append(&batch, durability)).await
+            }
+        }
     }
 
     async fn head(&self) -> airlock_core::Result<Option<ChainHead>> {
-        self.blocking(|s| s.head()).await
+        self.indexed(|s| s.head()).await
     }
 
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> airlock_core::Result<()> {
@@ -488,7 +982,7 @@ impl Store for SledStore {
     }
 
     async fn checkpoints(&self) -> airlock_core::Result<Vec<Checkpoint>> {
-        self.blocking(|s| {
+        self.indexed(|s| {
             s.checkpoints
                 .iter()
                 .values()
@@ -503,57 +997,24 @@ impl Store for SledStore {
     }
 
     async fn raw_records(&self, after: u64, limit: usize) -> airlock_core::Result<Vec<RawRecord>> {
-        self.blocking(move |s| {
-            let start = after.saturating_add(1).to_be_bytes();
-            let mut out = Vec::new();
-            if after == u64::MAX {
-                return Ok(out);
-            }
-            for kv in s.records.range(start..).take(limit) {
-                let (k, v) = kv.map_err(db("cannot read audit records"))?;
-                out.push(raw(&k, &v)?);
-            }
-            Ok(out)
-        })
-        .await
+        self.indexed(move |s| s.raw_records(after, limit)).await
     }
 
     async fn sessions(&self, filter: &SessionFilter) -> airlock_core::Result<Vec<SessionSummary>> {
         let filter = filter.clone();
-        self.blocking(move |s| s.list_sessions(&filter)).await
+        self.indexed(move |s| s.list_sessions(&filter)).await
     }
 
     async fn session(&self, id: SessionId) -> airlock_core::Result<Option<SessionSummary>> {
-        self.blocking(move |s| s.summary(id)).await
+        self.indexed(move |s| s.summary(id)).await
     }
 
     async fn session_records(&self, id: SessionId) -> airlock_core::Result<Vec<Record>> {
-        self.blocking(move |s| {
-            let mut out = Vec::new();
-            for kv in s.session_records.scan_prefix(id.0.as_bytes()) {
-                let (k, _) = kv.map_err(db("cannot read session records"))?;
-                let seq = seq_of(&k[16..])?;
-                let Some(v) = s
-                    .records
-                    .get(seq.to_be_bytes())
-                    .map_err(db("cannot read a record"))?
-                else {
-                    return Err(Error::Corrupt(format!(
-                        "record {seq} of session {id} is missing; run `airlock audit verify`"
-                    )));
-                };
-                let r = raw(&seq.to_be_bytes(), &v)?;
-                let sealed = SealedRecord::open(r.body)
-                    .map_err(|e| Error::Corrupt(format!("record {seq}: {e}")))?;
-                out.push(sealed.record);
-            }
-            Ok(out)
-        })
-        .await
+        self.indexed(move |s| s.session_records(id)).await
     }
 
     async fn flush(&self) -> airlock_core::Result<()> {
-        self.blocking(|s| s.rotate()).await
+        self.blocking(|s| s.flush()).await
     }
 
     async fn put_approval(

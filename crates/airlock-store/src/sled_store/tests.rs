@@ -128,32 +128,40 @@ async fn appends_index_sessions_and_survive_reopen() {
     assert_eq!(raw[0].hash, Hash::of(&raw[0].body));
 }
 
+fn frames(records: &[SealedRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(&(r.body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&r.hash.0);
+        out.extend_from_slice(&r.body);
+    }
+    out
+}
+
+fn ops(n: usize, session: SessionId) -> Vec<(Option<SessionId>, Event)> {
+    let mut events = vec![(Some(session), start("alice", "db"))];
+    events.extend((1..n).map(|_| (Some(session), op(Decision::Allow))));
+    events
+}
+
 #[tokio::test]
-async fn journal_frames_missing_from_the_index_are_replayed_and_a_torn_tail_dropped() {
+async fn log_frames_missing_from_the_index_are_indexed_on_open_and_a_torn_tail_cut() {
     let dir = tempfile::tempdir().unwrap();
-    let batch = chain(
-        vec![
-            (None, op(Decision::Allow)),
-            (None, op(Decision::Allow)),
-            (None, op(Decision::Allow)),
-        ],
-        None,
-    );
+    let session = SessionId::new();
+    let batch = chain(ops(3, session), None);
     {
         let store = SledStore::open(dir.path()).unwrap();
         store.append(&batch[..1], Durability::Os).await.unwrap();
     }
-    // Write the next two records' frames into the journal by hand, as if the
-    // gateway died after the journal write and before indexing; then a torn
+    // Append the next two records' frames to the log by hand, as if the
+    // gateway died after the log write and before indexing; then a torn
     // half-frame, as if it died mid-write.
-    let mut frames = Vec::new();
-    for r in &batch[1..] {
-        frames.extend_from_slice(&(r.body.len() as u32).to_le_bytes());
-        frames.extend_from_slice(&r.hash.0);
-        frames.extend_from_slice(&r.body);
-    }
-    frames.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
-    std::fs::write(dir.path().join("journal"), frames).unwrap();
+    let segment = dir.path().join("log").join(format!("{:020}.log", 1));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&frames(&batch[1..]));
+    let good = bytes.len() as u64;
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&segment, bytes).unwrap();
 
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.head().await.unwrap().unwrap().seq, 3);
@@ -161,8 +169,110 @@ async fn journal_frames_missing_from_the_index_are_replayed_and_a_torn_tail_drop
     assert_eq!(raw.len(), 3);
     assert_eq!(raw[2].hash, batch[2].hash);
     assert_eq!(
-        std::fs::metadata(dir.path().join("journal")).unwrap().len(),
-        0,
-        "rotated after replay"
+        std::fs::metadata(&segment).unwrap().len(),
+        good,
+        "the torn tail is cut off"
     );
+    let summary = store.session(session).await.unwrap().unwrap();
+    assert_eq!(summary.operations, 2);
+    // The chain continues after the re-indexed records.
+    let next = chain(
+        vec![(Some(session), op(Decision::Allow))],
+        Some((3, batch[2].hash)),
+    );
+    store.append(&next, Durability::Os).await.unwrap();
+    assert_eq!(store.raw_records(0, 10).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn reindexing_the_whole_log_leaves_the_same_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = SessionId::new();
+    let batch = chain(ops(50, session), None);
+    let before = {
+        let store = SledStore::open(dir.path()).unwrap();
+        for part in batch.chunks(7) {
+            store.append(part, Durability::Os).await.unwrap();
+        }
+        store.session(session).await.unwrap().unwrap()
+    };
+    assert_eq!(before.operations, 49);
+    // Losing the marker means re-indexing every record a second time.
+    std::fs::remove_file(dir.path().join("log").join("indexed")).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.session(session).await.unwrap().unwrap(), before);
+    let records = store.session_records(session).await.unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>(),
+        "each record once"
+    );
+}
+
+#[tokio::test]
+async fn records_span_segments_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = SessionId::new();
+    // Each record is ~300 bytes; the test build rolls segments at 4 KiB.
+    let batch = chain(ops(200, session), None);
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        for part in batch.chunks(5) {
+            store.append(part, Durability::Os).await.unwrap();
+        }
+        // Read right after appending: the index has caught up first.
+        let raw = store.raw_records(0, 1000).await.unwrap();
+        assert_eq!(raw.len(), 200);
+    }
+    let segments = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(segments > 5, "only {segments} segments");
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.raw_records(after, 17).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in page {
+            assert_eq!(r.hash, batch[r.seq as usize - 1].hash);
+            seen.push(r.seq);
+        }
+    }
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>());
+    let records = store.session_records(session).await.unwrap();
+    assert_eq!(records.len(), 200);
+    assert_eq!(store.head().await.unwrap().unwrap().seq, 200);
+}
+
+#[tokio::test]
+async fn a_store_from_the_older_layout_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path().join("store")).unwrap();
+        db.open_tree("records").unwrap().insert(b"k", b"v").unwrap();
+        db.flush().unwrap();
+    }
+    let err = (0..30)
+        .find_map(|_| match SledStore::open(dir.path()) {
+            Err(e) if e.to_string().contains("acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                None
+            }
+            other => Some(other),
+        })
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("older Airlock"), "{err}");
+    // A fresh directory opens.
+    let fresh = tempfile::tempdir().unwrap();
+    SledStore::open(fresh.path()).unwrap();
 }
