@@ -131,13 +131,24 @@ impl Classified {
     }
 }
 
-/// Classifies query strings, caching the result per distinct string.
+/// Classifies query strings, caching the result per distinct string and per
+/// *shape*.
 ///
 /// One classifier is shared by all sessions of a connector: it is `Send + Sync`
-/// and the cache is a bounded LRU behind a mutex that is held only to look up
-/// or store a result, never while parsing.
+/// and the caches are bounded LRUs behind mutexes that are held only to look
+/// up or store a result, never while parsing.
+///
+/// Why a shape cache: clients that do not use bind parameters send the same
+/// statement with different literals (`... WHERE aid = 4711`), so the exact
+/// text rarely repeats. A shape is the text with the contents of every string
+/// and number literal blanked out, everything else (whitespace, comments,
+/// identifiers) kept byte for byte. Nothing the classifier reports depends on
+/// a literal's value, with one exception it therefore never shape-caches:
+/// `EXPLAIN` options such as `ANALYZE false`. `PREPARE` is not shape-cached
+/// either, since its result carries the inner statement's text.
 pub struct Classifier {
     cache: Option<Mutex<LruCache<String, Arc<[Classified]>>>>,
+    shapes: Option<Mutex<LruCache<String, Arc<[Classified]>>>>,
 }
 
 impl fmt::Debug for Classifier {
@@ -157,10 +168,13 @@ impl fmt::Debug for Classifier {
 
 impl Classifier {
     /// A classifier that remembers the results for up to `capacity` distinct
-    /// query strings (each at most [`MAX_CACHED_LEN`] bytes); 0 disables the cache.
+    /// query strings and as many shapes (each at most [`MAX_CACHED_LEN`]
+    /// bytes); 0 disables caching.
     pub fn new(capacity: usize) -> Self {
+        let lru = || NonZeroUsize::new(capacity).map(|cap| Mutex::new(LruCache::new(cap)));
         Classifier {
-            cache: NonZeroUsize::new(capacity).map(|cap| Mutex::new(LruCache::new(cap))),
+            cache: lru(),
+            shapes: lru(),
         }
     }
 
@@ -169,7 +183,10 @@ impl Classifier {
     /// nothing for it. A string that cannot be split reliably is a single
     /// opaque entry. Repeated strings return the same `Arc` from the cache.
     pub fn classify(&self, sql: &str) -> Arc<[Classified]> {
-        let Some(cache) = self.cache.as_ref().filter(|_| sql.len() <= MAX_CACHED_LEN) else {
+        let (Some(cache), Some(shapes)) = (
+            self.cache.as_ref().filter(|_| sql.len() <= MAX_CACHED_LEN),
+            self.shapes.as_ref(),
+        ) else {
             return classify_uncached(sql).into();
         };
         if let Some(hit) = cache
@@ -179,20 +196,58 @@ impl Classifier {
         {
             return Arc::clone(hit);
         }
-        let result: Arc<[Classified]> = classify_uncached(sql).into();
-        cache
+        let Ok(pieces) = lex::split(sql) else {
+            return vec![Classified::opaque(sql.trim())].into();
+        };
+        let Some(shape) = lex::shape(sql, &pieces) else {
+            // No literals (or a statement whose result depends on them): the
+            // exact text is the key.
+            let result: Arc<[Classified]> = classify_pieces(&pieces).into();
+            cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .put(sql.to_owned(), Arc::clone(&result));
+            return result;
+        };
+        let template = shapes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .put(sql.to_owned(), Arc::clone(&result));
-        result
+            .get(&shape)
+            .cloned();
+        if let Some(template) = template
+            && template.len() == pieces.len()
+        {
+            // The same statement with other literals: only the texts differ.
+            return template
+                .iter()
+                .zip(&pieces)
+                .map(|(c, piece)| {
+                    let mut c = c.clone();
+                    c.operation.text = piece.text.to_owned();
+                    c
+                })
+                .collect();
+        }
+        let result = classify_pieces(&pieces);
+        if result.iter().all(|c| c.prepare.is_none()) {
+            shapes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .put(shape, result.clone().into());
+        }
+        result.into()
     }
 }
 
 fn classify_uncached(sql: &str) -> Vec<Classified> {
     match lex::split(sql) {
-        Ok(pieces) => pieces.iter().map(classify_piece).collect(),
+        Ok(pieces) => classify_pieces(&pieces),
         Err(_) => vec![Classified::opaque(sql.trim())],
     }
+}
+
+fn classify_pieces(pieces: &[lex::Piece<'_>]) -> Vec<Classified> {
+    pieces.iter().map(classify_piece).collect()
 }
 
 fn classify_piece(piece: &lex::Piece<'_>) -> Classified {

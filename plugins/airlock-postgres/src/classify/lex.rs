@@ -111,6 +111,59 @@ pub(super) fn split(sql: &str) -> Result<Vec<Piece<'_>>, LexError> {
     Ok(pieces)
 }
 
+/// The query string with the contents of every string and number literal
+/// blanked out (`\0s`, `\0n`; a query string cannot hold a NUL byte), or
+/// `None` when it has no literal or a statement starts with `EXPLAIN`, whose
+/// options (`ANALYZE false`) are literals that change what it does.
+pub(super) fn shape(sql: &str, pieces: &[Piece<'_>]) -> Option<String> {
+    let mut literals = Vec::new();
+    for piece in pieces {
+        if piece.is_word(0, "explain") {
+            return None;
+        }
+        // Piece texts are slices of `sql`: turn token spans into spans of `sql`.
+        let base = piece.text.as_ptr() as usize - sql.as_ptr() as usize;
+        for (i, token) in piece.tokens.iter().enumerate() {
+            let literal = match token.kind {
+                TokenKind::String => Some("\0s"),
+                TokenKind::Other if is_number(piece.token_text(i)) => Some("\0n"),
+                _ => None,
+            };
+            if let Some(mark) = literal {
+                literals.push((base + token.span.start..base + token.span.end, mark));
+            }
+        }
+    }
+    if literals.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for (span, mark) in literals {
+        out.push_str(sql.get(at..span.start)?);
+        out.push_str(mark);
+        at = span.end;
+    }
+    out.push_str(sql.get(at..)?);
+    Some(out)
+}
+
+/// Whether a token is a plain numeric constant (`42`, `1.5`, `2e10`). Only
+/// these are blanked: a token like `1from` is read as `1 FROM` by some
+/// servers and parsers, so it must stay part of the shape.
+fn is_number(text: &str) -> bool {
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], Some(&text[i + 1..])),
+        None => (text, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !int.is_empty()
+        && digits(int)
+        && digits(frac)
+        && exponent.is_none_or(|e| !e.is_empty() && digits(e))
+}
+
 /// The text after the first top-level `AS` of a `PREPARE name [(types)] AS statement`.
 pub(super) fn prepare_body(piece: &Piece<'_>) -> Option<String> {
     let mut depth = 0usize;

@@ -757,12 +757,64 @@ fn the_cache_returns_the_same_arc_for_repeated_text() {
 #[test]
 fn the_cache_is_bounded_and_evicts_the_least_recently_used() {
     let classifier = Classifier::new(2);
-    let a = classifier.classify("SELECT 1");
-    let _b = classifier.classify("SELECT 2");
-    assert!(Arc::ptr_eq(&a, &classifier.classify("SELECT 1")));
-    let _c = classifier.classify("SELECT 3"); // evicts "SELECT 2"
-    assert!(Arc::ptr_eq(&a, &classifier.classify("SELECT 1")));
+    let a = classifier.classify("SELECT * FROM a");
+    let _b = classifier.classify("SELECT * FROM b");
+    assert!(Arc::ptr_eq(&a, &classifier.classify("SELECT * FROM a")));
+    let _c = classifier.classify("SELECT * FROM c"); // evicts b
+    assert!(Arc::ptr_eq(&a, &classifier.classify("SELECT * FROM a")));
     assert!(format!("{classifier:?}").contains("cached: 2"));
+}
+
+/// The shape cache must never change a result: every statement classified
+/// through a warm cache equals its classification with no cache at all.
+#[test]
+fn statements_differing_only_in_literals_share_a_shape_and_keep_their_own_text() {
+    let cached = Classifier::new(64);
+    let fresh = || Classifier::new(0);
+    let families: &[&[&str]] = &[
+        &[
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 2.5e3",
+        ],
+        &[
+            "UPDATE t SET note = 'a' WHERE id = 1; DELETE FROM u WHERE id = 2",
+            "UPDATE t SET note = 'it''s; DROP TABLE x' WHERE id = 9; DELETE FROM u WHERE id = 3",
+        ],
+        &[
+            "INSERT INTO t VALUES (1, E'\\n', $$x$$)",
+            "INSERT INTO t VALUES (2, E'y', $$;DELETE FROM t$$)",
+        ],
+        // EXPLAIN options are literals that change what runs: never shared.
+        &[
+            "EXPLAIN (ANALYZE 0) DELETE FROM t WHERE id = 1",
+            "EXPLAIN (ANALYZE 1) DELETE FROM t WHERE id = 1",
+        ],
+        // `1from` is not a number: `SELECT 1from secret` must not borrow the
+        // result of `SELECT 5 t`.
+        &["SELECT 5 t", "SELECT 1from secret", "SELECT 1 from secret"],
+        &[
+            "PREPARE p AS SELECT * FROM t WHERE id = 1",
+            "PREPARE p AS SELECT * FROM t WHERE id = 2",
+        ],
+    ];
+    for family in families {
+        for sql in *family {
+            let got = cached.classify(sql);
+            let want = fresh().classify(sql);
+            assert_eq!(*got, *want, "{sql}");
+        }
+    }
+    assert_ne!(
+        kind("EXPLAIN (ANALYZE 0) DELETE FROM t WHERE id = 1"),
+        kind("EXPLAIN (ANALYZE 1) DELETE FROM t WHERE id = 1")
+    );
+    // A shape hit does not fill the exact-text cache with one-off strings.
+    let fill = Classifier::new(4);
+    for i in 0..100 {
+        fill.classify(&format!("SELECT * FROM t WHERE id = {i}"));
+    }
+    assert!(format!("{fill:?}").contains("cached: 0"), "{fill:?}");
 }
 
 #[test]
