@@ -1,22 +1,37 @@
 //! The durable append path with group commit.
 //!
-//! All records go through one writer task. A caller hands it an event and
-//! awaits the moment the record is durable; meanwhile other sessions' records
-//! queue up, and the writer takes everything queued as one batch: one write
-//! and, with `durability = "fsync"`, one fsync for all of them (group commit).
-//! The writer chains hashes, so the chain order is the order records became
-//! durable. It also signs checkpoints.
+//! Records queue up in one FIFO. Whoever needs a record durable takes the
+//! writer lock and writes *everything* queued as one batch: one write and,
+//! with `durability = "fsync"`, one fsync for all of them (group commit).
+//! Callers that queued while a batch was being written find their record
+//! already durable when they get the lock, so under load one caller writes
+//! for many, and with a single client the caller writes its own record
+//! without handing it to another task (no wake-up on the data path).
+//!
+//! Records that nobody waits for (`record_later`: outputs, session ends) are
+//! written with the next batch, or by a background task shortly after. The
+//! writer chains hashes, so the chain order is the order records became
+//! durable, and it signs checkpoints.
+//!
+//! If a writer is cancelled mid-batch (its connection dropped), the callers
+//! in that batch are told it failed, and the next writer reloads the chain
+//! head from the store, which refuses any batch that does not continue its
+//! chain: the chain can stall a record but never fork.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::audit::{ChainHead, CheckpointSigner, Hash, Record, SealedRecord};
 use crate::config::Durability;
 use crate::store::Store;
 use crate::{Error, Event, Result, SessionId};
+
+/// How long a record nobody waits for may sit in the queue before the
+/// background task writes it (unless a waited-for record takes it along).
+const LATER_DELAY: Duration = Duration::from_millis(2);
 
 /// How the recorder writes.
 #[derive(Clone, Copy, Debug)]
@@ -42,92 +57,194 @@ impl Default for RecorderOptions {
     }
 }
 
-enum Msg {
-    Record {
-        session: Option<SessionId>,
-        // Boxed: events are large and the channel holds many messages.
-        event: Box<Event>,
-        done: Option<oneshot::Sender<Result<u64>>>,
-    },
-    Shutdown(oneshot::Sender<Result<()>>),
+struct Msg {
+    session: Option<SessionId>,
+    event: Event,
+    done: Option<oneshot::Sender<Result<u64>>>,
 }
 
-/// A handle to the writer task. Cheap to clone.
-#[derive(Clone, Debug)]
+/// A handle to the recorder. Cheap to clone.
+#[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
 }
 
-impl std::fmt::Debug for Msg {
+impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Msg")
+        f.write_str("Recorder")
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    writer: tokio::sync::Mutex<Writer>,
+    /// Wakes the background task for records nobody waits for.
+    later: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    msgs: Vec<Msg>,
+    closed: bool,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue holds plain data and no invariant spans a panic.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes one batch of what is queued; false if nothing was.
+    async fn write_some(&self, writer: &mut Writer) -> bool {
+        let msgs = {
+            let mut q = self.queue();
+            let n = q.msgs.len().min(writer.options.max_batch.max(1));
+            if n == 0 {
+                return false;
+            }
+            q.msgs.drain(..n).collect::<Vec<_>>()
+        };
+        writer.write(msgs).await;
+        true
+    }
+
+    /// Writes everything queued.
+    async fn drain(&self, writer: &mut Writer) {
+        while self.write_some(writer).await {}
     }
 }
 
 impl Recorder {
-    /// Starts the writer task, continuing the chain the store holds.
+    /// Starts the recorder, continuing the chain the store holds. The handle
+    /// is the background task that writes records nobody waits for and signs
+    /// checkpoints on a timer; it ends at [`Recorder::shutdown`].
     pub async fn start(
         store: Arc<dyn Store>,
         signer: CheckpointSigner,
         options: RecorderOptions,
     ) -> Result<(Recorder, JoinHandle<()>)> {
         let head = store.head().await?;
-        let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let writer = Writer {
             store,
             signer,
             options,
             head,
             sealed_seq: head.map_or(0, |h| h.seq),
+            stale: false,
+            orphan: None,
         };
-        let task = tokio::spawn(writer.run(rx));
-        Ok((Recorder { tx }, task))
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            writer: tokio::sync::Mutex::new(writer),
+            later: Notify::new(),
+        });
+        let task = tokio::spawn(background(shared.clone(), options.checkpoint_interval));
+        Ok((Recorder { shared }, task))
     }
 
     /// Records an event and returns its sequence number once it is durable.
     /// An error means the record is not stored: the caller must not go on
     /// with the action it describes.
     pub async fn record(&self, session: Option<SessionId>, event: Event) -> Result<u64> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Record {
+        let (done, mut wait) = oneshot::channel();
+        {
+            let mut q = self.shared.queue();
+            if q.closed {
+                return Err(Error::store("the recorder has stopped"));
+            }
+            q.msgs.push(Msg {
                 session,
-                event: Box::new(event),
+                event,
                 done: Some(done),
-            })
-            .await
-            .map_err(|_| Error::store("the recorder has stopped"))?;
-        wait.await
-            .map_err(|_| Error::store("the recorder stopped before the record was durable"))?
+            });
+        }
+        loop {
+            // Either a writer takes our record along (and answers us
+            // directly), or we get the lock first and write it ourselves.
+            let mut writer = tokio::select! {
+                biased;
+                result = &mut wait => {
+                    return result.map_err(|_| {
+                        Error::store("the recorder stopped before the record was durable")
+                    })?;
+                }
+                writer = self.shared.writer.lock() => writer,
+            };
+            match wait.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(Error::store(
+                        "the recorder stopped before the record was durable",
+                    ));
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            // One batch, then the lock goes to the next caller rather than
+            // this one writing everyone else's records indefinitely.
+            if !self.shared.write_some(&mut writer).await {
+                // Our record is not queued and not answered: a writer that
+                // took it was cancelled.
+                return Err(Error::store(
+                    "the recorder stopped before the record was durable",
+                ));
+            }
+        }
     }
 
     /// Queues an event without waiting for it to be durable (outputs and
     /// session ends, which describe what already happened). Order with other
     /// records of the same task is kept.
     pub fn record_later(&self, session: Option<SessionId>, event: Event) {
-        let msg = Msg::Record {
-            session,
-            event: Box::new(event),
-            done: None,
-        };
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
-            // The queue is full: hand it over from a task rather than drop it.
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(msg).await;
+        {
+            let mut q = self.shared.queue();
+            if q.closed {
+                tracing::warn!("an audit record arrived after the recorder stopped; dropped");
+                return;
+            }
+            q.msgs.push(Msg {
+                session,
+                event,
+                done: None,
             });
         }
+        self.shared.later.notify_one();
     }
 
-    /// Writes a final checkpoint, flushes the store to disk and stops the writer.
+    /// Writes what is queued and a final checkpoint, flushes the store to
+    /// disk and stops the recorder.
     pub async fn shutdown(&self) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Shutdown(done))
-            .await
-            .map_err(|_| Error::store("the recorder has stopped"))?;
-        wait.await
-            .map_err(|_| Error::store("the recorder stopped during shutdown"))?
+        let mut writer = self.shared.writer.lock().await;
+        self.shared.queue().closed = true;
+        self.shared.drain(&mut writer).await;
+        let result = writer.close().await;
+        self.shared.later.notify_one();
+        result
+    }
+}
+
+/// Writes records nobody waits for, shortly after they arrive, and signs a
+/// checkpoint on a timer.
+async fn background(shared: Arc<Shared>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.later.notified() => {
+                // Give a waited-for record the chance to take these along.
+                tokio::time::sleep(LATER_DELAY).await;
+                let mut writer = shared.writer.lock().await;
+                shared.drain(&mut writer).await;
+            }
+            _ = tick.tick() => {
+                let mut writer = shared.writer.lock().await;
+                if let Err(e) = writer.checkpoint().await {
+                    tracing::error!(error = %e, "cannot write an audit checkpoint");
+                }
+            }
+        }
+        if shared.queue().closed {
+            return;
+        }
     }
 }
 
@@ -137,118 +254,107 @@ struct Writer {
     options: RecorderOptions,
     head: Option<ChainHead>,
     sealed_seq: u64,
+    /// A write was cancelled or failed: reload the head before the next one.
+    stale: bool,
+    /// An fsync-mode append whose writer was cancelled, and the head it
+    /// leads to: it still completes, and the next writer waits for it.
+    orphan: Option<(JoinHandle<Result<()>>, ChainHead)>,
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut tick = tokio::time::interval(self.options.checkpoint_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(self.options.max_batch);
-        loop {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, self.options.max_batch) => {
-                    if n == 0 {
-                        let _ = self.checkpoint().await;
-                        return;
-                    }
-                    if let Some(stop) = self.write(&mut batch).await {
-                        let result = self.close().await;
-                        let _ = stop.send(result);
-                        return;
-                    }
+    /// Writes one batch and answers its waiters.
+    async fn write(&mut self, msgs: Vec<Msg>) {
+        if let Some((orphan, head)) = self.orphan.take()
+            && let Ok(Ok(())) = orphan.await
+        {
+            self.head = Some(head);
+            self.stale = false;
+        }
+        if self.stale {
+            match self.store.head().await {
+                Ok(head) => {
+                    self.head = head;
+                    self.stale = false;
                 }
-                _ = tick.tick() => {
-                    if let Err(e) = self.checkpoint().await {
-                        tracing::error!(error = %e, "cannot write an audit checkpoint");
+                Err(e) => {
+                    let reason = store_reason(&e);
+                    for msg in msgs {
+                        if let Some(done) = msg.done {
+                            let _ = done.send(Err(Error::Store(reason.clone())));
+                        }
                     }
+                    return;
                 }
             }
         }
-    }
-
-    /// Writes one batch; returns the shutdown reply channel if one was queued.
-    async fn write(&mut self, msgs: &mut Vec<Msg>) -> Option<oneshot::Sender<Result<()>>> {
         let mut sealed = Vec::with_capacity(msgs.len());
         let mut waiters = Vec::with_capacity(msgs.len());
-        let mut shutdown = None;
         let mut head = self.head;
-        for msg in msgs.drain(..) {
-            match msg {
-                Msg::Record {
-                    session,
-                    event,
-                    done,
-                } => {
-                    let seq = head.map_or(1, |h| h.seq + 1);
-                    let prev = head.map_or(Hash::GENESIS, |h| h.hash);
-                    let record = Record {
-                        seq,
-                        time: crate::now(),
-                        session,
-                        event: *event,
-                        prev,
-                    };
-                    match SealedRecord::seal(record) {
-                        Ok(s) => {
-                            head = Some(ChainHead { seq, hash: s.hash });
-                            sealed.push(s);
-                            waiters.push((seq, done));
-                        }
-                        Err(e) => {
-                            if let Some(done) = done {
-                                let _ = done.send(Err(e));
-                            }
-                        }
+        for msg in msgs {
+            let seq = head.map_or(1, |h| h.seq + 1);
+            let prev = head.map_or(Hash::GENESIS, |h| h.hash);
+            let record = Record {
+                seq,
+                time: crate::now(),
+                session: msg.session,
+                event: msg.event,
+                prev,
+            };
+            match SealedRecord::seal(record) {
+                Ok(s) => {
+                    head = Some(ChainHead { seq, hash: s.hash });
+                    sealed.push(s);
+                    waiters.push((seq, msg.done));
+                }
+                Err(e) => {
+                    if let Some(done) = msg.done {
+                        let _ = done.send(Err(e));
                     }
                 }
-                Msg::Shutdown(reply) => shutdown = Some(reply),
             }
         }
         if sealed.is_empty() {
-            return shutdown;
+            return;
         }
-        match self.store.append(&sealed, self.options.durability).await {
-            Ok(()) => {
-                self.head = head;
-                crate::telemetry::METRICS
-                    .batches
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                for record in &sealed {
-                    crate::telemetry::count(&record.record.event);
-                }
-                for (seq, done) in waiters {
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(seq));
-                    }
-                }
-                let due = self
-                    .head
-                    .is_some_and(|h| h.seq - self.sealed_seq >= self.options.checkpoint_every);
-                if due && let Err(e) = self.checkpoint().await {
-                    tracing::error!(error = %e, "cannot write an audit checkpoint");
-                }
+        // Until the outcome is known: if this future is dropped mid-append,
+        // the next writer must learn where the chain ends.
+        self.stale = true;
+        let durability = self.options.durability;
+        let committed = match (durability, head) {
+            // An fsync takes milliseconds, so handing it to a task costs
+            // nothing, and the task finishes (and answers every waiter) even
+            // if this writer is dropped.
+            (Durability::Fsync, Some(new_head)) => {
+                let store = self.store.clone();
+                let task = tokio::spawn(async move {
+                    commit(store.as_ref(), &sealed, waiters, Durability::Fsync).await
+                });
+                let (task, _) = self.orphan.insert((task, new_head));
+                let result = task
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(format!("audit append task: {e}"))));
+                self.orphan = None;
+                result
             }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::error!(error = %message, records = sealed.len(), "audit store append failed; refusing the actions");
-                crate::telemetry::METRICS
-                    .append_failures
-                    .fetch_add(sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                for (_, done) in waiters {
-                    if let Some(done) = done {
-                        let _ = done.send(Err(Error::Store(store_reason(&e))));
-                    }
-                }
+            (durability, _) => commit(self.store.as_ref(), &sealed, waiters, durability).await,
+        };
+        if committed.is_ok() {
+            self.stale = false;
+            self.head = head;
+            let due = self
+                .head
+                .is_some_and(|h| h.seq - self.sealed_seq >= self.options.checkpoint_every);
+            if due && let Err(e) = self.checkpoint().await {
+                tracing::error!(error = %e, "cannot write an audit checkpoint");
             }
         }
-        shutdown
     }
 
     async fn checkpoint(&mut self) -> Result<()> {
         let Some(head) = self.head else {
             return Ok(());
         };
-        if head.seq == self.sealed_seq {
+        if head.seq == self.sealed_seq || self.stale {
             return Ok(());
         }
         let cp = self.signer.sign(head);
@@ -260,6 +366,46 @@ impl Writer {
     async fn close(&mut self) -> Result<()> {
         self.checkpoint().await?;
         self.store.flush().await
+    }
+}
+
+/// Appends a sealed batch and answers its waiters: the sequence number
+/// once durable, or the reason it is not.
+async fn commit(
+    store: &dyn Store,
+    sealed: &[SealedRecord],
+    waiters: Vec<(u64, Option<oneshot::Sender<Result<u64>>>)>,
+    durability: Durability,
+) -> Result<()> {
+    match store.append(sealed, durability).await {
+        Ok(()) => {
+            crate::telemetry::METRICS
+                .batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for record in sealed {
+                crate::telemetry::count(&record.record.event);
+            }
+            for (seq, done) in waiters {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(seq));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(error = %message, records = sealed.len(), "audit store append failed; refusing the actions");
+            crate::telemetry::METRICS
+                .append_failures
+                .fetch_add(sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let reason = store_reason(&e);
+            for (_, done) in waiters {
+                if let Some(done) = done {
+                    let _ = done.send(Err(Error::Store(reason.clone())));
+                }
+            }
+            Err(e)
+        }
     }
 }
 

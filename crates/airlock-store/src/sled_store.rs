@@ -103,11 +103,12 @@ struct Journal {
 }
 
 /// Records in the log and not yet in the index.
-#[derive(Default)]
 struct Queue {
     pending: Vec<Pending>,
     /// The last sequence number written to the log.
     appended: u64,
+    /// Its hash: the next batch must link to it.
+    appended_hash: Hash,
     /// The last sequence number in the index.
     indexed: u64,
     /// A reader is waiting: index now instead of lingering.
@@ -186,7 +187,15 @@ impl SledStore {
                 segment,
                 len: 0,
             }),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                pending: Vec::new(),
+                appended: 0,
+                appended_hash: Hash::GENESIS,
+                indexed: 0,
+                urgent: false,
+                failed: None,
+                stop: false,
+            }),
             work: Condvar::new(),
             done: Condvar::new(),
             log,
@@ -206,11 +215,12 @@ impl SledStore {
                 .set_len(len)
                 .map_err(io("cannot cut the torn end of the audit log"))?;
         }
-        let seq = inner.head()?.map_or(0, |h| h.seq);
+        let head = inner.head()?;
         {
             let mut q = inner.queue()?;
-            q.appended = seq;
-            q.indexed = seq;
+            q.appended = head.map_or(0, |h| h.seq);
+            q.appended_hash = head.map_or(Hash::GENESIS, |h| h.hash);
+            q.indexed = q.appended;
         }
         let inner = Arc::new(inner);
         let thread = std::thread::Builder::new()
@@ -427,19 +437,32 @@ impl Inner {
     /// Writes a batch to the log and queues it for the index. Once this
     /// returns the records are stored.
     fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()> {
-        let Some(first) = batch.first().map(|r| r.record.seq) else {
+        let Some(first) = batch.first().map(|r| &r.record) else {
             return Ok(());
         };
+        let prev = first.prev;
+        let first = first.seq;
         let mut bytes = Vec::with_capacity(batch.iter().map(|r| r.body.len() + 36).sum());
         let offsets = crate::log::encode_frames(
             batch.iter().map(|r| (&r.hash, r.body.as_slice())),
             &mut bytes,
         )?;
         let mut journal = self.journal()?;
-        if let Some(why) = &self.queue()?.failed {
-            return Err(Error::Corrupt(format!(
-                "the audit index failed earlier ({why}); restart the gateway to re-index the log"
-            )));
+        {
+            let q = self.queue()?;
+            if let Some(why) = &q.failed {
+                return Err(Error::Corrupt(format!(
+                    "the audit index failed earlier ({why}); restart the gateway to re-index the log"
+                )));
+            }
+            // The chain must never fork: a writer with a stale head (one
+            // that was cancelled mid-append) is refused, not appended.
+            if first != q.appended + 1 || prev != q.appended_hash {
+                return Err(Error::Corrupt(format!(
+                    "refused an audit batch starting at record {first}: the chain ends at record {}",
+                    q.appended
+                )));
+            }
         }
         if journal.len >= SEGMENT_BYTES {
             let file = self.log.append_to(first)?;
@@ -474,7 +497,10 @@ impl Inner {
                 end: base + end,
             });
         }
-        q.appended = batch.last().map_or(q.appended, |r| r.record.seq);
+        if let Some(last) = batch.last() {
+            q.appended = last.record.seq;
+            q.appended_hash = last.hash;
+        }
         drop(q);
         drop(journal);
         // Only the first record of a pass wakes the indexer; it lingers for
@@ -965,7 +991,12 @@ impl Store for SledStore {
     }
 
     async fn head(&self) -> airlock_core::Result<Option<ChainHead>> {
-        self.indexed(|s| s.head()).await
+        // The last record in the log, indexed or not.
+        let q = self.inner.queue()?;
+        Ok((q.appended > 0).then_some(ChainHead {
+            seq: q.appended,
+            hash: q.appended_hash,
+        }))
     }
 
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> airlock_core::Result<()> {
