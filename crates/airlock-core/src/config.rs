@@ -75,6 +75,10 @@ pub struct GatewayConfig {
     /// The URL people use to reach the API (approval links point here).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Connection worker threads; 0 (the default) means one per CPU. Each
+    /// connection stays on the worker that accepted it.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +89,7 @@ impl Default for GatewayConfig {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval_secs: default_checkpoint_interval(),
             public_url: None,
+            workers: 0,
         }
     }
 }

@@ -85,6 +85,11 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     msgs: Vec<Msg>,
+    /// The background task has been told about queued records nobody waits
+    /// for; it is not told again until the queue has been emptied.
+    later_notified: bool,
+    /// Counts batches taken from the queue.
+    taken: u64,
     closed: bool,
 }
 
@@ -102,7 +107,12 @@ impl Shared {
             if n == 0 {
                 return false;
             }
-            q.msgs.drain(..n).collect::<Vec<_>>()
+            let msgs = q.msgs.drain(..n).collect::<Vec<_>>();
+            q.taken += 1;
+            if q.msgs.is_empty() {
+                q.later_notified = false;
+            }
+            msgs
         };
         writer.write(msgs).await;
         true
@@ -195,7 +205,7 @@ impl Recorder {
     /// session ends, which describe what already happened). Order with other
     /// records of the same task is kept.
     pub fn record_later(&self, session: Option<SessionId>, event: Event) {
-        {
+        let wake = {
             let mut q = self.shared.queue();
             if q.closed {
                 tracing::warn!("an audit record arrived after the recorder stopped; dropped");
@@ -206,8 +216,13 @@ impl Recorder {
                 event,
                 done: None,
             });
+            !std::mem::replace(&mut q.later_notified, true)
+        };
+        // One wake-up per queue-full, not per record: most of these records
+        // leave with the next waited-for batch anyway.
+        if wake {
+            self.shared.later.notify_one();
         }
-        self.shared.later.notify_one();
     }
 
     /// Writes what is queued and a final checkpoint, flushes the store to
@@ -230,10 +245,23 @@ async fn background(shared: Arc<Shared>, interval: Duration) {
     loop {
         tokio::select! {
             () = shared.later.notified() => {
-                // Give a waited-for record the chance to take these along.
-                tokio::time::sleep(LATER_DELAY).await;
-                let mut writer = shared.writer.lock().await;
-                shared.drain(&mut writer).await;
+                // Give a waited-for record the chance to take these along;
+                // if one did, records queued since woke us again themselves.
+                loop {
+                    let taken = {
+                        let q = shared.queue();
+                        if q.msgs.is_empty() {
+                            break;
+                        }
+                        q.taken
+                    };
+                    tokio::time::sleep(LATER_DELAY).await;
+                    if shared.queue().taken == taken {
+                        let mut writer = shared.writer.lock().await;
+                        shared.drain(&mut writer).await;
+                        break;
+                    }
+                }
             }
             _ = tick.tick() => {
                 let mut writer = shared.writer.lock().await;

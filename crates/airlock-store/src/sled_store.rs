@@ -45,7 +45,8 @@ const SEGMENT_BYTES: u64 = if cfg!(test) { 4096 } else { 64 << 20 };
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
 /// How long the indexer lets records gather before a pass, unless a reader
 /// is waiting.
-const INDEX_LINGER: Duration = Duration::from_millis(20);
+/// Each pass costs sled a log write or more, whatever its size.
+const INDEX_LINGER: Duration = Duration::from_millis(250);
 /// At most this many records per index pass while re-indexing on open.
 const REPLAY_CHUNK: usize = 16 * 1024;
 

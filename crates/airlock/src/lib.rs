@@ -6,6 +6,7 @@
 //! end-to-end tests start gateways through it too.
 
 pub mod client;
+mod workers;
 #[cfg(feature = "demo")]
 pub mod demo;
 
@@ -17,12 +18,11 @@ use airlock_core::approvals::webhook::WebhookNotifier;
 use airlock_core::approvals::{Approvals, Notifier};
 use airlock_core::audit::CheckpointSigner;
 use airlock_core::config::{Config, Source};
-use airlock_core::connector::BoundListener;
 use airlock_core::identity::Verifier;
 use airlock_core::mask::MaskEngine;
 use airlock_core::policy::Policy;
 use airlock_core::recorder::{Recorder, RecorderOptions};
-use airlock_core::{ClientInfo, Gateway, GatewayParts, Registry};
+use airlock_core::{Gateway, GatewayParts, Registry};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -98,7 +98,8 @@ pub struct Runtime {
     pub api: Option<std::net::SocketAddr>,
     recorder: Recorder,
     tasks: JoinSet<()>,
-    connections: Connections,
+    workers: workers::Workers,
+    connections: workers::Connections,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -186,25 +187,13 @@ impl Runtime {
             approvals,
         });
         let mut tasks = JoinSet::new();
-        let connections = Connections::default();
-        let mut addresses = Vec::new();
-        for listener in built.listeners {
-            let socket = TcpListener::bind(listener.listen).await.with_context(|| {
-                format!(
-                    "listener {:?}: cannot listen on {}",
-                    listener.name, listener.listen
-                )
-            })?;
-            let addr = socket.local_addr()?;
-            tracing::info!(listener = %listener.name, protocol = listener.protocol, %addr, "listening");
-            addresses.push((listener.name.clone(), addr));
-            tasks.spawn(accept_loop(
-                socket,
-                listener,
-                gateway.clone(),
-                connections.clone(),
-            ));
-        }
+        let connections = workers::Connections::default();
+        let (workers, addresses) = workers::Workers::start(
+            built.listeners,
+            config.gateway.workers,
+            &gateway,
+            &connections,
+        )?;
         let api = match (api_socket, &config.api) {
             (Some(socket), Some(api)) => {
                 let addr = socket.local_addr()?;
@@ -235,6 +224,7 @@ impl Runtime {
             api,
             recorder,
             tasks,
+            workers,
             connections,
             writer,
         })
@@ -250,10 +240,12 @@ impl Runtime {
 
     /// Stops accepting, seals the audit chain with a checkpoint and flushes the store.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.workers.stop_accepting();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         // Sessions end (and record their end) before the recorder stops.
         self.connections.close().await;
+        self.workers.join().await;
         self.recorder.shutdown().await?;
         let _ = self.writer.await;
         Ok(())
@@ -269,79 +261,3 @@ pub fn public_url(config: &Config) -> String {
     }
 }
 
-/// The live client connections, so shutdown can end them.
-#[derive(Clone, Debug)]
-struct Connections {
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for Connections {
-    fn default() -> Self {
-        Connections {
-            stop: tokio::sync::watch::channel(false).0,
-        }
-    }
-}
-
-impl Connections {
-    /// Runs `serve` until it ends or shutdown begins.
-    async fn run<F: std::future::Future<Output = ()>>(&self, serve: F) {
-        let mut stop = self.stop.subscribe();
-        tokio::select! {
-            _ = serve => {}
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    }
-
-    /// Ends every connection and waits (at most 5 s) until they are gone.
-    async fn close(&self) {
-        let _ = self.stop.send(true);
-        for _ in 0..500 {
-            if self.stop.receiver_count() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tracing::warn!(
-            connections = self.stop.receiver_count(),
-            "connections still open at shutdown"
-        );
-    }
-}
-
-async fn accept_loop(
-    socket: TcpListener,
-    listener: BoundListener,
-    gateway: Gateway,
-    connections: Connections,
-) {
-    loop {
-        let (stream, addr) = match socket.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %listener.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let connector = listener.connector.clone();
-        let info = ClientInfo {
-            addr,
-            listener: listener.name.clone(),
-        };
-        let gateway = gateway.clone();
-        let name = listener.name.clone();
-        let connections = connections.clone();
-        tokio::spawn(async move {
-            connections
-                .run(async move {
-                    if let Err(e) = connector.serve(Box::new(stream), info, gateway).await {
-                        tracing::info!(listener = %name, client = %addr, side = ?e.side(), error = %e, "connection ended with an error");
-                    }
-                })
-                .await;
-        });
-    }
-}
