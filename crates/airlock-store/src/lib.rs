@@ -3,9 +3,10 @@
 //! Implementations of [`airlock_core::store::Store`], where the gateway keeps
 //! its audit chain and the session index derived from it.
 //!
-//! [`SledStore`] is the embedded default: a write-ahead journal that makes
-//! every record durable before the gateway forwards the action it describes,
-//! plus a sled database that indexes the chain for search and replay.
+//! [`SledStore`] is the embedded default: an append-only log that makes every
+//! record durable before the gateway forwards the action it describes, plus a
+//! sled database, built from the log behind the acknowledgement, that indexes
+//! the chain for search and replay.
 //!
 //! ```no_run
 //! # async fn demo() -> airlock_core::Result<()> {

@@ -6,9 +6,9 @@
 //! end-to-end tests start gateways through it too.
 
 pub mod client;
-mod workers;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -260,4 +260,3 @@ pub fn public_url(config: &Config) -> String {
         (None, None) => "http://127.0.0.1:8080".to_string(),
     }
 }
-

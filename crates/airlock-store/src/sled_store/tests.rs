@@ -291,10 +291,7 @@ async fn a_batch_that_does_not_continue_the_chain_is_refused() {
     assert!(err.to_string().contains("chain ends at record 2"), "{err}");
     assert!(store.append(&batch[3..], Durability::Os).await.is_err());
     // A forged successor of record 2 with the wrong back-link is refused too.
-    let forged = chain(
-        vec![(None, op(Decision::Allow))],
-        Some((2, Hash::GENESIS)),
-    );
+    let forged = chain(vec![(None, op(Decision::Allow))], Some((2, Hash::GENESIS)));
     assert!(store.append(&forged, Durability::Os).await.is_err());
     // The rightful continuation is accepted.
     store.append(&batch[2..], Durability::Os).await.unwrap();
@@ -364,7 +361,11 @@ async fn concurrent_and_cancelled_writers_keep_one_clean_chain() {
         .map(|r| r.seq)
         .collect();
     let waited = (0..400).filter(|i| i % 7 != 0).count();
-    assert!(acknowledged.len() >= waited, "{} < {waited}", acknowledged.len());
+    assert!(
+        acknowledged.len() >= waited,
+        "{} < {waited}",
+        acknowledged.len()
+    );
     for seq in &acknowledged {
         assert!(stored.contains(seq), "acknowledged record {seq} is missing");
     }
