@@ -233,3 +233,75 @@ impl Tap {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A raw protocol client, for malformed input and exact message sequences.
+pub struct Raw {
+    stream: tokio::net::TcpStream,
+}
+
+impl Raw {
+    /// Logs in with `token` (protocol 3.`minor`); returns every message up to
+    /// the first ReadyForQuery or error.
+    pub async fn login(
+        addr: std::net::SocketAddr,
+        token: &str,
+        minor: u16,
+        extra: &[(&str, &str)],
+    ) -> (Raw, Vec<(u8, Vec<u8>)>) {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&3u16.to_be_bytes());
+        body.extend_from_slice(&minor.to_be_bytes());
+        for (k, v) in [("user", "raw"), ("database", "app")].iter().chain(extra) {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).await.unwrap();
+        let mut raw = Raw { stream };
+        let mut seen = Vec::new();
+        loop {
+            let (tag, body) = raw.read().await.unwrap();
+            seen.push((tag, body.clone()));
+            if tag == b'R' && body == [0, 0, 0, 3] {
+                let mut pw = token.as_bytes().to_vec();
+                pw.push(0);
+                raw.send(b'p', &pw).await;
+            }
+            if tag == b'Z' || tag == b'E' {
+                return (raw, seen);
+            }
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, tag: u8, body: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.stream.write_all(&m).await.unwrap();
+    }
+
+    /// Reads one message (`None` on EOF or after 10 s).
+    pub async fn read(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 5];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.stream.read_exact(&mut head),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.stream.read_exact(&mut body).await.ok()?;
+        Some((head[0], body))
+    }
+}

@@ -7,6 +7,7 @@
 use airlock_tests::postgres::{
     PgGateway, Tap, TestPostgres, conninfo, contains, pg_config, psql_stdin,
 };
+use airlock_tests::postgres::Raw as Wire;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{FromSql, Type};
 
@@ -228,4 +229,65 @@ DO $$ BEGIN RAISE EXCEPTION 'e: %', (SELECT secret FROM creds); END $$;
     );
     // The statements did run on the server (they were not simply refused).
     assert!(pg.log().contains("SELECT set_config('application_name'"));
+}
+
+/// The gateway remembers a prepared statement's result columns so that each
+/// Execute does not need a hidden Describe. A statement name parsed again
+/// with other columns must not borrow the old ones: here the unnamed
+/// statement first returns a column `other` (not masked), then a column
+/// `ssn` (masked by its field rule, and not by any detector); and a named
+/// statement executed many times is masked every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_columns_never_outlive_their_statement() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+
+    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
+    // Parse (no parameter types), Bind (no parameters, text results), Execute.
+    let run = |statement: &str, sql: Option<&str>| {
+        let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
+        if let Some(sql) = sql {
+            msgs.push((b'P', [cstr(statement), cstr(sql), vec![0, 0]].concat()));
+        }
+        msgs.push((b'B', [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat()));
+        msgs.push((b'E', [cstr(""), vec![0, 0, 0, 0]].concat()));
+        msgs.push((b'S', Vec::new()));
+        msgs
+    };
+    async fn exchange(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<String> {
+        for (tag, body) in msgs {
+            raw.send(tag, &body).await;
+        }
+        let mut values = Vec::new();
+        loop {
+            let (tag, body) = raw.read().await.expect("an answer");
+            match tag {
+                b'D' => {
+                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+                    values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+                }
+                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+                b'Z' => return values,
+                _ => {}
+            }
+        }
+    }
+
+    for _ in 0..3 {
+        let plain = exchange(&mut raw, run("", Some("SELECT 'plain-value-7' AS other"))).await;
+        assert_eq!(plain, vec!["plain-value-7"]);
+        let masked = exchange(&mut raw, run("", Some("SELECT 'plain-value-7' AS ssn"))).await;
+        assert_eq!(masked.len(), 1);
+        assert_ne!(masked[0], "plain-value-7", "the ssn column was not masked");
+    }
+
+    // A named statement, executed again and again without Describe.
+    let first = exchange(&mut raw, run("named", Some("SELECT ssn, id FROM customers"))).await;
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].contains("6789"), "{first:?}");
+    for _ in 0..5 {
+        let again = exchange(&mut raw, run("named", None)).await;
+        assert_eq!(again, first, "masked the same way on every execution");
+    }
 }

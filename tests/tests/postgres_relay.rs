@@ -2,7 +2,7 @@
 //! gateway to a real server, with the client's token as its password.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
-use airlock_tests::postgres::{PgGateway, TestPostgres, conninfo, pg_config, psql};
+use airlock_tests::postgres::{PgGateway, Raw, TestPostgres, conninfo, pg_config, psql};
 
 async fn setup(listener: &str, extra: &str) -> (tempfile::TempDir, TestPostgres, PgGateway) {
     let dir = tempfile::tempdir().unwrap();
@@ -136,74 +136,6 @@ async fn pgbench_initializes_and_runs_in_simple_and_prepared_mode() {
             .unwrap(),
         "60"
     );
-}
-
-/// A raw protocol client for malformed input.
-struct Raw {
-    stream: tokio::net::TcpStream,
-}
-
-impl Raw {
-    async fn login(
-        addr: std::net::SocketAddr,
-        token: &str,
-        minor: u16,
-        extra: &[(&str, &str)],
-    ) -> (Raw, Vec<(u8, Vec<u8>)>) {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut body = Vec::new();
-        body.extend_from_slice(&3u16.to_be_bytes());
-        body.extend_from_slice(&minor.to_be_bytes());
-        for (k, v) in [("user", "raw"), ("database", "app")].iter().chain(extra) {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
-        stream.write_all(&packet).await.unwrap();
-        let mut raw = Raw { stream };
-        let mut seen = Vec::new();
-        loop {
-            let (tag, body) = raw.read().await.unwrap();
-            seen.push((tag, body.clone()));
-            if tag == b'R' && body == [0, 0, 0, 3] {
-                let mut pw = token.as_bytes().to_vec();
-                pw.push(0);
-                raw.send(b'p', &pw).await;
-            }
-            if tag == b'Z' || tag == b'E' {
-                return (raw, seen);
-            }
-        }
-    }
-
-    async fn send(&mut self, tag: u8, body: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        self.stream.write_all(&m).await.unwrap();
-    }
-
-    async fn read(&mut self) -> Option<(u8, Vec<u8>)> {
-        use tokio::io::AsyncReadExt;
-        let mut head = [0u8; 5];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            self.stream.read_exact(&mut head),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        self.stream.read_exact(&mut body).await.ok()?;
-        Some((head[0], body))
-    }
 }
 
 fn sqlstate(body: &[u8]) -> String {

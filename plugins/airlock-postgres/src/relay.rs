@@ -64,6 +64,7 @@ pub(crate) struct Wires {
 pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let param_types = Arc::new(Mutex::new(HashMap::new()));
+    let columns: ColumnsCache = Arc::new(Mutex::new(HashMap::new()));
     let mut client = ClientHalf {
         cx,
         reader: wires.client_read,
@@ -74,6 +75,8 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         statements: HashMap::new(),
         portals: HashMap::new(),
         param_types: param_types.clone(),
+        columns: columns.clone(),
+        generation: 0,
         copy: Vec::new(),
         copy_bytes: 0,
     };
@@ -87,6 +90,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         skipping: false,
         portals: HashMap::new(),
         param_types,
+        columns,
     };
     tokio::select! {
         r = client.run() => r,
@@ -108,6 +112,9 @@ enum Pending {
     DescribePortal {
         name: Bytes,
         hidden: bool,
+        /// Where the answer is remembered for later portals of the same
+        /// statement and result formats.
+        key: Option<ColumnsKey>,
     },
     Execute {
         portal: Bytes,
@@ -128,6 +135,8 @@ enum Pending {
 /// Messages from the client half to the server half.
 enum Action {
     Expect(Pending),
+    /// A portal's columns, known from an earlier portal of its statement.
+    Columns(Bytes, Option<Arc<Vec<Column>>>),
     /// A notice for the client now (approval waits).
     Notice(Bytes),
     /// A fatal error for the client; the session ends once it is written.
@@ -182,11 +191,41 @@ struct Statement {
     text: String,
     /// Parameter types given in Parse.
     types: Vec<u32>,
+    /// Unique per Parse in this session: a statement name may be parsed
+    /// again with other text, and its columns must not be taken for the
+    /// new statement's.
+    generation: u64,
+}
+
+/// A statement (by Parse generation) and the result formats of a Bind.
+type ColumnsKey = (u64, Vec<i16>);
+
+/// Result columns learned from the server, per statement and result formats
+/// (`None`: no rows), so every Execute of a prepared statement does not need
+/// a hidden Describe. Filled by the server half, read by the client half.
+type ColumnsCache = Arc<Mutex<HashMap<ColumnsKey, Option<Arc<Vec<Column>>>>>>;
+
+/// Beyond this many entries the cache starts over (entries of statements
+/// parsed again are dropped as they go, but a pipelined re-Parse can race
+/// the answer that fills them).
+const COLUMNS_CACHE_MAX: usize = 1024;
+
+/// Remembers a statement's columns for its later portals.
+fn remember(cache: &ColumnsCache, key: Option<ColumnsKey>, columns: Option<Arc<Vec<Column>>>) {
+    let (Some(key), Ok(mut cache)) = (key, cache.lock()) else {
+        return;
+    };
+    if cache.len() >= COLUMNS_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(key, columns);
 }
 
 /// A portal made with Bind.
 struct Portal {
     statement: Bytes,
+    /// The cache key of its columns, when its statement was parsed here.
+    key: Option<ColumnsKey>,
     /// The parameters, rendered and masked, for records.
     params: String,
     /// Whether the client described it (so the server half learns its columns).
@@ -208,6 +247,9 @@ struct ClientHalf<'a> {
     portals: HashMap<Bytes, Portal>,
     /// Parameter types the server described, by statement name.
     param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
+    columns: ColumnsCache,
+    /// The last Parse's generation.
+    generation: u64,
     /// CopyData held until its record is durable.
     copy: Vec<Frame>,
     copy_bytes: usize,
@@ -383,13 +425,18 @@ impl ClientHalf<'_> {
                     self.prepared
                         .insert(String::from_utf8_lossy(&name).into_owned(), op);
                 }
-                self.statements.insert(
+                self.generation += 1;
+                let old = self.statements.insert(
                     name,
                     Statement {
                         text,
                         types: parse.type_oids,
+                        generation: self.generation,
                     },
                 );
+                if let Some(old) = old {
+                    self.forget_columns(old.generation);
+                }
                 self.forward(&frame, Some(Pending::Parse)).await
             }
             Verdict::Refuse(error) => {
@@ -427,10 +474,15 @@ impl ClientHalf<'_> {
         if !counts.is_empty() {
             self.cx.session.record_later(Event::Masked { counts });
         }
+        let key = self
+            .statements
+            .get(&statement)
+            .map(|s| (s.generation, bind.result_column_format_codes.clone()));
         self.portals.insert(
             portal,
             Portal {
                 statement,
+                key,
                 params,
                 described: false,
             },
@@ -443,12 +495,14 @@ impl ClientHalf<'_> {
         let kind = frame.body()[0];
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'P' {
-            if let Some(p) = self.portals.get_mut(&name) {
+            let key = self.portals.get_mut(&name).and_then(|p| {
                 p.described = true;
-            }
+                p.key.clone()
+            });
             Pending::DescribePortal {
                 name,
                 hidden: false,
+                key,
             }
         } else {
             Pending::DescribeStatement(name)
@@ -459,7 +513,7 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
-        let (what, params, described) = match self.portals.get(&portal) {
+        let (what, params, described, key) = match self.portals.get(&portal) {
             Some(p) => (
                 match self.statements.get(&p.statement) {
                     Some(s) => s.text.clone(),
@@ -467,11 +521,13 @@ impl ClientHalf<'_> {
                 },
                 p.params.clone(),
                 p.described,
+                p.key.clone(),
             ),
             None => (
                 format!("portal {:?}", String::from_utf8_lossy(&portal)),
                 String::new(),
                 false,
+                None,
             ),
         };
         let data = if params.is_empty() {
@@ -480,13 +536,28 @@ impl ClientHalf<'_> {
             format!("execute: {what}\nparameters: {params}")
         };
         // The execution is what acts on the target: its record (with the
-        // parameters) is durable before the Execute leaves.
-        self.flush_server().await?;
+        // parameters) is durable before the Execute leaves. (The Parse and
+        // Bind before it may wait in the buffer: neither acts.)
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             self.refuse(store_error(&e), true);
             return Ok(());
         }
-        if !described {
+        let known = match (&key, described) {
+            (Some(key), false) => self
+                .columns
+                .lock()
+                .ok()
+                .and_then(|cache| cache.get(key).cloned()),
+            _ => None,
+        };
+        if let Some(columns) = known {
+            // An earlier portal of the same statement and formats: the server
+            // half takes the columns from here instead of a hidden Describe.
+            let _ = self.tx.send(Action::Columns(portal.clone(), columns));
+            if let Some(p) = self.portals.get_mut(&portal) {
+                p.described = true;
+            }
+        } else if !described {
             // Learn the portal's columns (names, types, formats) so that its
             // rows can be masked even when the client never describes it.
             let mut body = Vec::with_capacity(portal.len() + 2);
@@ -496,6 +567,7 @@ impl ClientHalf<'_> {
             self.expect(Pending::DescribePortal {
                 name: portal.clone(),
                 hidden: true,
+                key,
             });
             self.write_server(&frame::raw(b'D', &body)).await?;
             if let Some(p) = self.portals.get_mut(&portal) {
@@ -507,12 +579,21 @@ impl ClientHalf<'_> {
             .await
     }
 
+    /// Drops the remembered columns of a statement that is gone.
+    fn forget_columns(&self, generation: u64) {
+        if let Ok(mut cache) = self.columns.lock() {
+            cache.retain(|(g, _), _| *g != generation);
+        }
+    }
+
     async fn close(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'C', frame.body(), Peer::Client)?;
         let kind = frame.body()[0];
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'S' {
-            self.statements.remove(&name);
+            if let Some(old) = self.statements.remove(&name) {
+                self.forget_columns(old.generation);
+            }
             self.prepared
                 .remove(String::from_utf8_lossy(&name).as_ref());
             if let Ok(mut m) = self.param_types.lock() {
@@ -790,6 +871,7 @@ struct ServerHalf<'a> {
     /// Columns of portals, from Describe (`None`: the portal returns no rows).
     portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
     param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
+    columns: ColumnsCache,
 }
 
 impl ServerHalf<'_> {
@@ -840,6 +922,9 @@ impl ServerHalf<'_> {
     async fn act(&mut self, action: Action) -> Result<Option<String>> {
         match action {
             Action::Expect(p) => self.queue.push_back(p),
+            Action::Columns(portal, columns) => {
+                self.portals.insert(portal, columns);
+            }
             Action::Notice(n) => {
                 self.write_client(&n).await?;
                 self.flush_client().await?;
@@ -1062,8 +1147,9 @@ impl ServerHalf<'_> {
                 let cols = Arc::new(rows::columns(&desc));
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
-                    Some(Pending::DescribePortal { name, hidden }) => {
+                    Some(Pending::DescribePortal { name, hidden, key }) => {
                         let (name, hidden) = (name.clone(), *hidden);
+                        remember(&self.columns, key.take(), Some(cols.clone()));
                         self.portals.insert(name, Some(cols));
                         self.queue.pop_front();
                         if hidden {
@@ -1078,9 +1164,10 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'n' => {
-                match self.queue.front() {
-                    Some(Pending::DescribePortal { name, hidden }) => {
+                match self.queue.front_mut() {
+                    Some(Pending::DescribePortal { name, hidden, key }) => {
                         let (name, hidden) = (name.clone(), *hidden);
+                        remember(&self.columns, key.take(), None);
                         self.portals.insert(name, None);
                         self.queue.pop_front();
                         if hidden {
