@@ -239,6 +239,8 @@ pub struct Raw {
     stream: tokio::net::TcpStream,
 }
 
+// Test support only: a login or write that fails is a failed test.
+#[allow(clippy::unwrap_used)]
 impl Raw {
     /// Logs in with `token` (protocol 3.`minor`); returns every message up to
     /// the first ReadyForQuery or error.
