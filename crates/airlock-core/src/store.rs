@@ -89,10 +89,13 @@ impl SessionFilter {
 pub trait Store: Send + Sync + 'static {
     /// Appends consecutive records that continue the chain, and returns once
     /// they are durable as `durability` asks. On error nothing of the batch is
-    /// kept, so the caller may retry the same sequence numbers.
+    /// kept, so the caller may retry the same sequence numbers. A batch that
+    /// does not continue the stored chain (sequence number and back-link) is
+    /// refused: the chain can never fork, whatever a writer believes.
     async fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()>;
 
-    /// The last record of the chain, or `None` for an empty store.
+    /// The last record of the chain (every completed append counts, whether
+    /// or not it is indexed yet), or `None` for an empty store.
     async fn head(&self) -> Result<Option<ChainHead>>;
 
     /// Stores a signed checkpoint.
