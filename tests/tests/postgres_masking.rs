@@ -4,10 +4,10 @@
 //! never reaches a client in any byte.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
+use airlock_tests::postgres::Raw as Wire;
 use airlock_tests::postgres::{
     PgGateway, Tap, TestPostgres, conninfo, contains, pg_config, psql_stdin,
 };
-use airlock_tests::postgres::Raw as Wire;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{FromSql, Type};
 
@@ -250,7 +250,10 @@ async fn remembered_columns_never_outlive_their_statement() {
         if let Some(sql) = sql {
             msgs.push((b'P', [cstr(statement), cstr(sql), vec![0, 0]].concat()));
         }
-        msgs.push((b'B', [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat()));
+        msgs.push((
+            b'B',
+            [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
+        ));
         msgs.push((b'E', [cstr(""), vec![0, 0, 0, 0]].concat()));
         msgs.push((b'S', Vec::new()));
         msgs
@@ -283,7 +286,11 @@ async fn remembered_columns_never_outlive_their_statement() {
     }
 
     // A named statement, executed again and again without Describe.
-    let first = exchange(&mut raw, run("named", Some("SELECT ssn, id FROM customers"))).await;
+    let first = exchange(
+        &mut raw,
+        run("named", Some("SELECT ssn, id FROM customers")),
+    )
+    .await;
     assert_eq!(first.len(), 1);
     assert!(!first[0].contains("6789"), "{first:?}");
     for _ in 0..5 {
