@@ -173,20 +173,12 @@ impl Recorder {
             // directly), or we get the lock first and write it ourselves.
             let mut writer = tokio::select! {
                 biased;
-                result = &mut wait => {
-                    return result.map_err(|_| {
-                        Error::store("the recorder stopped before the record was durable")
-                    })?;
-                }
+                result = &mut wait => return result.map_err(|_| not_durable())?,
                 writer = self.shared.writer.lock() => writer,
             };
             match wait.try_recv() {
                 Ok(result) => return result,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(Error::store(
-                        "the recorder stopped before the record was durable",
-                    ));
-                }
+                Err(oneshot::error::TryRecvError::Closed) => return Err(not_durable()),
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             // One batch, then the lock goes to the next caller rather than
@@ -194,9 +186,7 @@ impl Recorder {
             if !self.shared.write_some(&mut writer).await {
                 // Our record is not queued and not answered: a writer that
                 // took it was cancelled.
-                return Err(Error::store(
-                    "the recorder stopped before the record was durable",
-                ));
+                return Err(not_durable());
             }
         }
     }
@@ -435,6 +425,11 @@ async fn commit(
             Err(e)
         }
     }
+}
+
+/// A waited-for record whose fate is unknown: the caller must not act.
+fn not_durable() -> Error {
+    Error::store("the recorder stopped before the record was durable")
 }
 
 fn store_reason(e: &Error) -> String {

@@ -452,9 +452,7 @@ impl Inner {
         {
             let q = self.queue()?;
             if let Some(why) = &q.failed {
-                return Err(Error::Corrupt(format!(
-                    "the audit index failed earlier ({why}); restart the gateway to re-index the log"
-                )));
+                return Err(index_failed(why));
             }
             // The chain must never fork: a writer with a stale head (one
             // that was cancelled mid-append) is refused, not appended.
@@ -522,9 +520,7 @@ impl Inner {
         }
         loop {
             if let Some(why) = &q.failed {
-                return Err(Error::Corrupt(format!(
-                    "the audit index failed ({why}); restart the gateway to re-index the log"
-                )));
+                return Err(index_failed(why));
             }
             if q.indexed >= target {
                 return Ok(());
@@ -853,6 +849,13 @@ struct StoredSummary {
     /// The last record folded in; records up to it are skipped on re-index.
     #[serde(default)]
     last_seq: u64,
+}
+
+/// The store refuses appends and reads once indexing has failed.
+fn index_failed(why: &str) -> Error {
+    Error::Corrupt(format!(
+        "the audit index failed ({why}); restart the gateway to re-index the log"
+    ))
 }
 
 fn encode_span(at: Position, count: u32) -> Vec<u8> {

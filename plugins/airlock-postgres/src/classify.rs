@@ -156,7 +156,7 @@ impl fmt::Debug for Classifier {
         let mut d = f.debug_struct("Classifier");
         match &self.cache {
             Some(cache) => {
-                let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let cache = lock(cache);
                 d.field("capacity", &cache.cap().get())
                     .field("cached", &cache.len())
             }
@@ -189,11 +189,7 @@ impl Classifier {
         ) else {
             return classify_uncached(sql).into();
         };
-        if let Some(hit) = cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(sql)
-        {
+        if let Some(hit) = lock(cache).get(sql) {
             return Arc::clone(hit);
         }
         let Ok(pieces) = lex::split(sql) else {
@@ -203,17 +199,10 @@ impl Classifier {
             // No literals (or a statement whose result depends on them): the
             // exact text is the key.
             let result: Arc<[Classified]> = classify_pieces(&pieces).into();
-            cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .put(sql.to_owned(), Arc::clone(&result));
+            lock(cache).put(sql.to_owned(), Arc::clone(&result));
             return result;
         };
-        let template = shapes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&shape)
-            .cloned();
+        let template = lock(shapes).get(&shape).cloned();
         if let Some(template) = template
             && template.len() == pieces.len()
         {
@@ -230,13 +219,16 @@ impl Classifier {
         }
         let result = classify_pieces(&pieces);
         if result.iter().all(|c| c.prepare.is_none()) {
-            shapes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .put(shape, result.clone().into());
+            lock(shapes).put(shape, result.clone().into());
         }
         result.into()
     }
+}
+
+/// A cache holds plain data and no invariant spans a panic: a poisoned lock
+/// is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn classify_uncached(sql: &str) -> Vec<Classified> {
