@@ -69,6 +69,7 @@ cat > "$work/airlock.toml" <<TOML
 [gateway]
 data_dir = "$work/airlock-data"
 durability = "${AIRLOCK_DURABILITY:-os}"
+workers = ${AIRLOCK_WORKERS:-0}
 [identity.local]
 enabled = true
 [[listeners]]

@@ -146,16 +146,12 @@ impl Connector for LineConnector {
                 .masker()
                 .mask_str(None, &answer, &mut counts)
                 .into_owned();
-            session.record_later(Event::Output {
-                data: masked.clone(),
-            });
-            if !counts.is_empty() {
-                session.record_later(Event::Masked { counts });
-            }
             session.record_later(Event::Result {
                 rows: None,
                 error: None,
                 duration_us: started.elapsed().as_micros() as u64,
+                output: Some(masked.clone()),
+                masked: counts,
             });
             reply(&mut write, &masked).await?;
         }

@@ -56,7 +56,12 @@ impl fmt::Display for Hash {
 
 impl Serialize for Hash {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(self.0))
+        // On every record's path: encode into a stack buffer, not through a
+        // char iterator into a String.
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).map_err(serde::ser::Error::custom)?;
+        let text = std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(text)
     }
 }
 
@@ -99,7 +104,9 @@ pub struct SealedRecord {
 impl SealedRecord {
     /// Serializes and hashes a record.
     pub fn seal(record: Record) -> Result<SealedRecord> {
-        let body = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        // Most records fit: one allocation instead of a few doublings.
+        let mut body = Vec::with_capacity(512);
+        serde_json::to_writer(&mut body, &record).map_err(|e| Error::Internal(e.to_string()))?;
         let hash = Hash::of(&body);
         Ok(SealedRecord { record, body, hash })
     }

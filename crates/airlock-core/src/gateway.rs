@@ -1,6 +1,7 @@
 //! The handles a connector receives: [`Gateway`] authenticates clients and
 //! opens sessions; [`Session`] decides operations, records events and masks.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -296,12 +297,18 @@ impl Session {
     fn mask_operation(&self, op: &Operation, counts: &mut MaskCounts) -> Operation {
         let mut op = op.clone();
         let m = &self.masker;
+        // Only text that had something masked is replaced (no copy otherwise).
+        let mut mask = |text: &mut String| {
+            if let Cow::Owned(masked) = m.mask_str(None, text, counts) {
+                *text = masked;
+            }
+        };
         match &mut op {
-            Operation::Sql(sql) => sql.text = m.mask_str(None, &sql.text, counts).into_owned(),
-            Operation::Command(cmd) => cmd.line = m.mask_str(None, &cmd.line, counts).into_owned(),
+            Operation::Sql(sql) => mask(&mut sql.text),
+            Operation::Command(cmd) => mask(&mut cmd.line),
             Operation::Http(http) => {
                 if let Some(q) = &mut http.query {
-                    *q = m.mask_str(None, q, counts).into_owned();
+                    mask(q);
                 }
             }
             Operation::Kube(_) => {}

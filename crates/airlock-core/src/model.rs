@@ -346,6 +346,14 @@ pub enum Event {
         error: Option<String>,
         /// Time from forwarding to completion, in microseconds.
         duration_us: u64,
+        /// What the operation returned (its first rows), masked. Carried
+        /// here rather than in a separate `Output` record so a statement
+        /// costs two records, not three.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// Values masked in what it returned, per detector.
+        #[serde(default, skip_serializing_if = "MaskCounts::is_empty")]
+        masked: MaskCounts,
     },
     /// Values were masked in this session.
     Masked {

@@ -168,6 +168,11 @@ impl Recorder {
                 done: Some(done),
             });
         }
+        if others_may_record() {
+            // Let the other connections that are ready on this worker queue
+            // their records first, so one write carries them all.
+            tokio::task::yield_now().await;
+        }
         loop {
             // Either a writer takes our record along (and answers us
             // directly), or we get the lock first and write it ourselves.
@@ -345,7 +350,7 @@ impl Writer {
             (Durability::Fsync, Some(new_head)) => {
                 let store = self.store.clone();
                 let task = tokio::spawn(async move {
-                    commit(store.as_ref(), &sealed, waiters, Durability::Fsync).await
+                    commit(store.as_ref(), sealed, waiters, Durability::Fsync).await
                 });
                 let (task, _) = self.orphan.insert((task, new_head));
                 let result = task
@@ -354,7 +359,7 @@ impl Writer {
                 self.orphan = None;
                 result
             }
-            (durability, _) => commit(self.store.as_ref(), &sealed, waiters, durability).await,
+            (durability, _) => commit(self.store.as_ref(), sealed, waiters, durability).await,
         };
         if committed.is_ok() {
             self.stale = false;
@@ -391,18 +396,17 @@ impl Writer {
 /// once durable, or the reason it is not.
 async fn commit(
     store: &dyn Store,
-    sealed: &[SealedRecord],
+    sealed: Vec<SealedRecord>,
     waiters: Vec<(u64, Option<oneshot::Sender<Result<u64>>>)>,
     durability: Durability,
 ) -> Result<()> {
+    let counters = sealed
+        .iter()
+        .map(|r| crate::telemetry::counter(&r.record.event))
+        .collect::<Vec<_>>();
     match store.append(sealed, durability).await {
         Ok(()) => {
-            crate::telemetry::METRICS
-                .batches
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            for record in sealed {
-                crate::telemetry::count(&record.record.event);
-            }
+            crate::telemetry::count_batch(&counters);
             for (seq, done) in waiters {
                 if let Some(done) = done {
                     let _ = done.send(Ok(seq));
@@ -412,10 +416,10 @@ async fn commit(
         }
         Err(e) => {
             let message = e.to_string();
-            tracing::error!(error = %message, records = sealed.len(), "audit store append failed; refusing the actions");
+            tracing::error!(error = %message, records = counters.len(), "audit store append failed; refusing the actions");
             crate::telemetry::METRICS
                 .append_failures
-                .fetch_add(sealed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(counters.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let reason = store_reason(&e);
             for (_, done) in waiters {
                 if let Some(done) = done {
@@ -425,6 +429,17 @@ async fn commit(
             Err(e)
         }
     }
+}
+
+/// Whether other tasks on this thread could queue records before this one is
+/// written: on a single-threaded runtime (a connection worker) that runs more
+/// than this task. Waiting one turn for them costs a poll of the I/O driver;
+/// with nobody else there, it would cost that for nothing.
+fn others_may_record() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+            && h.metrics().num_alive_tasks() > 1
+    })
 }
 
 /// A waited-for record whose fate is unknown: the caller must not act.

@@ -91,8 +91,10 @@ pub trait Store: Send + Sync + 'static {
     /// they are durable as `durability` asks. On error nothing of the batch is
     /// kept, so the caller may retry the same sequence numbers. A batch that
     /// does not continue the stored chain (sequence number and back-link) is
-    /// refused: the chain can never fork, whatever a writer believes.
-    async fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()>;
+    /// refused: the chain can never fork, whatever a writer believes. The
+    /// batch is handed over, so a store can keep its records (for an index)
+    /// without copying them.
+    async fn append(&self, batch: Vec<SealedRecord>, durability: Durability) -> Result<()>;
 
     /// The last record of the chain (every completed append counts, whether
     /// or not it is indexed yet), or `None` for an empty store.

@@ -49,19 +49,29 @@ counters! {
 /// The process's counters.
 pub static METRICS: Metrics = Metrics::new();
 
-/// Counts one durable record.
-pub(crate) fn count(event: &Event) {
+/// The counter a record adds to besides `records`, if any. Taken before a
+/// batch is handed to the store and applied once it is durable.
+pub(crate) fn counter(event: &Event) -> Option<&'static AtomicU64> {
     let m = &METRICS;
-    m.records.fetch_add(1, Relaxed);
     match event {
-        Event::SessionStart { .. } => m.sessions.fetch_add(1, Relaxed),
-        Event::AccessDenied { .. } => m.access_denied.fetch_add(1, Relaxed),
-        Event::Operation { decision, .. } => match decision {
-            Decision::Allow => m.allowed.fetch_add(1, Relaxed),
-            Decision::Deny { .. } => m.denied.fetch_add(1, Relaxed),
-            Decision::Review { .. } => m.reviewed.fetch_add(1, Relaxed),
-        },
-        Event::Approval { .. } => m.approvals.fetch_add(1, Relaxed),
-        _ => 0,
-    };
+        Event::SessionStart { .. } => Some(&m.sessions),
+        Event::AccessDenied { .. } => Some(&m.access_denied),
+        Event::Operation { decision, .. } => Some(match decision {
+            Decision::Allow => &m.allowed,
+            Decision::Deny { .. } => &m.denied,
+            Decision::Review { .. } => &m.reviewed,
+        }),
+        Event::Approval { .. } => Some(&m.approvals),
+        _ => None,
+    }
+}
+
+/// Counts a durable batch whose records' counters were taken with [`counter`].
+pub(crate) fn count_batch(counters: &[Option<&'static AtomicU64>]) {
+    let m = &METRICS;
+    m.batches.fetch_add(1, Relaxed);
+    m.records.fetch_add(counters.len() as u64, Relaxed);
+    for c in counters.iter().flatten() {
+        c.fetch_add(1, Relaxed);
+    }
 }

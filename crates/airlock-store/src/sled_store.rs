@@ -437,7 +437,7 @@ impl Inner {
 
     /// Writes a batch to the log and queues it for the index. Once this
     /// returns the records are stored.
-    fn append(&self, batch: &[SealedRecord], durability: Durability) -> Result<()> {
+    fn append(&self, batch: Vec<SealedRecord>, durability: Durability) -> Result<()> {
         let Some(first) = batch.first().map(|r| &r.record) else {
             return Ok(());
         };
@@ -484,10 +484,14 @@ impl Inner {
         // Queued while the log is still locked, so the queue is in log order.
         let mut q = self.queue()?;
         let wake = q.pending.is_empty();
-        for (i, (r, offset)) in batch.iter().zip(&offsets).enumerate() {
+        if let Some(last) = batch.last() {
+            q.appended = last.record.seq;
+            q.appended_hash = last.hash;
+        }
+        for (i, (r, offset)) in batch.into_iter().zip(&offsets).enumerate() {
             let end = offsets.get(i + 1).copied().unwrap_or(bytes.len() as u64);
             q.pending.push(Pending {
-                record: r.record.clone(),
+                record: r.record,
                 hash: r.hash,
                 at: Position {
                     segment,
@@ -495,10 +499,6 @@ impl Inner {
                 },
                 end: base + end,
             });
-        }
-        if let Some(last) = batch.last() {
-            q.appended = last.record.seq;
-            q.appended_hash = last.hash;
         }
         drop(q);
         drop(journal);
@@ -980,17 +980,14 @@ fn id_of(key: &[u8]) -> Option<SessionId> {
 impl Store for SledStore {
     async fn append(
         &self,
-        batch: &[SealedRecord],
+        batch: Vec<SealedRecord>,
         durability: Durability,
     ) -> airlock_core::Result<()> {
         match durability {
             // One buffered write to a file: cheaper than a hop to a blocking
             // thread, and the recorder's writer task is the only caller.
             Durability::Os => self.inner.append(batch, durability).map_err(Into::into),
-            Durability::Fsync => {
-                let batch = batch.to_vec();
-                self.blocking(move |s| s.append(&batch, durability)).await
-            }
+            Durability::Fsync => self.blocking(move |s| s.append(batch, durability)).await,
         }
     }
 

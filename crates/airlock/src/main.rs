@@ -630,21 +630,27 @@ fn print_replay(detail: &SessionDetail, json: bool) -> anyhow::Result<()> {
                 rows,
                 error,
                 duration_us,
-            } => match error {
-                Some(e) => format!("result    error after {duration_us}µs: {e}"),
-                None => format!(
-                    "result    {} rows in {duration_us}µs",
-                    rows.map_or("?".into(), |r| r.to_string())
-                ),
-            },
-            Event::Masked { counts } => format!(
-                "masked    {}",
-                counts
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+                output,
+                masked,
+            } => {
+                // One record, shown as the lines it stands for.
+                let mut lines = Vec::new();
+                if let Some(data) = output {
+                    lines.push(format!("output    {}", data.escape_debug()));
+                }
+                if !masked.is_empty() {
+                    lines.push(masked_line(masked));
+                }
+                lines.push(match error {
+                    Some(e) => format!("result    error after {duration_us}µs: {e}"),
+                    None => format!(
+                        "result    {} rows in {duration_us}µs",
+                        rows.map_or("?".into(), |r| r.to_string())
+                    ),
+                });
+                lines.join(&format!("\n{:>11}  #{:<6} ", "", r.seq))
+            }
+            Event::Masked { counts } => masked_line(counts),
             Event::Approval {
                 id,
                 status,
@@ -662,4 +668,15 @@ fn print_replay(detail: &SessionDetail, json: bool) -> anyhow::Result<()> {
         writeln!(out, "{offset:>+9.3}s  #{:<6} {line}", r.seq)?;
     }
     Ok(())
+}
+
+fn masked_line(counts: &airlock_core::MaskCounts) -> String {
+    format!(
+        "masked    {}",
+        counts
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
 }

@@ -135,25 +135,29 @@ impl Workers {
                 .name(format!("airlock-worker-{i}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let mut loops = tokio::task::JoinSet::new();
+                        // The accept loops run inside block_on, not as
+                        // tasks: the runtime's task count is then its
+                        // connections (the recorder asks it).
+                        let mut loops = Vec::new();
                         for (listener, socket) in listeners {
                             match tokio::net::TcpListener::from_std(socket) {
-                                Ok(socket) => {
-                                    loops.spawn(accept_loop(
-                                        socket,
-                                        listener,
-                                        gateway.clone(),
-                                        connections.clone(),
-                                    ));
-                                }
+                                Ok(socket) => loops.push(accept_loop(
+                                    socket,
+                                    listener,
+                                    gateway.clone(),
+                                    connections.clone(),
+                                )),
                                 Err(e) => {
                                     tracing::error!(error = %e, "a worker cannot use a listening socket");
                                 }
                             }
                         }
-                        // Until shutdown (or the gateway is dropped).
-                        let _ = stopped.wait_for(|s| *s).await;
-                        loops.abort_all();
+                        // Until shutdown (or the gateway is dropped); the
+                        // loops never end on their own.
+                        tokio::select! {
+                            _ = futures_util::future::join_all(loops) => {}
+                            _ = stopped.wait_for(|s| *s) => {}
+                        }
                         // Connections end on their own shutdown signal and
                         // need this runtime to record their end: stay until
                         // the gateway lets go of the workers.

@@ -91,6 +91,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         portals: HashMap::new(),
         param_types,
         columns,
+        last_description: None,
     };
     tokio::select! {
         r = client.run() => r,
@@ -872,9 +873,26 @@ struct ServerHalf<'a> {
     portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
     param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
     columns: ColumnsCache,
+    /// The last RowDescription and its columns: a repeated query gets the
+    /// same bytes back, and is not decoded again.
+    last_description: Option<(Bytes, Arc<Vec<Column>>)>,
 }
 
 impl ServerHalf<'_> {
+    /// The columns a RowDescription describes.
+    fn described(&mut self, frame: &Frame) -> Result<Arc<Vec<Column>>> {
+        if let Some((bytes, cols)) = &self.last_description
+            && *bytes == frame.bytes
+        {
+            return Ok(cols.clone());
+        }
+        let desc: RowDescription = frame.decode(Peer::Upstream)?;
+        let cols = Arc::new(rows::columns(&desc));
+        // A copy: holding the frame itself would pin the read buffer.
+        self.last_description = Some((Bytes::copy_from_slice(&frame.bytes), cols.clone()));
+        Ok(cols)
+    }
+
     async fn run(&mut self) -> Result<String> {
         let end = self.relay().await;
         let _ = self.client.flush().await;
@@ -998,10 +1016,10 @@ impl ServerHalf<'_> {
         }
     }
 
-    /// Records how a statement ended: its first rows, masking counts and result.
+    /// Records how a statement ended, with its first rows and masking
+    /// counts, in one record.
     fn finish(&self, track: Track, rows: Option<u64>) {
-        let session = self.cx.session;
-        if !track.rows.is_empty() {
+        let output = (!track.rows.is_empty()).then(|| {
             let mut data = track
                 .columns
                 .as_ref()
@@ -1013,17 +1031,14 @@ impl ServerHalf<'_> {
                 }
                 data.push_str(row);
             }
-            session.record_later(Event::Output { data });
-        }
-        if !track.counts.is_empty() {
-            session.record_later(Event::Masked {
-                counts: track.counts,
-            });
-        }
-        session.record_later(Event::Result {
+            data
+        });
+        self.cx.session.record_later(Event::Result {
             rows,
             error: track.error,
             duration_us: track.started.elapsed().as_micros() as u64,
+            output,
+            masked: track.counts,
         });
     }
 
@@ -1143,8 +1158,7 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'T' => {
-                let desc: RowDescription = frame.decode(Peer::Upstream)?;
-                let cols = Arc::new(rows::columns(&desc));
+                let cols = self.described(&frame)?;
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
                     Some(Pending::DescribePortal { name, hidden, key }) => {

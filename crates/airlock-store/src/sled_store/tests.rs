@@ -78,8 +78,14 @@ async fn appends_index_sessions_and_survive_reopen() {
     );
     {
         let store = SledStore::open(dir.path()).unwrap();
-        store.append(&batch[..2], Durability::Fsync).await.unwrap();
-        store.append(&batch[2..], Durability::Os).await.unwrap();
+        store
+            .append(batch[..2].to_vec(), Durability::Fsync)
+            .await
+            .unwrap();
+        store
+            .append(batch[2..].to_vec(), Durability::Os)
+            .await
+            .unwrap();
         let head = store.head().await.unwrap().unwrap();
         assert_eq!((head.seq, head.hash), (5, batch[4].hash));
     }
@@ -151,7 +157,10 @@ async fn log_frames_missing_from_the_index_are_indexed_on_open_and_a_torn_tail_c
     let batch = chain(ops(3, session), None);
     {
         let store = SledStore::open(dir.path()).unwrap();
-        store.append(&batch[..1], Durability::Os).await.unwrap();
+        store
+            .append(batch[..1].to_vec(), Durability::Os)
+            .await
+            .unwrap();
     }
     // Append the next two records' frames to the log by hand, as if the
     // gateway died after the log write and before indexing; then a torn
@@ -180,7 +189,7 @@ async fn log_frames_missing_from_the_index_are_indexed_on_open_and_a_torn_tail_c
         vec![(Some(session), op(Decision::Allow))],
         Some((3, batch[2].hash)),
     );
-    store.append(&next, Durability::Os).await.unwrap();
+    store.append(next.to_vec(), Durability::Os).await.unwrap();
     assert_eq!(store.raw_records(0, 10).await.unwrap().len(), 4);
 }
 
@@ -192,7 +201,7 @@ async fn reindexing_the_whole_log_leaves_the_same_index() {
     let before = {
         let store = SledStore::open(dir.path()).unwrap();
         for part in batch.chunks(7) {
-            store.append(part, Durability::Os).await.unwrap();
+            store.append(part.to_vec(), Durability::Os).await.unwrap();
         }
         store.session(session).await.unwrap().unwrap()
     };
@@ -218,7 +227,7 @@ async fn records_span_segments_and_read_back_in_order() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         for part in batch.chunks(5) {
-            store.append(part, Durability::Os).await.unwrap();
+            store.append(part.to_vec(), Durability::Os).await.unwrap();
         }
         // Read right after appending: the index has caught up first.
         let raw = store.raw_records(0, 1000).await.unwrap();
@@ -282,19 +291,30 @@ async fn a_batch_that_does_not_continue_the_chain_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let batch = chain(ops(4, SessionId::new()), None);
-    store.append(&batch[..2], Durability::Os).await.unwrap();
+    store
+        .append(batch[..2].to_vec(), Durability::Os)
+        .await
+        .unwrap();
     // A writer with a stale head tries to write record 2 again, or to skip one.
     let err = store
-        .append(&batch[1..3], Durability::Os)
+        .append(batch[1..3].to_vec(), Durability::Os)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("chain ends at record 2"), "{err}");
-    assert!(store.append(&batch[3..], Durability::Os).await.is_err());
+    assert!(
+        store
+            .append(batch[3..].to_vec(), Durability::Os)
+            .await
+            .is_err()
+    );
     // A forged successor of record 2 with the wrong back-link is refused too.
     let forged = chain(vec![(None, op(Decision::Allow))], Some((2, Hash::GENESIS)));
-    assert!(store.append(&forged, Durability::Os).await.is_err());
+    assert!(store.append(forged.to_vec(), Durability::Os).await.is_err());
     // The rightful continuation is accepted.
-    store.append(&batch[2..], Durability::Os).await.unwrap();
+    store
+        .append(batch[2..].to_vec(), Durability::Os)
+        .await
+        .unwrap();
     assert_eq!(store.raw_records(0, 10).await.unwrap().len(), 4);
 }
 
