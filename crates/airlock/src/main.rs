@@ -577,7 +577,7 @@ fn print_sessions(sessions: &[SessionView], json: bool) -> anyhow::Result<()> {
 }
 
 fn print_replay(detail: &SessionDetail, json: bool) -> anyhow::Result<()> {
-    use airlock_core::{Decision, Event};
+    use airlock_core::Event;
     let mut out = std::io::stdout().lock();
     if json {
         for r in &detail.events {
@@ -597,86 +597,130 @@ fn print_replay(detail: &SessionDetail, json: bool) -> anyhow::Result<()> {
             (Some(a), Some(b)) => (b - a).as_seconds_f64(),
             _ => 0.0,
         };
-        let Ok(event) = serde_json::from_value::<Event>(r.event.clone()) else {
-            writeln!(
-                out,
-                "{offset:>+9.3}s  #{:<6} {:<9} {}",
-                r.seq, r.kind, r.event
-            )?;
-            continue;
+        let lines = match serde_json::from_value::<Event>(r.event.clone()) {
+            Ok(event) => replay_lines(&event),
+            Err(_) => vec![format!("{:<9} {}", r.kind, r.event)],
         };
-        let line = match &event {
-            Event::SessionStart { identity, .. } => {
-                format!("start     groups: {}", identity.groups.join(","))
-            }
-            Event::Operation {
-                operation,
-                decision,
-            } => {
-                let verdict = match decision {
-                    Decision::Allow => "ALLOW".to_string(),
-                    Decision::Deny { rule, .. } => format!("DENY ({rule})"),
-                    Decision::Review { rule, .. } => format!("REVIEW ({rule})"),
-                };
-                format!(
-                    "{:<9} {verdict:<24} {}",
-                    operation.kind(),
-                    operation.summary()
-                )
-            }
-            Event::Input { data } => format!("input     {}", data.escape_debug()),
-            Event::Output { data } => format!("output    {}", data.escape_debug()),
-            Event::Result {
-                rows,
-                error,
-                duration_us,
-                output,
-                masked,
-            } => {
-                // One record, shown as the lines it stands for.
-                let mut lines = Vec::new();
-                if let Some(data) = output {
-                    lines.push(format!("output    {}", data.escape_debug()));
-                }
-                if !masked.is_empty() {
-                    lines.push(masked_line(masked));
-                }
-                lines.push(match error {
-                    Some(e) => format!("result    error after {duration_us}µs: {e}"),
-                    None => format!(
-                        "result    {} rows in {duration_us}µs",
-                        rows.map_or("?".into(), |r| r.to_string())
-                    ),
-                });
-                lines.join(&format!("\n{:>11}  #{:<6} ", "", r.seq))
-            }
-            Event::Masked { counts } => masked_line(counts),
-            Event::Approval {
-                id,
-                status,
-                by,
-                reason,
-            } => format!(
-                "approval  {id} {status}{}{}",
-                by.as_ref().map_or(String::new(), |b| format!(" by {b}")),
-                reason.as_ref().map_or(String::new(), |r| format!(": {r}"))
-            ),
-            Event::Error { side, message } => format!("error     ({side:?}) {message}"),
-            Event::SessionEnd { reason } => format!("end       {reason}"),
-            other => format!("{:<9} {}", other.type_name(), r.event),
-        };
-        writeln!(out, "{offset:>+9.3}s  #{:<6} {line}", r.seq)?;
+        for line in lines {
+            writeln!(out, "{offset:>+9.3}s  #{:<6} {line}", r.seq)?;
+        }
     }
     Ok(())
 }
 
-fn masked_line(counts: &airlock_core::MaskCounts) -> String {
-    format!(
-        "masked    {}",
-        counts
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
+/// How one record reads in a replay: one line, or for a result that carries
+/// the rows and masking counts of its statement, one line for each.
+fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
+    use airlock_core::{Decision, Event};
+    let masked_line = |counts: &airlock_core::MaskCounts| {
+        format!(
+            "masked    {}",
+            counts
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let line = match event {
+        Event::SessionStart { identity, .. } => {
+            format!("start     groups: {}", identity.groups.join(","))
+        }
+        Event::Operation {
+            operation,
+            decision,
+        } => {
+            let verdict = match decision {
+                Decision::Allow => "ALLOW".to_string(),
+                Decision::Deny { rule, .. } => format!("DENY ({rule})"),
+                Decision::Review { rule, .. } => format!("REVIEW ({rule})"),
+            };
+            format!(
+                "{:<9} {verdict:<24} {}",
+                operation.kind(),
+                operation.summary()
+            )
+        }
+        Event::Input { data } => format!("input     {}", data.escape_debug()),
+        Event::Output { data } => format!("output    {}", data.escape_debug()),
+        Event::Result {
+            rows,
+            error,
+            duration_us,
+            output,
+            masked,
+        } => {
+            let mut lines = Vec::new();
+            if let Some(data) = output {
+                lines.push(format!("output    {}", data.escape_debug()));
+            }
+            if !masked.is_empty() {
+                lines.push(masked_line(masked));
+            }
+            lines.push(match error {
+                Some(e) => format!("result    error after {duration_us}µs: {e}"),
+                None => format!(
+                    "result    {} rows in {duration_us}µs",
+                    rows.map_or("?".into(), |r| r.to_string())
+                ),
+            });
+            return lines;
+        }
+        Event::Masked { counts } => masked_line(counts),
+        Event::Approval {
+            id,
+            status,
+            by,
+            reason,
+        } => format!(
+            "approval  {id} {status}{}{}",
+            by.as_ref().map_or(String::new(), |b| format!(" by {b}")),
+            reason.as_ref().map_or(String::new(), |r| format!(": {r}"))
+        ),
+        Event::Error { side, message } => format!("error     ({side:?}) {message}"),
+        Event::SessionEnd { reason } => format!("end       {reason}"),
+        other => format!(
+            "{:<9} {}",
+            other.type_name(),
+            serde_json::to_string(other).unwrap_or_default()
+        ),
+    };
+    vec![line]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay_lines;
+    use airlock_core::{Event, MaskCounts};
+
+    #[test]
+    fn a_result_replays_as_its_rows_masking_and_outcome() {
+        let masked = MaskCounts::from([("email".to_string(), 2)]);
+        let result = Event::Result {
+            rows: Some(2),
+            error: None,
+            duration_us: 812,
+            output: Some("email\n<EMAIL>\n<EMAIL>".into()),
+            masked,
+        };
+        assert_eq!(
+            replay_lines(&result),
+            [
+                "output    email\\n<EMAIL>\\n<EMAIL>",
+                "masked    email=2",
+                "result    2 rows in 812µs",
+            ]
+        );
+        let failed = Event::Result {
+            rows: None,
+            error: Some("division by zero".into()),
+            duration_us: 90,
+            output: None,
+            masked: MaskCounts::new(),
+        };
+        assert_eq!(
+            replay_lines(&failed),
+            ["result    error after 90µs: division by zero"]
+        );
+    }
 }
