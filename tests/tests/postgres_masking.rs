@@ -298,3 +298,74 @@ async fn remembered_columns_never_outlive_their_statement() {
         assert_eq!(again, first, "masked the same way on every execution");
     }
 }
+
+/// A pipeline may bind the unnamed portal to one statement, execute it, bind
+/// it to another and execute that, all before the first rows come back. Each
+/// execution's rows are masked by its own statement's columns, also when the
+/// gateway knows those columns from earlier executions (no Describe sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_rebinds_a_portal_masks_each_execution_by_its_own_columns() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+
+    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
+    let parse = |name: &str, sql: &str| (b'P', [cstr(name), cstr(sql), vec![0, 0]].concat());
+    // Bind the unnamed portal (no parameters, text results), then Execute it.
+    let bind_execute = |statement: &str| {
+        [
+            (
+                b'B',
+                [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
+            ),
+            (b'E', [cstr(""), vec![0, 0, 0, 0]].concat()),
+        ]
+    };
+    async fn exchange(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<String> {
+        for (tag, body) in msgs {
+            raw.send(tag, &body).await;
+        }
+        raw.send(b'S', &[]).await;
+        let mut values = Vec::new();
+        loop {
+            let (tag, body) = raw.read().await.expect("an answer");
+            match tag {
+                b'D' => {
+                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+                    values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+                }
+                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+                b'Z' => return values,
+                _ => {}
+            }
+        }
+    }
+
+    let value = "plain-value-7";
+    let plain = format!("SELECT '{value}' AS other");
+    let secret = format!("SELECT '{value}' AS ssn");
+    // Each statement once on its own: the gateway learns their columns.
+    let mut warm = vec![parse("plain", &plain), parse("secret", &secret)];
+    warm.extend(bind_execute("plain"));
+    assert_eq!(exchange(&mut raw, warm).await, vec![value]);
+    let first = exchange(&mut raw, bind_execute("secret").to_vec()).await;
+    assert_eq!(first.len(), 1);
+    assert_ne!(first[0], value, "the ssn column was not masked");
+    let masked = first[0].clone();
+
+    // Now both in one pipeline, in both orders.
+    let mut secret_then_plain = bind_execute("secret").to_vec();
+    secret_then_plain.extend(bind_execute("plain"));
+    assert_eq!(
+        exchange(&mut raw, secret_then_plain).await,
+        vec![masked.clone(), value.to_string()],
+        "each execution masked by its own statement's columns"
+    );
+    let mut plain_then_secret = bind_execute("plain").to_vec();
+    plain_then_secret.extend(bind_execute("secret"));
+    assert_eq!(
+        exchange(&mut raw, plain_then_secret).await,
+        vec![value.to_string(), masked],
+        "each execution masked by its own statement's columns"
+    );
+}

@@ -136,8 +136,6 @@ enum Pending {
 /// Messages from the client half to the server half.
 enum Action {
     Expect(Pending),
-    /// A portal's columns, known from an earlier portal of its statement.
-    Columns(Bytes, Option<Arc<Vec<Column>>>),
     /// A notice for the client now (approval waits).
     Notice(Bytes),
     /// A fatal error for the client; the session ends once it is written.
@@ -551,10 +549,14 @@ impl ClientHalf<'_> {
                 .and_then(|cache| cache.get(key).cloned()),
             _ => None,
         };
+        let mut track = Track::new();
         if let Some(columns) = known {
-            // An earlier portal of the same statement and formats: the server
-            // half takes the columns from here instead of a hidden Describe.
-            let _ = self.tx.send(Action::Columns(portal.clone(), columns));
+            // An earlier portal of the same statement and formats: this
+            // execution carries the columns itself instead of a hidden
+            // Describe. (In the execution, not in the server half's portal
+            // map: a pipeline may bind the same portal name to another
+            // statement before this execution's rows come back.)
+            track.columns = columns;
             if let Some(p) = self.portals.get_mut(&portal) {
                 p.described = true;
             }
@@ -575,7 +577,6 @@ impl ClientHalf<'_> {
                 p.described = true;
             }
         }
-        let track = Track::new();
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -940,9 +941,6 @@ impl ServerHalf<'_> {
     async fn act(&mut self, action: Action) -> Result<Option<String>> {
         match action {
             Action::Expect(p) => self.queue.push_back(p),
-            Action::Columns(portal, columns) => {
-                self.portals.insert(portal, columns);
-            }
             Action::Notice(n) => {
                 self.write_client(&n).await?;
                 self.flush_client().await?;
@@ -1290,15 +1288,17 @@ impl ServerHalf<'_> {
         let record_rows = self.cx.record_rows;
         let cols = match self.queue.front() {
             Some(Pending::Query(q)) => q.current.columns.clone(),
-            Some(Pending::Execute { portal, .. }) => {
-                let cols = self.portals.get(portal).cloned().flatten();
-                if let Some(Pending::Execute { track, .. }) = self.queue.front_mut()
-                    && track.columns.is_none()
-                {
-                    track.columns = cols.clone();
+            Some(Pending::Execute { portal, track }) => match &track.columns {
+                Some(cols) => Some(cols.clone()),
+                None => {
+                    // Learned from a Describe answered just before the rows.
+                    let cols = self.portals.get(portal).cloned().flatten();
+                    if let Some(Pending::Execute { track, .. }) = self.queue.front_mut() {
+                        track.columns = cols.clone();
+                    }
+                    cols
                 }
-                cols
-            }
+            },
             _ => None,
         };
         let no_cols = Vec::new();
