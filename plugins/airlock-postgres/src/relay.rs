@@ -16,7 +16,7 @@
 //! real transaction status.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use airlock_core::{
@@ -29,7 +29,7 @@ use pgwire::messages::response::{ErrorResponse, NoticeResponse, NotificationResp
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::classify::{Classified, Classifier};
 use crate::frame::{self, Frame, FrameReader, Peer, Severity, sqlstate};
@@ -62,14 +62,14 @@ pub(crate) struct Wires {
 
 /// Relays until either side ends; returns why the session ended.
 pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let actions = Arc::new(Actions::default());
     let param_types = Arc::new(Mutex::new(HashMap::new()));
     let columns: ColumnsCache = Arc::new(Mutex::new(HashMap::new()));
     let mut client = ClientHalf {
         cx,
         reader: wires.client_read,
         server: wires.server_write,
-        tx,
+        actions: actions.clone(),
         skipping: false,
         prepared: HashMap::new(),
         statements: HashMap::new(),
@@ -84,7 +84,8 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         cx,
         reader: wires.server_read,
         client: wires.client_write,
-        rx,
+        actions,
+        inbox: VecDeque::new(),
         queue: VecDeque::new(),
         status: wires.status,
         skipping: false,
@@ -140,6 +141,43 @@ enum Action {
     Notice(Bytes),
     /// A fatal error for the client; the session ends once it is written.
     Fatal(Bytes, String),
+}
+
+/// What the client half tells the server half, in order.
+///
+/// Both halves run in one task. Most messages announce an answer the server
+/// will send, and the server half reads the queue before it matches that
+/// answer, so they need no wake-up (a wake-up of the running task costs a
+/// whole extra poll of the connection). Only what the server half must act
+/// on without a server answer (a refusal, a notice, a fatal error) wakes it.
+#[derive(Default)]
+struct Actions {
+    queue: Mutex<VecDeque<Action>>,
+    attention: Notify,
+}
+
+impl Actions {
+    fn send(&self, action: Action) {
+        let wake = match &action {
+            Action::Expect(Pending::Refused(_) | Pending::RefusedQuery(_)) => true,
+            Action::Expect(_) => false,
+            Action::Notice(_) | Action::Fatal(..) => true,
+        };
+        self.queue().push_back(action);
+        if wake {
+            self.attention.notify_one();
+        }
+    }
+
+    /// Moves everything queued into `into` (both keep their allocations).
+    fn take(&self, into: &mut VecDeque<Action>) {
+        std::mem::swap(&mut *self.queue(), into);
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Action>> {
+        // Plain data; no invariant spans a panic.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What is known about one statement's execution, for its record.
@@ -235,7 +273,7 @@ struct ClientHalf<'a> {
     cx: &'a Context<'a>,
     reader: FrameReader<ReadHalf<ClientStream>>,
     server: BufWriter<WriteHalf<UpstreamStream>>,
-    tx: mpsc::UnboundedSender<Action>,
+    actions: Arc<Actions>,
     /// After the gateway refused an extended-protocol message: drop
     /// everything until Sync, as the server would after an error.
     skipping: bool,
@@ -286,9 +324,7 @@ impl ClientHalf<'_> {
                 };
                 let reason = e.to_string();
                 let fatal = frame::error_response(Severity::Fatal, code, &reason, None);
-                if self.tx.send(Action::Fatal(fatal, reason.clone())).is_err() {
-                    return Ok(reason);
-                }
+                self.actions.send(Action::Fatal(fatal, reason));
                 // The server half writes the error and ends the session.
                 std::future::pending().await
             }
@@ -344,7 +380,7 @@ impl ClientHalf<'_> {
     fn expect(&self, pending: Pending) {
         // The server half lives as long as this half; a send error means
         // the session is ending anyway.
-        let _ = self.tx.send(Action::Expect(pending));
+        self.actions.send(Action::Expect(pending));
     }
 
     async fn write_server(&mut self, bytes: &[u8]) -> Result<()> {
@@ -776,7 +812,7 @@ impl ClientHalf<'_> {
                     pending.id(),
                     pending.url()
                 );
-                let _ = self.tx.send(Action::Notice(frame::notice_response(
+                self.actions.send(Action::Notice(frame::notice_response(
                     &note,
                     Some(
                         "the statement runs once it is approved; cancel the query to stop waiting",
@@ -864,7 +900,9 @@ struct ServerHalf<'a> {
     cx: &'a Context<'a>,
     reader: FrameReader<ReadHalf<UpstreamStream>>,
     client: BufWriter<WriteHalf<ClientStream>>,
-    rx: mpsc::UnboundedReceiver<Action>,
+    actions: Arc<Actions>,
+    /// Actions taken from `actions`, being acted on.
+    inbox: VecDeque<Action>,
     queue: VecDeque<Pending>,
     /// The transaction status of the server's last ReadyForQuery.
     status: u8,
@@ -901,12 +939,9 @@ impl ServerHalf<'_> {
     }
 
     async fn relay(&mut self) -> Result<String> {
-        let mut channel_open = true;
         loop {
-            while let Ok(action) = self.rx.try_recv() {
-                if let Some(end) = self.act(action).await? {
-                    return Ok(end);
-                }
+            if let Some(end) = self.take_actions().await? {
+                return Ok(end);
             }
             self.advance().await?;
             if !self.reader.has_frame() {
@@ -914,20 +949,13 @@ impl ServerHalf<'_> {
             }
             tokio::select! {
                 biased;
-                action = self.rx.recv(), if channel_open => match action {
-                    Some(action) => if let Some(end) = self.act(action).await? {
-                        return Ok(end);
-                    },
-                    None => channel_open = false,
-                },
+                () = self.actions.attention.notified() => {}
                 frame = self.reader.next() => match frame? {
                     Some(frame) => {
                         // Anything the client half queued before this answer
                         // was sent must be known before matching it.
-                        while let Ok(action) = self.rx.try_recv() {
-                            if let Some(end) = self.act(action).await? {
-                                return Ok(end);
-                            }
+                        if let Some(end) = self.take_actions().await? {
+                            return Ok(end);
                         }
                         self.advance().await?;
                         self.handle(frame).await?;
@@ -936,6 +964,19 @@ impl ServerHalf<'_> {
                 },
             }
         }
+    }
+
+    /// Acts on what the client half queued; `Some` when the session ends.
+    async fn take_actions(&mut self) -> Result<Option<String>> {
+        if self.inbox.is_empty() {
+            self.actions.take(&mut self.inbox);
+        }
+        while let Some(action) = self.inbox.pop_front() {
+            if let Some(end) = self.act(action).await? {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
     }
 
     async fn act(&mut self, action: Action) -> Result<Option<String>> {
