@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_core::Identity;
 use airlock_core::approvals::ApprovalStatus;
-use airlock_tests::postgres::{PgGateway, TestPostgres, conninfo, pg_config, psql_stdin};
+use airlock_tests::postgres::{PgGateway, Raw, TestPostgres, conninfo, pg_config, psql_stdin};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 const RULES: &str = r#"
@@ -255,6 +255,70 @@ async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
         "{err}"
     );
     assert!(out.contains("still here"), "{out}");
+}
+
+/// A pipeline (extended protocol, one Sync) is one implicit transaction:
+/// when the gateway refuses a statement after earlier ones were executed,
+/// those are rolled back, as if the refused one had failed on the server.
+/// The same pipeline without the refused statement commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_a_pipeline_rolls_back_what_the_pipeline_did() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
+    // Parse, Bind and Execute of one statement on the unnamed portal.
+    let statement = |sql: &str| {
+        [
+            (b'P', [cstr(""), cstr(sql), vec![0, 0]].concat()),
+            (b'B', [cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat()),
+            (b'E', [cstr(""), vec![0, 0, 0, 0]].concat()),
+        ]
+    };
+    // Sends a pipeline with one Sync; the tags answered, and the SQLSTATEs of errors.
+    async fn pipeline(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> (String, Vec<String>) {
+        for (tag, body) in msgs {
+            raw.send(tag, &body).await;
+        }
+        raw.send(b'S', &[]).await;
+        let (mut tags, mut codes) = (String::new(), Vec::new());
+        loop {
+            let (tag, body) = raw.read().await.expect("an answer");
+            tags.push(char::from(tag));
+            if tag == b'E' {
+                let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C"));
+                codes.push(String::from_utf8_lossy(code.unwrap_or_default()).into_owned());
+            }
+            if tag == b'Z' {
+                tags.push(char::from(body[0]));
+                return (tags, codes);
+            }
+        }
+    }
+
+    // Refused after an executed INSERT: the INSERT does not stay.
+    let mut msgs = statement("INSERT INTO victim VALUES (700)").to_vec();
+    msgs.extend(statement("DROP TABLE victim"));
+    msgs.extend(statement("INSERT INTO victim VALUES (701)"));
+    let (tags, codes) = pipeline(&mut raw, msgs).await;
+    assert_eq!(
+        tags, "12CEZI",
+        "the INSERT's answers, the refusal, ReadyForQuery idle"
+    );
+    assert_eq!(codes, ["42501"]);
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
+    assert!(
+        !pg.log().contains("DROP TABLE victim"),
+        "the DROP reached the server"
+    );
+
+    // The same session, the same pipeline without the DROP: both INSERTs stay.
+    let mut msgs = statement("INSERT INTO victim VALUES (700)").to_vec();
+    msgs.extend(statement("INSERT INTO victim VALUES (701)"));
+    let (tags, codes) = pipeline(&mut raw, msgs).await;
+    assert_eq!(tags, "12C12CZI");
+    assert!(codes.is_empty());
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "7");
 }
 
 async fn pending(gw: &PgGateway) -> String {

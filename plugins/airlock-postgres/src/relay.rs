@@ -37,6 +37,14 @@ use crate::rows::{self, Column};
 use crate::upstream::UpstreamStream;
 use airlock_core::ClientStream;
 
+/// A Parse the server must fail (a syntax error at "airlock"), sent after a
+/// refused message of a pipeline whose earlier statements were executed: the
+/// failure makes the server roll them back at Sync. The name keeps the
+/// client's unnamed statement untouched; a failed Parse creates nothing.
+/// The text is what the server's log shows.
+const ROLLBACK_PARSE: &[u8] =
+    b"airlock_refused\0airlock refused a statement of this pipeline, so it is rolled back\0\0\0";
+
 /// COPY data is recorded (durably, before it is forwarded) in chunks of about this size.
 const COPY_RECORD_CHUNK: usize = 64 * 1024;
 
@@ -71,6 +79,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         server: wires.server_write,
         actions: actions.clone(),
         skipping: false,
+        executed_since_sync: false,
         prepared: HashMap::new(),
         statements: HashMap::new(),
         portals: HashMap::new(),
@@ -132,6 +141,9 @@ enum Pending {
     Refused(Bytes),
     /// A refused simple query: the gateway's error, then ReadyForQuery.
     RefusedQuery(Bytes),
+    /// The gateway's failing Parse ([`ROLLBACK_PARSE`]): its error is not
+    /// the client's (the client gets the `Refused` error queued after it).
+    Rollback,
 }
 
 /// Messages from the client half to the server half.
@@ -277,6 +289,9 @@ struct ClientHalf<'a> {
     /// After the gateway refused an extended-protocol message: drop
     /// everything until Sync, as the server would after an error.
     skipping: bool,
+    /// An Execute went to the server since the last Sync: a refusal now
+    /// must roll the pipeline back.
+    executed_since_sync: bool,
     /// Prepared statements by name, as SQL `EXECUTE` names them (SQL
     /// `PREPARE` and named Parse share one namespace), for judging `EXECUTE`.
     prepared: HashMap<String, SqlOperation>,
@@ -352,6 +367,7 @@ impl ClientHalf<'_> {
                 b'C' => self.close(frame).await?,
                 b'S' => {
                     self.skipping = false;
+                    self.executed_since_sync = false;
                     self.forward(&frame, Some(Pending::Sync)).await?;
                 }
                 b'd' => {
@@ -406,14 +422,23 @@ impl ClientHalf<'_> {
     }
 
     /// Refuses the current message. In the extended protocol the messages
-    /// up to Sync are then dropped, as the server would after an error.
-    fn refuse(&mut self, error: Bytes, extended: bool) {
+    /// up to Sync are then dropped, as the server would after an error; and
+    /// when statements of this pipeline were already executed, the server is
+    /// made to fail too, so that Sync rolls them back as it would had the
+    /// refused statement failed on the server (a pipeline is one implicit
+    /// transaction: all or nothing).
+    async fn refuse(&mut self, error: Bytes, extended: bool) -> Result<()> {
         if extended {
+            if std::mem::take(&mut self.executed_since_sync) {
+                self.expect(Pending::Rollback);
+                self.write_server(&frame::raw(b'P', ROLLBACK_PARSE)).await?;
+            }
             self.skipping = true;
             self.expect(Pending::Refused(error));
         } else {
             self.expect(Pending::RefusedQuery(error));
         }
+        Ok(())
     }
 
     async fn query(&mut self, frame: Frame) -> Result<()> {
@@ -427,10 +452,7 @@ impl ClientHalf<'_> {
                 };
                 self.forward(&frame, Some(Pending::Query(track))).await
             }
-            Verdict::Refuse(error) => {
-                self.refuse(error, false);
-                Ok(())
-            }
+            Verdict::Refuse(error) => self.refuse(error, false).await,
             Verdict::Gone => Err(Error::Client(
                 "the client left while waiting for approval".into(),
             )),
@@ -474,10 +496,7 @@ impl ClientHalf<'_> {
                 }
                 self.forward(&frame, Some(Pending::Parse)).await
             }
-            Verdict::Refuse(error) => {
-                self.refuse(error, true);
-                Ok(())
-            }
+            Verdict::Refuse(error) => self.refuse(error, true).await,
             Verdict::Gone => Err(Error::Client(
                 "the client left while waiting for approval".into(),
             )),
@@ -574,8 +593,7 @@ impl ClientHalf<'_> {
         // parameters) is durable before the Execute leaves. (The Parse and
         // Bind before it may wait in the buffer: neither acts.)
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
-            self.refuse(store_error(&e), true);
-            return Ok(());
+            return self.refuse(store_error(&e), true).await;
         }
         let known = match (&key, described) {
             (Some(key), false) => self
@@ -613,6 +631,7 @@ impl ClientHalf<'_> {
                 p.described = true;
             }
         }
+        self.executed_since_sync = true;
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -665,10 +684,7 @@ impl ClientHalf<'_> {
                 self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
                     .await
             }
-            Verdict::Refuse(error) => {
-                self.refuse(error, false);
-                Ok(())
-            }
+            Verdict::Refuse(error) => self.refuse(error, false).await,
             Verdict::Gone => Err(Error::Client(
                 "the client left while waiting for approval".into(),
             )),
@@ -1110,6 +1126,12 @@ impl ServerHalf<'_> {
                 self.write_client(&out).await
             }
             b'E' => {
+                if matches!(self.queue.front(), Some(Pending::Rollback)) {
+                    // The server failed the gateway's own Parse and now skips
+                    // to Sync; the client gets the refusal queued next.
+                    self.queue.pop_front();
+                    return Ok(());
+                }
                 let mut e: ErrorResponse = frame.decode(Peer::Upstream)?;
                 let out = if self.mask_fields(&mut e.fields) {
                     frame::encode(&e)
