@@ -438,6 +438,9 @@ async fn cancel_stops_a_statement_waiting_for_approval() {
         .unwrap()
         .unwrap();
     assert_eq!(code(&r.unwrap_err()), "57014");
+    // The cancel ended there: it is not also sent to the server, where it
+    // would arrive late and cancel the next statement instead.
+    client.simple_query("SELECT pg_sleep(0.5)").await.unwrap();
     assert_eq!(count(&client, "orders").await, 2);
     assert!(!pg.log().contains("reviewed-3"));
 }

@@ -2,9 +2,12 @@
 //! secret the gateway draws itself; a `CancelRequest` arriving on a new
 //! connection is matched to the session and forwarded to the server with
 //! the server's own key (which the client never sees). A statement still
-//! waiting for approval is cancelled in the gateway.
+//! waiting for approval is cancelled in the gateway, and then the request is
+//! not forwarded: the server runs nothing of that statement, and a forwarded
+//! request, arriving late, would cancel the client's *next* statement.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -20,8 +23,65 @@ pub(crate) struct Entry {
     /// The server session's own key.
     pub(crate) pid: i32,
     pub(crate) secret: Bytes,
-    /// Wakes a statement that waits for approval in the gateway.
-    pub(crate) local: Arc<Notify>,
+    /// Reaches a statement that waits for approval in the gateway.
+    pub(crate) local: Arc<Local>,
+}
+
+/// Where a cancel request reaches a statement that waits in the gateway (for
+/// approval) rather than on the server.
+#[derive(Debug, Default)]
+pub(crate) struct Local {
+    /// A statement of the session waits in the gateway.
+    waiting: AtomicBool,
+    /// A cancel request arrived while it waits.
+    requested: AtomicBool,
+    notify: Notify,
+}
+
+impl Local {
+    /// Marks the session as waiting in the gateway until the guard drops.
+    /// Taken before the approval request becomes visible, so that no cancel
+    /// request for it can find the session not waiting.
+    pub(crate) fn begin(&self) -> Waiting<'_> {
+        self.requested.store(false, Ordering::SeqCst);
+        self.waiting.store(true, Ordering::SeqCst);
+        Waiting(self)
+    }
+
+    /// Stops the statement waiting in the gateway. False when none waits:
+    /// the request is then the server's.
+    pub(crate) fn cancel(&self) -> bool {
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        if waiting {
+            self.requested.store(true, Ordering::SeqCst);
+            self.notify.notify_waiters();
+        }
+        waiting
+    }
+
+    /// Resolves once a cancel request has arrived since [`Local::begin`].
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read: a request that comes
+            // after the read wakes this waiter.
+            notified.as_mut().enable();
+            if self.requested.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A statement waiting in the gateway; the wait ends when this drops.
+pub(crate) struct Waiting<'a>(&'a Local);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The cancel keys of one listener's live sessions.

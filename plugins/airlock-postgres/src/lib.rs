@@ -47,7 +47,6 @@ use pgwire::messages::startup::{
 };
 use rustls::ServerConfig;
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
-use tokio::sync::Notify;
 
 pub use config::{PostgresListener, PostgresTarget, SslMode};
 
@@ -164,7 +163,11 @@ impl PostgresConnector {
             tracing::debug!(pid, "cancel request with an unknown key");
             return;
         };
-        entry.local.notify_waiters();
+        if entry.local.cancel() {
+            // The statement waited in the gateway; the server runs nothing
+            // of it.
+            return;
+        }
         let timeout = Duration::from_secs(self.listener.connect_timeout_secs.max(1));
         if let Err(e) = entry.target.cancel(entry.pid, &entry.secret, timeout).await {
             tracing::info!(target = %entry.target.name, error = %e, "forwarding a cancel request failed");
@@ -319,7 +322,7 @@ impl PostgresConnector {
             }
         };
 
-        let local = Arc::new(Notify::new());
+        let local = Arc::new(cancel::Local::default());
         let key = self.cancels.register(cancel::Entry {
             target: target.clone(),
             pid: upstream.pid,

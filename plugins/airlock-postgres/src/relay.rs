@@ -54,8 +54,8 @@ pub(crate) struct Context<'a> {
     pub(crate) classifier: &'a Classifier,
     /// Result rows recorded per statement.
     pub(crate) record_rows: usize,
-    /// Wakes a statement waiting for approval when the client cancels.
-    pub(crate) cancel: Arc<Notify>,
+    /// Stops a statement waiting for approval when the client cancels.
+    pub(crate) cancel: Arc<crate::cancel::Local>,
 }
 
 /// The two connections.
@@ -818,6 +818,10 @@ impl ClientHalf<'_> {
             let Decision::Review { message, .. } = decision else {
                 continue;
             };
+            // From before the approval request is visible until the wait
+            // ends, a cancel request stops this statement in the gateway.
+            let cx = self.cx;
+            let _waiting = cx.cancel.begin();
             let pending = match self.cx.session.request_approval(operation, decision).await {
                 Ok(p) => p,
                 Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
@@ -841,7 +845,7 @@ impl ClientHalf<'_> {
             let outcome = loop {
                 tokio::select! {
                     d = &mut wait => break d,
-                    _ = self.cx.cancel.notified() => {
+                    () = self.cx.cancel.cancelled() => {
                         return Ok(Verdict::Refuse(frame::error_response(
                             Severity::Error,
                             sqlstate::QUERY_CANCELED,
