@@ -234,6 +234,31 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Extended-protocol messages for [`Raw`], as (tag, body).
+pub mod msg {
+    /// A C string.
+    pub fn cstr(s: &str) -> Vec<u8> {
+        [s.as_bytes(), &[0]].concat()
+    }
+
+    /// Parse of `sql` into statement `name`, no parameter types.
+    pub fn parse(name: &str, sql: &str) -> (u8, Vec<u8>) {
+        (b'P', [cstr(name), cstr(sql), vec![0, 0]].concat())
+    }
+
+    /// Bind of the unnamed portal to `statement` (no parameters, text
+    /// results), then Execute of it.
+    pub fn bind_execute(statement: &str) -> Vec<(u8, Vec<u8>)> {
+        vec![
+            (
+                b'B',
+                [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
+            ),
+            (b'E', [cstr(""), vec![0, 0, 0, 0]].concat()),
+        ]
+    }
+}
+
 /// A raw protocol client, for malformed input and exact message sequences.
 pub struct Raw {
     stream: tokio::net::TcpStream,

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 use airlock_tests::postgres::Raw as Wire;
+use airlock_tests::postgres::msg::{bind_execute, parse};
 use airlock_tests::postgres::{
     PgGateway, Tap, TestPostgres, conninfo, contains, pg_config, psql_stdin,
 };
@@ -243,39 +244,13 @@ async fn remembered_columns_never_outlive_their_statement() {
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
 
-    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
-    // Parse (no parameter types), Bind (no parameters, text results), Execute.
+    // Parse (when given), then Bind and Execute of the unnamed portal.
     let run = |statement: &str, sql: Option<&str>| {
-        let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
-        if let Some(sql) = sql {
-            msgs.push((b'P', [cstr(statement), cstr(sql), vec![0, 0]].concat()));
-        }
-        msgs.push((
-            b'B',
-            [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
-        ));
-        msgs.push((b'E', [cstr(""), vec![0, 0, 0, 0]].concat()));
-        msgs.push((b'S', Vec::new()));
+        let mut msgs: Vec<(u8, Vec<u8>)> =
+            sql.map(|sql| parse(statement, sql)).into_iter().collect();
+        msgs.extend(bind_execute(statement));
         msgs
     };
-    async fn exchange(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<String> {
-        for (tag, body) in msgs {
-            raw.send(tag, &body).await;
-        }
-        let mut values = Vec::new();
-        loop {
-            let (tag, body) = raw.read().await.expect("an answer");
-            match tag {
-                b'D' => {
-                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
-                    values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
-                }
-                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
-                b'Z' => return values,
-                _ => {}
-            }
-        }
-    }
 
     for _ in 0..3 {
         let plain = exchange(&mut raw, run("", Some("SELECT 'plain-value-7' AS other"))).await;
@@ -299,6 +274,27 @@ async fn remembered_columns_never_outlive_their_statement() {
     }
 }
 
+/// Sends `msgs` and a Sync; the first column of every row, up to ReadyForQuery.
+async fn exchange(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<String> {
+    for (tag, body) in msgs {
+        raw.send(tag, &body).await;
+    }
+    raw.send(b'S', &[]).await;
+    let mut values = Vec::new();
+    loop {
+        let (tag, body) = raw.read().await.expect("an answer");
+        match tag {
+            b'D' => {
+                let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+                values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+            }
+            b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+            b'Z' => return values,
+            _ => {}
+        }
+    }
+}
+
 /// A pipeline may bind the unnamed portal to one statement, execute it, bind
 /// it to another and execute that, all before the first rows come back. Each
 /// execution's rows are masked by its own statement's columns, also when the
@@ -309,38 +305,6 @@ async fn a_pipeline_that_rebinds_a_portal_masks_each_execution_by_its_own_column
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
 
-    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
-    let parse = |name: &str, sql: &str| (b'P', [cstr(name), cstr(sql), vec![0, 0]].concat());
-    // Bind the unnamed portal (no parameters, text results), then Execute it.
-    let bind_execute = |statement: &str| {
-        [
-            (
-                b'B',
-                [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
-            ),
-            (b'E', [cstr(""), vec![0, 0, 0, 0]].concat()),
-        ]
-    };
-    async fn exchange(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<String> {
-        for (tag, body) in msgs {
-            raw.send(tag, &body).await;
-        }
-        raw.send(b'S', &[]).await;
-        let mut values = Vec::new();
-        loop {
-            let (tag, body) = raw.read().await.expect("an answer");
-            match tag {
-                b'D' => {
-                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
-                    values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
-                }
-                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
-                b'Z' => return values,
-                _ => {}
-            }
-        }
-    }
-
     let value = "plain-value-7";
     let plain = format!("SELECT '{value}' AS other");
     let secret = format!("SELECT '{value}' AS ssn");
@@ -348,20 +312,20 @@ async fn a_pipeline_that_rebinds_a_portal_masks_each_execution_by_its_own_column
     let mut warm = vec![parse("plain", &plain), parse("secret", &secret)];
     warm.extend(bind_execute("plain"));
     assert_eq!(exchange(&mut raw, warm).await, vec![value]);
-    let first = exchange(&mut raw, bind_execute("secret").to_vec()).await;
+    let first = exchange(&mut raw, bind_execute("secret")).await;
     assert_eq!(first.len(), 1);
     assert_ne!(first[0], value, "the ssn column was not masked");
     let masked = first[0].clone();
 
     // Now both in one pipeline, in both orders.
-    let mut secret_then_plain = bind_execute("secret").to_vec();
+    let mut secret_then_plain = bind_execute("secret");
     secret_then_plain.extend(bind_execute("plain"));
     assert_eq!(
         exchange(&mut raw, secret_then_plain).await,
         vec![masked.clone(), value.to_string()],
         "each execution masked by its own statement's columns"
     );
-    let mut plain_then_secret = bind_execute("plain").to_vec();
+    let mut plain_then_secret = bind_execute("plain");
     plain_then_secret.extend(bind_execute("secret"));
     assert_eq!(
         exchange(&mut raw, plain_then_secret).await,

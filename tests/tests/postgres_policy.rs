@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use airlock_core::Identity;
 use airlock_core::approvals::ApprovalStatus;
-use airlock_tests::postgres::{PgGateway, Raw, TestPostgres, conninfo, pg_config, psql_stdin};
+use airlock_tests::postgres::{PgGateway, Raw, TestPostgres, conninfo, msg, pg_config, psql_stdin};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 const RULES: &str = r#"
@@ -266,14 +266,11 @@ async fn a_refusal_in_a_pipeline_rolls_back_what_the_pipeline_did() {
     let (_dir, pg, gw) = setup().await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
-    let cstr = |s: &str| [s.as_bytes(), &[0]].concat();
     // Parse, Bind and Execute of one statement on the unnamed portal.
     let statement = |sql: &str| {
-        [
-            (b'P', [cstr(""), cstr(sql), vec![0, 0]].concat()),
-            (b'B', [cstr(""), cstr(""), vec![0, 0, 0, 0, 0, 0]].concat()),
-            (b'E', [cstr(""), vec![0, 0, 0, 0]].concat()),
-        ]
+        let mut msgs = vec![msg::parse("", sql)];
+        msgs.extend(msg::bind_execute(""));
+        msgs
     };
     // Sends a pipeline with one Sync; the tags answered, and the SQLSTATEs of errors.
     async fn pipeline(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> (String, Vec<String>) {
@@ -297,7 +294,7 @@ async fn a_refusal_in_a_pipeline_rolls_back_what_the_pipeline_did() {
     }
 
     // Refused after an executed INSERT: the INSERT does not stay.
-    let mut msgs = statement("INSERT INTO victim VALUES (700)").to_vec();
+    let mut msgs = statement("INSERT INTO victim VALUES (700)");
     msgs.extend(statement("DROP TABLE victim"));
     msgs.extend(statement("INSERT INTO victim VALUES (701)"));
     let (tags, codes) = pipeline(&mut raw, msgs).await;
@@ -313,7 +310,7 @@ async fn a_refusal_in_a_pipeline_rolls_back_what_the_pipeline_did() {
     );
 
     // The same session, the same pipeline without the DROP: both INSERTs stay.
-    let mut msgs = statement("INSERT INTO victim VALUES (700)").to_vec();
+    let mut msgs = statement("INSERT INTO victim VALUES (700)");
     msgs.extend(statement("INSERT INTO victim VALUES (701)"));
     let (tags, codes) = pipeline(&mut raw, msgs).await;
     assert_eq!(tags, "12C12CZI");

@@ -1137,16 +1137,7 @@ impl Store for SledStore {
 
 impl Inner {
     fn summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
-        match self
-            .sessions
-            .get(id.0.as_bytes())
-            .map_err(db("cannot read a session"))?
-        {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(format!("session {id} cannot be read: {e}"))),
-        }
+        Ok(self.stored_summary(id)?.map(|s| s.summary))
     }
 
     fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
