@@ -642,24 +642,14 @@ impl Inner {
             let entry = by_session.entry(id).or_insert_with(|| (seq, Vec::new()));
             entry.1.extend_from_slice(&seq.to_be_bytes());
             entry.1.extend_from_slice(&p.at.encode());
-            let stored = match touched.remove(&id) {
-                Some(s) => s,
-                None => self.stored_summary(id)?,
+            // Folded in place: a summary is read at most once per batch.
+            let slot = match touched.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.stored_summary(id)?),
             };
-            let folded = match stored {
-                Some(s) if s.last_seq >= seq => Some(s),
-                stored => summarize(
-                    stored.map(|s| s.summary),
-                    &p.record,
-                    &mut by_user,
-                    &mut by_target,
-                )
-                .map(|summary| StoredSummary {
-                    summary,
-                    last_seq: seq,
-                }),
-            };
-            touched.insert(id, folded);
+            if slot.as_ref().is_none_or(|s| s.last_seq < seq) {
+                fold(slot, &p.record, &mut by_user, &mut by_target);
+            }
         }
         if let Some((first, at, n)) = span {
             spans.insert(&first.to_be_bytes(), encode_span(at, n));
@@ -891,14 +881,18 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
 }
 
 /// Folds one record into its session's summary.
-fn summarize(
-    summary: Option<SessionSummary>,
+/// Folds a record of a session into that session's stored summary (`None`
+/// until its start is seen).
+fn fold(
+    slot: &mut Option<StoredSummary>,
     record: &Record,
     by_user: &mut sled::Batch,
     by_target: &mut sled::Batch,
-) -> Option<SessionSummary> {
-    let id = record.session?;
-    match (&record.event, summary) {
+) {
+    let Some(id) = record.session else {
+        return;
+    };
+    match (&record.event, slot.as_mut()) {
         (
             Event::SessionStart {
                 identity,
@@ -910,33 +904,41 @@ fn summarize(
         ) => {
             by_user.insert(index_key(&identity.subject, id), &[]);
             by_target.insert(index_key(target, id), &[]);
-            Some(SessionSummary {
-                id,
-                user: identity.subject.clone(),
-                groups: identity.groups.clone(),
-                target: target.clone(),
-                protocol: protocol.clone(),
-                client: client.addr.to_string(),
-                started: record.time,
-                ended: None,
-                operations: 0,
-                denied: 0,
-                end_reason: None,
-            })
+            *slot = Some(StoredSummary {
+                summary: SessionSummary {
+                    id,
+                    user: identity.subject.clone(),
+                    groups: identity.groups.clone(),
+                    target: target.clone(),
+                    protocol: protocol.clone(),
+                    client: client.addr.to_string(),
+                    started: record.time,
+                    ended: None,
+                    operations: 0,
+                    denied: 0,
+                    end_reason: None,
+                },
+                last_seq: record.seq,
+            });
         }
-        (Event::Operation { decision, .. }, Some(mut s)) => {
-            s.operations += 1;
-            if matches!(decision, Decision::Deny { .. }) {
-                s.denied += 1;
+        (_, None) => {}
+        (event, Some(stored)) => {
+            let s = &mut stored.summary;
+            match event {
+                Event::Operation { decision, .. } => {
+                    s.operations += 1;
+                    if matches!(decision, Decision::Deny { .. }) {
+                        s.denied += 1;
+                    }
+                }
+                Event::SessionEnd { reason } => {
+                    s.ended = Some(record.time);
+                    s.end_reason = Some(reason.clone());
+                }
+                _ => {}
             }
-            Some(s)
+            stored.last_seq = record.seq;
         }
-        (Event::SessionEnd { reason }, Some(mut s)) => {
-            s.ended = Some(record.time);
-            s.end_reason = Some(reason.clone());
-            Some(s)
-        }
-        (_, s) => s,
     }
 }
 

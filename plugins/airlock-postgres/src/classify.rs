@@ -210,10 +210,17 @@ impl Classifier {
             return template
                 .iter()
                 .zip(&pieces)
-                .map(|(c, piece)| {
-                    let mut c = c.clone();
-                    c.operation.text = piece.text.to_owned();
-                    c
+                .map(|(c, piece)| Classified {
+                    operation: SqlOperation {
+                        text: piece.text.to_owned(),
+                        kind: c.operation.kind,
+                        object: c.operation.object.clone(),
+                        tables: c.operation.tables.clone(),
+                        has_where: c.operation.has_where,
+                    },
+                    prepare: c.prepare.clone(),
+                    execute: c.execute.clone(),
+                    deallocate: c.deallocate.clone(),
                 })
                 .collect();
         }

@@ -444,7 +444,7 @@ impl ClientHalf<'_> {
     async fn query(&mut self, frame: Frame) -> Result<()> {
         let q: Query = frame.decode(Peer::Client)?;
         let classified = self.cx.classifier.classify(&q.query);
-        match self.judge(&classified).await? {
+        match self.judge(classified).await? {
             Verdict::Allow(_, changes) => {
                 self.apply(changes);
                 let track = QueryTrack {
@@ -463,7 +463,7 @@ impl ClientHalf<'_> {
         let parse: Parse = frame.decode(Peer::Client)?;
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
-        match self.judge(&classified).await? {
+        match self.judge(classified).await? {
             Verdict::Allow(ops, changes) => {
                 self.apply(changes);
                 let mut counts = MaskCounts::new();
@@ -728,12 +728,14 @@ impl ClientHalf<'_> {
         }
     }
 
-    /// The operation a classified statement stands for. `EXECUTE name` is
-    /// judged as the statement it runs; an unknown name as opaque.
-    fn resolve(&self, c: &Classified, overlay: &[PreparedChange]) -> SqlOperation {
-        let Some(name) = &c.execute else {
-            return c.operation.clone();
-        };
+    /// The operation `EXECUTE name` stands for: the statement it runs, or
+    /// opaque for an unknown name.
+    fn resolve_execute(
+        &self,
+        c: &Classified,
+        name: &str,
+        overlay: &[PreparedChange],
+    ) -> SqlOperation {
         let mut found = self.prepared.get(name).cloned();
         for change in overlay {
             match change {
@@ -774,11 +776,15 @@ impl ClientHalf<'_> {
     }
 
     /// Judges the statements of one message.
-    async fn judge(&mut self, classified: &[Classified]) -> Result<Verdict> {
+    async fn judge(&mut self, mut classified: Arc<[Classified]>) -> Result<Verdict> {
         let mut ops = Vec::with_capacity(classified.len());
         let mut changes = Vec::new();
-        for c in classified {
-            ops.push(self.resolve(c, &changes));
+        for i in 0..classified.len() {
+            let c = &classified[i];
+            let executed = c
+                .execute
+                .as_deref()
+                .map(|name| self.resolve_execute(c, name, &changes));
             if let Some((name, inner)) = &c.prepare {
                 changes.push(PreparedChange::Add(name.clone(), inner.clone()));
             }
@@ -787,6 +793,17 @@ impl ClientHalf<'_> {
                 Some(None) => changes.push(PreparedChange::Clear),
                 None => {}
             }
+            let op = match executed {
+                Some(op) => op,
+                // A classification made for this text alone (a new text of a
+                // known shape) is not shared with the cache: its operation is
+                // moved out instead of copied.
+                None => match Arc::get_mut(&mut classified) {
+                    Some(mine) => std::mem::replace(&mut mine[i].operation, opaque("")),
+                    None => classified[i].operation.clone(),
+                },
+            };
+            ops.push(op);
         }
         Ok(match self.decide(ops).await? {
             Verdict::Allow(ops, _) => Verdict::Allow(ops, changes),
@@ -801,8 +818,8 @@ impl ClientHalf<'_> {
         // Earlier pipelined messages go out while this one is judged.
         self.flush_server().await?;
         let mut decisions = Vec::with_capacity(ops.len());
-        for op in &ops {
-            let operation = Operation::Sql(op.clone());
+        for op in ops {
+            let operation = Operation::Sql(op);
             match self.cx.session.authorize(&operation).await {
                 Ok(d) => decisions.push((operation, d)),
                 Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
@@ -874,6 +891,13 @@ impl ClientHalf<'_> {
                 Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
             }
         }
+        let ops = decisions
+            .into_iter()
+            .filter_map(|(operation, _)| match operation {
+                Operation::Sql(op) => Some(op),
+                _ => None,
+            })
+            .collect();
         Ok(Verdict::Allow(ops, Vec::new()))
     }
 }

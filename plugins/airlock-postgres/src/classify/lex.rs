@@ -79,19 +79,19 @@ impl Piece<'_> {
 /// token; pieces of only whitespace and comments are dropped.
 pub(super) fn split(sql: &str) -> Result<Vec<Piece<'_>>, LexError> {
     let tokens = tokenize(sql)?;
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    let mut current: Vec<Token> = Vec::new();
-    let mut flush = |start: usize, end: usize, current: &mut Vec<Token>| {
-        if current.is_empty() {
+    // Most query strings are one statement: one piece, and its tokens are
+    // copied once, re-based on the piece's text.
+    let mut pieces = Vec::with_capacity(1);
+    let mut push = |start: usize, end: usize, tokens: &[Token]| {
+        if tokens.is_empty() {
             return;
         }
         let raw = &sql[start..end];
         let lead = raw.len() - raw.trim_start().len();
         let text = raw.trim();
         let offset = start + lead;
-        let tokens = current
-            .drain(..)
+        let tokens = tokens
+            .iter()
             .map(|t| Token {
                 kind: t.kind,
                 span: t.span.start - offset..t.span.end - offset,
@@ -99,15 +99,15 @@ pub(super) fn split(sql: &str) -> Result<Vec<Piece<'_>>, LexError> {
             .collect();
         pieces.push(Piece { text, tokens });
     };
-    for token in tokens {
+    let (mut start, mut first) = (0, 0);
+    for (i, token) in tokens.iter().enumerate() {
         if token.kind == TokenKind::Semicolon {
-            flush(start, token.span.start, &mut current);
+            push(start, token.span.start, &tokens[first..i]);
             start = token.span.end;
-        } else {
-            current.push(token);
+            first = i + 1;
         }
     }
-    flush(start, sql.len(), &mut current);
+    push(start, sql.len(), &tokens[first..]);
     Ok(pieces)
 }
 
@@ -195,7 +195,8 @@ fn ident_start(b: u8) -> bool {
 
 fn tokenize(sql: &str) -> Result<Vec<Token>, LexError> {
     let b = sql.as_bytes();
-    let mut tokens = Vec::new();
+    // About one token per six bytes of SQL: one allocation for most strings.
+    let mut tokens = Vec::with_capacity(b.len() / 6 + 4);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
