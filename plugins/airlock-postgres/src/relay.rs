@@ -16,20 +16,22 @@
 //! real transaction status.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Instant;
 
 use airlock_core::{
     Decision, Error, Event, MaskCounts, Operation, Result, Session, SqlKind, SqlOperation,
 };
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use pgwire::messages::data::{ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{Bind, Parse};
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, NotificationResponse};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::Notify;
 
 use crate::classify::{Classified, Classifier};
 use crate::frame::{self, Frame, FrameReader, Peer, Severity, sqlstate};
@@ -162,10 +164,16 @@ enum Action {
 /// answer, so they need no wake-up (a wake-up of the running task costs a
 /// whole extra poll of the connection). Only what the server half must act
 /// on without a server answer (a refusal, a notice, a fatal error) wakes it.
+/// The server half checks for that on every turn of its loop, so it is a
+/// flag and a waker slot rather than a `Notify` (whose waiter list costs a
+/// lock to join and another to leave, twice per statement).
 #[derive(Default)]
 struct Actions {
     queue: Mutex<VecDeque<Action>>,
-    attention: Notify,
+    /// Set after queuing an action the server half must act on by itself.
+    attention: AtomicBool,
+    /// The server half's waker while it waits.
+    waker: AtomicWaker,
 }
 
 impl Actions {
@@ -177,8 +185,28 @@ impl Actions {
         };
         self.queue().push_back(action);
         if wake {
-            self.attention.notify_one();
+            self.attention.store(true, Ordering::Release);
+            self.waker.wake();
         }
+    }
+
+    /// Completes once an action needs the server half's attention (at once
+    /// if one came since it last looked).
+    async fn attention(&self) {
+        std::future::poll_fn(|cx| {
+            if self.attention.swap(false, Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // An action queued between the check and the registration woke
+            // nobody: look again.
+            if self.attention.swap(false, Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Moves everything queued into `into` (both keep their allocations).
@@ -993,7 +1021,7 @@ impl ServerHalf<'_> {
             }
             tokio::select! {
                 biased;
-                () = self.actions.attention.notified() => {}
+                () = self.actions.attention() => {}
                 frame = self.reader.next() => match frame? {
                     Some(frame) => {
                         // Anything the client half queued before this answer
