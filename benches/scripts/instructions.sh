@@ -14,7 +14,7 @@
 # Caveat: valgrind hides the CPU's SHA extensions, so ring hashes with its
 # AVX code and SHA-256 costs several times what it does on the bare CPU; the
 # last two columns leave its compression function out. Work that runs on a
-# timer (the recorder's 2 ms flush of records nobody waits for, the index
+# timer (the recorder's 10 ms flush of records nobody waits for, the index
 # linger) is also over-counted: under valgrind a statement takes about
 # twenty times as long, so a timer fires twenty times as often per statement.
 #

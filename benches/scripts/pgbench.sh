@@ -10,6 +10,7 @@
 #   ROUNDS=5 ...    # cells per target (default 3), interleaved direct/pgbouncer/airlock; the median is shown
 #   AIRLOCK_WORKERS=1 ...  # Airlock's connection workers (default: one per CPU)
 #   KEEP=1 ...      # leave the servers up afterwards (for perf); prints how to reach them
+#   PIN=1 ...       # proxies on CPU 1, PostgreSQL and pgbench on CPU 0 (a gateway with a core of its own)
 #
 # Needs: PostgreSQL server binaries, pgbench, pgbouncer (apt-get install
 # pgbouncer), and a release build (cargo build --release -p airlock).
@@ -27,12 +28,12 @@ ROUNDS=${ROUNDS:-3}
 
 run() { # port password mode clients [extra]
   local out
-  out=$(PGPASSWORD=$2 pgbench -h 127.0.0.1 -p "$1" -U bench -n -M "$3" -c "$4" -j "$(( $4 < 2 ? 1 : 2 ))" -T "$DURATION" $5 bench 2>&1) || { echo "pgbench failed: $out" >&2; echo 0; return; }
+  out=$(PGPASSWORD=$2 "${on_db[@]}" pgbench -h 127.0.0.1 -p "$1" -U bench -n -M "$3" -c "$4" -j "$(( $4 < 2 ? 1 : 2 ))" -T "$DURATION" $5 bench 2>&1) || { echo "pgbench failed: $out" >&2; echo 0; return; }
   echo "$out" | awk '/^tps/ {print int($3)}'
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 connrate() { # port password: new connections per second (pgbench -C, select-only)
-  PGPASSWORD=$2 pgbench -h 127.0.0.1 -p "$1" -U bench -n -C -S -c 4 -j 2 -T "$DURATION" bench 2>&1 | awk '/^tps/ {print int($3)}'
+  PGPASSWORD=$2 "${on_db[@]}" pgbench -h 127.0.0.1 -p "$1" -U bench -n -C -S -c 4 -j 2 -T "$DURATION" bench 2>&1 | awk '/^tps/ {print int($3)}'
 }
 
 printf '%-14s %-9s %7s %10s %10s %10s %12s %12s\n' workload mode clients direct pgbouncer airlock airlock/dir airlock/bouncer

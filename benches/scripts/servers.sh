@@ -4,6 +4,9 @@
 # exit. Sets: work PGPORT BOUNCER GW PASS TOKEN AIRLOCK pids as_pg.
 # PGBOUNCER_WRAP / AIRLOCK_WRAP prefix the two proxies' command lines (a
 # profiler, say); AIRLOCK_DURABILITY and AIRLOCK_WORKERS tune Airlock.
+# PIN=1 puts the proxies on CPU 1 and PostgreSQL (and, through $on_db, the
+# load generator) on CPU 0: the nearest this 2-core machine gets to a gateway
+# on its own host, where the proxy's CPU is not taken from the database.
 AIRLOCK=${AIRLOCK:-${CARGO_TARGET_DIR:-target}/release/airlock}
 [ -x "$AIRLOCK" ] || { echo "build first: cargo build --release -p airlock" >&2; exit 1; }
 command -v pgbouncer >/dev/null || { echo "install pgbouncer (apt-get install pgbouncer)" >&2; exit 1; }
@@ -17,12 +20,18 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pkill
 trap cleanup EXIT
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+on_db=(); on_proxy=()
+if [ -n "${PIN:-}" ]; then
+  command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  on_db=(taskset -c 0); on_proxy=(taskset -c 1)
+fi
+
 PGPORT=${PGPORT:-25432}; BOUNCER=${BOUNCER:-26432}; GW=${GW:-27432}
 PASS=bench$RANDOM$RANDOM
 mkdir "$work/data"; [ "$(id -u)" = 0 ] && chown postgres "$work/data" "$work"
 as_pg "$PGBIN/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
 echo "host all all 127.0.0.1/32 scram-sha-256" >> "$work/data/pg_hba.conf"
-as_pg "$PGBIN/postgres" -D "$work/data" -p $PGPORT -c listen_addresses=127.0.0.1 \
+as_pg "${on_db[@]}" "$PGBIN/postgres" -D "$work/data" -p $PGPORT -c listen_addresses=127.0.0.1 \
   -c unix_socket_directories="$work" -c max_connections=300 -c fsync=off >"$work/pg.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do psql -h "$work" -p $PGPORT -U postgres -XAtc 'select 1' postgres >/dev/null 2>&1 && break; sleep 0.1; done
@@ -46,7 +55,7 @@ unix_socket_dir =
 logfile = $work/pgbouncer.log
 INI
 [ "$(id -u)" = 0 ] && chown postgres "$work/userlist.txt" "$work/pgbouncer.ini"
-as_pg ${PGBOUNCER_WRAP:-} pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+as_pg "${on_proxy[@]}" ${PGBOUNCER_WRAP:-} pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
 # Airlock: token login, guardrails, masking, durable recording.
@@ -77,7 +86,7 @@ targets = ["bench"]
 [policy]
 packs = ["sql-guardrails"]
 TOML
-${AIRLOCK_WRAP:-} "$AIRLOCK" --config "$work/airlock.toml" --log warn serve >"$work/airlock.log" 2>&1 &
+"${on_proxy[@]}" ${AIRLOCK_WRAP:-} "$AIRLOCK" --config "$work/airlock.toml" --log warn serve >"$work/airlock.log" 2>&1 &
 pids+=($!)
 TOKEN=$("$AIRLOCK" --config "$work/airlock.toml" token --sub bench --groups bench --ttl 2h)
 # Both proxies answer before any measurement (slow to start under a profiler).
