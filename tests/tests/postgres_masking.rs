@@ -15,6 +15,9 @@ use tokio_postgres::types::{FromSql, Type};
 const MASKING: &str = r#"
 [[masking.fields]]
 name = "ssn"
+
+[[masking.fields]]
+name = "staff.pay_grade"
 "#;
 
 async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
@@ -24,7 +27,10 @@ async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
         "CREATE TABLE customers (id int, email text, ssn text, note varchar(200), doc jsonb, tags text[], nick name);
          INSERT INTO customers VALUES
            (1, 'alice@example.com', '123-45-6789', 'call bob@example.org', '{\"mail\": \"carol@example.net\"}', '{\"dave@example.com\",\"plain\"}', 'erin@example.com');
-         ALTER TABLE customers OWNER TO airlock_app;",
+         ALTER TABLE customers OWNER TO airlock_app;
+         CREATE TABLE staff (id int, pay_grade text, team text);
+         INSERT INTO staff VALUES (7, 'E7-band-3', 'platform');
+         ALTER TABLE staff OWNER TO airlock_app;",
     )
     .await
     .unwrap();
@@ -124,6 +130,58 @@ async fn columns_and_detected_values_are_masked_in_text_and_binary_results() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "plain");
     assert_eq!(row.get::<_, i64>(2), 7);
+}
+
+/// A column rule follows the column, not the name the query gives it: the
+/// table OID and attribute number in RowDescription are looked up in the
+/// target's catalog. `E7-band-3` looks like nothing a detector knows, so
+/// only the rule `staff.pay_grade` can mask it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_does_not_take_a_column_out_of_its_rule() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    // Under its own name, the rule applies (and the other columns stay).
+    let rows = text(
+        client
+            .simple_query("SELECT id, pay_grade, team FROM staff")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows, vec![vec!["7", "<REDACTED>", "platform"]]);
+    // Aliased, qualified, through a table alias, in a subquery: still masked.
+    for sql in [
+        "SELECT pay_grade AS grade FROM staff",
+        "SELECT s.pay_grade AS \"x\" FROM staff s",
+        "SELECT public.staff.pay_grade AS team FROM public.staff",
+        "SELECT g FROM (SELECT pay_grade AS g FROM staff) sub",
+    ] {
+        let rows = text(client.simple_query(sql).await.unwrap());
+        assert_eq!(rows, vec![vec!["<REDACTED>"]], "{sql}");
+    }
+    // Extended protocol with binary results (text is its own bytes).
+    let row = client
+        .query_one(
+            "SELECT pay_grade AS grade, team AS pay_grade FROM staff",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "<REDACTED>");
+    // A column merely *called* like the ruled one is not masked by it.
+    assert_eq!(row.get::<_, String>(1), "platform");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

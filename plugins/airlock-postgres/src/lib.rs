@@ -24,6 +24,7 @@
 //! is `docs/postgres.md` in the repository.
 
 mod cancel;
+mod catalog;
 pub mod classify;
 mod config;
 mod frame;
@@ -60,6 +61,8 @@ use crate::upstream::Target;
 pub struct PostgresConnector {
     listener: PostgresListener,
     targets: BTreeMap<String, Arc<Target>>,
+    /// Column names by table OID, per target (for masking rules).
+    catalogs: BTreeMap<String, Arc<catalog::Catalog>>,
     tls: Option<Arc<ServerConfig>>,
     classifier: Classifier,
     cancels: Arc<cancel::Registry>,
@@ -84,11 +87,16 @@ impl Connector for PostgresConnector {
         let targets = targets
             .into_iter()
             .map(|(name, t)| Ok((name.clone(), Arc::new(Target::new(&name, t)?))))
-            .collect::<Result<_>>()?;
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        let catalogs = targets
+            .iter()
+            .map(|(name, t)| (name.clone(), Arc::new(catalog::Catalog::new(t.clone()))))
+            .collect();
         Ok(PostgresConnector {
             classifier: Classifier::new(listener.classifier_cache),
             listener,
             targets,
+            catalogs,
             tls,
             cancels: Arc::default(),
         })
@@ -366,6 +374,7 @@ impl PostgresConnector {
             classifier: &self.classifier,
             record_rows: self.listener.record_rows,
             cancel: local,
+            catalog: self.catalogs.get(&target_name).cloned(),
         };
         let wires = relay::Wires {
             client_read: client.reader,

@@ -58,6 +58,8 @@ pub(crate) struct Context<'a> {
     pub(crate) record_rows: usize,
     /// Stops a statement waiting for approval when the client cancels.
     pub(crate) cancel: Arc<crate::cancel::Local>,
+    /// The target's column names, for masking rules.
+    pub(crate) catalog: Option<Arc<crate::catalog::Catalog>>,
 }
 
 /// The two connections.
@@ -991,16 +993,40 @@ struct ServerHalf<'a> {
 
 impl ServerHalf<'_> {
     /// The columns a RowDescription describes.
-    fn described(&mut self, frame: &Frame) -> Result<Arc<Vec<Column>>> {
+    async fn described(&mut self, frame: &Frame) -> Result<Arc<Vec<Column>>> {
         if let Some((bytes, cols)) = &self.last_description
             && *bytes == frame.bytes
         {
             return Ok(cols.clone());
         }
         let desc: RowDescription = frame.decode(Peer::Upstream)?;
-        let cols = Arc::new(rows::columns(&desc));
-        // A copy: holding the frame itself would pin the read buffer.
-        self.last_description = Some((Bytes::copy_from_slice(&frame.bytes), cols.clone()));
+        // Columns straight from a table are named by the catalog, so an
+        // alias cannot take a column out of its masking rule.
+        let mut complete = true;
+        if let Some(catalog) = &self.cx.catalog {
+            let tables: Vec<u32> = desc
+                .fields
+                .iter()
+                .map(|f| (f.table_id.cast_unsigned(), f.column_id))
+                .filter(|&(table, attnum)| table != 0 && catalog.column(table, attnum).is_none())
+                .map(|(table, _)| table)
+                .collect();
+            if !tables.is_empty() {
+                complete = catalog.learn(&tables).await;
+            }
+        }
+        let cols = Arc::new(rows::columns(&desc, |table, attnum| {
+            self.cx
+                .catalog
+                .as_ref()
+                .and_then(|c| c.column(table, attnum))
+                .map(|c| c.qualified)
+        }));
+        // A copy: holding the frame itself would pin the read buffer. Not
+        // kept when the catalog could not be asked, so it is asked again.
+        if complete {
+            self.last_description = Some((Bytes::copy_from_slice(&frame.bytes), cols.clone()));
+        }
         Ok(cols)
     }
 
@@ -1275,7 +1301,7 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'T' => {
-                let cols = self.described(&frame)?;
+                let cols = self.described(&frame).await?;
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
                     Some(Pending::DescribePortal { name, hidden, key }) => {
@@ -1497,7 +1523,7 @@ impl ServerHalf<'_> {
 }
 
 /// `SQLSTATE: message` of a server error (already masked), for the record.
-fn error_text(e: &ErrorResponse) -> String {
+pub(crate) fn error_text(e: &ErrorResponse) -> String {
     let field = |c: u8| {
         e.fields
             .iter()

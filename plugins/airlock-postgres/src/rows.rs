@@ -75,20 +75,31 @@ fn array_element(type_oid: u32) -> Option<TextLike> {
 pub(crate) struct Column {
     /// The column's name, as the client sees it.
     pub(crate) name: String,
-    /// The name masking rules match on.
+    /// The name masking rules match on: `schema.table.column` for a column
+    /// straight from a table (whatever the query called it), else the name
+    /// the query gave it.
     pub(crate) field: String,
     pub(crate) type_oid: u32,
     /// 0 text, 1 binary.
     pub(crate) format: i16,
 }
 
-/// The columns of a `RowDescription`.
-pub(crate) fn columns(desc: &RowDescription) -> Vec<Column> {
+/// The columns of a `RowDescription`; `table_column` names a column by its
+/// table OID and attribute number when the catalog knows it.
+pub(crate) fn columns(
+    desc: &RowDescription,
+    table_column: impl Fn(u32, i16) -> Option<std::sync::Arc<str>>,
+) -> Vec<Column> {
     desc.fields
         .iter()
         .map(|f| Column {
             name: f.name.clone(),
-            field: f.name.clone(),
+            // pgwire reads the OID as signed; OIDs are unsigned on the wire.
+            field: match f.table_id.cast_unsigned() {
+                0 => f.name.clone(),
+                table => table_column(table, f.column_id)
+                    .map_or_else(|| f.name.clone(), |qualified| qualified.to_string()),
+            },
             type_oid: f.type_id,
             format: f.format_code,
         })
@@ -160,7 +171,7 @@ fn push_cell(line: &mut String, i: usize, value: &Rendered) {
 }
 
 /// Splits a `DataRow` body into its cells (`None` for NULL).
-fn split_cells(body: &[u8]) -> std::result::Result<Vec<Option<&[u8]>>, String> {
+pub(crate) fn split_cells(body: &[u8]) -> std::result::Result<Vec<Option<&[u8]>>, String> {
     let bad = || "malformed DataRow from the server".to_string();
     if body.len() < 2 {
         return Err(bad());
