@@ -5,22 +5,26 @@
 //! for `customers.ssn` would never see it. The same message also carries
 //! the column's table (OID) and attribute number whenever the column comes
 //! straight from a table, aliased or not. This module turns those into
-//! `schema.table.column` by asking the target's catalog, once per table and
-//! gateway process, over a short connection of its own made with the
+//! `schema.table.column` by asking the target's catalog, once per column
+//! (and again after a while), over a short connection of its own made with the
 //! target's credential (the client's connection is never used: it may be in
 //! a failed transaction, or in the middle of a COPY).
 //!
-//! Table OIDs and attribute numbers do not change while a table exists, and
-//! PostgreSQL does not reuse the number of a dropped column, so a cached name
-//! is never another column's name. A renamed column keeps its old name here
-//! until the gateway restarts: its rules follow the data it held.
+//! Masking matches rules against both names, the table column and the
+//! query's name, so neither an alias nor a stale or missing catalog entry
+//! masks less than the query's name alone would. Entries expire after a
+//! while (a column renamed, or a database restored under the same OIDs,
+//! is picked up again), and a column the catalog did not know (a table
+//! created in the client's still open transaction, or a column added later)
+//! is asked for again after a pause.
 //!
 //! When the catalog cannot be asked (the target is down, say) the columns
-//! keep the names the query gave them, as before this lookup existed, the
-//! detectors still run on every value, and the lookup is retried after a
-//! pause.
+//! keep only the names the query gave them, as before this lookup existed,
+//! the detectors still run on every value, and the lookup is retried after a
+//! pause. Lookups are rate-limited per target: a client creating tables in
+//! a loop cannot make the gateway log in to the target at will.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,22 +35,20 @@ use tokio::io::AsyncWriteExt;
 use crate::frame::{self, Peer};
 use crate::upstream::Target;
 
-/// How long to wait for the catalog before giving up on a lookup.
+/// How long to wait for the catalog (or for another lookup of it) before
+/// giving up on a lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed lookup, columns keep their query names this long before
-/// the catalog is asked again (not once per statement while a target is down).
+/// A column the catalog did not know, or a failed lookup, is asked again
+/// after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// A known column is asked again after this long.
+const FRESH_FOR: Duration = Duration::from_secs(600);
+/// At most one lookup per target this often.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Beyond this many cached columns the cache starts over.
 const MAX_COLUMNS: usize = 100_000;
-/// At most this many tables per catalog query.
-const MAX_TABLES_PER_QUERY: usize = 256;
-
-/// A column of a table, as the catalog knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TableColumn {
-    /// `schema.table.column`: what masking rules match.
-    pub(crate) qualified: Arc<str>,
-}
+/// At most this many columns per lookup.
+const MAX_PER_LOOKUP: usize = 512;
 
 /// The column names of one target's tables, by table OID and attribute number.
 #[derive(Debug)]
@@ -58,13 +60,28 @@ pub(crate) struct Catalog {
     lookup: tokio::sync::Mutex<()>,
 }
 
+/// A table OID and an attribute number.
+type ColumnKey = (u32, i16);
+
+/// What the catalog said about a column, and when: `schema.table.column`,
+/// or `None` when it did not have the column.
+type Entry = (Option<Arc<str>>, Instant);
+
 #[derive(Debug, Default)]
 struct Known {
-    columns: HashMap<(u32, i16), TableColumn>,
-    /// Tables already asked for (a table with no visible column is not
-    /// asked for again).
-    tables: HashSet<u32>,
+    columns: HashMap<ColumnKey, Entry>,
+    last_lookup: Option<Instant>,
     failed_at: Option<Instant>,
+}
+
+impl Known {
+    fn needs(&self, key: (u32, i16), now: Instant) -> bool {
+        match self.columns.get(&key) {
+            None => true,
+            Some((Some(_), at)) => now.duration_since(*at) >= FRESH_FOR,
+            Some((None, at)) => now.duration_since(*at) >= RETRY_AFTER,
+        }
+    }
 }
 
 impl Catalog {
@@ -81,44 +98,70 @@ impl Catalog {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The column at `(table, attnum)`, if the catalog has told us.
-    pub(crate) fn column(&self, table: u32, attnum: i16) -> Option<TableColumn> {
-        self.known().columns.get(&(table, attnum)).cloned()
+    /// `schema.table.column` of the column at `(table, attnum)`, if the
+    /// catalog has told us.
+    pub(crate) fn column(&self, table: u32, attnum: i16) -> Option<Arc<str>> {
+        self.known()
+            .columns
+            .get(&(table, attnum))
+            .and_then(|(name, _)| name.clone())
     }
 
-    /// Makes sure the columns of `tables` are known, asking the catalog for
-    /// the ones that are not. Returns false when they could not be learned
-    /// (the caller falls back to the names the query gave).
-    pub(crate) async fn learn(&self, tables: &[u32]) -> bool {
-        if self.missing(tables).is_empty() {
-            return true;
-        }
-        let _one = self.lookup.lock().await;
-        // Another connection may have asked while we waited.
-        let missing = self.missing(tables);
-        if missing.is_empty() {
-            return true;
-        }
-        if self
-            .known()
-            .failed_at
-            .is_some_and(|t| t.elapsed() < RETRY_AFTER)
-        {
+    /// Whether any of these columns should be asked for.
+    pub(crate) fn needs(&self, columns: &[(u32, i16)]) -> bool {
+        let known = self.known();
+        let now = Instant::now();
+        columns
+            .iter()
+            .any(|&(t, a)| t != 0 && known.needs((t, a), now))
+    }
+
+    /// Asks the catalog for the columns that need it. Returns whether every
+    /// one of them now has a name (false: the caller should not hold on to
+    /// names made without it).
+    pub(crate) async fn learn(&self, columns: &[(u32, i16)]) -> bool {
+        let Ok(_one) = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock()).await else {
             return false;
-        }
-        match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(&missing)).await {
-            Ok(Ok(columns)) => {
+        };
+        let missing = {
+            let known = self.known();
+            let now = Instant::now();
+            let mut missing: Vec<(u32, i16)> = columns
+                .iter()
+                .copied()
+                .filter(|&(t, a)| t != 0 && known.needs((t, a), now))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if missing.is_empty() {
+                // Another connection asked while we waited.
+                return self.all_named(columns);
+            }
+            let recent = |at: Option<Instant>, pause: Duration| {
+                at.is_some_and(|t| now.duration_since(t) < pause)
+            };
+            if recent(known.failed_at, RETRY_AFTER) || recent(known.last_lookup, MIN_INTERVAL) {
+                return false;
+            }
+            missing
+        };
+        let truncated = missing.len() > MAX_PER_LOOKUP;
+        let asked = &missing[..missing.len().min(MAX_PER_LOOKUP)];
+        self.known().last_lookup = Some(Instant::now());
+        match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(asked)).await {
+            Ok(Ok(found)) => {
+                let now = Instant::now();
                 let mut known = self.known();
-                if known.columns.len() + columns.len() > MAX_COLUMNS {
+                if known.columns.len() + asked.len() > MAX_COLUMNS {
                     known.columns.clear();
-                    known.tables.clear();
                 }
                 known.failed_at = None;
-                for t in missing {
-                    known.tables.insert(t);
+                let mut found: HashMap<(u32, i16), Arc<str>> = found.into_iter().collect();
+                for key in asked {
+                    known.columns.insert(*key, (found.remove(key), now));
                 }
-                known.columns.extend(columns);
-                true
+                drop(known);
+                !truncated && self.all_named(columns)
             }
             Ok(Err(e)) => self.failed(&e),
             Err(_) => self.failed(&Error::Upstream(format!(
@@ -128,17 +171,11 @@ impl Catalog {
         }
     }
 
-    fn missing(&self, tables: &[u32]) -> Vec<u32> {
+    fn all_named(&self, columns: &[(u32, i16)]) -> bool {
         let known = self.known();
-        let mut missing: Vec<u32> = tables
+        columns
             .iter()
-            .copied()
-            .filter(|t| *t != 0 && !known.tables.contains(t))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        missing.truncate(MAX_TABLES_PER_QUERY);
-        missing
+            .all(|&(t, a)| t == 0 || matches!(known.columns.get(&(t, a)), Some((Some(_), _))))
     }
 
     fn failed(&self, e: &Error) -> bool {
@@ -152,25 +189,28 @@ impl Catalog {
     }
 
     /// One query over a connection of its own.
-    async fn ask(&self, tables: &[u32]) -> Result<Vec<((u32, i16), TableColumn)>> {
+    async fn ask(&self, columns: &[(u32, i16)]) -> Result<Vec<((u32, i16), Arc<str>)>> {
         let mut params = BTreeMap::new();
         params.insert(
             "application_name".to_string(),
             "airlock-catalog".to_string(),
         );
         let mut conn = self.target.connect(&params, LOOKUP_TIMEOUT).await?;
-        let list = tables
+        // Only numbers the gateway formatted itself go into the text.
+        let list = columns
             .iter()
-            .map(u32::to_string)
+            .map(|(t, a)| format!("({t}::pg_catalog.oid,{a}::pg_catalog.int2)"))
             .collect::<Vec<_>>()
             .join(",");
-        // Only numbers the gateway formatted itself go into the text.
+        // Operators resolve in pg_catalog only, whatever the role's
+        // search_path holds (a SET rather than a startup option, which a
+        // pooler in front of the target may refuse).
         let sql = format!(
-            "SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
+            "SET search_path = pg_catalog; SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE a.attrelid IN ({list}) AND a.attnum > 0 AND NOT a.attisdropped"
+             WHERE (a.attrelid, a.attnum) IN ({list}) AND NOT a.attisdropped"
         );
         let mut body = sql.into_bytes();
         body.push(0);
@@ -185,7 +225,7 @@ impl Catalog {
             .await
             .map_err(unreachable)?;
         conn.write.flush().await.map_err(unreachable)?;
-        let mut columns = Vec::new();
+        let mut found = Vec::new();
         let mut error = None;
         loop {
             let Some(frame) = conn.reader.next().await? else {
@@ -198,7 +238,7 @@ impl Catalog {
                 b'D' => {
                     let cells = crate::rows::split_cells(frame.body()).map_err(Error::Upstream)?;
                     if let Some(c) = catalog_row(&cells) {
-                        columns.push(c);
+                        found.push(c);
                     }
                 }
                 b'E' => {
@@ -217,23 +257,18 @@ impl Catalog {
                 "the catalog of target {} refused the lookup: {e}",
                 self.target.name
             ))),
-            None => Ok(columns),
+            None => Ok(found),
         }
     }
 }
 
 /// One catalog row: attrelid, attnum, schema, table, column (text format).
-fn catalog_row(cells: &[Option<&[u8]>]) -> Option<((u32, i16), TableColumn)> {
+fn catalog_row(cells: &[Option<&[u8]>]) -> Option<((u32, i16), Arc<str>)> {
     let text = |i: usize| -> Option<&str> { std::str::from_utf8(cells.get(i).copied()??).ok() };
     let table: u32 = text(0)?.parse().ok()?;
     let attnum: i16 = text(1)?.parse().ok()?;
     let qualified = format!("{}.{}.{}", text(2)?, text(3)?, text(4)?);
-    Some((
-        (table, attnum),
-        TableColumn {
-            qualified: qualified.into(),
-        },
-    ))
+    Some(((table, attnum), qualified.into()))
 }
 
 #[cfg(test)]
@@ -251,7 +286,7 @@ mod tests {
         ];
         let (key, col) = catalog_row(&cells).unwrap();
         assert_eq!(key, (16384, 3));
-        assert_eq!(&*col.qualified, "public.customers.ssn");
+        assert_eq!(&*col, "public.customers.ssn");
         // A row the gateway cannot read is skipped, not guessed at.
         let bad: Vec<Option<&[u8]>> = vec![Some(b"x"), Some(b"3"), None, None, None];
         assert!(catalog_row(&bad).is_none());

@@ -992,27 +992,28 @@ struct ServerHalf<'a> {
 }
 
 impl ServerHalf<'_> {
-    /// The columns a RowDescription describes.
-    async fn described(&mut self, frame: &Frame) -> Result<Arc<Vec<Column>>> {
+    /// The columns a RowDescription describes, and whether the catalog
+    /// named all of those that come from a table (if not, they are not
+    /// worth remembering beyond this result).
+    async fn described(&mut self, frame: &Frame) -> Result<(Arc<Vec<Column>>, bool)> {
         if let Some((bytes, cols)) = &self.last_description
             && *bytes == frame.bytes
         {
-            return Ok(cols.clone());
+            return Ok((cols.clone(), true));
         }
         let desc: RowDescription = frame.decode(Peer::Upstream)?;
         // Columns straight from a table are named by the catalog, so an
         // alias cannot take a column out of its masking rule.
         let mut complete = true;
         if let Some(catalog) = &self.cx.catalog {
-            let tables: Vec<u32> = desc
+            let origins: Vec<(u32, i16)> = desc
                 .fields
                 .iter()
                 .map(|f| (f.table_id.cast_unsigned(), f.column_id))
-                .filter(|&(table, attnum)| table != 0 && catalog.column(table, attnum).is_none())
-                .map(|(table, _)| table)
+                .filter(|&(table, _)| table != 0)
                 .collect();
-            if !tables.is_empty() {
-                complete = catalog.learn(&tables).await;
+            if catalog.needs(&origins) {
+                complete = catalog.learn(&origins).await;
             }
         }
         let cols = Arc::new(rows::columns(&desc, |table, attnum| {
@@ -1020,14 +1021,13 @@ impl ServerHalf<'_> {
                 .catalog
                 .as_ref()
                 .and_then(|c| c.column(table, attnum))
-                .map(|c| c.qualified)
         }));
         // A copy: holding the frame itself would pin the read buffer. Not
         // kept when the catalog could not be asked, so it is asked again.
         if complete {
             self.last_description = Some((Bytes::copy_from_slice(&frame.bytes), cols.clone()));
         }
-        Ok(cols)
+        Ok((cols, complete))
     }
 
     async fn run(&mut self) -> Result<String> {
@@ -1301,12 +1301,15 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'T' => {
-                let cols = self.described(&frame).await?;
+                let (cols, complete) = self.described(&frame).await?;
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
                     Some(Pending::DescribePortal { name, hidden, key }) => {
                         let (name, hidden) = (name.clone(), *hidden);
-                        remember(&self.columns, key.take(), Some(cols.clone()));
+                        let key = key.take();
+                        if complete {
+                            remember(&self.columns, key, Some(cols.clone()));
+                        }
                         self.portals.insert(name, Some(cols));
                         self.queue.pop_front();
                         if hidden {

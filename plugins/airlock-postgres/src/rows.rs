@@ -75,13 +75,25 @@ fn array_element(type_oid: u32) -> Option<TextLike> {
 pub(crate) struct Column {
     /// The column's name, as the client sees it.
     pub(crate) name: String,
-    /// The name masking rules match on: `schema.table.column` for a column
-    /// straight from a table (whatever the query called it), else the name
-    /// the query gave it.
-    pub(crate) field: String,
+    /// `schema.table.column` for a column straight from a table (whatever
+    /// the query called it), from the target's catalog.
+    pub(crate) origin: Option<String>,
     pub(crate) type_oid: u32,
     /// 0 text, 1 binary.
     pub(crate) format: i16,
+}
+
+impl Column {
+    /// The names masking rules are matched against: the table column and
+    /// the query's name for it. Either one matching a rule masks the value,
+    /// so an alias can neither hide a column from its rule nor a stale or
+    /// missing catalog entry mask less than the query's name alone would.
+    fn names(&self) -> ([&str; 2], usize) {
+        match &self.origin {
+            Some(origin) => ([origin.as_str(), self.name.as_str()], 2),
+            None => ([self.name.as_str(), ""], 1),
+        }
+    }
 }
 
 /// The columns of a `RowDescription`; `table_column` names a column by its
@@ -95,10 +107,9 @@ pub(crate) fn columns(
         .map(|f| Column {
             name: f.name.clone(),
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
-            field: match f.table_id.cast_unsigned() {
-                0 => f.name.clone(),
-                table => table_column(table, f.column_id)
-                    .map_or_else(|| f.name.clone(), |qualified| qualified.to_string()),
+            origin: match f.table_id.cast_unsigned() {
+                0 => None,
+                table => table_column(table, f.column_id).map(|q| q.to_string()),
             },
             type_oid: f.type_id,
             format: f.format_code,
@@ -212,7 +223,11 @@ fn mask_value<'a>(
     value: &'a [u8],
     counts: &mut MaskCounts,
 ) -> MaskedCell<'a> {
-    let field = col.map(|c| c.field.as_str());
+    let names = col.map(Column::names);
+    let field: &[&str] = match &names {
+        Some((names, n)) => &names[..*n],
+        None => &[],
+    };
     let binary = col.is_some_and(|c| c.format == 1);
     if !binary {
         let (masked, text) = mask_text(masker, field, value, counts);
@@ -247,12 +262,12 @@ fn mask_value<'a>(
 /// every type, and the record gets the masked text.
 fn mask_opaque_binary(
     masker: &Masker,
-    field: Option<&str>,
+    field: &[&str],
     value: &[u8],
     counts: &mut MaskCounts,
 ) -> Option<String> {
     let text = String::from_utf8_lossy(value);
-    match masker.mask_str(field, &text, counts) {
+    match masker.mask_str_named(field, &text, counts) {
         Cow::Owned(masked) if masked != *text => Some(masked),
         _ => None,
     }
@@ -262,12 +277,12 @@ fn mask_opaque_binary(
 /// is matched on its lossy reading and left untouched unless a match is found.
 fn mask_text<'a>(
     masker: &Masker,
-    field: Option<&str>,
+    field: &[&str],
     value: &'a [u8],
     counts: &mut MaskCounts,
 ) -> (Cow<'a, [u8]>, String) {
     let text = String::from_utf8_lossy(value);
-    match masker.mask_str(field, &text, counts) {
+    match masker.mask_str_named(field, &text, counts) {
         Cow::Borrowed(_) => (Cow::Borrowed(value), text.into_owned()),
         Cow::Owned(masked) if masked == *text => (Cow::Borrowed(value), masked),
         Cow::Owned(masked) => (Cow::Owned(masked.clone().into_bytes()), masked),
@@ -276,7 +291,7 @@ fn mask_text<'a>(
 
 fn mask_text_like<'a>(
     masker: &Masker,
-    field: Option<&str>,
+    field: &[&str],
     value: &'a [u8],
     kind: TextLike,
     counts: &mut MaskCounts,
@@ -302,7 +317,7 @@ fn mask_text_like<'a>(
 /// the array is malformed (it is then forwarded as it is).
 fn mask_array<'a>(
     masker: &Masker,
-    field: Option<&str>,
+    field: &[&str],
     value: &'a [u8],
     kind: TextLike,
     counts: &mut MaskCounts,
@@ -432,14 +447,14 @@ pub(crate) fn render_params(
         let type_oid = types.get(i).copied().unwrap_or(0);
         let text = if format == 1 {
             match text_like(type_oid) {
-                Some(kind) => mask_text_like(masker, None, v, kind, counts).1,
+                Some(kind) => mask_text_like(masker, &[], v, kind, counts).1,
                 None if type_oid == 0 && std::str::from_utf8(v).is_ok_and(printable) => {
-                    mask_text(masker, None, v, counts).1
+                    mask_text(masker, &[], v, counts).1
                 }
                 None => render_binary(type_oid, v),
             }
         } else {
-            mask_text(masker, None, v, counts).1
+            mask_text(masker, &[], v, counts).1
         };
         let _ = write!(s, "'{}'", text.replace('\'', "''"));
     }
@@ -505,7 +520,7 @@ pub(crate) fn mask_function_result(
             out.extend_from_slice(masked.as_bytes());
         }
         Err(_) => {
-            mask_opaque_binary(masker, None, value, counts)?;
+            mask_opaque_binary(masker, &[], value, counts)?;
             out.extend_from_slice(&(-1i32).to_be_bytes());
         }
     }
@@ -629,7 +644,7 @@ impl BinaryCopy {
                     out.put_slice(value.as_bytes());
                     line.push_str(value);
                 }
-                Err(_) => match mask_opaque_binary(masker, None, v, counts) {
+                Err(_) => match mask_opaque_binary(masker, &[], v, counts) {
                     Some(masked) => {
                         out.put_i32(-1);
                         line.push_str(&masked);
@@ -669,7 +684,7 @@ mod tests {
     fn col(name: &str, type_oid: u32, format: i16) -> Column {
         Column {
             name: name.into(),
-            field: name.into(),
+            origin: None,
             type_oid,
             format,
         }

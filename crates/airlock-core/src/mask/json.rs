@@ -86,10 +86,9 @@ impl FieldPat {
             (None, _) => true,
             // The connector could not tell the table: mask rather than leak.
             (Some(_), None) => true,
-            (Some(t), Some(ft)) => {
-                let ft = ft.to_ascii_lowercase();
-                ft == *t || ft.ends_with(&format!(".{t}")) || t.ends_with(&format!(".{ft}"))
-            }
+            // Checked for every cell of a result: compared in place, no
+            // lower-cased copies.
+            (Some(t), Some(ft)) => dotted_suffix(ft, t) || dotted_suffix(t, ft),
         }
     }
 
@@ -364,5 +363,16 @@ fn mask_secret(m: &Masker, obj: &mut Map<String, Value>, counts: &mut MaskCounts
             }
             Err(_) => *s = m.whole(label, s.as_bytes(), counts),
         }
+    }
+}
+
+/// Whether `name` is `suffix` or ends with `.suffix`, ignoring ASCII case
+/// (`public.users` against `users`).
+fn dotted_suffix(name: &str, suffix: &str) -> bool {
+    let (n, s) = (name.as_bytes(), suffix.as_bytes());
+    match n.len().checked_sub(s.len()) {
+        Some(0) => n.eq_ignore_ascii_case(s),
+        Some(at) => n[at - 1] == b'.' && n[at..].eq_ignore_ascii_case(s),
+        None => false,
     }
 }

@@ -509,13 +509,27 @@ impl Masker {
         s: &'a str,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        if let Some(f) = field {
-            if let Some(rule) = self.column_rule(f) {
-                return Cow::Owned(self.whole(Label::Field(rule), s.as_bytes(), counts));
-            }
-            if let Some(det) = self.named_secret(f, s.as_bytes()) {
-                return Cow::Owned(self.whole(Label::Det(det), s.as_bytes(), counts));
-            }
+        self.mask_str_named(field.as_slice(), s, counts)
+    }
+
+    /// [`Masker::mask_str`] for a value known by several names, such as a
+    /// result column's `schema.table.column` and the name the query gave it:
+    /// a field rule or a secret-like name matching *any* of them applies, so
+    /// one name can never take a value out of a rule the other matches.
+    pub fn mask_str_named<'a>(
+        &self,
+        names: &[&str],
+        s: &'a str,
+        counts: &mut MaskCounts,
+    ) -> Cow<'a, str> {
+        if let Some(rule) = names.iter().find_map(|f| self.column_rule(f)) {
+            return Cow::Owned(self.whole(Label::Field(rule), s.as_bytes(), counts));
+        }
+        if let Some(det) = names
+            .iter()
+            .find_map(|f| self.named_secret(f, s.as_bytes()))
+        {
+            return Cow::Owned(self.whole(Label::Det(det), s.as_bytes(), counts));
         }
         match self.mask_bytes(s.as_bytes(), counts) {
             None => Cow::Borrowed(s),
@@ -633,8 +647,14 @@ impl Masker {
 
     /// Whether the value of a field called like a secret (`password`,
     /// `api_key`) is one.
+    /// A dotted name (`schema.table.column`) is also judged by its last
+    /// part: a long schema and table name must not hide a `password` column.
     fn named_secret(&self, field: &str, value: &[u8]) -> Option<Det> {
-        detect::named_secret(&self.profile.plan, field.as_bytes(), value)
+        let plan = &self.profile.plan;
+        detect::named_secret(plan, field.as_bytes(), value).or_else(|| {
+            let (_, last) = field.rsplit_once('.')?;
+            detect::named_secret(plan, last.as_bytes(), value)
+        })
     }
 }
 

@@ -463,9 +463,40 @@ token = "NOTE"
     assert_eq!(m.mask_str(Some("t.notes"), "anything", &mut c), "<NOTE>");
     assert_eq!(c["field:users.email"], 3);
     assert_eq!(c["field:notes"], 1);
-    // A column named like a secret is masked whole.
+    // Case and schema do not matter for the table part.
+    assert_eq!(
+        m.mask_str(Some("Public.USERS.email"), "ab@cd.io", &mut c),
+        "**@*d.io"
+    );
+    assert_eq!(
+        m.mask_str(Some("xusers.email"), "ab@cd.io", &mut c),
+        "<EMAIL>",
+        "a table whose name merely ends like the rule's is another table"
+    );
+    // A value known by two names (a result column's table column and the
+    // query's alias for it): a rule matching either one applies.
+    assert_eq!(
+        m.mask_str_named(&["public.users.email", "e"], "ab@cd.io", &mut c),
+        "**@*d.io"
+    );
+    assert_eq!(
+        m.mask_str_named(&["public.t.x", "notes"], "anything", &mut c),
+        "<NOTE>"
+    );
+    assert_eq!(
+        m.mask_str_named(&["public.t.x", "y"], "anything", &mut c),
+        "anything"
+    );
+    // A column named like a secret is masked whole, also behind a long
+    // schema and table name, and also when only one of its names says so.
     assert_eq!(
         m.mask_str(Some("users.db_password"), "hunter22", &mut c),
+        "<SECRET>"
+    );
+    let long = format!("tenant_{}.{}.password", "a".repeat(60), "b".repeat(40));
+    assert_eq!(m.mask_str(Some(&long), "hunter22", &mut c), "<SECRET>");
+    assert_eq!(
+        m.mask_str_named(&["public.settings.value", "password"], "hunter22", &mut c),
         "<SECRET>"
     );
     assert_eq!(
