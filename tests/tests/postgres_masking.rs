@@ -140,6 +140,26 @@ async fn columns_and_detected_values_are_masked_in_text_and_binary_results() {
 async fn an_alias_does_not_take_a_column_out_of_its_rule() {
     let (_dir, _pg, gw) = setup().await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
+    // Several sessions meet the table for the first time at once: one asks
+    // the catalog, the others wait for its answer (none is left unmasked,
+    // none hangs).
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        let c = connect(gw.addr, &token).await;
+        first.push(tokio::spawn(async move {
+            c.query_one("SELECT pay_grade AS g FROM staff", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }));
+    }
+    for f in first {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(30), f)
+            .await
+            .expect("a session waiting for the catalog hung")
+            .unwrap();
+        assert_eq!(got, "<REDACTED>");
+    }
     let client = connect(gw.addr, &token).await;
     let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
         rows.into_iter()
@@ -208,6 +228,13 @@ async fn an_unreadable_catalog_falls_back_to_the_query_names() {
         assert_eq!(row.get::<_, String>(1), "<REDACTED>");
         assert_eq!(row.get::<_, i32>(2), 7);
     }
+    // The lookup really failed (the server refused the catalog connection),
+    // which is why only the query's names counted above.
+    let log = pg.log();
+    assert!(
+        log.contains("too many connections for role \"airlock_app\""),
+        "{log}"
+    );
     // The simple protocol too, and the session stays usable throughout.
     let rows = client
         .simple_query("SELECT pay_grade, team FROM staff")

@@ -21,8 +21,9 @@
 //! When the catalog cannot be asked (the target is down, say) the columns
 //! keep only the names the query gave them, as before this lookup existed,
 //! the detectors still run on every value, and the lookup is retried after a
-//! pause. Lookups are rate-limited per target: a client creating tables in
-//! a loop cannot make the gateway log in to the target at will.
+//! pause. Lookups are rate-limited per target (a client creating tables in
+//! a loop cannot make the gateway log in to the target at will): a lookup
+//! waits for its turn rather than being skipped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -123,7 +124,7 @@ impl Catalog {
         let Ok(_one) = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock()).await else {
             return false;
         };
-        let missing = {
+        let (missing, failed_at, last_lookup) = {
             let known = self.known();
             let now = Instant::now();
             let mut missing: Vec<(u32, i16)> = columns
@@ -133,45 +134,53 @@ impl Catalog {
                 .collect();
             missing.sort_unstable();
             missing.dedup();
-            if missing.is_empty() {
-                // Another connection asked while we waited.
-                return self.all_named(columns);
-            }
-            let recent = |at: Option<Instant>, pause: Duration| {
-                at.is_some_and(|t| now.duration_since(t) < pause)
-            };
-            if recent(known.failed_at, RETRY_AFTER) || recent(known.last_lookup, MIN_INTERVAL) {
-                return false;
-            }
-            missing
+            (missing, known.failed_at, known.last_lookup)
         };
-        let truncated = missing.len() > MAX_PER_LOOKUP;
-        let asked = &missing[..missing.len().min(MAX_PER_LOOKUP)];
-        self.known().last_lookup = Some(Instant::now());
-        match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(asked)).await {
-            Ok(Ok(found)) => {
-                let now = Instant::now();
-                let mut known = self.known();
-                if known.columns.len() + asked.len() > MAX_COLUMNS {
-                    known.columns.clear();
-                }
-                known.failed_at = None;
-                let mut found: HashMap<(u32, i16), Arc<str>> = found.into_iter().collect();
-                for key in asked {
-                    known.columns.insert(*key, (found.remove(key), now));
-                }
-                drop(known);
-                !truncated && self.all_named(columns)
-            }
-            Ok(Err(e)) => self.failed(&e),
-            Err(_) => self.failed(&Error::Upstream(format!(
-                "the catalog of target {} did not answer within {LOOKUP_TIMEOUT:?}",
-                self.target.name
-            ))),
+        if missing.is_empty() {
+            // Another connection asked while we waited.
+            return self.all_named(columns);
         }
+        if failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return false;
+        }
+        // The rate limit waits rather than skips: a skipped lookup would
+        // leave these columns with the query's names alone, and a client
+        // could arrange that on purpose by having another lookup run first.
+        if let Some(last) = last_lookup {
+            let rest = MIN_INTERVAL.saturating_sub(last.elapsed());
+            if !rest.is_zero() {
+                tokio::time::sleep(rest).await;
+            }
+        }
+        for asked in missing.chunks(MAX_PER_LOOKUP) {
+            self.known().last_lookup = Some(Instant::now());
+            match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(asked)).await {
+                Ok(Ok(found)) => {
+                    let now = Instant::now();
+                    let mut known = self.known();
+                    if known.columns.len() + asked.len() > MAX_COLUMNS {
+                        known.columns.clear();
+                    }
+                    known.failed_at = None;
+                    let mut found: HashMap<(u32, i16), Arc<str>> = found.into_iter().collect();
+                    for key in asked {
+                        known.columns.insert(*key, (found.remove(key), now));
+                    }
+                }
+                Ok(Err(e)) => return self.failed(&e),
+                Err(_) => {
+                    return self.failed(&Error::Upstream(format!(
+                        "the catalog of target {} did not answer within {LOOKUP_TIMEOUT:?}",
+                        self.target.name
+                    )));
+                }
+            }
+        }
+        self.all_named(columns)
     }
 
-    fn all_named(&self, columns: &[(u32, i16)]) -> bool {
+    /// Whether every one of these columns has a name from the catalog.
+    pub(crate) fn all_named(&self, columns: &[(u32, i16)]) -> bool {
         let known = self.known();
         columns
             .iter()
@@ -196,21 +205,26 @@ impl Catalog {
             "airlock-catalog".to_string(),
         );
         let mut conn = self.target.connect(&params, LOOKUP_TIMEOUT).await?;
-        // Only numbers the gateway formatted itself go into the text.
+        // Only numbers the gateway formatted itself go into the text, and
+        // every operator and type is pg_catalog's, whatever the role's
+        // search_path holds (no SET: a pooler in front of the target would
+        // hand that setting on to its next client).
         let list = columns
             .iter()
-            .map(|(t, a)| format!("({t}::pg_catalog.oid,{a}::pg_catalog.int2)"))
+            .map(|(t, a)| {
+                format!(
+                    "(a.attrelid OPERATOR(pg_catalog.=) {t}::pg_catalog.oid \
+                     AND a.attnum OPERATOR(pg_catalog.=) {a}::pg_catalog.int2)"
+                )
+            })
             .collect::<Vec<_>>()
-            .join(",");
-        // Operators resolve in pg_catalog only, whatever the role's
-        // search_path holds (a SET rather than a startup option, which a
-        // pooler in front of the target may refuse).
+            .join(" OR ");
         let sql = format!(
-            "SET search_path = pg_catalog; SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
+            "SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
              FROM pg_catalog.pg_attribute a \
-             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE (a.attrelid, a.attnum) IN ({list}) AND NOT a.attisdropped"
+             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE ({list}) AND NOT a.attisdropped"
         );
         let mut body = sql.into_bytes();
         body.push(0);

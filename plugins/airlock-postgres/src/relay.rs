@@ -1012,9 +1012,13 @@ impl ServerHalf<'_> {
                 .map(|f| (f.table_id.cast_unsigned(), f.column_id))
                 .filter(|&(table, _)| table != 0)
                 .collect();
-            if catalog.needs(&origins) {
-                complete = catalog.learn(&origins).await;
-            }
+            complete = if catalog.needs(&origins) {
+                catalog.learn(&origins).await
+            } else {
+                // A column the catalog did not know is not asked again for
+                // a while; its names are still not to be remembered.
+                catalog.all_named(&origins)
+            };
         }
         let cols = Arc::new(rows::columns(&desc, |table, attnum| {
             self.cx

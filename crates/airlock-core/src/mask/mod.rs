@@ -522,7 +522,7 @@ impl Masker {
         s: &'a str,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        if let Some(rule) = names.iter().find_map(|f| self.column_rule(f)) {
+        if let Some(rule) = self.column_rule(names) {
             return Cow::Owned(self.whole(Label::Field(rule), s.as_bytes(), counts));
         }
         if let Some(det) = names
@@ -636,12 +636,14 @@ impl Masker {
     }
 
     /// The enabled column-style field rule matching `field`, if any.
-    fn column_rule(&self, field: &str) -> Option<u16> {
+    /// The first in configuration order, whichever of the names it matches
+    /// (the order of rules decides, not the order of names).
+    fn column_rule(&self, names: &[&str]) -> Option<u16> {
         self.shared
             .fields
             .iter()
             .zip(&self.profile.fields_on)
-            .position(|(f, on)| *on && f.pat.matches_column(field))
+            .position(|(f, on)| *on && names.iter().any(|n| f.pat.matches_column(n)))
             .and_then(|i| u16::try_from(i).ok())
     }
 

@@ -487,6 +487,21 @@ token = "NOTE"
         m.mask_str_named(&["public.t.x", "y"], "anything", &mut c),
         "anything"
     );
+    // Rules apply in configuration order, whichever name they match.
+    assert_eq!(
+        m.mask_str_named(&["public.t.notes", "email"], "ab@cd.io", &mut c),
+        "**@*d.io"
+    );
+    // A rule with a schema: the same table with or without the schema
+    // matches, the same table name in another schema does not.
+    let e2 = engine("[[masking.fields]]\nname = \"public.users.email\"\n", &[]);
+    let m2 = e2.masker("t", &who("a", &[]));
+    assert_eq!(m2.mask_str(Some("users.email"), "x1", &mut c), "<REDACTED>");
+    assert_eq!(
+        m2.mask_str(Some("PUBLIC.users.email"), "x1", &mut c),
+        "<REDACTED>"
+    );
+    assert_eq!(m2.mask_str(Some("other.users.email"), "x1", &mut c), "x1");
     // A column named like a secret is masked whole, also behind a long
     // schema and table name, and also when only one of its names says so.
     assert_eq!(
