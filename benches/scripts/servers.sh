@@ -89,10 +89,17 @@ TOML
 "${on_proxy[@]}" ${AIRLOCK_WRAP:-} "$AIRLOCK" --config "$work/airlock.toml" --log warn serve >"$work/airlock.log" 2>&1 &
 pids+=($!)
 TOKEN=$("$AIRLOCK" --config "$work/airlock.toml" token --sub bench --groups bench --ttl 2h)
-# Both proxies answer before any measurement (slow to start under a profiler).
-for _ in $(seq 600); do
+# Both proxies answer before any measurement (slow to start under a
+# profiler: up to a few minutes under callgrind on a busy machine).
+up=no
+for _ in $(seq 3000); do
   PGPASSWORD=$PASS psql -h 127.0.0.1 -p $BOUNCER -U bench -XAtc 'select 1' bench >/dev/null 2>&1 &&
-    PGPASSWORD=$TOKEN psql -h 127.0.0.1 -p $GW -U bench -XAtc 'select 1' bench >/dev/null 2>&1 && break
+    PGPASSWORD=$TOKEN psql -h 127.0.0.1 -p $GW -U bench -XAtc 'select 1' bench >/dev/null 2>&1 && { up=yes; break; }
   sleep 0.1
 done
+if [ $up != yes ]; then
+  echo "the proxies did not start; their logs:" >&2
+  tail -20 "$work/pgbouncer.log" "$work/airlock.log" >&2
+  exit 1
+fi
 
