@@ -208,6 +208,30 @@ async fn an_alias_does_not_take_a_column_out_of_its_rule() {
     assert_eq!(row.get::<_, String>(3), "platform");
 }
 
+/// Catalog lookups are rate-limited per target, and a lookup right after
+/// another waits for its turn: a client cannot have a statement's columns
+/// go unlooked-up (and an alias unmasked) by sending another new table's
+/// statement just before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_right_after_another_waits_instead_of_being_skipped() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let rows: Vec<Vec<String>> = client
+        .simple_query("SELECT id FROM customers LIMIT 0; SELECT pay_grade AS g FROM staff")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(vec![r.get(0).unwrap_or("NULL").to_string()])
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, vec![vec!["<REDACTED>"]]);
+}
+
 /// When the catalog cannot be read (here: the target allows the gateway's
 /// role one connection, which the session holds), the session goes on and
 /// rules match the query's names, as they did before the lookup existed.

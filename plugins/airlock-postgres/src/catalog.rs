@@ -44,7 +44,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// A known column is asked again after this long.
 const FRESH_FOR: Duration = Duration::from_secs(600);
-/// At most one lookup per target this often.
+/// At least this long between the end of one lookup of a target and the
+/// start of the next.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Beyond this many cached columns the cache starts over.
 const MAX_COLUMNS: usize = 100_000;
@@ -153,11 +154,13 @@ impl Catalog {
             }
         }
         for asked in missing.chunks(MAX_PER_LOOKUP) {
-            self.known().last_lookup = Some(Instant::now());
             match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(asked)).await {
                 Ok(Ok(found)) => {
                     let now = Instant::now();
                     let mut known = self.known();
+                    // From the end of a lookup: the interval is time the
+                    // target has without the gateway's logins.
+                    known.last_lookup = Some(now);
                     if known.columns.len() + asked.len() > MAX_COLUMNS {
                         known.columns.clear();
                     }
