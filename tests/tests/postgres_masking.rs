@@ -20,7 +20,7 @@ name = "ssn"
 name = "staff.pay_grade"
 
 [[masking.fields]]
-name = "later.note"
+name = "later.memo"
 "#;
 
 async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
@@ -247,11 +247,11 @@ async fn columns_the_catalog_could_not_name_are_asked_for_again() {
     let client = connect(gw.addr, &token).await;
     client
         .batch_execute(
-            "BEGIN; CREATE TABLE later (id int, note text); INSERT INTO later VALUES (1, 'quarterly plan B');",
+            "BEGIN; CREATE TABLE later (id int, memo text); INSERT INTO later VALUES (1, 'quarterly plan B');",
         )
         .await
         .unwrap();
-    let st = client.prepare("SELECT note AS n FROM later").await.unwrap();
+    let st = client.prepare("SELECT memo AS n FROM later").await.unwrap();
     // Still inside the creating transaction: only the query's name `n` is
     // known (a documented limit); the statement runs.
     assert_eq!(client.query(&st, &[]).await.unwrap().len(), 1);
