@@ -31,10 +31,9 @@ use std::time::{Duration, Instant};
 
 use airlock_core::{Error, Result};
 use pgwire::messages::response::ErrorResponse;
-use tokio::io::AsyncWriteExt;
 
 use crate::frame::{self, Peer};
-use crate::upstream::Target;
+use crate::upstream::{Target, send};
 
 /// How long to wait for the catalog (or for another lookup of it) before
 /// giving up on a lookup.
@@ -231,17 +230,7 @@ impl Catalog {
         );
         let mut body = sql.into_bytes();
         body.push(0);
-        let unreachable = |e: std::io::Error| {
-            Error::Upstream(format!(
-                "cannot ask the catalog of target {}: {e}",
-                self.target.name
-            ))
-        };
-        conn.write
-            .write_all(&frame::raw(b'Q', &body))
-            .await
-            .map_err(unreachable)?;
-        conn.write.flush().await.map_err(unreachable)?;
+        send(&mut conn.write, &frame::raw(b'Q', &body), &self.target).await?;
         let mut found = Vec::new();
         let mut error = None;
         loop {
@@ -267,8 +256,7 @@ impl Catalog {
             }
         }
         // Terminate; the server closes its side.
-        let _ = conn.write.write_all(&frame::raw(b'X', &[])).await;
-        let _ = conn.write.flush().await;
+        let _ = send(&mut conn.write, &frame::raw(b'X', &[]), &self.target).await;
         match error {
             Some(e) => Err(Error::Upstream(format!(
                 "the catalog of target {} refused the lookup: {e}",

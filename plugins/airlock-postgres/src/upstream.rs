@@ -359,7 +359,12 @@ impl Target {
     }
 }
 
-async fn send(write: &mut WriteHalf<UpstreamStream>, bytes: &[u8], target: &Target) -> Result<()> {
+/// Writes and flushes one message to the server.
+pub(crate) async fn send(
+    write: &mut WriteHalf<UpstreamStream>,
+    bytes: &[u8],
+    target: &Target,
+) -> Result<()> {
     write
         .write_all(bytes)
         .await
