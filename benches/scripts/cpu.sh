@@ -9,6 +9,7 @@
 #
 #   benches/scripts/cpu.sh                           # select-only, simple, 16 clients, 3 rounds
 #   MODE=prepared CLIENTS=64 ROUNDS=5 benches/scripts/cpu.sh
+#   WORKLOAD=range benches/scripts/cpu.sh            # 100-row results (see servers.sh)
 #   B_WORKERS=1 benches/scripts/cpu.sh               # a second Airlock with one connection worker
 #   AIRLOCK_B=/tmp/airlock-old benches/scripts/cpu.sh  # a second Airlock from another build
 #
@@ -19,11 +20,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODE=${MODE:-simple}
+WORKLOAD=${WORKLOAD:-select-only}
 CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 command -v perf >/dev/null || { echo "install perf (apt-get install linux-perf)" >&2; exit 1; }
 . benches/scripts/servers.sh
+
+case $WORKLOAD in
+  select-only) flag=-S ;; range) flag="-f $work/range.sql" ;;
+  *) echo "unknown workload $WORKLOAD" >&2; exit 1 ;;
+esac
 
 targets=(pgbouncer airlock)
 if [ -n "${AIRLOCK_B:-}${B_WORKERS:-}" ]; then
@@ -53,7 +60,7 @@ for round in $(seq "$ROUNDS"); do
     esac
     perf stat -e task-clock,context-switches -p "$pid" -o "$work/perf.$t" sleep $((DURATION + 1)) &
     stat=$!
-    out=$(PGPASSWORD=$pw pgbench -h 127.0.0.1 -p "$port" -U bench -n -S -M "$MODE" -c "$CLIENTS" \
+    out=$(PGPASSWORD=$pw pgbench -h 127.0.0.1 -p "$port" -U bench -n $flag -M "$MODE" -c "$CLIENTS" \
       -j "$(( CLIENTS < 2 ? 1 : 2 ))" -T "$DURATION" bench 2>&1)
     wait $stat
     tx=$(echo "$out" | awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}')

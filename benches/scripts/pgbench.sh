@@ -7,6 +7,7 @@
 #   benches/scripts/pgbench.sh                 # defaults: 10 s per run, clients 1 16 64
 #   DURATION=30 CLIENTS="1 16" benches/scripts/pgbench.sh
 #   WORKLOADS=select-only MODES=simple CONNECTIONS=no benches/scripts/pgbench.sh
+#   WORKLOADS=range ...  # 100-row results (400 cells masked a statement; not in the default set)
 #   ROUNDS=5 ...    # cells per target (default 3), interleaved direct/pgbouncer/airlock; the median is shown
 #   AIRLOCK_WORKERS=1 ...  # Airlock's connection workers (default: one per CPU)
 #   KEEP=1 ...      # leave the servers up afterwards (for perf); prints how to reach them
@@ -38,7 +39,10 @@ connrate() { # port password: new connections per second (pgbench -C, select-onl
 
 printf '%-14s %-9s %7s %10s %10s %10s %12s %12s\n' workload mode clients direct pgbouncer airlock airlock/dir airlock/bouncer
 for name in $WORKLOADS; do
-  case $name in select-only) flag=-S ;; write-mix) flag=-N ;; *) echo "unknown workload $name" >&2; exit 1 ;; esac
+  case $name in
+    select-only) flag=-S ;; write-mix) flag=-N ;; range) flag="-f $work/range.sql" ;;
+    *) echo "unknown workload $name" >&2; exit 1 ;;
+  esac
   for mode in $MODES; do
     for c in $CLIENTS; do
       ds=(); bs=(); as=()

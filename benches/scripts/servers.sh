@@ -37,6 +37,12 @@ pids+=($!)
 for _ in $(seq 100); do psql -h "$work" -p $PGPORT -U postgres -XAtc 'select 1' postgres >/dev/null 2>&1 && break; sleep 0.1; done
 psql -h "$work" -p $PGPORT -U postgres -Xq postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PASS'" -c "CREATE DATABASE bench OWNER bench"
 PGPASSWORD=$PASS pgbench -h 127.0.0.1 -p $PGPORT -U bench -i -s 10 -q bench >/dev/null 2>&1
+# The "range" workload: 100 rows of four columns a statement (400 cells to
+# mask, one of them an 84-character text), where select-only returns one.
+cat > "$work/range.sql" <<'SQL'
+\set aid random(1, 999900)
+SELECT aid, bid, abalance, filler FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 99;
+SQL
 
 # PgBouncer, session mode.
 echo "\"bench\" \"$PASS\"" > "$work/userlist.txt"

@@ -129,15 +129,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok((self.buf.len() > len).then_some(len + 1))
     }
 
+    /// The next message if it is already buffered, without waiting.
+    pub(crate) fn try_next(&mut self) -> Result<Option<Frame>> {
+        Ok(self.complete_len()?.map(|total| {
+            let bytes = self.buf.split_to(total).freeze();
+            Frame {
+                tag: bytes[0],
+                bytes,
+            }
+        }))
+    }
+
     /// The next message, or `None` at a clean end of stream.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>> {
         loop {
-            if let Some(total) = self.complete_len()? {
-                let bytes = self.buf.split_to(total).freeze();
-                return Ok(Some(Frame {
-                    tag: bytes[0],
-                    bytes,
-                }));
+            if let Some(frame) = self.try_next()? {
+                return Ok(Some(frame));
             }
             let n = self.io.read_buf(&mut self.buf).await.map_err(|e| {
                 self.peer

@@ -106,11 +106,15 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         param_types,
         columns,
         last_description: None,
+        finished: Vec::new(),
     };
-    tokio::select! {
+    let end = tokio::select! {
         r = client.run() => r,
         r = server.run() => r,
-    }
+    };
+    // Whichever half ended first, no result the server half saw is lost.
+    server.record_finished();
+    end
 }
 
 /// What the server half expects next, one entry per client message that
@@ -172,6 +176,9 @@ enum Action {
 #[derive(Default)]
 struct Actions {
     queue: Mutex<VecDeque<Action>>,
+    /// Whether `queue` holds anything: the server half looks on every
+    /// message it reads (every row), and most of the time nothing is there.
+    queued: AtomicBool,
     /// Set after queuing an action the server half must act on by itself.
     attention: AtomicBool,
     /// The server half's waker while it waits.
@@ -185,7 +192,11 @@ impl Actions {
             Action::Expect(_) => false,
             Action::Notice(_) | Action::Fatal(..) => true,
         };
-        self.queue().push_back(action);
+        {
+            let mut q = self.queue();
+            q.push_back(action);
+            self.queued.store(true, Ordering::Release);
+        }
         if wake {
             self.attention.store(true, Ordering::Release);
             self.waker.wake();
@@ -213,7 +224,12 @@ impl Actions {
 
     /// Moves everything queued into `into` (both keep their allocations).
     fn take(&self, into: &mut VecDeque<Action>) {
-        std::mem::swap(&mut *self.queue(), into);
+        if !self.queued.load(Ordering::Acquire) {
+            return;
+        }
+        let mut q = self.queue();
+        std::mem::swap(&mut *q, into);
+        self.queued.store(false, Ordering::Release);
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Action>> {
@@ -989,6 +1005,10 @@ struct ServerHalf<'a> {
     /// The last RowDescription and its columns: a repeated query gets the
     /// same bytes back, and is not decoded again.
     last_description: Option<(Bytes, Arc<Vec<Column>>)>,
+    /// Statements that ended since the last flush to the client: their
+    /// result records are built once the client has the answer, so that
+    /// work is not on the way back to it.
+    finished: Vec<(Track, Option<u64>, std::time::Duration)>,
 }
 
 impl ServerHalf<'_> {
@@ -1020,12 +1040,16 @@ impl ServerHalf<'_> {
                 catalog.all_named(&origins)
             };
         }
-        let cols = Arc::new(rows::columns(&desc, |table, attnum| {
-            self.cx
-                .catalog
-                .as_ref()
-                .and_then(|c| c.column(table, attnum))
-        }));
+        let cols = Arc::new(rows::columns(
+            self.cx.session.masker(),
+            &desc,
+            |table, attnum| {
+                self.cx
+                    .catalog
+                    .as_ref()
+                    .and_then(|c| c.column(table, attnum))
+            },
+        ));
         // A copy: holding the frame itself would pin the read buffer. Not
         // kept when the catalog could not be asked, so it is asked again.
         if complete {
@@ -1048,12 +1072,13 @@ impl ServerHalf<'_> {
             self.advance().await?;
             if !self.reader.has_frame() {
                 self.flush_client().await?;
+                self.record_finished();
             }
             tokio::select! {
                 biased;
                 () = self.actions.attention() => {}
                 frame = self.reader.next() => match frame? {
-                    Some(frame) => {
+                    Some(mut frame) => loop {
                         // Anything the client half queued before this answer
                         // was sent must be known before matching it.
                         if let Some(end) = self.take_actions().await? {
@@ -1061,7 +1086,13 @@ impl ServerHalf<'_> {
                         }
                         self.advance().await?;
                         self.handle(frame).await?;
-                    }
+                        // The rest of what one read brought (the rows of a
+                        // result) without a turn through the select each.
+                        match self.reader.try_next()? {
+                            Some(next) => frame = next,
+                            None => break,
+                        }
+                    },
                     None => return Ok("the server closed the connection".into()),
                 },
             }
@@ -1157,30 +1188,38 @@ impl ServerHalf<'_> {
         }
     }
 
-    /// Records how a statement ended, with its first rows and masking
-    /// counts, in one record.
-    fn finish(&self, track: Track, rows: Option<u64>) {
-        let output = (!track.rows.is_empty()).then(|| {
-            let mut data = track
-                .columns
-                .as_ref()
-                .map(|c| rows::header(c))
-                .unwrap_or_default();
-            for row in &track.rows {
-                if !data.is_empty() {
-                    data.push('\n');
+    /// Notes how a statement ended; recorded after the next flush.
+    fn finish(&mut self, track: Track, rows: Option<u64>) {
+        let took = track.started.elapsed();
+        self.finished.push((track, rows, took));
+    }
+
+    /// Records how each finished statement ended, with its first rows and
+    /// masking counts, in one record each.
+    fn record_finished(&mut self) {
+        for (track, rows, took) in self.finished.drain(..) {
+            let output = (!track.rows.is_empty()).then(|| {
+                let mut data = track
+                    .columns
+                    .as_ref()
+                    .map(|c| rows::header(c))
+                    .unwrap_or_default();
+                for row in &track.rows {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(row);
                 }
-                data.push_str(row);
-            }
-            data
-        });
-        self.cx.session.record_later(Event::Result {
-            rows,
-            error: track.error,
-            duration_us: track.started.elapsed().as_micros() as u64,
-            output,
-            masked: track.counts,
-        });
+                data
+            });
+            self.cx.session.record_later(Event::Result {
+                rows,
+                error: track.error,
+                duration_us: took.as_micros() as u64,
+                output,
+                masked: track.counts,
+            });
+        }
     }
 
     /// Ends the current statement of the head entry.

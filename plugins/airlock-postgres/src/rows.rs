@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use airlock_core::MaskCounts;
-use airlock_core::mask::Masker;
+use airlock_core::mask::{FieldPlan, Masker};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, RowDescription};
 
@@ -34,6 +34,20 @@ mod oid {
     pub(super) const JSONB_ARRAY: u32 = 3807;
     /// Arrays of text-like element types.
     pub(super) const TEXT_ARRAYS: [u32; 6] = [1009, 1015, 1014, 1003, 199, 143];
+}
+
+/// The plan of a value from no named field (parameters, COPY data, a
+/// function's result): detectors and dictionaries only.
+static NO_FIELD: FieldPlan = FieldPlan::NONE;
+
+/// A value as text: borrowed when it is UTF-8 (checked on the fast path
+/// `from_utf8` has for ASCII, which `from_utf8_lossy` lacks), else its
+/// lossy reading.
+fn lossy(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value),
+    }
 }
 
 /// How a binary value of a type holds text.
@@ -81,46 +95,64 @@ pub(crate) struct Column {
     pub(crate) type_oid: u32,
     /// 0 text, 1 binary.
     pub(crate) format: i16,
+    /// The masking every value of the column gets, from both its names
+    /// (worked out once per description, not per cell).
+    pub(crate) plan: FieldPlan,
 }
 
 impl Column {
-    /// The names masking rules are matched against: the table column and
-    /// the query's name for it. Either one matching a rule masks the value,
-    /// so an alias can neither hide a column from its rule nor a stale or
-    /// missing catalog entry mask less than the query's name alone would.
-    fn names(&self) -> ([&str; 2], usize) {
-        match &self.origin {
-            Some(origin) => ([origin.as_str(), self.name.as_str()], 2),
-            None => ([self.name.as_str(), ""], 1),
+    /// A column named `name` by the query and `origin` by the catalog.
+    /// Masking rules are matched against both: either one matching masks
+    /// the value, so an alias can neither hide a column from its rule nor a
+    /// stale or missing catalog entry mask less than the query's name
+    /// alone would.
+    pub(crate) fn new(
+        masker: &Masker,
+        name: String,
+        origin: Option<String>,
+        type_oid: u32,
+        format: i16,
+    ) -> Column {
+        let plan = match &origin {
+            Some(origin) => masker.field_plan(&[origin, &name]),
+            None => masker.field_plan(&[&name]),
+        };
+        Column {
+            name,
+            origin,
+            type_oid,
+            format,
+            plan,
         }
     }
 }
 
-/// The columns of a `RowDescription`; `table_column` names a column by its
-/// table OID and attribute number when the catalog knows it.
+/// The columns of a `RowDescription`, planned for `masker`; `table_column`
+/// names a column by its table OID and attribute number when the catalog
+/// knows it.
 pub(crate) fn columns(
+    masker: &Masker,
     desc: &RowDescription,
     table_column: impl Fn(u32, i16) -> Option<std::sync::Arc<str>>,
 ) -> Vec<Column> {
     desc.fields
         .iter()
-        .map(|f| Column {
-            name: f.name.clone(),
+        .map(|f| {
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
-            origin: match f.table_id.cast_unsigned() {
+            let origin = match f.table_id.cast_unsigned() {
                 0 => None,
                 table => table_column(table, f.column_id).map(|q| q.to_string()),
-            },
-            type_oid: f.type_id,
-            format: f.format_code,
+            };
+            Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)
         })
         .collect()
 }
 
-/// A cell's value after masking, for the record.
-enum Rendered {
+/// A cell's value after masking, for the record (borrowed from the row
+/// when it is already text, so rows beyond the recorded ones cost nothing).
+enum Rendered<'a> {
     Null,
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
 /// Masks one `DataRow` body. Returns the new frame when a value changed
@@ -133,41 +165,43 @@ pub(crate) fn mask_row(
     counts: &mut MaskCounts,
     render: bool,
 ) -> std::result::Result<(Option<Bytes>, Option<String>), String> {
-    let cells = split_cells(body)?;
-    let mut changed = false;
-    let mut out: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(cells.len());
+    let mut cells = Cells::new(body)?;
+    // The new cells, begun at the first one that changes (with the
+    // unchanged ones before it copied as they are): most rows change
+    // nothing and cost no allocation.
+    let mut out: Option<BytesMut> = None;
     let mut line = render.then(String::new);
-    for (i, cell) in cells.into_iter().enumerate() {
+    let mut i = 0;
+    while let Some(cell) = cells.next() {
+        let (at, cell) = cell?;
         let col = cols.get(i);
-        let Some(value) = cell else {
-            out.push(None);
-            if let Some(l) = &mut line {
-                push_cell(l, i, &Rendered::Null);
-            }
-            continue;
+        let (masked, rendered) = match cell {
+            None => (None, Rendered::Null),
+            Some(value) => mask_value(masker, col, value, counts, line.is_some()),
         };
-        let (masked, rendered) = mask_value(masker, col, value, counts);
         if let Some(l) = &mut line {
             push_cell(l, i, &rendered);
         }
-        if !matches!(masked, Some(Cow::Borrowed(_))) {
-            changed = true;
+        i += 1;
+        // NULL stays NULL; a value is kept when masking borrowed it.
+        let kept = cell.is_none() || matches!(masked, Some(Cow::Borrowed(_)));
+        if kept && out.is_none() {
+            continue;
         }
-        out.push(masked);
-    }
-    let frame = changed.then(|| {
-        let mut data = BytesMut::new();
-        for cell in &out {
-            match cell {
-                None => data.put_i32(-1),
-                Some(v) => {
-                    data.put_i32(v.len() as i32);
-                    data.put_slice(v);
-                }
+        let data = out.get_or_insert_with(|| {
+            let mut data = BytesMut::with_capacity(body.len() + 16);
+            data.put_slice(&body[2..at]);
+            data
+        });
+        match masked {
+            None => data.put_i32(-1),
+            Some(v) => {
+                data.put_i32(v.len() as i32);
+                data.put_slice(&v);
             }
         }
-        frame::encode(&DataRow::new(data, out.len() as i16))
-    });
+    }
+    let frame = out.map(|data| frame::encode(&DataRow::new(data, cells.count)));
     Ok((frame, line))
 }
 
@@ -181,60 +215,92 @@ fn push_cell(line: &mut String, i: usize, value: &Rendered) {
     }
 }
 
+/// The cells of a `DataRow` body, checked as they are read: each with the
+/// offset of its length word in the body, `None` for NULL. A body whose
+/// cells do not add up to its length is an error (at its end).
+struct Cells<'a> {
+    body: &'a [u8],
+    at: usize,
+    left: i16,
+    count: i16,
+}
+
+impl<'a> Cells<'a> {
+    fn new(body: &'a [u8]) -> std::result::Result<Cells<'a>, String> {
+        let Some(&[a, b]) = body.get(..2) else {
+            return Err(malformed_row());
+        };
+        let count = i16::from_be_bytes([a, b]);
+        Ok(Cells {
+            body,
+            at: 2,
+            left: count,
+            count,
+        })
+    }
+}
+
+impl<'a> Iterator for Cells<'a> {
+    type Item = std::result::Result<(usize, Option<&'a [u8]>), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = &self.body[self.at..];
+        if self.left <= 0 {
+            return (!rest.is_empty()).then(|| Err(malformed_row()));
+        }
+        self.left -= 1;
+        let Some(&[a, b, c, d]) = rest.get(..4) else {
+            return Some(Err(malformed_row()));
+        };
+        let at = self.at;
+        let len = i32::from_be_bytes([a, b, c, d]);
+        if len < 0 {
+            self.at += 4;
+            return Some(Ok((at, None)));
+        }
+        let Some(value) = rest.get(4..4 + len as usize) else {
+            return Some(Err(malformed_row()));
+        };
+        self.at += 4 + value.len();
+        Some(Ok((at, Some(value))))
+    }
+}
+
+fn malformed_row() -> String {
+    "malformed DataRow from the server".to_string()
+}
+
 /// Splits a `DataRow` body into its cells (`None` for NULL).
 pub(crate) fn split_cells(body: &[u8]) -> std::result::Result<Vec<Option<&[u8]>>, String> {
-    let bad = || "malformed DataRow from the server".to_string();
-    if body.len() < 2 {
-        return Err(bad());
-    }
-    let n = i16::from_be_bytes([body[0], body[1]]);
-    let mut rest = &body[2..];
-    let mut cells = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
-        if rest.len() < 4 {
-            return Err(bad());
-        }
-        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        rest = &rest[4..];
-        if len < 0 {
-            cells.push(None);
-            continue;
-        }
-        let len = len as usize;
-        if rest.len() < len {
-            return Err(bad());
-        }
-        cells.push(Some(&rest[..len]));
-        rest = &rest[len..];
-    }
-    if !rest.is_empty() {
-        return Err(bad());
-    }
-    Ok(cells)
+    Cells::new(body)?
+        .map(|cell| cell.map(|(_, value)| value))
+        .collect()
 }
 
 /// A masked cell: its new value (`None`: replaced by NULL) and its rendering.
-type MaskedCell<'a> = (Option<Cow<'a, [u8]>>, Rendered);
+type MaskedCell<'a> = (Option<Cow<'a, [u8]>>, Rendered<'a>);
 
 /// Masks one non-null value of a column (unknown column: treated as text).
+/// A binary value of a type that holds no text is rendered for the record
+/// only when `render` asks for it.
 fn mask_value<'a>(
     masker: &Masker,
     col: Option<&Column>,
     value: &'a [u8],
     counts: &mut MaskCounts,
+    render: bool,
 ) -> MaskedCell<'a> {
-    let names = col.map(Column::names);
-    let field: &[&str] = match &names {
-        Some((names, n)) => &names[..*n],
-        None => &[],
-    };
+    let field = col.map_or(&NO_FIELD, |c| &c.plan);
     let binary = col.is_some_and(|c| c.format == 1);
     if !binary {
         let (masked, text) = mask_text(masker, field, value, counts);
         return (Some(masked), Rendered::Text(text));
     }
     let Some(col) = col else {
-        return (Some(Cow::Borrowed(value)), Rendered::Text(String::new()));
+        return (
+            Some(Cow::Borrowed(value)),
+            Rendered::Text(Cow::Borrowed("")),
+        );
     };
     if let Some(kind) = text_like(col.type_oid) {
         let (masked, text) = mask_text_like(masker, field, value, kind, counts);
@@ -243,16 +309,20 @@ fn mask_value<'a>(
     if let Some(kind) = array_element(col.type_oid)
         && let Some((masked, text)) = mask_array(masker, field, value, kind, counts)
     {
-        return (Some(masked), Rendered::Text(text));
+        return (Some(masked), Rendered::Text(Cow::Owned(text)));
     }
-    mask_opaque_binary(masker, field, value, counts)
-        .map(|masked| (None, Rendered::Text(masked)))
-        .unwrap_or_else(|| {
-            (
-                Some(Cow::Borrowed(value)),
-                Rendered::Text(render_binary(col.type_oid, value)),
-            )
-        })
+    match mask_opaque_binary(masker, field, value, counts) {
+        Some(masked) => (None, Rendered::Text(Cow::Owned(masked))),
+        None if render => (
+            Some(Cow::Borrowed(value)),
+            Rendered::Text(Cow::Owned(render_binary(col.type_oid, value))),
+        ),
+        // Not rendered: the row is not one of those recorded.
+        None => (
+            Some(Cow::Borrowed(value)),
+            Rendered::Text(Cow::Borrowed("")),
+        ),
+    }
 }
 
 /// A binary value the gateway cannot rewrite in its own format (numbers,
@@ -262,12 +332,12 @@ fn mask_value<'a>(
 /// every type, and the record gets the masked text.
 fn mask_opaque_binary(
     masker: &Masker,
-    field: &[&str],
+    field: &FieldPlan,
     value: &[u8],
     counts: &mut MaskCounts,
 ) -> Option<String> {
-    let text = String::from_utf8_lossy(value);
-    match masker.mask_str_named(field, &text, counts) {
+    let text = lossy(value);
+    match masker.mask_field(field, &text, counts) {
         Cow::Owned(masked) if masked != *text => Some(masked),
         _ => None,
     }
@@ -277,25 +347,25 @@ fn mask_opaque_binary(
 /// is matched on its lossy reading and left untouched unless a match is found.
 fn mask_text<'a>(
     masker: &Masker,
-    field: &[&str],
+    field: &FieldPlan,
     value: &'a [u8],
     counts: &mut MaskCounts,
-) -> (Cow<'a, [u8]>, String) {
-    let text = String::from_utf8_lossy(value);
-    match masker.mask_str_named(field, &text, counts) {
-        Cow::Borrowed(_) => (Cow::Borrowed(value), text.into_owned()),
-        Cow::Owned(masked) if masked == *text => (Cow::Borrowed(value), masked),
-        Cow::Owned(masked) => (Cow::Owned(masked.clone().into_bytes()), masked),
+) -> (Cow<'a, [u8]>, Cow<'a, str>) {
+    let text = lossy(value);
+    match masker.mask_field(field, &text, counts) {
+        Cow::Borrowed(_) => (Cow::Borrowed(value), text),
+        Cow::Owned(masked) if masked == *text => (Cow::Borrowed(value), Cow::Owned(masked)),
+        Cow::Owned(masked) => (Cow::Owned(masked.clone().into_bytes()), Cow::Owned(masked)),
     }
 }
 
 fn mask_text_like<'a>(
     masker: &Masker,
-    field: &[&str],
+    field: &FieldPlan,
     value: &'a [u8],
     kind: TextLike,
     counts: &mut MaskCounts,
-) -> (Cow<'a, [u8]>, String) {
+) -> (Cow<'a, [u8]>, Cow<'a, str>) {
     match kind {
         TextLike::Plain => mask_text(masker, field, value, counts),
         TextLike::Jsonb => match value.split_first() {
@@ -308,7 +378,7 @@ fn mask_text_like<'a>(
                     (Cow::Owned(v), text)
                 }
             },
-            None => (Cow::Borrowed(value), String::new()),
+            None => (Cow::Borrowed(value), Cow::Borrowed("")),
         },
     }
 }
@@ -317,7 +387,7 @@ fn mask_text_like<'a>(
 /// the array is malformed (it is then forwarded as it is).
 fn mask_array<'a>(
     masker: &Masker,
-    field: &[&str],
+    field: &FieldPlan,
     value: &'a [u8],
     kind: TextLike,
     counts: &mut MaskCounts,
@@ -447,14 +517,14 @@ pub(crate) fn render_params(
         let type_oid = types.get(i).copied().unwrap_or(0);
         let text = if format == 1 {
             match text_like(type_oid) {
-                Some(kind) => mask_text_like(masker, &[], v, kind, counts).1,
+                Some(kind) => mask_text_like(masker, &NO_FIELD, v, kind, counts).1,
                 None if type_oid == 0 && std::str::from_utf8(v).is_ok_and(printable) => {
-                    mask_text(masker, &[], v, counts).1
+                    mask_text(masker, &NO_FIELD, v, counts).1
                 }
-                None => render_binary(type_oid, v),
+                None => Cow::Owned(render_binary(type_oid, v)),
             }
         } else {
-            mask_text(masker, &[], v, counts).1
+            mask_text(masker, &NO_FIELD, v, counts).1
         };
         let _ = write!(s, "'{}'", text.replace('\'', "''"));
     }
@@ -520,7 +590,7 @@ pub(crate) fn mask_function_result(
             out.extend_from_slice(masked.as_bytes());
         }
         Err(_) => {
-            mask_opaque_binary(masker, &[], value, counts)?;
+            mask_opaque_binary(masker, &NO_FIELD, value, counts)?;
             out.extend_from_slice(&(-1i32).to_be_bytes());
         }
     }
@@ -644,7 +714,7 @@ impl BinaryCopy {
                     out.put_slice(value.as_bytes());
                     line.push_str(value);
                 }
-                Err(_) => match mask_opaque_binary(masker, &[], v, counts) {
+                Err(_) => match mask_opaque_binary(masker, &NO_FIELD, v, counts) {
                     Some(masked) => {
                         out.put_i32(-1);
                         line.push_str(&masked);
@@ -682,12 +752,7 @@ mod tests {
     }
 
     fn col(name: &str, type_oid: u32, format: i16) -> Column {
-        Column {
-            name: name.into(),
-            origin: None,
-            type_oid,
-            format,
-        }
+        Column::new(&masker(), name.into(), None, type_oid, format)
     }
 
     fn cells_of(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
@@ -854,6 +919,43 @@ mod tests {
         let mut bad = row(&[Some(b"abc")]);
         bad.truncate(bad.len() - 1);
         assert!(split_cells(&bad).is_err());
+    }
+
+    #[test]
+    fn a_row_is_rebuilt_from_its_first_changed_cell() {
+        let m = masker();
+        let cols = [
+            col("id", 23, 0),
+            col("note", 25, 0),
+            col("mail", 25, 0),
+            col("n", 23, 0),
+            col("tail", 25, 0),
+        ];
+        let body = row(&[Some(b"7"), None, Some(b"x@example.com"), Some(b"5"), None]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, false).unwrap();
+        assert_eq!(line, None, "not rendered unless asked");
+        let frame = frame.unwrap();
+        assert_eq!(&frame[5..7], &5i16.to_be_bytes(), "the cell count");
+        assert_eq!(
+            cells_of(&frame),
+            vec![
+                Some(b"7".to_vec()),
+                None,
+                Some(b"<EMAIL>".to_vec()),
+                Some(b"5".to_vec()),
+                None
+            ]
+        );
+        assert_eq!(
+            u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize,
+            frame.len() - 1,
+            "the message length is rewritten"
+        );
+        // Extra bytes after the last cell are refused, not forwarded.
+        let mut long = body.clone();
+        long.push(0);
+        assert!(mask_row(&m, &cols, &long, &mut counts, false).is_err());
     }
 
     #[test]

@@ -185,8 +185,10 @@ fn order_key(h: &Hit) -> u64 {
 /// Puts the hits in order. Each pass appends a run that is already (almost
 /// always) in order, so the runs are merged in one linear pass rather than
 /// sorted. `bounds` are the indices where the runs start, then the end.
-fn order(hits: &mut Vec<Hit>, bounds: &[usize]) {
-    let mut runs: Vec<(usize, usize)> = Vec::with_capacity(bounds.len());
+fn order(hits: &mut Vec<Hit>, bounds: &[usize; 5]) {
+    // On the stack: most scans (one per result cell) find nothing at all.
+    let mut runs = [(0usize, 0usize); 4];
+    let mut n = 0;
     for w in bounds.windows(2) {
         let (a, z) = (w[0], w[1]);
         if a == z {
@@ -196,11 +198,13 @@ fn order(hits: &mut Vec<Hit>, bounds: &[usize]) {
         if !run.is_sorted_by_key(order_key) {
             run.sort_unstable_by_key(order_key);
         }
-        runs.push((a, z));
+        runs[n] = (a, z);
+        n += 1;
     }
-    if runs.len() < 2 {
+    if n < 2 {
         return;
     }
+    let runs = &mut runs[..n];
     let mut merged = Vec::with_capacity(hits.len());
     loop {
         let mut best: Option<usize> = None;
@@ -319,6 +323,9 @@ pub(crate) struct Triggers {
     kinds: Vec<Vec<(&'static [u8], usize, Trig)>>,
     /// The full literals (for the stream's hold-back of a cut trigger).
     pub(crate) patterns: Vec<&'static [u8]>,
+    /// The shortest searched part: less input than this holds no trigger
+    /// (a short result cell skips the search).
+    min_len: usize,
 }
 
 enum TrigSearch {
@@ -349,6 +356,7 @@ impl Triggers {
             }
         }
         let patterns = chosen.iter().map(|(full, _, _)| full.as_bytes()).collect();
+        let min_len = searched.iter().map(|p| p.len()).min().unwrap_or(0);
         let packed = packed::Config::new()
             .match_kind(packed::MatchKind::LeftmostFirst)
             .builder()
@@ -367,13 +375,14 @@ impl Triggers {
             search,
             kinds,
             patterns,
+            min_len,
         })
     }
 
     /// The next trigger whose searched part starts at or after `at`:
     /// (start of the full literal, its end, verifier, start of the searched part).
     fn find(&self, hay: &[u8], mut at: usize) -> Option<(usize, usize, Trig, usize)> {
-        while at < hay.len() {
+        while at < hay.len() && hay.len() - at >= self.min_len {
             let m = match &self.search {
                 TrigSearch::Packed(s) => s.find_in(hay, aho_corasick::Span::from(at..hay.len())),
                 TrigSearch::Ac(ac) => ac.find(AcInput::new(hay).span(at..hay.len())),
@@ -689,6 +698,11 @@ impl Scanner<'_> {
 
     #[inline(never)]
     fn dictionary(&mut self, dict: &Dict) {
+        // Nothing shorter than every pattern can hold one (most result
+        // cells are shorter than a credential); the search has a fixed cost.
+        if self.buf.len().saturating_sub(self.from) < dict.ac.min_pattern_len() {
+            return;
+        }
         let input = AcInput::new(self.buf).span(self.from..self.buf.len());
         for m in dict.ac.find_iter(input) {
             let held = m.pattern().as_usize() < dict.n_held;
@@ -2008,7 +2022,7 @@ pub(crate) fn key_kind(ident: &[u8]) -> Option<KeyKind> {
 }
 
 /// Which detector, if any, masks `value` found under the key `ident`.
-fn secret_det(plan: &Plan, ident: &[u8], kind: KeyKind, value: &[u8]) -> Option<Det> {
+pub(crate) fn secret_det(plan: &Plan, ident: &[u8], kind: KeyKind, value: &[u8]) -> Option<Det> {
     if is_placeholder(value) {
         return None;
     }

@@ -478,6 +478,28 @@ pub fn load_or_create_key(data_dir: &std::path::Path) -> Result<[u8; 32]> {
     })
 }
 
+/// The masking that applies to every value of one field, from its names:
+/// [`Masker::field_plan`]. Only meaningful with the masker that made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPlan {
+    /// The field rule (index into the configured rules), if one matches.
+    rule: Option<u16>,
+    /// The field's secret-like names (`password`, `api_key`), each with
+    /// what kind of secret it names; the value decides whether it is one.
+    /// A dotted name (`schema.table.column`) also counts by its last part:
+    /// a long schema and table name must not hide a `password` column.
+    secrets: Vec<(Box<str>, detect::KeyKind)>,
+}
+
+impl FieldPlan {
+    /// A value that comes from no named field: only the detectors and
+    /// dictionaries apply.
+    pub const NONE: FieldPlan = FieldPlan {
+        rule: None,
+        secrets: Vec::new(),
+    };
+}
+
 /// Masks values for one session. Cheap to clone.
 #[derive(Clone)]
 pub struct Masker {
@@ -522,13 +544,46 @@ impl Masker {
         s: &'a str,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        if let Some(rule) = self.column_rule(names) {
+        self.mask_field(&self.field_plan(names), s, counts)
+    }
+
+    /// What applies to every value of a field known by `names` (see
+    /// [`Masker::mask_str_named`]), worked out once: a result column's
+    /// values are then masked with [`Masker::mask_field`] without matching
+    /// its names against every rule again for each cell.
+    pub fn field_plan(&self, names: &[&str]) -> FieldPlan {
+        // In the order `mask_str_named` has always tried them: each name,
+        // then the last part of a dotted one.
+        let mut secrets = Vec::new();
+        for name in names {
+            let last = name.rsplit_once('.').map(|(_, last)| last);
+            for ident in std::iter::once(*name).chain(last) {
+                if let Some(kind) = detect::key_kind(ident.as_bytes()) {
+                    secrets.push((Box::from(ident), kind));
+                }
+            }
+        }
+        FieldPlan {
+            rule: self.column_rule(names),
+            secrets,
+        }
+    }
+
+    /// Masks one value of a field by its [`Masker::field_plan`] (which must
+    /// come from this masker): its field rule, else its secret-like name,
+    /// else the detectors and dictionaries.
+    pub fn mask_field<'a>(
+        &self,
+        plan: &FieldPlan,
+        s: &'a str,
+        counts: &mut MaskCounts,
+    ) -> Cow<'a, str> {
+        if let Some(rule) = plan.rule {
             return Cow::Owned(self.whole(Label::Field(rule), s.as_bytes(), counts));
         }
-        if let Some(det) = names
-            .iter()
-            .find_map(|f| self.named_secret(f, s.as_bytes()))
-        {
+        if let Some(det) = plan.secrets.iter().find_map(|(ident, kind)| {
+            detect::secret_det(&self.profile.plan, ident.as_bytes(), *kind, s.as_bytes())
+        }) {
             return Cow::Owned(self.whole(Label::Det(det), s.as_bytes(), counts));
         }
         match self.mask_bytes(s.as_bytes(), counts) {
@@ -645,18 +700,6 @@ impl Masker {
             .zip(&self.profile.fields_on)
             .position(|(f, on)| *on && names.iter().any(|n| f.pat.matches_column(n)))
             .and_then(|i| u16::try_from(i).ok())
-    }
-
-    /// Whether the value of a field called like a secret (`password`,
-    /// `api_key`) is one.
-    /// A dotted name (`schema.table.column`) is also judged by its last
-    /// part: a long schema and table name must not hide a `password` column.
-    fn named_secret(&self, field: &str, value: &[u8]) -> Option<Det> {
-        let plan = &self.profile.plan;
-        detect::named_secret(plan, field.as_bytes(), value).or_else(|| {
-            let (_, last) = field.rsplit_once('.')?;
-            detect::named_secret(plan, last.as_bytes(), value)
-        })
     }
 }
 
