@@ -237,6 +237,26 @@ pub(crate) async fn read_startup_packet<R: AsyncRead + Unpin>(
     Ok(Some(Bytes::from(body)))
 }
 
+/// The text of a simple `Query` message, read in place (pgwire's decoder
+/// would copy it into a new `String` first). Invalid UTF-8 is read lossily,
+/// as pgwire reads it.
+pub(crate) fn query_text(frame: &Frame) -> Result<std::borrow::Cow<'_, str>> {
+    check_structure(b'Q', frame.body(), Peer::Client)?;
+    // The structure check leaves one terminating NUL, at the end.
+    let text = frame.body().split_last().map_or(&[][..], |(_, text)| text);
+    Ok(lossy(text))
+}
+
+/// Bytes as text: borrowed when they are UTF-8 (checked on the fast path
+/// `from_utf8` has for ASCII, which `from_utf8_lossy` lacks), else their
+/// lossy reading.
+pub(crate) fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// Checks that a message body has the structure its type requires, for the
 /// message types the gateway decodes. Other types are not decoded and pass.
 pub(crate) fn check_structure(tag: u8, body: &[u8], peer: Peer) -> Result<()> {

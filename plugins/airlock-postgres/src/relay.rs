@@ -15,6 +15,7 @@
 //! server does, and the `ReadyForQuery` that follows carries the server's
 //! real transaction status.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +30,6 @@ use futures_util::task::AtomicWaker;
 use pgwire::messages::data::{ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{Bind, Parse};
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, NotificationResponse};
-use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 
@@ -488,8 +488,8 @@ impl ClientHalf<'_> {
     }
 
     async fn query(&mut self, frame: Frame) -> Result<()> {
-        let q: Query = frame.decode(Peer::Client)?;
-        let classified = self.cx.classifier.classify(&q.query);
+        let text = frame::query_text(&frame)?;
+        let classified = self.cx.classifier.classify(&text);
         match self.judge(classified).await? {
             Verdict::Allow(_, changes) => {
                 self.apply(changes);
@@ -613,27 +613,27 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
-        let (what, params, described, key) = match self.portals.get(&portal) {
-            Some(p) => (
-                match self.statements.get(&p.statement) {
-                    Some(s) => s.text.clone(),
-                    None => format!("statement {:?}", String::from_utf8_lossy(&p.statement)),
-                },
-                p.params.clone(),
-                p.described,
-                p.key.clone(),
-            ),
+        // Formatted from borrowed parts: this runs for every execution.
+        let (data, described) = match self.portals.get(&portal) {
+            Some(p) => {
+                let what = match self.statements.get(&p.statement) {
+                    Some(s) => Cow::Borrowed(s.text.as_str()),
+                    None => Cow::Owned(format!(
+                        "statement {:?}",
+                        String::from_utf8_lossy(&p.statement)
+                    )),
+                };
+                let data = if p.params.is_empty() {
+                    format!("execute: {what}")
+                } else {
+                    format!("execute: {what}\nparameters: {}", p.params)
+                };
+                (data, p.described)
+            }
             None => (
-                format!("portal {:?}", String::from_utf8_lossy(&portal)),
-                String::new(),
+                format!("execute: portal {:?}", String::from_utf8_lossy(&portal)),
                 false,
-                None,
             ),
-        };
-        let data = if params.is_empty() {
-            format!("execute: {what}")
-        } else {
-            format!("execute: {what}\nparameters: {params}")
         };
         // The execution is what acts on the target: its record (with the
         // parameters) is durable before the Execute leaves. (The Parse and
@@ -641,7 +641,8 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
-        let known = match (&key, described) {
+        let key = self.portals.get(&portal).and_then(|p| p.key.as_ref());
+        let known = match (key, described) {
             (Some(key), false) => self
                 .columns
                 .lock()
@@ -667,6 +668,7 @@ impl ClientHalf<'_> {
             body.push(b'P');
             body.extend_from_slice(&portal);
             body.push(0);
+            let key = key.cloned();
             self.expect(Pending::DescribePortal {
                 name: portal.clone(),
                 hidden: true,

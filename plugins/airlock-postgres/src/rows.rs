@@ -40,16 +40,6 @@ mod oid {
 /// function's result): detectors and dictionaries only.
 static NO_FIELD: FieldPlan = FieldPlan::NONE;
 
-/// A value as text: borrowed when it is UTF-8 (checked on the fast path
-/// `from_utf8` has for ASCII, which `from_utf8_lossy` lacks), else its
-/// lossy reading.
-fn lossy(value: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(value) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(value),
-    }
-}
-
 /// How a binary value of a type holds text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TextLike {
@@ -336,7 +326,7 @@ fn mask_opaque_binary(
     value: &[u8],
     counts: &mut MaskCounts,
 ) -> Option<String> {
-    let text = lossy(value);
+    let text = frame::lossy(value);
     match masker.mask_field(field, &text, counts) {
         Cow::Owned(masked) if masked != *text => Some(masked),
         _ => None,
@@ -351,7 +341,7 @@ fn mask_text<'a>(
     value: &'a [u8],
     counts: &mut MaskCounts,
 ) -> (Cow<'a, [u8]>, Cow<'a, str>) {
-    let text = lossy(value);
+    let text = frame::lossy(value);
     match masker.mask_field(field, &text, counts) {
         Cow::Borrowed(_) => (Cow::Borrowed(value), text),
         Cow::Owned(masked) if masked == *text => (Cow::Borrowed(value), Cow::Owned(masked)),
@@ -538,10 +528,14 @@ fn printable(s: &str) -> bool {
 
 /// The header line of a recorded result.
 pub(crate) fn header(cols: &[Column]) -> String {
-    cols.iter()
-        .map(|c| c.name.as_str())
-        .collect::<Vec<_>>()
-        .join(" | ")
+    let mut line = String::new();
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            line.push_str(" | ");
+        }
+        line.push_str(&c.name);
+    }
+    line
 }
 
 /// Masks a text that is not a cell (an error field, a notification payload,
