@@ -191,12 +191,26 @@ impl Session {
     /// connector may forward the operation; on `Err` it must refuse it (the
     /// gateway fails closed).
     pub async fn authorize(&self, operation: &Operation) -> Result<Decision> {
-        let decision = self.gateway.inner.policy.decide(
-            &self.identity,
-            &self.target,
-            &self.protocol,
-            operation,
-        );
+        let decision = self.decide(operation);
+        self.record_decision(operation.clone(), &decision).await?;
+        Ok(decision)
+    }
+
+    /// Policy's decision on an operation of this session, not yet recorded:
+    /// the connector must [`Session::record_decision`] before it acts on it.
+    /// ([`Session::authorize`] does both; this pair lets a connector hand
+    /// over an operation it does not need back, instead of a copy.)
+    pub fn decide(&self, operation: &Operation) -> Decision {
+        self.gateway
+            .inner
+            .policy
+            .decide(&self.identity, &self.target, &self.protocol, operation)
+    }
+
+    /// Durably records an operation (masked here) with its decision. When
+    /// this returns `Ok` a connector may act on an `Allow`; on `Err` it
+    /// must refuse the operation (the gateway fails closed).
+    pub async fn record_decision(&self, operation: Operation, decision: &Decision) -> Result<()> {
         let mut counts = MaskCounts::new();
         let masked = self.mask_operation(operation, &mut counts);
         self.record(Event::Operation {
@@ -207,7 +221,7 @@ impl Session {
         if !counts.is_empty() {
             self.record_later(Event::Masked { counts });
         }
-        Ok(decision)
+        Ok(())
     }
 
     /// Asks for approval of an operation that policy sent to review. Returns
@@ -244,7 +258,7 @@ impl Session {
                     .map(crate::approvals::ReviewSettings::from)
                     .unwrap_or_default();
                 let mut counts = MaskCounts::new();
-                let masked = self.mask_operation(operation, &mut counts);
+                let masked = self.mask_operation(operation.clone(), &mut counts);
                 approvals
                     .request(ReviewRequest {
                         requester: &self.identity,
@@ -294,8 +308,7 @@ impl Session {
         .await
     }
 
-    fn mask_operation(&self, op: &Operation, counts: &mut MaskCounts) -> Operation {
-        let mut op = op.clone();
+    fn mask_operation(&self, mut op: Operation, counts: &mut MaskCounts) -> Operation {
         let m = &self.masker;
         // Only text that had something masked is replaced (no copy otherwise).
         let mut mask = |text: &mut String| {

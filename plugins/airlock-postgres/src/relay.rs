@@ -490,7 +490,7 @@ impl ClientHalf<'_> {
     async fn query(&mut self, frame: Frame) -> Result<()> {
         let text = frame::query_text(&frame)?;
         let classified = self.cx.classifier.classify(&text);
-        match self.judge(classified).await? {
+        match self.judge(classified, false).await? {
             Verdict::Allow(_, changes) => {
                 self.apply(changes);
                 let track = QueryTrack {
@@ -509,7 +509,8 @@ impl ClientHalf<'_> {
         let parse: Parse = frame.decode(Peer::Client)?;
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
-        match self.judge(classified).await? {
+        // A named statement's operation is kept for SQL EXECUTE.
+        match self.judge(classified, !name.is_empty()).await? {
             Verdict::Allow(ops, changes) => {
                 self.apply(changes);
                 let mut counts = MaskCounts::new();
@@ -727,7 +728,7 @@ impl ClientHalf<'_> {
             tables: Vec::new(),
             has_where: None,
         };
-        match self.decide(vec![op]).await? {
+        match self.decide(vec![op], false).await? {
             Verdict::Allow(..) => {
                 self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
                     .await
@@ -824,7 +825,8 @@ impl ClientHalf<'_> {
     }
 
     /// Judges the statements of one message.
-    async fn judge(&mut self, mut classified: Arc<[Classified]>) -> Result<Verdict> {
+    /// With `keep`, an allowed verdict carries the operations back.
+    async fn judge(&mut self, mut classified: Arc<[Classified]>, keep: bool) -> Result<Verdict> {
         let mut ops = Vec::with_capacity(classified.len());
         let mut changes = Vec::new();
         for i in 0..classified.len() {
@@ -853,7 +855,7 @@ impl ClientHalf<'_> {
             };
             ops.push(op);
         }
-        Ok(match self.decide(ops).await? {
+        Ok(match self.decide(ops, keep).await? {
             Verdict::Allow(ops, _) => Verdict::Allow(ops, changes),
             other => other,
         })
@@ -862,14 +864,22 @@ impl ClientHalf<'_> {
     /// Authorizes each operation (each record durable before anything is
     /// forwarded); one denial refuses the whole message; reviews wait for
     /// approval while the client is told where to approve.
-    async fn decide(&mut self, ops: Vec<SqlOperation>) -> Result<Verdict> {
+    ///
+    /// With `keep`, an allowed verdict carries the operations back;
+    /// otherwise they go into their records without a copy.
+    async fn decide(&mut self, ops: Vec<SqlOperation>, keep: bool) -> Result<Verdict> {
         // Earlier pipelined messages go out while this one is judged.
         self.flush_server().await?;
         let mut decisions = Vec::with_capacity(ops.len());
         for op in ops {
             let operation = Operation::Sql(op);
-            match self.cx.session.authorize(&operation).await {
-                Ok(d) => decisions.push((operation, d)),
+            let decision = self.cx.session.decide(&operation);
+            // A statement under review is needed again for its approval
+            // request.
+            let kept =
+                (keep || matches!(decision, Decision::Review { .. })).then(|| operation.clone());
+            match self.cx.session.record_decision(operation, &decision).await {
+                Ok(()) => decisions.push((kept, decision)),
                 Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
             }
         }
@@ -880,7 +890,7 @@ impl ClientHalf<'_> {
             return Ok(Verdict::Refuse(denied(rule, message)));
         }
         for (operation, decision) in &decisions {
-            let Decision::Review { message, .. } = decision else {
+            let (Decision::Review { message, .. }, Some(operation)) = (decision, operation) else {
                 continue;
             };
             // From before the approval request is visible until the wait
@@ -942,7 +952,7 @@ impl ClientHalf<'_> {
         let ops = decisions
             .into_iter()
             .filter_map(|(operation, _)| match operation {
-                Operation::Sql(op) => Some(op),
+                Some(Operation::Sql(op)) => Some(op),
                 _ => None,
             })
             .collect();
