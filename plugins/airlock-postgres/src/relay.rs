@@ -1097,7 +1097,13 @@ impl ServerHalf<'_> {
                             return Ok(end);
                         }
                         self.advance().await?;
-                        self.handle(frame).await?;
+                        if frame.tag == b'D' {
+                            // Rows straight to their handler: `handle` is a
+                            // large future to set up for every row.
+                            self.data_row(frame).await?;
+                        } else {
+                            self.handle(frame).await?;
+                        }
                         // The rest of what one read brought (the rows of a
                         // result) without a turn through the select each.
                         match self.reader.try_next()? {
@@ -1216,6 +1222,7 @@ impl ServerHalf<'_> {
                     .as_ref()
                     .map(|c| rows::header(c))
                     .unwrap_or_default();
+                data.reserve(track.rows.iter().map(|r| r.len() + 1).sum());
                 for row in &track.rows {
                     if !data.is_empty() {
                         data.push('\n');

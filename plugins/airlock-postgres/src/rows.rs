@@ -160,7 +160,8 @@ pub(crate) fn mask_row(
     // unchanged ones before it copied as they are): most rows change
     // nothing and cost no allocation.
     let mut out: Option<BytesMut> = None;
-    let mut line = render.then(String::new);
+    // The rendered row is about as long as the row's bytes: one allocation.
+    let mut line = render.then(|| String::with_capacity(body.len() + 16));
     let mut i = 0;
     while let Some(cell) = cells.next() {
         let (at, cell) = cell?;

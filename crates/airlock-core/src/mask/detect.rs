@@ -228,6 +228,8 @@ pub(crate) struct Dict {
     /// Patterns `0..n_held` are held credentials; the rest are literals.
     pub(crate) n_held: usize,
     pub(crate) patterns: Vec<Vec<u8>>,
+    /// The shortest pattern (asked of the automaton once, not per scan).
+    pub(crate) min_len: usize,
 }
 
 impl Dict {
@@ -240,10 +242,12 @@ impl Dict {
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
             .build(&patterns)
             .ok()?;
+        let min_len = patterns.iter().map(Vec::len).min().unwrap_or(0);
         Some(Dict {
             ac,
             n_held: held.len(),
             patterns,
+            min_len,
         })
     }
 }
@@ -700,7 +704,7 @@ impl Scanner<'_> {
     fn dictionary(&mut self, dict: &Dict) {
         // Nothing shorter than every pattern can hold one (most result
         // cells are shorter than a credential); the search has a fixed cost.
-        if self.buf.len().saturating_sub(self.from) < dict.ac.min_pattern_len() {
+        if self.buf.len().saturating_sub(self.from) < dict.min_len {
             return;
         }
         let input = AcInput::new(self.buf).span(self.from..self.buf.len());
