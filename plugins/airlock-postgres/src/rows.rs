@@ -162,8 +162,7 @@ pub(crate) fn mask_row(
     let mut out: Option<BytesMut> = None;
     // The rendered row is about as long as the row's bytes: one allocation.
     let mut line = render.then(|| String::with_capacity(body.len() + 16));
-    let mut i = 0;
-    while let Some(cell) = cells.next() {
+    for (i, cell) in cells.by_ref().enumerate() {
         let (at, cell) = cell?;
         let col = cols.get(i);
         let (masked, rendered) = match cell {
@@ -173,7 +172,6 @@ pub(crate) fn mask_row(
         if let Some(l) = &mut line {
             push_cell(l, i, &rendered);
         }
-        i += 1;
         // NULL stays NULL; a value is kept when masking borrowed it.
         let kept = cell.is_none() || matches!(masked, Some(Cow::Borrowed(_)));
         if kept && out.is_none() {
