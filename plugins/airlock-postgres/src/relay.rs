@@ -106,15 +106,11 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         param_types,
         columns,
         last_description: None,
-        finished: Vec::new(),
     };
-    let end = tokio::select! {
+    tokio::select! {
         r = client.run() => r,
         r = server.run() => r,
-    };
-    // Whichever half ended first, no result the server half saw is lost.
-    server.record_finished();
-    end
+    }
 }
 
 /// What the server half expects next, one entry per client message that
@@ -1017,10 +1013,6 @@ struct ServerHalf<'a> {
     /// The last RowDescription and its columns: a repeated query gets the
     /// same bytes back, and is not decoded again.
     last_description: Option<(Bytes, Arc<Vec<Column>>)>,
-    /// Statements that ended since the last flush to the client: their
-    /// result records are built once the client has the answer, so that
-    /// work is not on the way back to it.
-    finished: Vec<(Track, Option<u64>, std::time::Duration)>,
 }
 
 impl ServerHalf<'_> {
@@ -1084,7 +1076,6 @@ impl ServerHalf<'_> {
             self.advance().await?;
             if !self.reader.has_frame() {
                 self.flush_client().await?;
-                self.record_finished();
             }
             tokio::select! {
                 biased;
@@ -1206,39 +1197,34 @@ impl ServerHalf<'_> {
         }
     }
 
-    /// Notes how a statement ended; recorded after the next flush.
-    fn finish(&mut self, track: Track, rows: Option<u64>) {
-        let took = track.started.elapsed();
-        self.finished.push((track, rows, took));
-    }
-
-    /// Records how each finished statement ended, with its first rows and
-    /// masking counts, in one record each.
-    fn record_finished(&mut self) {
-        for (track, rows, took) in self.finished.drain(..) {
-            let output = (!track.rows.is_empty()).then(|| {
-                let mut data = track
-                    .columns
-                    .as_ref()
-                    .map(|c| rows::header(c))
-                    .unwrap_or_default();
-                data.reserve(track.rows.iter().map(|r| r.len() + 1).sum());
-                for row in &track.rows {
-                    if !data.is_empty() {
-                        data.push('\n');
-                    }
-                    data.push_str(row);
+    /// Records how a statement ended, with its first rows and masking
+    /// counts, in one record. At once, before the client can see the
+    /// answer: a result recorded after the flush could follow the next
+    /// statement's record (replay pairs them by order), or be lost with a
+    /// connection dropped at shutdown while the flush waits.
+    fn finish(&self, track: Track, rows: Option<u64>) {
+        let output = (!track.rows.is_empty()).then(|| {
+            let mut data = track
+                .columns
+                .as_ref()
+                .map(|c| rows::header(c))
+                .unwrap_or_default();
+            data.reserve(track.rows.iter().map(|r| r.len() + 1).sum());
+            for row in &track.rows {
+                if !data.is_empty() {
+                    data.push('\n');
                 }
-                data
-            });
-            self.cx.session.record_later(Event::Result {
-                rows,
-                error: track.error,
-                duration_us: took.as_micros() as u64,
-                output,
-                masked: track.counts,
-            });
-        }
+                data.push_str(row);
+            }
+            data
+        });
+        self.cx.session.record_later(Event::Result {
+            rows,
+            error: track.error,
+            duration_us: track.started.elapsed().as_micros() as u64,
+            output,
+            masked: track.counts,
+        });
     }
 
     /// Ends the current statement of the head entry.
