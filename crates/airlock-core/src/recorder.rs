@@ -108,6 +108,10 @@ impl Shared {
 
     /// Writes one batch of what is queued; false if nothing was.
     async fn write_some(&self, writer: &mut Writer) -> bool {
+        // Before any record leaves the queue: this is where the writer can
+        // be cancelled (its connection dropped) while it waits, and records
+        // it had taken would be lost to callers that are still waiting.
+        let settled = writer.settle().await;
         let msgs = {
             let mut q = self.queue();
             let n = q.msgs.len().min(writer.options.max_batch.max(1));
@@ -121,7 +125,16 @@ impl Shared {
             }
             msgs
         };
-        writer.write(msgs).await;
+        match settled {
+            Ok(()) => writer.write(msgs).await,
+            Err(reason) => {
+                for msg in msgs {
+                    if let Some(done) = msg.done {
+                        let _ = done.send(Err(Error::Store(reason.clone())));
+                    }
+                }
+            }
+        }
         true
     }
 
@@ -292,31 +305,33 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes one batch and answers its waiters.
-    async fn write(&mut self, msgs: Vec<Msg>) {
-        if let Some((orphan, head)) = self.orphan.take()
-            && let Ok(Ok(())) = orphan.await
-        {
-            self.head = Some(head);
-            self.stale = false;
-        }
-        if self.stale {
-            match self.store.head().await {
-                Ok(head) => {
-                    self.head = head;
-                    self.stale = false;
-                }
-                Err(e) => {
-                    let reason = store_reason(&e);
-                    for msg in msgs {
-                        if let Some(done) = msg.done {
-                            let _ = done.send(Err(Error::Store(reason.clone())));
-                        }
-                    }
-                    return;
-                }
+    /// Settles what an earlier, cancelled writer left: waits for its
+    /// orphaned append (kept for the next writer if this one is cancelled
+    /// too) and reloads the chain head if it is unknown. The reason on
+    /// `Err` fails the next batch.
+    async fn settle(&mut self) -> std::result::Result<(), String> {
+        if let Some((orphan, head)) = &mut self.orphan {
+            let head = *head;
+            let done = orphan.await;
+            self.orphan = None;
+            if let Ok(Ok(())) = done {
+                self.head = Some(head);
+                self.stale = false;
             }
         }
+        if self.stale {
+            let head = self.store.head().await.map_err(|e| store_reason(&e))?;
+            self.head = head;
+            self.stale = false;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch and answers its waiters. Nothing in here awaits
+    /// before the batch is either handed to the append task (`fsync`) or
+    /// appended (`os`, one synchronous write), so a cancelled writer never
+    /// strands the records it took.
+    async fn write(&mut self, msgs: Vec<Msg>) {
         let mut sealed = Vec::with_capacity(msgs.len());
         let mut waiters = Vec::with_capacity(msgs.len());
         let mut head = self.head;
