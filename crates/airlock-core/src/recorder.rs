@@ -13,10 +13,14 @@
 //! writer chains hashes, so the chain order is the order records became
 //! durable, and it signs checkpoints.
 //!
-//! If a writer is cancelled mid-batch (its connection dropped), the callers
-//! in that batch are told it failed, and the next writer reloads the chain
-//! head from the store, which refuses any batch that does not continue its
-//! chain: the chain can stall a record but never fork.
+//! A writer can be cancelled (its connection dropped) only while it waits
+//! for the lock or settles what an earlier cancelled writer left — before
+//! it takes any record — or while an `fsync` append it handed to a task
+//! runs; that task still answers every caller in its batch, and the next
+//! writer waits for it. A writer whose append failed leaves the chain head
+//! unknown; the next one reloads it from the store, which refuses any batch
+//! that does not continue its chain: the chain can stall a record but never
+//! fork.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
