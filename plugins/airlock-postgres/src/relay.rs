@@ -1088,13 +1088,7 @@ impl ServerHalf<'_> {
                             return Ok(end);
                         }
                         self.advance().await?;
-                        if frame.tag == b'D' {
-                            // Rows straight to their handler: `handle` is a
-                            // large future to set up for every row.
-                            self.data_row(frame).await?;
-                        } else {
-                            self.handle(frame).await?;
-                        }
+                        self.handle(frame).await?;
                         // The rest of what one read brought (the rows of a
                         // result) without a turn through the select each.
                         match self.reader.try_next()? {
