@@ -176,6 +176,39 @@ pub enum SqlKind {
 }
 
 impl SqlKind {
+    /// The name records and policies use (serde's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlKind::Select => "select",
+            SqlKind::Insert => "insert",
+            SqlKind::Update => "update",
+            SqlKind::Delete => "delete",
+            SqlKind::Merge => "merge",
+            SqlKind::Create => "create",
+            SqlKind::Alter => "alter",
+            SqlKind::Drop => "drop",
+            SqlKind::Truncate => "truncate",
+            SqlKind::CopyIn => "copy_in",
+            SqlKind::CopyOut => "copy_out",
+            SqlKind::Grant => "grant",
+            SqlKind::Revoke => "revoke",
+            SqlKind::Call => "call",
+            SqlKind::Set => "set",
+            SqlKind::Show => "show",
+            SqlKind::Transaction => "transaction",
+            SqlKind::Prepare => "prepare",
+            SqlKind::Execute => "execute",
+            SqlKind::Deallocate => "deallocate",
+            SqlKind::Explain => "explain",
+            SqlKind::Listen => "listen",
+            SqlKind::Notify => "notify",
+            SqlKind::Vacuum => "vacuum",
+            SqlKind::Lock => "lock",
+            SqlKind::Other => "other",
+            SqlKind::Opaque => "opaque",
+        }
+    }
+
     /// Whether statements of this kind can change data or schema.
     pub fn is_write(self) -> bool {
         !matches!(

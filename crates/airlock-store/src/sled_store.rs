@@ -20,7 +20,11 @@
 //! If indexing fails, the store refuses further appends (the gateway fails
 //! closed) and the next open re-indexes from the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Indexing runs per batch of records: foldhash, not SipHash (keys are
+// session ids the gateway made, not client input).
+use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

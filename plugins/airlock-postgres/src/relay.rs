@@ -16,7 +16,12 @@
 //! real transaction status.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// The relay's maps are looked up on every statement (portal, statement,
+// columns): foldhash instead of SipHash, as the classifier's caches. Seeded
+// per map, and a client can only crowd its own session's maps.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
