@@ -16,7 +16,7 @@
 use time::OffsetDateTime;
 
 use super::Record;
-use crate::{Access, Decision, Error, Event, Operation, Result, SqlOperation};
+use crate::{Access, Decision, Error, Event, Operation, Result, SqlOperation, TableAccess};
 
 /// Writes a record's body into `out`.
 pub(super) fn write(record: &Record, out: &mut Vec<u8>) -> Result<()> {
@@ -148,31 +148,40 @@ fn write_event(event: &Event, out: &mut Vec<u8>) -> Result<()> {
 }
 
 fn write_sql(op: &SqlOperation, out: &mut Vec<u8>) -> Result<()> {
+    // Destructured, so a field added to the type cannot be left out here
+    // without a compile error.
+    let SqlOperation {
+        text,
+        kind,
+        object,
+        tables,
+        has_where,
+    } = op;
     out.extend_from_slice(b"{\"type\":\"sql\",\"text\":");
-    string(&op.text, out)?;
+    string(text, out)?;
     out.extend_from_slice(b",\"kind\":\"");
-    out.extend_from_slice(op.kind.as_str().as_bytes());
+    out.extend_from_slice(kind.as_str().as_bytes());
     out.push(b'"');
-    if let Some(object) = &op.object {
+    if let Some(object) = object {
         out.extend_from_slice(b",\"object\":");
         string(object, out)?;
     }
-    if !op.tables.is_empty() {
+    if !tables.is_empty() {
         out.extend_from_slice(b",\"tables\":[");
-        for (i, table) in op.tables.iter().enumerate() {
+        for (i, TableAccess { name, access }) in tables.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"name\":");
-            string(&table.name, out)?;
-            out.extend_from_slice(match table.access {
+            string(name, out)?;
+            out.extend_from_slice(match access {
                 Access::Read => b",\"access\":\"read\"}".as_slice(),
                 Access::Write => b",\"access\":\"write\"}".as_slice(),
             });
         }
         out.push(b']');
     }
-    match op.has_where {
+    match has_where {
         Some(true) => out.extend_from_slice(b",\"has_where\":true"),
         Some(false) => out.extend_from_slice(b",\"has_where\":false"),
         None => {}
@@ -195,7 +204,7 @@ mod tests {
 
     use super::*;
     use crate::audit::{Hash, SealedRecord};
-    use crate::{MaskCounts, SessionId, SqlKind, TableAccess};
+    use crate::{MaskCounts, SessionId, SqlKind};
 
     /// Every kind, so `SqlKind::as_str` is checked against serde's names.
     const KINDS: [SqlKind; 27] = [
