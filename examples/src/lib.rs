@@ -6,5 +6,9 @@
 //! record) in under two hundred lines, and the end-to-end tests use it to
 //! exercise the core pipeline without any particular wire protocol.
 //! `src/bin/custom_connector.rs` runs a gateway with it registered.
+//!
+//! `agents/psycopg_agent.py` (not part of this crate) is an agent's executor
+//! in Python: psycopg 3 through the gateway, refusals and approval notices
+//! handled as PostgreSQL answers.
 
 pub mod line;

@@ -2,7 +2,7 @@
 //! PostgreSQL from the machine's binaries, seeds it with a small shop schema
 //! full of PII, writes a starter configuration next to the data, starts the
 //! gateway with a Postgres listener and the API, prints tokens and a ready
-//! `psql` command, and runs until Ctrl-C.
+//! `psql` command, and runs until Ctrl-C (or SIGTERM).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -203,7 +203,7 @@ Approve as a DBA (token for dana, group dba):
         host = pg_addr.ip(),
         port = pg_addr.port(),
     );
-    tokio::signal::ctrl_c().await?;
+    crate::shutdown_signal().await;
     eprintln!("stopping: sealing the audit chain");
     runtime.shutdown().await?;
     drop(pg);

@@ -252,6 +252,24 @@ impl Runtime {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM (a service manager, `docker stop`): the
+/// two ways a gateway is asked to stop, both of which must let it seal the
+/// audit chain and stop what it started.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Where people reach the API: `gateway.public_url`, else the API listener.
 pub fn public_url(config: &Config) -> String {
     match (&config.gateway.public_url, &config.api) {

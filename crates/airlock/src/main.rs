@@ -518,25 +518,10 @@ async fn serve(
         listeners = runtime.addresses.len(),
         "airlock is running; press Ctrl-C to stop"
     );
-    shutdown_signal().await;
+    airlock::shutdown_signal().await;
     tracing::info!("shutting down: sealing the audit chain");
     runtime.shutdown().await?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn fmt_time(t: OffsetDateTime) -> String {
