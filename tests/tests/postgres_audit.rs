@@ -57,17 +57,24 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 3);
+    let failed = client
+        .query("SELECT id / $1 FROM people", &[&0i32])
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code().unwrap().code(), "22012");
     drop(client);
-    // Simple protocol and COPY IN.
+    // Simple protocol and COPY IN, logged in under another user name (the
+    // token says who it is; the name is recorded as given).
     let (ok, _, err) = psql_stdin(
-        &airlock_tests::postgres::conninfo(gw.addr, "agent-1", ""),
+        &airlock_tests::postgres::conninfo(gw.addr, "report-bot", ""),
         &token,
         &["-f", "-"],
-        Some("COPY people FROM STDIN;\n4\tdee@example.com\n\\.\nSELECT count(*) FROM people;\n"),
+        Some("COPY people FROM STDIN;\n4\tdee@example.com\n\\.\nSELECT count(*) FROM people;\nSELECT 1 / 0;\n"),
     )
     .await
     .unwrap();
-    assert!(ok, "{err}");
+    // psql stops at the first error: the division is the last statement.
+    assert!(!ok && err.contains("ERROR:  division by zero"), "{err}");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let events = gw.events().await.unwrap();
@@ -107,6 +114,34 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
             .iter()
             .any(|r| r["rows"] == 1 && r["output"] == "count\n4"),
         "the simple protocol's rows too: {results:#?}"
+    );
+    // Failures keep the server's SQLSTATE and message, in both protocols,
+    // and every result says how long the target took.
+    let failures = results
+        .iter()
+        .filter(|r| r["error"] == "22012: division by zero")
+        .count();
+    assert_eq!(failures, 2, "{results:#?}");
+    assert!(
+        results.iter().all(|r| r["duration_us"].as_u64().is_some())
+            && results
+                .iter()
+                .any(|r| r["rows"] == 3 && r["duration_us"].as_u64() > Some(0)),
+        "{results:#?}"
+    );
+    // Each session's start records the user name the client logged in
+    // with beside the token's identity.
+    let logins: Vec<(&Value, &Value)> = of_type(&events, "session_start")
+        .iter()
+        .map(|s| (&s["identity"]["subject"], &s["client"]["login"]))
+        .collect();
+    assert_eq!(
+        logins,
+        [
+            (&Value::from("agent-1"), &Value::from("agent-1")),
+            (&Value::from("agent-1"), &Value::from("report-bot"))
+        ],
+        "{events:#?}"
     );
     // The statement's record comes before its execution's result.
     let op_at = events

@@ -66,6 +66,12 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// The name of the listener that accepted it.
     pub listener: String,
+    /// The user name the client gave at login (PostgreSQL's startup `user`,
+    /// an SSH user name). Informational: who the caller is comes from the
+    /// token. Absent until the connector has read it, and in records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
 }
 
 /// Something a client asks a target to do, in protocol-neutral form.

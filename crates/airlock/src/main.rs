@@ -608,9 +608,15 @@ fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
         )
     };
     let line = match event {
-        Event::SessionStart { identity, .. } => {
-            format!("start     groups: {}", identity.groups.join(","))
-        }
+        Event::SessionStart {
+            identity, client, ..
+        } => match &client.login {
+            Some(login) => format!(
+                "start     groups: {}, logged in as {login:?}",
+                identity.groups.join(",")
+            ),
+            None => format!("start     groups: {}", identity.groups.join(",")),
+        },
         Event::Operation {
             operation,
             decision,

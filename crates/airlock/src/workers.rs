@@ -209,6 +209,7 @@ async fn accept_loop(
         let info = ClientInfo {
             addr,
             listener: listener.name.clone(),
+            login: None,
         };
         let gateway = gateway.clone();
         let name = listener.name.clone();

@@ -185,7 +185,7 @@ impl PostgresConnector {
     async fn session(
         &self,
         hello: startup::Hello,
-        info: ClientInfo,
+        mut info: ClientInfo,
         gateway: Gateway,
     ) -> Result<()> {
         let startup::Hello {
@@ -202,6 +202,7 @@ impl PostgresConnector {
         };
         let user = params.remove("user").unwrap_or_default();
         let target_name = params.remove("database").unwrap_or_else(|| user.clone());
+        info.login = Some(user.clone());
         if minor > 0 || !unsupported_options.is_empty() {
             client
                 .send(&frame::encode(&NegotiateProtocolVersion::new(

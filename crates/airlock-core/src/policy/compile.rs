@@ -269,7 +269,7 @@ fn compile_rule(
             "a rule can match one kind of operation ([rules.sql], [rules.command], [rules.kube] or [rules.http]); split it into several rules".into(),
         ));
     } else if let Some(m) = &rule.sql {
-        OpMatcher::Sql(SqlMatcher::compile(m, pools).map_err(fail)?)
+        OpMatcher::Sql(SqlMatcher::compile(m, pools, action == Action::Allow).map_err(fail)?)
     } else if let Some(m) = &rule.command {
         OpMatcher::Command(CommandMatcher::compile(m, pools).map_err(fail)?)
     } else if let Some(m) = &rule.kube {

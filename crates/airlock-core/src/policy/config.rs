@@ -196,7 +196,9 @@ pub struct SqlMatch {
     pub tables: Vec<String>,
     /// `"read"` or `"write"`: only table accesses of this kind count. With
     /// `tables`, a listed table must be accessed this way; alone, any table
-    /// accessed this way matches.
+    /// accessed this way matches. In allow rules `tables` and `access` must
+    /// hold for every table the statement touches (and it must touch one);
+    /// in deny and review rules one table is enough.
     #[serde(default)]
     pub access: Option<Access>,
     /// For `UPDATE`/`DELETE`: `false` matches statements without a `WHERE`

@@ -10,7 +10,7 @@ use regex::{RegexSet, RegexSetBuilder, SetMatches};
 use super::config::{CommandMatch, HttpMatch, KubeMatch, SqlMatch};
 use crate::{
     Access, CommandOperation, HttpOperation, Identity, KubeOperation, Operation, SqlKind,
-    SqlOperation,
+    SqlOperation, TableAccess,
 };
 
 /// How many kinds of operation there are; rules are bucketed per kind.
@@ -238,12 +238,21 @@ pub(crate) struct SqlMatcher {
     objects: Vec<String>,
     tables: Option<TableMatcher>,
     access: Option<Access>,
+    /// `tables`/`access` must hold for every table the statement touches
+    /// (allow rules), not just one (deny and review rules).
+    every_table: bool,
     has_where: Option<bool>,
     text: Option<Range<usize>>,
 }
 
 impl SqlMatcher {
-    pub(crate) fn compile(m: &SqlMatch, pools: &mut RegexPools) -> Result<Self, String> {
+    /// `every_table` for allow rules: a rule that allows reads must not let
+    /// through a statement that reads one table and writes another.
+    pub(crate) fn compile(
+        m: &SqlMatch,
+        pools: &mut RegexPools,
+        every_table: bool,
+    ) -> Result<Self, String> {
         let tables = if m.tables.is_empty() {
             None
         } else {
@@ -260,6 +269,7 @@ impl SqlMatcher {
             objects: lower(&m.objects),
             tables,
             access: m.access,
+            every_table,
             has_where: m.has_where,
             text: register(&mut pools.sql_text, &m.text).map_err(|e| format!("sql.text: {e}"))?,
         })
@@ -280,13 +290,22 @@ impl SqlMatcher {
                 _ => return false,
             }
         }
-        if (self.tables.is_some() || self.access.is_some())
-            && !op.tables.iter().any(|t| {
+        if self.tables.is_some() || self.access.is_some() {
+            let fits = |t: &TableAccess| {
                 self.access.is_none_or(|a| a == t.access)
                     && self.tables.as_ref().is_none_or(|m| m.matches(&t.name))
-            })
-        {
-            return false;
+            };
+            // Deny and review rules catch a statement by any one table;
+            // an allow rule vouches for all of them, and for none when the
+            // statement names none (an opaque `DO` block, say).
+            let holds = if self.every_table {
+                !op.tables.is_empty() && op.tables.iter().all(fits)
+            } else {
+                op.tables.iter().any(fits)
+            };
+            if !holds {
+                return false;
+            }
         }
         if let Some(text) = &self.text
             && !scan.any(text)

@@ -300,6 +300,91 @@ kinds = ["select"]
 }
 
 #[test]
+fn an_allow_rule_vouches_for_every_table_and_never_for_opaque_sql() {
+    let p = policy(
+        r#"
+[[grants]]
+groups = ["analysts"]
+targets = ["prod-db"]
+access = "rules"
+
+[[rules]]
+name = "analysts-read-anything"
+action = "allow"
+groups = ["analysts"]
+[rules.sql]
+access = "read"
+
+[[rules]]
+name = "analysts-reporting"
+action = "allow"
+groups = ["analysts"]
+[rules.sql]
+tables = ["reporting.*"]
+
+[[rules]]
+name = "no-reads-of-secrets"
+action = "deny"
+message = "secrets are off limits"
+[rules.sql]
+tables = ["secrets"]
+access = "read"
+"#,
+    );
+    let ann = id("ann", &["analysts"]);
+    let statement = |kind, text: &str, tables: &[(&str, Access)]| {
+        let mut op = sql(kind, text);
+        op.tables = tables
+            .iter()
+            .map(|(name, access)| TableAccess {
+                name: name.to_string(),
+                access: *access,
+            })
+            .collect();
+        Operation::Sql(op)
+    };
+    // Reads alone, and statements on reporting tables alone, are allowed.
+    assert_allowed(decide(&p, &ann, "prod-db", &select(&["orders", "users"])));
+    let report = statement(
+        SqlKind::Insert,
+        "INSERT INTO reporting.daily SELECT * FROM reporting.raw",
+        &[
+            ("reporting.daily", Access::Write),
+            ("reporting.raw", Access::Read),
+        ],
+    );
+    assert_allowed(decide(&p, &ann, "prod-db", &report));
+    // A write that also reads is not a read; a write outside reporting that
+    // reads from it is not a reporting statement.
+    for (text, tables) in [
+        (
+            "INSERT INTO orders SELECT * FROM staging",
+            [("orders", Access::Write), ("staging", Access::Read)],
+        ),
+        (
+            "DELETE FROM orders WHERE id IN (SELECT id FROM reporting.raw)",
+            [("orders", Access::Write), ("reporting.raw", Access::Read)],
+        ),
+    ] {
+        let op = statement(SqlKind::Insert, text, &tables);
+        assert_denied_by(decide(&p, &ann, "prod-db", &op), DEFAULT_DENY);
+    }
+    // Names no table: nothing for an allow rule on tables to vouch for.
+    let opaque = Operation::Sql(sql(
+        SqlKind::Opaque,
+        "DO $$ BEGIN DELETE FROM orders; END $$",
+    ));
+    assert_denied_by(decide(&p, &ann, "prod-db", &opaque), DEFAULT_DENY);
+    // A deny rule still catches a statement by any one of its tables.
+    let sneaky = statement(
+        SqlKind::Select,
+        "SELECT * FROM orders JOIN secrets USING (id)",
+        &[("orders", Access::Read), ("secrets", Access::Read)],
+    );
+    assert_denied_by(decide(&p, &ann, "prod-db", &sneaky), "no-reads-of-secrets");
+}
+
+#[test]
 fn the_most_permissive_grant_wins() {
     let p = policy(
         r#"

@@ -39,6 +39,7 @@ fn start(user: &str, target: &str) -> Event {
         client: ClientInfo {
             addr: "127.0.0.1:5000".parse::<SocketAddr>().unwrap(),
             listener: "pg".into(),
+            login: None,
         },
     }
 }
