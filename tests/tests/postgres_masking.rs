@@ -356,6 +356,8 @@ async fn the_server_password_never_reaches_the_client() {
     let script = "
 SELECT secret, 'visible-marker' FROM creds;
 SELECT secret::bytea FROM creds;
+SELECT encode(convert_to(secret, 'UTF8'), 'base64') FROM creds;
+SELECT 'Basic ' || encode(convert_to('bot:' || secret, 'UTF8'), 'base64') FROM creds;
 SELECT set_config('application_name', (SELECT secret FROM creds), false);
 SELECT pg_notify('ch', (SELECT secret FROM creds));
 LISTEN ch;
@@ -404,6 +406,21 @@ DO $$ BEGIN RAISE EXCEPTION 'e: %', (SELECT secret FROM creds); END $$;
         !contains(&seen, password.as_bytes()),
         "the password reached the client: {out}{err}"
     );
+    // Nor encoded the ways a query can return it: bytea's hex output and
+    // base64, alone and behind a prefix that shifts its alignment.
+    use base64::Engine as _;
+    let hex: String = password.bytes().map(|b| format!("{b:02x}")).collect();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for encoded in [
+        hex,
+        b64.encode(&password),
+        b64.encode(format!("bot:{password}")),
+    ] {
+        assert!(
+            !contains(&seen, encoded.as_bytes()),
+            "{encoded} reached the client: {out}{err}"
+        );
+    }
     assert!(
         out.contains("<SECRET>") || err.contains("<SECRET>"),
         "{out}{err}"

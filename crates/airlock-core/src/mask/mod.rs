@@ -717,7 +717,9 @@ fn into_string(out: Vec<u8>) -> String {
 }
 
 /// The forms a held credential travels in: as is, percent-encoded (in URLs
-/// and form bodies) and JSON-escaped (in JSON seen as text).
+/// and form bodies), JSON-escaped (in JSON seen as text), and encoded the
+/// ways a query can hand it back: hex (PostgreSQL's `bytea` output,
+/// `encode(…, 'hex')`) and base64 (`encode(…, 'base64')`, HTTP Basic).
 fn credential_forms(s: &str) -> Vec<Vec<u8>> {
     let mut forms = vec![s.as_bytes().to_vec()];
     let mut pct = String::new();
@@ -733,7 +735,37 @@ fn credential_forms(s: &str) -> Vec<Vec<u8>> {
         let inner = j.as_bytes()[1..j.len() - 1].to_vec();
         forms.push(inner);
     }
+    forms.push(hex::encode(s).into_bytes());
+    forms.push(hex::encode_upper(s).into_bytes());
+    forms.extend(base64_forms(s.as_bytes()));
+    forms.sort();
     forms.dedup();
+    forms
+}
+
+/// Base64 of `secret` wherever it sits in a longer encoded value: a
+/// credential starting at an offset that is not a multiple of three shares
+/// its first group with the bytes before it, so each of the three
+/// alignments has its own text. Only the groups made of the secret's bytes
+/// alone are kept (the edges depend on its neighbours), in the standard
+/// and URL-safe alphabets; forms under 8 characters would hide ordinary
+/// text, so a short credential is not looked for this way.
+fn base64_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut forms = Vec::new();
+    for skip in 0..3.min(secret.len()) {
+        let rest = &secret[skip..];
+        let whole = &rest[..rest.len() / 3 * 3];
+        if whole.len() < 6 {
+            continue;
+        }
+        for engine in [
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            forms.push(engine.encode(whole).into_bytes());
+        }
+    }
     forms
 }
 

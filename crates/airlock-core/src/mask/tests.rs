@@ -337,6 +337,39 @@ fields = []
 }
 
 #[test]
+fn a_held_credential_is_masked_in_hex_and_base64_at_any_offset() {
+    use base64::Engine as _;
+    let e = engine("", &[HELD]);
+    let m = e.masker("prod", &who("agent", &["agents"]));
+    let mask = |text: &str| m.mask_str(None, text, &mut MaskCounts::new()).into_owned();
+    // PostgreSQL's bytea output and encode(…, 'hex').
+    let hex = hex::encode(HELD);
+    assert_eq!(mask(&format!("\\x{hex}")), "\\x<SECRET>");
+    assert!(!mask(&format!("\\x00ff{hex}00")).contains(&hex));
+    assert!(!mask(&hex::encode_upper(format!("id:{HELD}"))).contains(&hex::encode_upper(HELD)));
+    // Base64 of the credential alone, and inside longer values at each of
+    // the three alignments (HTTP Basic: "user:password").
+    for prefix in ["", "a", "ab", "abc", "admin:"] {
+        for engine in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE,
+        ] {
+            let encoded = engine.encode(format!("{prefix}{HELD}!tail"));
+            let out = mask(&format!("Basic {encoded}"));
+            assert!(out.contains("<SECRET>"), "{prefix:?}: {encoded} -> {out}");
+            // What is left of the encoding no longer decodes to the secret.
+            let rest: String = out.split("<SECRET>").collect();
+            assert!(!rest.contains(&engine.encode(HELD)[..8]), "{out}");
+        }
+    }
+    // Hex and base64 of other text are left alone.
+    let other = hex::encode("Pg-Adm1n-other");
+    assert_eq!(mask(&other), other);
+    let b64 = base64::engine::general_purpose::STANDARD.encode("harmless text here");
+    assert_eq!(mask(&b64), b64);
+}
+
+#[test]
 fn profiles_pick_by_group_subject_and_target() {
     let e = engine(
         r#"
