@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use airlock_tests::postgres::{PgGateway, TestPostgres, pg_config};
+use airlock_tests::postgres::{PgGateway, Raw, TestPostgres, msg, pg_config};
 use tokio_postgres::NoTls;
 
 async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
@@ -138,6 +138,79 @@ async fn tokio_postgres_cancel_reaches_the_server() {
     // The session goes on.
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+}
+
+/// Sends a CancelRequest for (`pid`, `secret`) to `addr`.
+async fn cancel_request(addr: std::net::SocketAddr, pid: &[u8], secret: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let packet = [
+        &16i32.to_be_bytes()[..],
+        &80877102i32.to_be_bytes(),
+        pid,
+        secret,
+    ]
+    .concat();
+    s.write_all(&packet).await.unwrap();
+    // The server closes a cancel connection without an answer.
+    let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
+}
+
+/// Runs `sql` on `raw`; the tags of the answers up to ReadyForQuery, and
+/// the first field of the first DataRow.
+async fn run(raw: &mut Raw, sql: &str) -> (Vec<u8>, String) {
+    raw.send(b'Q', &msg::cstr(sql)).await;
+    let (mut tags, mut first) = (Vec::new(), String::new());
+    while let Some((tag, body)) = raw.read().await {
+        tags.push(tag);
+        if tag == b'D' && first.is_empty() {
+            let len = i32::from_be_bytes(body[2..6].try_into().unwrap()) as usize;
+            first = String::from_utf8_lossy(&body[6..6 + len]).into_owned();
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    (tags, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_holds_the_gateways_cancel_secret_not_the_servers() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, seen) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let key = &seen.iter().find(|(tag, _)| *tag == b'K').unwrap().1;
+    let (pid, secret) = (key[0..4].to_vec(), key[4..8].to_vec());
+    // The process id is the server's, so what the client was told agrees
+    // with pg_backend_pid() and pg_stat_activity.
+    let (_, server_pid) = run(&mut raw, "SELECT pg_backend_pid()").await;
+    assert_eq!(
+        i32::from_be_bytes(pid.clone().try_into().unwrap()).to_string(),
+        server_pid
+    );
+
+    // The secret is the gateway's own: sent straight to PostgreSQL it
+    // cancels nothing, and neither does a guessed one sent to the gateway.
+    let wrong: Vec<u8> = secret.iter().map(|b| b ^ 0x5a).collect();
+    let sleeper = tokio::spawn(async move {
+        let answer = run(&mut raw, "SELECT pg_sleep(1.5)").await;
+        (raw, answer)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
+    cancel_request(server, &pid, &secret).await;
+    cancel_request(gw.addr, &pid, &wrong).await;
+    let (mut raw, (tags, _)) = sleeper.await.unwrap();
+    assert_eq!(tags, b"TDCZ", "the statement ran to its end");
+    // The key the client was given, sent to the gateway, cancels.
+    let sleeper = tokio::spawn(async move { run(&mut raw, "SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel_request(gw.addr, &pid, &secret).await;
+    let (tags, _) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the cancel ended the statement")
+        .unwrap();
+    assert_eq!(tags, b"TEZ", "the statement was cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

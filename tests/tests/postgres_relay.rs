@@ -42,6 +42,9 @@ INSERT INTO items VALUES (1, 'one'), (2, 'two');
 \\d items
 SET search_path TO pg_catalog, public;
 SHOW search_path;
+SET statement_timeout = '41s';
+RESET statement_timeout;
+SELECT current_setting('statement_timeout') AS after_reset;
 BEGIN;
 INSERT INTO items VALUES (3, 'three');
 ROLLBACK;
@@ -55,6 +58,10 @@ SELECT 1 AS a; SELECT 2 AS b;
     assert!(
         out.contains("pg_catalog, public"),
         "SET persists in the session: {out}"
+    );
+    assert!(
+        out.contains(" after_reset \n-------------\n 0\n"),
+        "RESET returns the setting to its default: {out}"
     );
     assert!(out.contains(" 2\n"), "the rolled-back row is gone: {out}");
     assert!(out.contains(" a \n") && out.contains(" b \n"), "{out}");
@@ -147,7 +154,7 @@ fn sqlstate(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_end_only_their_session() {
-    let (_dir, _pg, gw) = setup("max_message_bytes = 4096", "").await;
+    let (_dir, pg, gw) = setup("max_message_bytes = 4096", "").await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
 
     // A newer protocol version is negotiated down to 3.0.
@@ -162,6 +169,27 @@ async fn malformed_and_oversized_messages_end_only_their_session() {
     assert_eq!(tag, b'E');
     assert_eq!(sqlstate(&body), "08P01");
     assert!(raw.read().await.is_none(), "the connection ends");
+
+    // Flush is forwarded: a Parse answers without a Sync...
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    raw.send(b'P', &parse("SELECT 1")).await;
+    raw.send(b'H', b"").await;
+    assert_eq!(raw.read().await.map(|m| m.0), Some(b'1'));
+    // ...while a message type no 3.0 client sends never reaches the server,
+    // whatever a later protocol might make it mean.
+    raw.send(b'y', b"SELECT 1\0").await;
+    let (tag, body) = raw.read().await.unwrap();
+    assert_eq!(tag, b'E');
+    assert_eq!(sqlstate(&body), "08P01");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("invalid frontend message type 121")
+            && text.contains("Airlock forwards only"),
+        "the gateway answers, not the server: {text}"
+    );
+    assert!(raw.read().await.is_none(), "the connection ends");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!pg.log().contains("invalid frontend message type"));
 
     // A query larger than max_message_bytes.
     let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;

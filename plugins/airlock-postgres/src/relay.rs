@@ -433,9 +433,19 @@ impl ClientHalf<'_> {
                     self.forward(&frame, None).await?;
                     return Ok("client closed the session".into());
                 }
-                // Flush, and anything the gateway does not know: the server
-                // answers unknown messages with its own error.
-                _ => self.forward(&frame, None).await?,
+                // Flush.
+                b'H' => self.forward(&frame, None).await?,
+                // Nothing else is sent within a session. Forwarding an
+                // unknown message would let the server act on something
+                // the gateway never judged (a message of a later protocol
+                // version, say), so the gateway ends the session as
+                // PostgreSQL itself does.
+                other => {
+                    return Err(Error::Client(format!(
+                        "invalid frontend message type {other} ({:?}): Airlock forwards only the messages of protocol 3.0",
+                        char::from(other)
+                    )));
+                }
             }
         }
     }
