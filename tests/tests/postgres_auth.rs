@@ -346,3 +346,81 @@ targets = ["md5", "trusted", "chained"]
         "{events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_reaches_postgresql_encrypted_and_never_downgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let ca = dir.path().join("pg-ca.crt");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let tls_pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
+        .await
+        .unwrap();
+    let plain_pg = TestPostgres::start().await.unwrap();
+    let (tls_dir, plain_dir) = (dir.path().join("tls"), dir.path().join("plain"));
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    std::fs::create_dir_all(&plain_dir).unwrap();
+    let tls_pw = tls_pg.password_file(&tls_dir).unwrap();
+    let plain_pw = plain_pg.password_file(&plain_dir).unwrap();
+    // Target "app" reaches the TLS server without TLS: the control.
+    let extra = format!(
+        r#"
+[targets.encrypted]
+protocol = "postgres"
+host = "localhost"
+port = {tls_port}
+database = "app"
+user = "airlock_app"
+password = {{ file = "{tls_pw}" }}
+sslmode = "verify-full"
+ssl_root_cert = "{ca}"
+
+[targets.plain]
+protocol = "postgres"
+host = "localhost"
+port = {plain_port}
+database = "app"
+user = "airlock_app"
+password = {{ file = "{plain_pw}" }}
+sslmode = "require"
+
+[[grants]]
+groups = ["agents"]
+targets = ["encrypted", "plain"]
+"#,
+        tls_port = tls_pg.port(),
+        plain_port = plain_pg.port(),
+        tls_pw = tls_pw.display(),
+        plain_pw = plain_pw.display(),
+        ca = ca.display(),
+    );
+    let gw = PgGateway::start(
+        &pg_config(&tls_pg, &tls_pw, "", &extra),
+        &dir.path().join("gw"),
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for (db, encrypted) in [("encrypted", true), ("app", false)] {
+        let client = connect(gw.addr, db, "agent-1", &token)
+            .await
+            .unwrap_or_else(|e| panic!("{db}: {e}"));
+        let on: bool = client.query_one(ssl, &[]).await.unwrap().get(0);
+        assert_eq!(on, encrypted, "{db}: PostgreSQL's own view of the link");
+    }
+    // A server without TLS is refused, not used in the clear.
+    let e = connect(gw.addr, "plain", "agent-1", &token)
+        .await
+        .expect_err("a target that requires TLS is not reached without it");
+    assert_eq!(code(&e), "08001", "{e}");
+    assert!(
+        message(&e).contains("does not support TLS, which targets.plain.sslmode requires"),
+        "{}",
+        message(&e)
+    );
+}

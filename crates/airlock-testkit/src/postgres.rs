@@ -78,6 +78,16 @@ impl TestPostgres {
     /// Initializes and starts a server on a free loopback port, with database
     /// `app` owned by [`APP_USER`] (SCRAM), plus [`MD5_USER`] and [`TRUST_USER`].
     pub async fn start() -> anyhow::Result<TestPostgres> {
+        Self::launch(None).await
+    }
+
+    /// Like [`TestPostgres::start`], with TLS (`ssl = on`) from a PEM
+    /// certificate and key; clients may still connect without it.
+    pub async fn start_with_tls(cert_pem: &str, key_pem: &str) -> anyhow::Result<TestPostgres> {
+        Self::launch(Some((cert_pem, key_pem))).await
+    }
+
+    async fn launch(tls: Option<(&str, &str)>) -> anyhow::Result<TestPostgres> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir(&data)?;
@@ -111,6 +121,19 @@ impl TestPostgres {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
         };
+        let mut tls_args = Vec::new();
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&cert_path, cert)?;
+            std::fs::write(&key_path, key)?;
+            // PostgreSQL refuses a key that others can read.
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&cert_path, Some(uid), Some(gid))?;
+                std::os::unix::fs::chown(&key_path, Some(uid), Some(gid))?;
+            }
+            tls_args = vec!["-c".to_string(), "ssl=on".to_string()];
+        }
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path().join("server.log"), Some(uid), Some(gid))?;
@@ -127,6 +150,7 @@ impl TestPostgres {
             .args(["-c", "log_line_prefix=%m [%p] %u@%d "])
             .args(["-c", "fsync=off"])
             .args(["-c", "max_connections=60"])
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(false);
