@@ -103,6 +103,28 @@ targets = ["closed"]
     let e = connect(gw.addr, "app", "agent-1", "").await.unwrap_err();
     assert_eq!(code(&e), "28P01", "{e}");
 
+    // This listener has no certificate: a client that requires TLS is told
+    // so by its own library; one that only prefers it goes on without.
+    let (ok, _, err) = psql(
+        &conninfo(gw.addr, "agent-1", "sslmode=require"),
+        &good,
+        &["-c", "SELECT 1"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        !ok && err.contains("server does not support SSL, but SSL was required"),
+        "{err}"
+    );
+    let (ok, out, err) = psql(
+        &conninfo(gw.addr, "agent-1", "sslmode=prefer"),
+        &good,
+        &["-At", "-c", "SELECT 1"],
+    )
+    .await
+    .unwrap();
+    assert!(ok && out.trim() == "1", "{err}");
+
     // Each refusal is in the audit trail.
     let events = gw.events().await.unwrap();
     let denied = events
