@@ -156,6 +156,21 @@ async fn cancel_request(addr: std::net::SocketAddr, pid: &[u8], secret: &[u8]) {
     let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
 }
 
+/// Waits until the server runs a statement containing `marker`, so that a
+/// cancel sent next finds it running.
+async fn wait_active(pg: &TestPostgres, marker: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+    );
+    for _ in 0..200 {
+        if pg.psql(&sql).await.unwrap() == "1" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{marker} never ran");
+}
+
 /// Runs `sql` on `raw`; the tags of the answers up to ReadyForQuery, and
 /// the first field of the first DataRow.
 async fn run(raw: &mut Raw, sql: &str) -> (Vec<u8>, String) {
@@ -193,18 +208,19 @@ async fn the_client_holds_the_gateways_cancel_secret_not_the_servers() {
     // cancels nothing, and neither does a guessed one sent to the gateway.
     let wrong: Vec<u8> = secret.iter().map(|b| b ^ 0x5a).collect();
     let sleeper = tokio::spawn(async move {
-        let answer = run(&mut raw, "SELECT pg_sleep(1.5)").await;
+        let answer = run(&mut raw, "SELECT pg_sleep(1.5) -- wrong-keys").await;
         (raw, answer)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_active(&pg, "wrong-keys").await;
     let server: std::net::SocketAddr = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
     cancel_request(server, &pid, &secret).await;
     cancel_request(gw.addr, &pid, &wrong).await;
     let (mut raw, (tags, _)) = sleeper.await.unwrap();
     assert_eq!(tags, b"TDCZ", "the statement ran to its end");
     // The key the client was given, sent to the gateway, cancels.
-    let sleeper = tokio::spawn(async move { run(&mut raw, "SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sleeper =
+        tokio::spawn(async move { run(&mut raw, "SELECT pg_sleep(30) -- right-key").await });
+    wait_active(&pg, "right-key").await;
     cancel_request(gw.addr, &pid, &secret).await;
     let (tags, _) = tokio::time::timeout(Duration::from_secs(10), sleeper)
         .await

@@ -36,6 +36,15 @@ impl Demo {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        // From here on a failed assertion still stops the demo (Drop).
+        let mut demo = Demo {
+            child,
+            data_dir,
+            pg_port: String::new(),
+            api: String::new(),
+            agent_token: String::new(),
+            dba_token: String::new(),
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -56,7 +65,6 @@ impl Demo {
             match rx.recv_timeout(left) {
                 Ok(line) => banner.push(line),
                 Err(_) => {
-                    let _ = child.kill();
                     panic!(
                         "the demo printed no banner: {banner:?}\n{}",
                         std::fs::read_to_string(dir.join("demo.log")).unwrap_or_default()
@@ -70,14 +78,11 @@ impl Demo {
             line[at..].split_whitespace().next().unwrap().to_string()
         };
         let pg = find("PostgreSQL listener");
-        Demo {
-            child,
-            data_dir,
-            pg_port: pg.rsplit(':').next().unwrap().to_string(),
-            api: find("API"),
-            agent_token: find("export AGENT_TOKEN="),
-            dba_token: find("export AIRLOCK_TOKEN="),
-        }
+        demo.pg_port = pg.rsplit(':').next().unwrap().to_string();
+        demo.api = find("API");
+        demo.agent_token = find("export AGENT_TOKEN=");
+        demo.dba_token = find("export AIRLOCK_TOKEN=");
+        demo
     }
 
     /// Runs an `airlock` command against the demo's API as the DBA.
@@ -118,6 +123,37 @@ impl Drop for Demo {
     }
 }
 
+/// The example agent's process, killed if the test fails first.
+struct Agent(Child);
+
+impl Agent {
+    /// Waits for the agent and collects what it printed (a few lines: the
+    /// pipes cannot fill up while the other is read).
+    fn output(&mut self) -> Output {
+        use std::io::Read;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(p) = self.0.stdout.as_mut() {
+            p.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(p) = self.0.stderr.as_mut() {
+            p.read_to_end(&mut stderr).unwrap();
+        }
+        Output {
+            status: self.0.wait().unwrap(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -137,14 +173,16 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
         "host=127.0.0.1 port={} dbname=demo user=agent-1 sslmode=disable",
         demo.pg_port
     );
-    let agent = Command::new("python3")
-        .arg(&script)
-        .args(["--dsn", &dsn, "--approval-timeout", "60"])
-        .env("AGENT_TOKEN", &demo.agent_token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut agent = Agent(
+        Command::new("python3")
+            .arg(&script)
+            .args(["--dsn", &dsn, "--approval-timeout", "60"])
+            .env("AGENT_TOKEN", &demo.agent_token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
 
     // The agent's refund waits for a DBA, who approves it from the CLI.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -154,6 +192,10 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
         let list = String::from_utf8_lossy(&list.stdout).to_string();
         if let Some(row) = list.lines().nth(1) {
             break row.to_string();
+        }
+        if agent.0.try_wait().unwrap().is_some() {
+            let out = agent.output();
+            panic!("the agent ended before asking for approval: {}", text(&out));
         }
         assert!(Instant::now() < deadline, "no approval request appeared");
         std::thread::sleep(Duration::from_millis(100));
@@ -170,7 +212,7 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
         text(&approved)
     );
 
-    let out = agent.wait_with_output().unwrap();
+    let out = agent.output();
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", text(&out));
     // Masked on the way out: placeholders, never the seeded emails or cards.

@@ -202,7 +202,7 @@ impl PostgresConnector {
         };
         let user = params.remove("user").unwrap_or_default();
         let target_name = params.remove("database").unwrap_or_else(|| user.clone());
-        info.login = Some(user.clone());
+        info.login = login_name(&user);
         if minor > 0 || !unsupported_options.is_empty() {
             client
                 .send(&frame::encode(&NegotiateProtocolVersion::new(
@@ -401,5 +401,34 @@ impl PostgresConnector {
                 session.end(&message).await
             }
         }
+    }
+}
+
+/// The startup user name as recorded: informational and not yet
+/// authenticated when it is read, so it is cut to PostgreSQL's own limit for
+/// names (63 bytes) and an empty one is none.
+fn login_name(user: &str) -> Option<String> {
+    if user.is_empty() {
+        return None;
+    }
+    let mut end = user.len().min(63);
+    while !user.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(user[..end].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::login_name;
+
+    #[test]
+    fn login_names_are_cut_to_postgresqls_limit_on_a_character_boundary() {
+        assert_eq!(login_name(""), None);
+        assert_eq!(login_name("agent-1").as_deref(), Some("agent-1"));
+        assert_eq!(login_name(&"x".repeat(500)).map(|s| s.len()), Some(63));
+        // 62 ASCII bytes and a two-byte character: the character goes whole.
+        let name = format!("{}é", "x".repeat(62));
+        assert_eq!(login_name(&name).as_deref(), Some(&name[..62]));
     }
 }

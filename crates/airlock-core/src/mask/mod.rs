@@ -735,39 +735,55 @@ fn credential_forms(s: &str) -> Vec<Vec<u8>> {
         let inner = j.as_bytes()[1..j.len() - 1].to_vec();
         forms.push(inner);
     }
-    forms.push(hex::encode(s).into_bytes());
-    forms.push(hex::encode_upper(s).into_bytes());
+    // Under four bytes the hex would be an ordinary short number.
+    if s.len() >= 4 {
+        forms.push(hex::encode(s).into_bytes());
+        forms.push(hex::encode_upper(s).into_bytes());
+    }
     forms.extend(base64_forms(s.as_bytes()));
     forms.sort();
     forms.dedup();
     forms
 }
 
-/// Base64 of `secret` wherever it sits in a longer encoded value: a
-/// credential starting at an offset that is not a multiple of three shares
-/// its first group with the bytes before it, so each of the three
-/// alignments has its own text. Only the groups made of the secret's bytes
-/// alone are kept (the edges depend on its neighbours), in the standard
-/// and URL-safe alphabets; forms under 8 characters would hide ordinary
-/// text, so a short credential is not looked for this way.
+/// Base64 of `secret` wherever it sits in a longer encoded value. A
+/// base64 character carries six bits and a byte eight, so the text of the
+/// secret depends on its offset modulo three; for each of the three, the
+/// form is every character whose six bits all come from the secret. At
+/// each edge at most four bits of the secret remain in a character shared
+/// with its neighbours. Standard and URL-safe alphabets. Forms under
+/// [`MIN_BASE64_FORM`] characters would hide ordinary text, so a credential
+/// under six bytes is not looked for this way.
 fn base64_forms(secret: &[u8]) -> Vec<Vec<u8>> {
     use base64::Engine as _;
     let mut forms = Vec::new();
-    for skip in 0..3.min(secret.len()) {
-        let rest = &secret[skip..];
-        let whole = &rest[..rest.len() / 3 * 3];
-        if whole.len() < 6 {
+    for offset in 0..3usize {
+        // The secret after `offset` filler bytes, padded so that every
+        // character over its bits is complete.
+        let mut buf = vec![0u8; offset];
+        buf.extend_from_slice(secret);
+        buf.extend_from_slice(&[0, 0, 0]);
+        let (bits_from, bits_to) = (8 * offset, 8 * (offset + secret.len()));
+        // Characters k with 6k >= bits_from and 6k + 6 <= bits_to.
+        let (first, end) = (bits_from.div_ceil(6), bits_to / 6);
+        if end < first + MIN_BASE64_FORM {
             continue;
         }
         for engine in [
             &base64::engine::general_purpose::STANDARD_NO_PAD,
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
         ] {
-            forms.push(engine.encode(whole).into_bytes());
+            let text = engine.encode(&buf);
+            if let Some(form) = text.as_bytes().get(first..end) {
+                forms.push(form.to_vec());
+            }
         }
     }
     forms
 }
+
+/// The shortest base64 form of a credential that is looked for (42 bits).
+const MIN_BASE64_FORM: usize = 7;
 
 /// Every detector, in `Det` order (the index of `Shared::replace`).
 fn all_dets() -> impl Iterator<Item = Det> {

@@ -197,8 +197,9 @@ pub struct SqlMatch {
     /// `"read"` or `"write"`: only table accesses of this kind count. With
     /// `tables`, a listed table must be accessed this way; alone, any table
     /// accessed this way matches. In allow rules `tables` and `access` must
-    /// hold for every table the statement touches (and it must touch one);
-    /// in deny and review rules one table is enough.
+    /// hold for every table the statement touches (and it must touch one;
+    /// with `"write"`, reading a table the statement writes counts as
+    /// writing it); in deny and review rules one table is enough.
     #[serde(default)]
     pub access: Option<Access>,
     /// For `UPDATE`/`DELETE`: `false` matches statements without a `WHERE`

@@ -292,8 +292,20 @@ impl SqlMatcher {
         }
         if self.tables.is_some() || self.access.is_some() {
             let fits = |t: &TableAccess| {
-                self.access.is_none_or(|a| a == t.access)
-                    && self.tables.as_ref().is_none_or(|m| m.matches(&t.name))
+                let access = self.access.is_none_or(|a| {
+                    a == t.access
+                        // In an allow rule for writes, reading a table the
+                        // statement writes (`… WHERE id IN (SELECT id FROM
+                        // t)`) is part of writing it.
+                        || (self.every_table
+                            && a == Access::Write
+                            && t.access == Access::Read
+                            && op
+                                .tables
+                                .iter()
+                                .any(|w| w.access == Access::Write && w.name == t.name))
+                });
+                access && self.tables.as_ref().is_none_or(|m| m.matches(&t.name))
             };
             // Deny and review rules catch a statement by any one table;
             // an allow rule vouches for all of them, and for none when the

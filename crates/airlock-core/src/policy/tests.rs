@@ -369,6 +369,37 @@ access = "read"
         let op = statement(SqlKind::Insert, text, &tables);
         assert_denied_by(decide(&p, &ann, "prod-db", &op), DEFAULT_DENY);
     }
+    // A rule allowing writes to a table covers reading that same table in
+    // the statement, and nothing else.
+    let support = policy(
+        r#"
+[[grants]]
+groups = ["support"]
+targets = ["prod-db"]
+access = "rules"
+
+[[rules]]
+name = "support-ticket-writes"
+action = "allow"
+groups = ["support"]
+[rules.sql]
+tables = ["tickets"]
+access = "write"
+"#,
+    );
+    let sam = id("sam", &["support"]);
+    let own = statement(
+        SqlKind::Update,
+        "UPDATE tickets SET done = true WHERE id IN (SELECT id FROM tickets WHERE age > 9)",
+        &[("tickets", Access::Write), ("tickets", Access::Read)],
+    );
+    assert_allowed(decide(&support, &sam, "prod-db", &own));
+    let other = statement(
+        SqlKind::Update,
+        "UPDATE tickets SET note = (SELECT secret FROM vault LIMIT 1)",
+        &[("tickets", Access::Write), ("vault", Access::Read)],
+    );
+    assert_denied_by(decide(&support, &sam, "prod-db", &other), DEFAULT_DENY);
     // Names no table: nothing for an allow rule on tables to vouch for.
     let opaque = Operation::Sql(sql(
         SqlKind::Opaque,
