@@ -130,6 +130,20 @@ timeout_secs = 600
 kinds = ["insert", "update", "delete", "merge"]
 tables = ["orders", "public.orders"]
 
+# Rules on tables see the names a statement uses. A view, function, trigger
+# or rule an agent creates could write orders under another name, and a
+# rename would move the table out from under the rule above: so the agents'
+# schema changes wait for a DBA too.
+[[rules]]
+name = "agents-schema-changes-need-approval"
+action = "review"
+approvers = ["dba"]
+message = "schema changes by agents need a DBA's approval"
+timeout_secs = 600
+groups = ["agents"]
+[rules.sql]
+kinds = ["create", "alter", "drop", "grant", "revoke"]
+
 [[masking.fields]]
 name = "ssn"
 style = "redact"

@@ -95,6 +95,49 @@ impl Demo {
             .unwrap()
     }
 
+    /// Starts `psql` against the demo's listener as `user` with `token`.
+    fn psql(&self, user: &str, token: &str, sql: &str) -> Client {
+        let dsn = format!(
+            "host=127.0.0.1 port={} dbname=demo user={user} sslmode=disable",
+            self.pg_port
+        );
+        Client(
+            Command::new("psql")
+                .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", &dsn, "-c", sql])
+                .env("PGPASSWORD", token)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// The pending approval request for a statement containing `statement`,
+    /// which `client` waits for; fails if the client ends first.
+    fn pending(&self, statement: &str, client: &mut Client) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self.cli(&["approvals", "list", "--status", "pending"]);
+            assert!(list.status.success(), "{}", text(&list));
+            let list = String::from_utf8_lossy(&list.stdout).to_string();
+            if let Some(row) = list.lines().skip(1).find(|l| l.contains(statement)) {
+                return row.to_string();
+            }
+            if client.0.try_wait().unwrap().is_some() {
+                let out = client.output();
+                panic!(
+                    "the client ended before asking for approval of {statement:?}: {}",
+                    text(&out)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no approval request for {statement:?} appeared"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends `signal` (`INT` is Ctrl-C); true if the demo exited cleanly.
     fn stop(&mut self, signal: &str) -> bool {
         let pid = self.child.id().to_string();
@@ -123,11 +166,12 @@ impl Drop for Demo {
     }
 }
 
-/// The example agent's process, killed if the test fails first.
-struct Agent(Child);
+/// A client's process (the example agent, `psql`), killed if the test
+/// fails first.
+struct Client(Child);
 
-impl Agent {
-    /// Waits for the agent and collects what it printed (a few lines: the
+impl Client {
+    /// Waits for the client and collects what it printed (a few lines: the
     /// pipes cannot fill up while the other is read).
     fn output(&mut self) -> Output {
         use std::io::Read;
@@ -147,7 +191,7 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -173,7 +217,7 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
         "host=127.0.0.1 port={} dbname=demo user=agent-1 sslmode=disable",
         demo.pg_port
     );
-    let mut agent = Agent(
+    let mut agent = Client(
         Command::new("python3")
             .arg(&script)
             .args(["--dsn", &dsn, "--approval-timeout", "60"])
@@ -185,25 +229,8 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
     );
 
     // The agent's refund waits for a DBA, who approves it from the CLI.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pending = loop {
-        let list = demo.cli(&["approvals", "list", "--status", "pending"]);
-        assert!(list.status.success(), "{}", text(&list));
-        let list = String::from_utf8_lossy(&list.stdout).to_string();
-        if let Some(row) = list.lines().nth(1) {
-            break row.to_string();
-        }
-        if agent.0.try_wait().unwrap().is_some() {
-            let out = agent.output();
-            panic!("the agent ended before asking for approval: {}", text(&out));
-        }
-        assert!(Instant::now() < deadline, "no approval request appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        pending.contains("agent-1") && pending.contains("UPDATE orders SET status"),
-        "{pending}"
-    );
+    let pending = demo.pending("UPDATE orders SET status", &mut agent);
+    assert!(pending.contains("agent-1"), "{pending}");
     let id = pending.split_whitespace().next().unwrap();
     let approved = demo.cli(&["approvals", "approve", id]);
     assert!(
@@ -259,6 +286,44 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
         "{replay}"
     );
     assert!(!replay.contains("@example.com"), "{replay}");
+
+    // A view is a second name for orders that the orders rule would not
+    // see: the agent's CREATE VIEW waits for a DBA, who refuses it, and the
+    // view never exists. The same statement from the DBA runs at once.
+    let view = "CREATE VIEW orders_view AS SELECT * FROM orders";
+    let mut psql = demo.psql("agent-1", &demo.agent_token, view);
+    let pending = demo.pending("CREATE VIEW orders_view", &mut psql);
+    assert!(
+        pending.contains("agents-schema-changes-need-approval"),
+        "{pending}"
+    );
+    let id = pending.split_whitespace().next().unwrap();
+    let denied = demo.cli(&["approvals", "deny", id, "--reason", "no views"]);
+    assert!(denied.status.success(), "{}", text(&denied));
+    let out = psql.output();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no views"), "{}", text(&out));
+    let exists = "SELECT count(*) FROM pg_views WHERE viewname = 'orders_view'";
+    let out = demo.psql("dana", &demo.dba_token, exists).output();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0\n",
+        "{}",
+        text(&out)
+    );
+    let out = demo.psql("dana", &demo.dba_token, view).output();
+    assert!(
+        out.status.success() && text(&out).contains("CREATE VIEW"),
+        "{}",
+        text(&out)
+    );
+    let out = demo.psql("dana", &demo.dba_token, exists).output();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        text(&out)
+    );
 
     // As a service manager or `timeout` stops it; Ctrl-C takes the same
     // path. Either way the chain is sealed and PostgreSQL stopped.
