@@ -110,6 +110,10 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
             "update victim set id = 0 -- evade-7",
             "sql-guardrails/no-unbounded-write",
         ),
+        (
+            "DELETE FROM victim WHERE 1 = 1 /* evade-12 */",
+            "sql-guardrails/no-unbounded-write",
+        ),
     ];
     for (sql, rule) in attempts {
         let e = client.simple_query(sql).await.unwrap_err();
@@ -183,6 +187,7 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         "evade-9",
         "evade-10",
         "evade-11",
+        "evade-12",
     ] {
         assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
     }

@@ -17,6 +17,24 @@ use sqlparser::ast::{
 use super::Classified;
 use super::functions::{FunctionEffect, function_effect};
 
+/// Whether an UPDATE's or DELETE's WHERE clause can tell rows apart. One
+/// that names no column at all (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`,
+/// `WHERE random() < 2`) has the same value for every row, so it bounds
+/// nothing and counts as no WHERE clause: it is how a guardrail against
+/// unbounded writes is most easily walked around. A condition on a column
+/// that happens to hold for every row (`WHERE id > 0`) is not recognised;
+/// the guardrail stops accidents and the obvious detour, not a determined
+/// client (docs/policy.md).
+fn limits_rows(selection: Option<&Expr>) -> bool {
+    selection.is_some_and(|condition| {
+        sqlparser::ast::visit_expressions(condition, |e| match e {
+            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .is_break()
+    })
+}
+
 /// Classifies one parsed statement whose source text is `text`.
 /// `prepare_text` is the text of a `PREPARE`'s inner statement, when known.
 pub(super) fn classify_statement(
@@ -535,7 +553,7 @@ impl Effects {
             }
             Statement::Update(u) => {
                 self.write_factor(&u.table.relation);
-                (SqlKind::Update, Some(u.selection.is_some()))
+                (SqlKind::Update, Some(limits_rows(u.selection.as_ref())))
             }
             Statement::Delete(d) => {
                 let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
@@ -545,7 +563,7 @@ impl Effects {
                 for name in &d.tables {
                     self.write(name);
                 }
-                (SqlKind::Delete, Some(d.selection.is_some()))
+                (SqlKind::Delete, Some(limits_rows(d.selection.as_ref())))
             }
             Statement::Merge(m) => {
                 self.write_factor(&m.table);

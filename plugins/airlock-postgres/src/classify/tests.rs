@@ -157,6 +157,32 @@ fn update_and_delete_report_whether_they_have_where() {
 }
 
 #[test]
+fn a_where_clause_that_names_no_column_bounds_nothing() {
+    for sql in [
+        "DELETE FROM t WHERE true",
+        "DELETE FROM t WHERE 1 = 1",
+        "DELETE FROM t WHERE NOT false AND 'a' = 'a'",
+        "DELETE FROM t WHERE $1",
+        "UPDATE t SET a = 1 WHERE random() < 2",
+        "UPDATE t SET a = 1 WHERE (SELECT true)",
+        "WITH gone AS (DELETE FROM t WHERE 1 = 1 RETURNING *) SELECT * FROM gone",
+    ] {
+        assert_eq!(op(sql).has_where, Some(false), "{sql}");
+    }
+    // A column anywhere in the condition, also in a correlated subquery,
+    // can tell rows apart.
+    for sql in [
+        "DELETE FROM t WHERE id = 1",
+        "DELETE FROM t WHERE t.id = $1",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = t.id)",
+        "UPDATE t SET a = 1 WHERE 1 = 1 AND id = 2",
+        "UPDATE t SET a = 1 WHERE lower(name) = 'x'",
+    ] {
+        assert_eq!(op(sql).has_where, Some(true), "{sql}");
+    }
+}
+
+#[test]
 fn only_is_not_taken_for_a_table_name() {
     // sqlparser reads `ONLY t` as table `only` aliased `t`; the table is `t`.
     let op = op("UPDATE ONLY secrets SET a = 1");
