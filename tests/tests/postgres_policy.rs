@@ -114,6 +114,12 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
             "DELETE FROM victim WHERE 1 = 1 /* evade-12 */",
             "sql-guardrails/no-unbounded-write",
         ),
+        // sqlparser would end the dollar quote's tag at the euro sign and
+        // see a comment where PostgreSQL sees the DELETE.
+        (
+            "WITH a AS (SELECT $€$ -- $€$ ), d AS (DELETE FROM victim RETURNING 1\n) SELECT 'evade-13'",
+            "sql-guardrails/opaque-sql",
+        ),
     ];
     for (sql, rule) in attempts {
         let e = client.simple_query(sql).await.unwrap_err();
@@ -188,6 +194,7 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         "evade-10",
         "evade-11",
         "evade-12",
+        "evade-13",
     ] {
         assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
     }

@@ -42,7 +42,10 @@
 //! * A string the lexer cannot split reliably becomes **one** opaque entry for
 //!   the whole string: an unterminated quote or comment (the server rejects it
 //!   anyway), or a plain string literal with a backslash before a quote, whose
-//!   end (and so the statement boundaries) depends on `standard_conforming_strings`.
+//!   end (and so the statement boundaries) depends on `standard_conforming_strings`,
+//!   or a `$` that sqlparser would read differently from PostgreSQL (a
+//!   dollar-quote tag with a non-ASCII character, `$1abc$`): there sqlparser
+//!   could see a string where the server sees a statement.
 //! * `COPY ... TO/FROM PROGRAM` (a shell command on the database host) and
 //!   `COPY ... TO/FROM 'file'` (files on the database host, not the client's
 //!   data stream that `CopyIn`/`CopyOut` describe).

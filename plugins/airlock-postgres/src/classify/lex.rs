@@ -46,6 +46,13 @@ pub(super) enum LexError {
     /// A plain string literal whose end depends on `standard_conforming_strings`
     /// (a backslash before a quote), so the statement boundaries do too.
     BackslashQuote,
+    /// A `$` that PostgreSQL and sqlparser read differently: a dollar-quote
+    /// tag with a character outside ASCII (sqlparser takes only alphanumeric
+    /// characters, PostgreSQL any byte above 0x7f, so one sees a string
+    /// where the other sees code), or a parameter number running into an
+    /// identifier (`$1abc$`: sqlparser opens a dollar quote, PostgreSQL 14
+    /// reads `$1` and then a name, PostgreSQL 15 rejects it).
+    AmbiguousDollar,
 }
 
 /// One statement's worth of the query string.
@@ -224,7 +231,7 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, LexError> {
                 i = quoted_end(b, i, b'"')?;
                 TokenKind::QuotedIdent
             }
-            b'$' => match dollar_tag(b, i) {
+            b'$' => match dollar_tag(b, i)? {
                 Some(tag_end) => {
                     i = dollar_string_end(b, i, tag_end)?;
                     TokenKind::String
@@ -353,19 +360,35 @@ fn plain_string_end(b: &[u8], i: usize) -> Result<usize, LexError> {
     Ok(end)
 }
 
-/// If a dollar quote `$tag$` starts at `i`, the index just past it.
-fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+/// If a dollar quote `$tag$` starts at `i`, the index just past it; `None`
+/// for a parameter (`$1`) or a stray `$`.
+fn dollar_tag(b: &[u8], i: usize) -> Result<Option<usize>, LexError> {
     let mut j = i + 1;
     if b.get(j) == Some(&b'$') {
-        return Some(j + 1);
+        return Ok(Some(j + 1));
+    }
+    if b.get(j).is_some_and(u8::is_ascii_digit) {
+        while b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        return match b.get(j) {
+            Some(&c) if ident_cont(c) => Err(LexError::AmbiguousDollar),
+            _ => Ok(None),
+        };
     }
     if !b.get(j).copied().is_some_and(ident_start) {
-        return None;
+        return Ok(None);
     }
     while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
         j += 1;
     }
-    (b.get(j) == Some(&b'$')).then_some(j + 1)
+    if b.get(j) != Some(&b'$') {
+        return Ok(None);
+    }
+    if !b[i + 1..j].is_ascii() {
+        return Err(LexError::AmbiguousDollar);
+    }
+    Ok(Some(j + 1))
 }
 
 /// The end of a dollar-quoted string whose opening tag is `b[i..tag_end]`.

@@ -636,6 +636,13 @@ fn strings_that_cannot_be_split_reliably_are_one_opaque_entry() {
         "SELECT 1; SELECT $x$ unterminated",
         // With standard_conforming_strings off, the DROP is a statement.
         "SELECT '\\', ' ; DROP TABLE t; --'",
+        // A dollar tag sqlparser ends early: it would see `SELECT $ €$` and
+        // a comment, PostgreSQL a string and then the DELETE.
+        "WITH a AS (SELECT $€$ -- $€$ ), d AS (DELETE FROM t RETURNING 1\n) SELECT 1",
+        "SELECT $é$ x $é$",
+        // A string to sqlparser, `$1` and a name to PostgreSQL 14.
+        "WITH a AS (SELECT $1abc$ ), d AS (DELETE FROM t RETURNING 1) SELECT 1 -- $1abc$",
+        "SELECT $1€",
     ] {
         let ops = all(sql);
         assert_eq!(ops.len(), 1, "{sql}");
@@ -648,6 +655,14 @@ fn strings_that_cannot_be_split_reliably_are_one_opaque_entry() {
         [SqlKind::Select, SqlKind::Select]
     );
     assert_eq!(kinds("SELECT '\\d', ' ; x'"), [SqlKind::Select]);
+    assert_eq!(
+        kinds("SELECT $x_1$ € $x_1$, $1, $2::int"),
+        [SqlKind::Select]
+    );
+    assert_eq!(
+        kinds("SELECT $$€$$; SELECT 1"),
+        [SqlKind::Select, SqlKind::Select]
+    );
 }
 
 #[test]
