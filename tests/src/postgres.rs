@@ -265,7 +265,7 @@ pub struct Raw {
 }
 
 // Test support only: a login or write that fails is a failed test.
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 impl Raw {
     /// Logs in with `token` (protocol 3.`minor`); returns every message up to
     /// the first ReadyForQuery or error.
@@ -330,5 +330,32 @@ impl Raw {
         let mut body = vec![0u8; len - 4];
         self.stream.read_exact(&mut body).await.ok()?;
         Some((head[0], body))
+    }
+
+    /// Sends `msgs` and reads up to ReadyForQuery: the tags answered (the
+    /// last one followed by the transaction status) and the SQLSTATEs of
+    /// the errors.
+    pub async fn exchange(&mut self, msgs: Vec<(u8, Vec<u8>)>) -> (String, Vec<String>) {
+        for (tag, body) in msgs {
+            self.send(tag, &body).await;
+        }
+        let (mut tags, mut codes) = (String::new(), Vec::new());
+        loop {
+            let (tag, body) = self.read().await.expect("an answer");
+            tags.push(char::from(tag));
+            if tag == b'E' {
+                let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C"));
+                codes.push(String::from_utf8_lossy(code.unwrap_or_default()).into_owned());
+            }
+            if tag == b'Z' {
+                tags.push(char::from(body[0]));
+                return (tags, codes);
+            }
+        }
+    }
+
+    /// A simple Query, answered as by [`Raw::exchange`].
+    pub async fn query(&mut self, sql: &str) -> (String, Vec<String>) {
+        self.exchange(vec![(b'Q', msg::cstr(sql))]).await
     }
 }

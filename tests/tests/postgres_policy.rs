@@ -284,25 +284,10 @@ async fn a_refusal_in_a_pipeline_rolls_back_what_the_pipeline_did() {
         msgs.extend(msg::bind_execute(""));
         msgs
     };
-    // Sends a pipeline with one Sync; the tags answered, and the SQLSTATEs of errors.
-    async fn pipeline(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> (String, Vec<String>) {
-        for (tag, body) in msgs {
-            raw.send(tag, &body).await;
-        }
-        raw.send(b'S', &[]).await;
-        let (mut tags, mut codes) = (String::new(), Vec::new());
-        loop {
-            let (tag, body) = raw.read().await.expect("an answer");
-            tags.push(char::from(tag));
-            if tag == b'E' {
-                let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C"));
-                codes.push(String::from_utf8_lossy(code.unwrap_or_default()).into_owned());
-            }
-            if tag == b'Z' {
-                tags.push(char::from(body[0]));
-                return (tags, codes);
-            }
-        }
+    // Sends a pipeline with one Sync.
+    async fn pipeline(raw: &mut Raw, mut msgs: Vec<(u8, Vec<u8>)>) -> (String, Vec<String>) {
+        msgs.push((b'S', Vec::new()));
+        raw.exchange(msgs).await
     }
 
     // Refused after an executed INSERT: the INSERT does not stay.
@@ -328,6 +313,66 @@ async fn a_refusal_in_a_pipeline_rolls_back_what_the_pipeline_did() {
     assert_eq!(tags, "12C12CZI");
     assert!(codes.is_empty());
     assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "7");
+}
+
+/// A statement made with SQL `PREPARE` runs through `EXECUTE` or through a
+/// Bind that names it, and a later `PREPARE` of the same name that the
+/// server refuses leaves it in place: each way is judged as the statement
+/// the server would run. The same ways with a bounded DELETE go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_with_sql_are_judged_however_they_run() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let bind_execute = |name: &str| {
+        let mut msgs = msg::bind_execute(name);
+        msgs.push((b'S', Vec::new()));
+        msgs
+    };
+
+    assert_eq!(
+        raw.query("PREPARE wipe AS DELETE FROM victim").await,
+        ("CZI".into(), vec![])
+    );
+    // The server keeps the DELETE under the name; the gateway must too.
+    let (_, codes) = raw.query("PREPARE wipe AS SELECT 'drift'").await;
+    assert_eq!(codes, ["42P05"]);
+    let (_, codes) = raw.query("EXECUTE wipe /* evade-20 */").await;
+    assert_eq!(codes, ["42501"]);
+    // A Bind naming it runs the DELETE without an EXECUTE.
+    let (tags, codes) = raw.exchange(bind_execute("wipe")).await;
+    assert_eq!((tags.as_str(), codes), ("EZI", vec!["42501".to_string()]));
+    // Also when the client Parsed the name again (the server refused that).
+    let mut msgs = vec![msg::parse("wipe", "SELECT 'evade-21'")];
+    msgs.extend(bind_execute("wipe"));
+    let (_, codes) = raw.exchange(msgs).await;
+    assert_eq!(codes, ["42P05"], "the server's own error comes first");
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
+    assert!(
+        !pg.log().contains("evade-20"),
+        "the EXECUTE reached the server"
+    );
+
+    assert_eq!(
+        raw.query("PREPARE trim1 AS DELETE FROM victim WHERE id = 5")
+            .await
+            .1,
+        Vec::<String>::new()
+    );
+    let (_, codes) = raw.query("PREPARE trim1 AS SELECT 'drift'").await;
+    assert_eq!(codes, ["42P05"]);
+    assert_eq!(raw.query("EXECUTE trim1").await, ("CZI".into(), vec![]));
+    assert_eq!(
+        raw.query("PREPARE trim2 AS DELETE FROM victim WHERE id = 4")
+            .await
+            .1,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        raw.exchange(bind_execute("trim2")).await,
+        ("2CZI".into(), vec![])
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "3");
 }
 
 async fn pending(gw: &PgGateway) -> String {

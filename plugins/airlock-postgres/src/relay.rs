@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 // The relay's maps are looked up on every statement (portal, statement,
 // columns): foldhash instead of SipHash, as the classifier's caches. Seeded
 // per map, and a client can only crowd its own session's maps.
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
@@ -89,7 +89,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         actions: actions.clone(),
         skipping: false,
         executed_since_sync: false,
-        prepared: HashMap::new(),
+        prepared: Prepared::default(),
         statements: HashMap::new(),
         portals: HashMap::new(),
         param_types: param_types.clone(),
@@ -328,6 +328,67 @@ struct Portal {
     described: bool,
 }
 
+/// What each prepared statement name may stand for on the server.
+///
+/// The gateway learns of a `PREPARE` or Parse when it judges it, not when
+/// the server has made it; the server may refuse it (the name exists, the
+/// transaction is aborted) and keep the statement it had. So a name keeps
+/// every statement prepared under it since it was last deallocated, and
+/// `EXECUTE` is judged as each of them: the strictest decides. Forgetting
+/// a name (`DEALLOCATE`, Close) is safe however the server answers, since an
+/// unknown name is judged as opaque.
+#[derive(Default)]
+struct Prepared {
+    by_name: HashMap<String, Vec<SqlOperation>>,
+    /// Names made with SQL `PREPARE` in this session, never forgotten: a
+    /// Bind naming one runs a statement no Parse of this session judged, so
+    /// it is judged itself. Once there are too many, every Bind of a named
+    /// statement is.
+    sql_names: HashSet<String>,
+    too_many_sql_names: bool,
+}
+
+/// Statements kept per prepared name before the name stands for "anything"
+/// (opaque): a client re-preparing one name over and over cannot grow the
+/// gateway's memory.
+const PREPARED_CANDIDATES_MAX: usize = 16;
+/// SQL-prepared names remembered before every named Bind is judged.
+const SQL_PREPARED_NAMES_MAX: usize = 4096;
+
+impl Prepared {
+    fn add(&mut self, name: String, op: SqlOperation) {
+        let ops = self.by_name.entry(name).or_default();
+        if ops.contains(&op) {
+            return;
+        }
+        ops.push(op);
+        if ops.len() > PREPARED_CANDIDATES_MAX {
+            let text = format!("-- one of {} statements prepared under one name", ops.len());
+            *ops = vec![opaque(&text)];
+        }
+    }
+
+    fn add_sql(&mut self, name: String, op: SqlOperation) {
+        if self.sql_names.len() < SQL_PREPARED_NAMES_MAX {
+            self.sql_names.insert(name.clone());
+        } else if !self.sql_names.contains(&name) {
+            self.too_many_sql_names = true;
+        }
+        self.add(name, op);
+    }
+
+    /// Whether a Bind of this statement must be judged: its name was
+    /// prepared with SQL, or no Parse of this session made it.
+    fn bind_needs_judging(&self, name: &[u8], parsed: bool) -> bool {
+        !name.is_empty()
+            && (!parsed
+                || self.too_many_sql_names
+                || self
+                    .sql_names
+                    .contains(String::from_utf8_lossy(name).as_ref()))
+    }
+}
+
 struct ClientHalf<'a> {
     cx: &'a Context<'a>,
     reader: FrameReader<ReadHalf<ClientStream>>,
@@ -341,7 +402,7 @@ struct ClientHalf<'a> {
     executed_since_sync: bool,
     /// Prepared statements by name, as SQL `EXECUTE` names them (SQL
     /// `PREPARE` and named Parse share one namespace), for judging `EXECUTE`.
-    prepared: HashMap<String, SqlOperation>,
+    prepared: Prepared,
     statements: HashMap<Bytes, Statement>,
     portals: HashMap<Bytes, Portal>,
     /// Parameter types the server described, by statement name.
@@ -533,12 +594,14 @@ impl ClientHalf<'_> {
                     .into_owned();
                 if !name.is_empty() {
                     // SQL EXECUTE can run statements prepared with Parse.
-                    let op = ops
-                        .into_iter()
-                        .next()
-                        .unwrap_or_else(|| opaque(&parse.query));
-                    self.prepared
-                        .insert(String::from_utf8_lossy(&name).into_owned(), op);
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    if ops.is_empty() {
+                        self.prepared.add(name, opaque(&parse.query));
+                    } else {
+                        for op in ops {
+                            self.prepared.add(name.clone(), op);
+                        }
+                    }
                 }
                 self.generation += 1;
                 let old = self.statements.insert(
@@ -565,6 +628,25 @@ impl ClientHalf<'_> {
         let bind: Bind = frame.decode(Peer::Client)?;
         let portal = cstr_at(frame.body());
         let statement = cstr_at(&frame.body()[portal.len() + 1..]);
+        if self
+            .prepared
+            .bind_needs_judging(&statement, self.statements.contains_key(&statement))
+        {
+            // A statement SQL `PREPARE` made runs here without an EXECUTE
+            // to judge: the Bind is judged as one.
+            let name = String::from_utf8_lossy(&statement).into_owned();
+            let what = opaque(&format!("-- bind of prepared statement {name:?}"));
+            let ops = self.resolve_execute(&what, &name, &[]);
+            match self.decide(ops, false).await? {
+                Verdict::Allow(..) => {}
+                Verdict::Refuse(error) => return self.refuse(error, true).await,
+                Verdict::Gone => {
+                    return Err(Error::Client(
+                        "the client left while waiting for approval".into(),
+                    ));
+                }
+            }
+        }
         let types = {
             let described = self
                 .param_types
@@ -712,6 +794,7 @@ impl ClientHalf<'_> {
                 self.forget_columns(old.generation);
             }
             self.prepared
+                .by_name
                 .remove(String::from_utf8_lossy(&name).as_ref());
             if let Ok(mut m) = self.param_types.lock() {
                 m.remove(&name);
@@ -788,49 +871,50 @@ impl ClientHalf<'_> {
         }
     }
 
-    /// The operation `EXECUTE name` stands for: the statement it runs, or
-    /// opaque for an unknown name.
+    /// The operations `EXECUTE name` (written as `what`) stands for: each
+    /// statement the name may run, or opaque for an unknown name.
     fn resolve_execute(
         &self,
-        c: &Classified,
+        what: &SqlOperation,
         name: &str,
         overlay: &[PreparedChange],
-    ) -> SqlOperation {
-        let mut found = self.prepared.get(name).cloned();
+    ) -> Vec<SqlOperation> {
+        let mut found = self.prepared.by_name.get(name).cloned().unwrap_or_default();
         for change in overlay {
             match change {
-                PreparedChange::Add(n, op) if n == name => found = Some(op.clone()),
-                PreparedChange::Remove(n) if n == name => found = None,
-                PreparedChange::Clear => found = None,
+                PreparedChange::Add(n, op) if n == name => found.push(op.clone()),
+                PreparedChange::Remove(n) if n == name => found.clear(),
+                PreparedChange::Clear => found.clear(),
                 _ => {}
             }
         }
-        match found {
-            Some(inner) => SqlOperation {
-                text: format!("{} -- prepared as: {}", c.operation.text, inner.text),
+        if found.is_empty() {
+            return vec![SqlOperation {
+                text: what.text.clone(),
+                kind: SqlKind::Opaque,
+                ..what.clone()
+            }];
+        }
+        found
+            .into_iter()
+            .map(|inner| SqlOperation {
+                text: format!("{} -- prepared as: {}", what.text, inner.text),
                 kind: inner.kind,
                 object: inner.object,
                 tables: inner.tables,
                 has_where: inner.has_where,
-            },
-            None => SqlOperation {
-                text: c.operation.text.clone(),
-                kind: SqlKind::Opaque,
-                ..c.operation.clone()
-            },
-        }
+            })
+            .collect()
     }
 
     fn apply(&mut self, changes: Vec<PreparedChange>) {
         for change in changes {
             match change {
-                PreparedChange::Add(name, op) => {
-                    self.prepared.insert(name, op);
-                }
+                PreparedChange::Add(name, op) => self.prepared.add_sql(name, op),
                 PreparedChange::Remove(name) => {
-                    self.prepared.remove(&name);
+                    self.prepared.by_name.remove(&name);
                 }
-                PreparedChange::Clear => self.prepared.clear(),
+                PreparedChange::Clear => self.prepared.by_name.clear(),
             }
         }
     }
@@ -845,7 +929,7 @@ impl ClientHalf<'_> {
             let executed = c
                 .execute
                 .as_deref()
-                .map(|name| self.resolve_execute(c, name, &changes));
+                .map(|name| self.resolve_execute(&c.operation, name, &changes));
             if let Some((name, inner)) = &c.prepare {
                 changes.push(PreparedChange::Add(name.clone(), inner.clone()));
             }
@@ -854,17 +938,16 @@ impl ClientHalf<'_> {
                 Some(None) => changes.push(PreparedChange::Clear),
                 None => {}
             }
-            let op = match executed {
-                Some(op) => op,
+            match executed {
+                Some(each) => ops.extend(each),
                 // A classification made for this text alone (a new text of a
                 // known shape) is not shared with the cache: its operation is
                 // moved out instead of copied.
-                None => match Arc::get_mut(&mut classified) {
+                None => ops.push(match Arc::get_mut(&mut classified) {
                     Some(mine) => std::mem::replace(&mut mine[i].operation, opaque("")),
                     None => classified[i].operation.clone(),
-                },
-            };
-            ops.push(op);
+                }),
+            }
         }
         Ok(match self.decide(ops, keep).await? {
             Verdict::Allow(ops, _) => Verdict::Allow(ops, changes),
