@@ -246,16 +246,26 @@ pub mod msg {
         (b'P', [cstr(name), cstr(sql), vec![0, 0]].concat())
     }
 
+    /// Bind of `portal` to `statement` (no parameters, text results).
+    pub fn bind(portal: &str, statement: &str) -> (u8, Vec<u8>) {
+        (
+            b'B',
+            [cstr(portal), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
+        )
+    }
+
+    /// Execute of `portal`, at most `max_rows` rows (0: all).
+    pub fn execute(portal: &str, max_rows: i32) -> (u8, Vec<u8>) {
+        (
+            b'E',
+            [cstr(portal), max_rows.to_be_bytes().to_vec()].concat(),
+        )
+    }
+
     /// Bind of the unnamed portal to `statement` (no parameters, text
     /// results), then Execute of it.
     pub fn bind_execute(statement: &str) -> Vec<(u8, Vec<u8>)> {
-        vec![
-            (
-                b'B',
-                [cstr(""), cstr(statement), vec![0, 0, 0, 0, 0, 0]].concat(),
-            ),
-            (b'E', [cstr(""), vec![0, 0, 0, 0]].concat()),
-        ]
+        vec![bind("", statement), execute("", 0)]
     }
 }
 

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
 use airlock_tests::postgres::Raw as Wire;
-use airlock_tests::postgres::msg::{bind_execute, parse};
+use airlock_tests::postgres::msg::{bind, bind_execute, execute, parse};
 use airlock_tests::postgres::{
     PgGateway, Tap, TestPostgres, conninfo, contains, pg_config, psql_stdin,
 };
@@ -536,4 +536,97 @@ async fn a_pipeline_that_rebinds_a_portal_masks_each_execution_by_its_own_column
         vec![value.to_string(), masked],
         "each execution masked by its own statement's columns"
     );
+}
+
+/// A portal executed a few rows at a time (JDBC's fetch size, cursors in
+/// asyncpg and tokio-postgres) is executed again after each
+/// PortalSuspended. When its columns came from an earlier portal of the
+/// same statement, every one of those executions is masked by them, not
+/// only the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_execution_of_a_suspended_portal_is_masked() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let value = "plain-value-7";
+    let sql = format!("SELECT '{value}' AS ssn FROM generate_series(1, 3)");
+
+    let mut warm = vec![parse("s", &sql)];
+    warm.extend(bind_execute("s"));
+    let all = exchange(&mut raw, warm).await;
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|v| v != value), "{all:?}");
+
+    let paged = vec![
+        bind("c", "s"),
+        execute("c", 1),
+        execute("c", 1),
+        execute("c", 0),
+    ];
+    assert_eq!(exchange(&mut raw, paged).await, all, "every page masked");
+}
+
+/// `COPY ... FROM STDIN` through the extended protocol (tokio-postgres:
+/// Execute and Sync, the data, CopyDone and Sync) gets one ReadyForQuery
+/// for its two Syncs. The gateway keeps its place in the conversation:
+/// statements after it, simple and extended, are still masked by their own
+/// columns, also after a COPY the client aborts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_after_a_copy_in_are_still_masked_by_their_columns() {
+    use futures_util::SinkExt;
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+
+    let check = async |client: &tokio_postgres::Client, rows: usize| {
+        let simple = client
+            .simple_query("SELECT ssn FROM customers ORDER BY id")
+            .await
+            .unwrap();
+        let values: Vec<String> = simple
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(values.len(), rows);
+        let extended = client
+            .query("SELECT id, ssn FROM customers ORDER BY id", &[])
+            .await
+            .unwrap();
+        let mut both = values;
+        both.extend(extended.iter().map(|r| r.get::<_, String>(1)));
+        for v in &both {
+            assert!(!v.contains("6789") && !v.contains("4321"), "{both:?}");
+        }
+    };
+
+    let sink = client
+        .copy_in("COPY customers (id, email, ssn) FROM STDIN")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(
+        b"2\tzed@example.com\t987-65-4321\n",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1);
+    check(&client, 2).await;
+
+    // Dropped before it finishes: the client sends CopyFail.
+    {
+        let sink = client
+            .copy_in("COPY customers (id, email, ssn) FROM STDIN")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from_static(
+            b"3\tyan@example.com\t555-44-4321\n",
+        ))
+        .await
+        .unwrap();
+    }
+    check(&client, 2).await;
 }

@@ -375,6 +375,37 @@ async fn statements_prepared_with_sql_are_judged_however_they_run() {
     assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "3");
 }
 
+/// A client that flushes and waits before it sends Sync (pgx's pipeline,
+/// libpq's `PQsendFlushRequest`) gets the answers before a refusal and the
+/// refusal itself, as PostgreSQL flushes them with its own error; then the
+/// Sync ends the pipeline as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_after_a_refusal_delivers_the_answers_and_the_refusal() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let describe = (b'D', [b"S".to_vec(), msg::cstr("a")].concat());
+    for (tag, body) in [
+        msg::parse("a", "SELECT 1"),
+        describe,
+        msg::parse("b", "DROP TABLE victim"),
+        (b'H', Vec::new()),
+    ] {
+        raw.send(tag, &body).await;
+    }
+    let mut tags = String::new();
+    while !tags.ends_with('E') {
+        let (tag, _) = raw.read().await.expect("an answer without Sync");
+        tags.push(char::from(tag));
+    }
+    assert_eq!(tags, "1tTE", "ParseComplete, the description, the refusal");
+    assert_eq!(
+        raw.exchange(vec![(b'S', Vec::new())]).await,
+        ("ZI".into(), vec![])
+    );
+    assert_eq!(raw.query("SELECT 1").await.1, Vec::<String>::new());
+}
+
 async fn pending(gw: &PgGateway) -> String {
     for _ in 0..200 {
         let list = gw

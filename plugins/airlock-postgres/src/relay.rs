@@ -97,6 +97,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         generation: 0,
         copy: Vec::new(),
         copy_bytes: 0,
+        copy_ends: 0,
     };
     let mut server = ServerHalf {
         cx,
@@ -107,6 +108,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         queue: VecDeque::new(),
         status: wires.status,
         skipping: false,
+        copied_in: false,
         portals: HashMap::new(),
         param_types,
         columns,
@@ -142,7 +144,14 @@ enum Pending {
     },
     /// Close of a statement, or of the named portal.
     Close(Option<Bytes>),
-    Sync,
+    /// A Sync, and how many COPY inputs the client had ended (CopyDone or
+    /// CopyFail) before it. The server ignores a Sync that arrives while it
+    /// is in copy-in mode, so a driver running `COPY FROM STDIN` through
+    /// the extended protocol (Execute, Sync, the data, CopyDone, Sync) gets
+    /// one ReadyForQuery for two Syncs.
+    Sync {
+        copy_ends: u64,
+    },
     /// A fast-path function call: answers until ReadyForQuery.
     FunctionCall(Track),
     /// A refused extended-protocol message: the gateway's error; the rest
@@ -326,6 +335,10 @@ struct Portal {
     params: String,
     /// Whether the client described it (so the server half learns its columns).
     described: bool,
+    /// Its columns, when they came from the cache rather than a Describe:
+    /// the server half never learns them under the portal's name, so every
+    /// Execute of the portal (a suspended one is executed again) carries them.
+    columns: Option<Option<Arc<Vec<Column>>>>,
 }
 
 /// What each prepared statement name may stand for on the server.
@@ -413,6 +426,8 @@ struct ClientHalf<'a> {
     /// CopyData held until its record is durable.
     copy: Vec<Frame>,
     copy_bytes: usize,
+    /// CopyDone and CopyFail messages forwarded so far.
+    copy_ends: u64,
 }
 
 /// How judging a message ended.
@@ -463,7 +478,11 @@ impl ClientHalf<'_> {
             let Some(frame) = self.reader.next().await? else {
                 return Ok("client closed the connection".into());
             };
-            if self.skipping && !matches!(frame.tag, b'S' | b'X') {
+            // Flush goes through too: the answers before the refusal may sit
+            // in the server's buffer, and a client that flushes and waits
+            // before its Sync would otherwise wait forever (PostgreSQL
+            // flushes them with its own error).
+            if self.skipping && !matches!(frame.tag, b'S' | b'X' | b'H') {
                 continue;
             }
             match frame.tag {
@@ -476,7 +495,9 @@ impl ClientHalf<'_> {
                 b'S' => {
                     self.skipping = false;
                     self.executed_since_sync = false;
-                    self.forward(&frame, Some(Pending::Sync)).await?;
+                    let copy_ends = self.copy_ends;
+                    self.forward(&frame, Some(Pending::Sync { copy_ends }))
+                        .await?;
                 }
                 b'd' => {
                     self.copy_bytes += frame.bytes.len();
@@ -487,6 +508,7 @@ impl ClientHalf<'_> {
                 }
                 b'c' | b'f' => {
                     self.flush_copy().await?;
+                    self.copy_ends += 1;
                     self.forward(&frame, None).await?;
                 }
                 b'F' => self.function_call(frame).await?,
@@ -679,6 +701,7 @@ impl ClientHalf<'_> {
                 key,
                 params,
                 described: false,
+                columns: None,
             },
         );
         self.forward(&frame, Some(Pending::Bind)).await
@@ -736,8 +759,10 @@ impl ClientHalf<'_> {
             return self.refuse(store_error(&e), true).await;
         }
         let key = self.portals.get(&portal).and_then(|p| p.key.as_ref());
-        let known = match (key, described) {
-            (Some(key), false) => self
+        let carried = self.portals.get(&portal).and_then(|p| p.columns.clone());
+        let known = match (carried, key, described) {
+            (Some(columns), ..) => Some(columns),
+            (None, Some(key), false) => self
                 .columns
                 .lock()
                 .ok()
@@ -751,10 +776,11 @@ impl ClientHalf<'_> {
             // Describe. (In the execution, not in the server half's portal
             // map: a pipeline may bind the same portal name to another
             // statement before this execution's rows come back.)
-            track.columns = columns;
             if let Some(p) = self.portals.get_mut(&portal) {
                 p.described = true;
+                p.columns = Some(columns.clone());
             }
+            track.columns = columns;
         } else if !described {
             // Learn the portal's columns (names, types, formats) so that its
             // rows can be masked even when the client never describes it.
@@ -1104,6 +1130,8 @@ struct ServerHalf<'a> {
     status: u8,
     /// After an error in the extended protocol: the server skips to Sync.
     skipping: bool,
+    /// The server entered copy-in mode since its last ReadyForQuery.
+    copied_in: bool,
     /// Columns of portals, from Describe (`None`: the portal returns no rows).
     portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
     param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
@@ -1248,7 +1276,7 @@ impl ServerHalf<'_> {
     async fn advance(&mut self) -> Result<()> {
         loop {
             match self.queue.front() {
-                Some(Pending::Sync) | None => return Ok(()),
+                Some(Pending::Sync { .. }) | None => return Ok(()),
                 Some(_) if self.skipping => {
                     if let Some(p) = self.queue.pop_front() {
                         self.skipped(p);
@@ -1269,6 +1297,29 @@ impl ServerHalf<'_> {
                 }
                 Some(_) => return Ok(()),
             }
+        }
+    }
+
+    /// After a COPY FROM STDIN: the Syncs the client sent between starting
+    /// the COPY and ending its data reached the server in copy-in mode,
+    /// which ignores them. They are the leading Syncs sent before the
+    /// client's latest CopyDone or CopyFail, when a Sync sent after it is
+    /// queued too (the one this ReadyForQuery answers).
+    fn drop_syncs_ignored_in_copy(&mut self) {
+        let Some(Pending::Sync { copy_ends: first }) = self.queue.front() else {
+            return;
+        };
+        let first = *first;
+        let answered_later = self
+            .queue
+            .iter()
+            .any(|p| matches!(p, Pending::Sync { copy_ends } if *copy_ends > first));
+        if !answered_later {
+            return;
+        }
+        while matches!(self.queue.front(), Some(Pending::Sync { copy_ends }) if *copy_ends == first)
+        {
+            self.queue.pop_front();
         }
     }
 
@@ -1397,6 +1448,9 @@ impl ServerHalf<'_> {
                 frame::check_structure(b'Z', frame.body(), Peer::Upstream)?;
                 self.status = frame.body()[0];
                 self.skipping = false;
+                if std::mem::take(&mut self.copied_in) {
+                    self.drop_syncs_ignored_in_copy();
+                }
                 match self.queue.front() {
                     Some(Pending::Query(_)) => {
                         if let Some(Pending::Query(q)) = self.queue.pop_front() {
@@ -1408,7 +1462,7 @@ impl ServerHalf<'_> {
                             }
                         }
                     }
-                    Some(Pending::Sync) => {
+                    Some(Pending::Sync { .. }) => {
                         self.queue.pop_front();
                     }
                     Some(Pending::FunctionCall(_)) => {
@@ -1499,6 +1553,10 @@ impl ServerHalf<'_> {
                     let n = track.count;
                     self.finish(track, Some(n));
                 }
+                self.write_client(&frame.bytes).await
+            }
+            b'G' => {
+                self.copied_in = true;
                 self.write_client(&frame.bytes).await
             }
             b'H' => {
@@ -1635,7 +1693,7 @@ impl ServerHalf<'_> {
                 self.finish(track, None);
             }
             Some(Pending::FunctionCall(track)) => track.error = Some(text),
-            Some(Pending::Sync) | None => {}
+            Some(Pending::Sync { .. }) | None => {}
             Some(Pending::Execute { .. }) => {
                 if let Some(Pending::Execute { mut track, .. }) = self.queue.pop_front() {
                     track.error = Some(text);
