@@ -406,6 +406,29 @@ async fn a_flush_after_a_refusal_delivers_the_answers_and_the_refusal() {
     assert_eq!(raw.query("SELECT 1").await.1, Vec::<String>::new());
 }
 
+/// In a client encoding such as SJIS, a byte above 0x7f and the backslash
+/// after it are one character, so that backslash escapes nothing: the quote
+/// after it ends the string on the server, and what follows is a statement.
+/// The gateway cannot know how the server decodes such bytes, so it judges
+/// the string as opaque; SJIS text without that ambiguity runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_character_cannot_end_a_string_early() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[("client_encoding", "SJIS")]).await;
+    let query = |sql: &[u8]| (b'Q', [sql, &[0]].concat());
+
+    let hidden = b"SELECT E'\x95\x5c'; DELETE FROM victim; --' /* evade-30 */";
+    let (_, codes) = raw.exchange(vec![query(hidden)]).await;
+    assert_eq!(codes, ["42501"]);
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
+    assert!(!pg.log().contains("evade-30"), "it reached the server");
+
+    // The same character without a quote after it.
+    let (tags, codes) = raw.exchange(vec![query(b"SELECT E'\x95\x5cx'")]).await;
+    assert_eq!((tags.as_str(), codes), ("TDCZI", vec![]));
+}
+
 async fn pending(gw: &PgGateway) -> String {
     for _ in 0..200 {
         let list = gw

@@ -45,7 +45,10 @@
 //!   end (and so the statement boundaries) depends on `standard_conforming_strings`,
 //!   or a `$` that sqlparser would read differently from PostgreSQL (a
 //!   dollar-quote tag with a non-ASCII character, `$1abc$`): there sqlparser
-//!   could see a string where the server sees a statement.
+//!   could see a string where the server sees a statement. Likewise a
+//!   backslash right after a non-ASCII byte and before a quote or backslash
+//!   in an escape string: in SJIS, BIG5, GBK, GB18030 or UHC the two bytes
+//!   are one character, and the quote ends the string.
 //! * `COPY ... TO/FROM PROGRAM` (a shell command on the database host) and
 //!   `COPY ... TO/FROM 'file'` (files on the database host, not the client's
 //!   data stream that `CopyIn`/`CopyOut` describe).

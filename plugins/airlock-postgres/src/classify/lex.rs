@@ -53,6 +53,13 @@ pub(super) enum LexError {
     /// identifier (`$1abc$`: sqlparser opens a dollar quote, PostgreSQL 14
     /// reads `$1` and then a name, PostgreSQL 15 rejects it).
     AmbiguousDollar,
+    /// In a string where a backslash escapes, a byte above 0x7f right
+    /// before a backslash that is followed by a quote or a backslash. In the
+    /// client encodings SJIS, BIG5, GBK, GB18030 and UHC that byte and the
+    /// backslash can be one character, which escapes nothing: where the
+    /// string ends (and so the statement boundaries) depends on the
+    /// session's `client_encoding`.
+    EncodingBackslash,
 }
 
 /// One statement's worth of the query string.
@@ -339,6 +346,9 @@ fn escape_string_end(b: &[u8], mut i: usize) -> Result<usize, LexError> {
     i += 1;
     while i < b.len() {
         match b[i] {
+            b'\\' if b[i - 1] >= 0x80 && matches!(b.get(i + 1), Some(b'\'' | b'\\')) => {
+                return Err(LexError::EncodingBackslash);
+            }
             b'\\' => i += 2,
             b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
             b'\'' => return Ok(i + 1),

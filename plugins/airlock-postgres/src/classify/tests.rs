@@ -643,6 +643,12 @@ fn strings_that_cannot_be_split_reliably_are_one_opaque_entry() {
         // A string to sqlparser, `$1` and a name to PostgreSQL 14.
         "WITH a AS (SELECT $1abc$ ), d AS (DELETE FROM t RETURNING 1) SELECT 1 -- $1abc$",
         "SELECT $1€",
+        // In SJIS, 0x95 0x5C is one character (what the gateway decodes as
+        // U+FFFD, or a UTF-8 character's last byte before a backslash): the
+        // quote after it ends the string, and the DELETE is a statement.
+        "SELECT E'\u{FFFD}\\'; DELETE FROM t; --'",
+        "SELECT E'表\\\\'; DELETE FROM t; --'",
+        "SELECT '\u{FFFD}\\'; DELETE FROM t; --'",
     ] {
         let ops = all(sql);
         assert_eq!(ops.len(), 1, "{sql}");
@@ -661,6 +667,10 @@ fn strings_that_cannot_be_split_reliably_are_one_opaque_entry() {
     );
     assert_eq!(
         kinds("SELECT $$€$$; SELECT 1"),
+        [SqlKind::Select, SqlKind::Select]
+    );
+    assert_eq!(
+        kinds("SELECT E'表\\n', E'a\\'', '表\\d'; SELECT 1"),
         [SqlKind::Select, SqlKind::Select]
     );
 }
