@@ -120,6 +120,14 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
             "WITH a AS (SELECT $€$ -- $€$ ), d AS (DELETE FROM victim RETURNING 1\n) SELECT 'evade-13'",
             "sql-guardrails/opaque-sql",
         ),
+        (
+            "MERGE INTO victim v USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE /* evade-14 */",
+            "sql-guardrails/no-unbounded-write",
+        ),
+        (
+            "ALTER ROLE CURRENT_USER PASSWORD 'mine' /* evade-15 */",
+            "sql-guardrails/no-role-changes",
+        ),
     ];
     for (sql, rule) in attempts {
         let e = client.simple_query(sql).await.unwrap_err();
@@ -177,7 +185,15 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    assert_eq!(count(&client, "victim").await, 3);
+    let n = client
+        .execute(
+            "MERGE INTO victim v USING (SELECT 3 AS id) s ON v.id = s.id WHEN MATCHED THEN DELETE",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(count(&client, "victim").await, 2);
 
     let log = pg.log();
     for marker in [
@@ -195,11 +211,13 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         "evade-11",
         "evade-12",
         "evade-13",
+        "evade-14",
+        "evade-15",
     ] {
         assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
     }
     assert!(log.contains("PREPARE trim1 AS DELETE FROM victim WHERE id = 5"));
-    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "3");
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

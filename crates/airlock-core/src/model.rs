@@ -141,7 +141,9 @@ pub struct SqlOperation {
     /// Tables the statement touches, with how.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableAccess>,
-    /// For `UPDATE`/`DELETE`: whether the statement has a `WHERE` clause.
+    /// For `UPDATE`/`DELETE`: whether the statement has a `WHERE` clause
+    /// that can tell rows apart (one naming no column counts as none); for
+    /// `MERGE`, whether its `ON` condition can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub has_where: Option<bool>,
 }

@@ -202,9 +202,10 @@ pub struct SqlMatch {
     /// writing it); in deny and review rules one table is enough.
     #[serde(default)]
     pub access: Option<Access>,
-    /// For `UPDATE`/`DELETE`: `false` matches statements without a `WHERE`
-    /// clause, `true` statements with one. Other statements never match a
-    /// rule that sets this.
+    /// For `UPDATE`/`DELETE`/`MERGE`: `false` matches statements without a
+    /// `WHERE` clause (a MERGE: an `ON` condition) that names a column,
+    /// `true` statements with one. Other statements never match a rule that
+    /// sets this.
     #[serde(default)]
     pub has_where: Option<bool>,
     /// Regular expressions searched in the statement text (any may match).

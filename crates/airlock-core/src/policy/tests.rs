@@ -1023,6 +1023,33 @@ fn sql_pack_blocks_drops_truncates_unbounded_writes_and_opaque_sql() {
         Some(true),
         "UPDATE t SET a = 1 WHERE id=1",
     )));
+    assert_denied_by(
+        on(write(
+            SqlKind::Merge,
+            "t",
+            Some(false),
+            "MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE",
+        )),
+        "sql-guardrails/no-unbounded-write",
+    );
+    assert_allowed(on(write(
+        SqlKind::Merge,
+        "t",
+        Some(true),
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    )));
+
+    for (kind, text) in [
+        (SqlKind::Alter, "ALTER ROLE CURRENT_USER PASSWORD 'mine'"),
+        (SqlKind::Create, "CREATE ROLE intruder LOGIN SUPERUSER"),
+        (SqlKind::Drop, "DROP ROLE app"),
+    ] {
+        assert_denied_by(
+            on(ddl(kind, "role", text)),
+            "sql-guardrails/no-role-changes",
+        );
+    }
+    assert_allowed(on(ddl(SqlKind::Alter, "table", "ALTER TABLE t ADD c int")));
 
     assert_denied_by(
         on(Operation::Sql(sql(

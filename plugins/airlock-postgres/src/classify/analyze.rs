@@ -17,7 +17,8 @@ use sqlparser::ast::{
 use super::Classified;
 use super::functions::{FunctionEffect, function_effect};
 
-/// Whether an UPDATE's or DELETE's WHERE clause can tell rows apart. One
+/// Whether an UPDATE's or DELETE's WHERE clause (a MERGE's ON condition)
+/// can tell rows apart. One
 /// that names no column at all (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`,
 /// `WHERE random() < 2`) has the same value for every row, so it bounds
 /// nothing and counts as no WHERE clause: it is how a guardrail against
@@ -567,7 +568,8 @@ impl Effects {
             }
             Statement::Merge(m) => {
                 self.write_factor(&m.table);
-                (SqlKind::Merge, None)
+                // Its ON condition picks the target rows it may change.
+                (SqlKind::Merge, Some(limits_rows(Some(&m.on))))
             }
             _ => (SqlKind::Other, None),
         }
@@ -631,7 +633,7 @@ impl Effects {
             if let Some(best) = all.iter().map(|(k, _)| *k).max_by_key(|k| dml_rank(*k)) {
                 kind = best;
                 has_where = match best {
-                    SqlKind::Update | SqlKind::Delete => Some(
+                    SqlKind::Update | SqlKind::Delete | SqlKind::Merge => Some(
                         all.iter()
                             .filter(|(k, _)| *k == best)
                             .all(|(_, w)| *w == Some(true)),

@@ -157,6 +157,20 @@ fn update_and_delete_report_whether_they_have_where() {
 }
 
 #[test]
+fn a_merge_is_bounded_by_its_on_condition() {
+    let all_rows = op("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE");
+    assert_eq!(
+        (all_rows.kind, all_rows.has_where),
+        (SqlKind::Merge, Some(false))
+    );
+    let matched = op("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE");
+    assert_eq!(
+        (matched.kind, matched.has_where),
+        (SqlKind::Merge, Some(true))
+    );
+}
+
+#[test]
 fn a_where_clause_that_names_no_column_bounds_nothing() {
     for sql in [
         "DELETE FROM t WHERE true",
@@ -339,6 +353,8 @@ fn side_effecting_functions_turn_a_read_into_call_or_opaque() {
         "SELECT pg_read_file('/etc/passwd')",
         "SELECT query_to_xml('DELETE FROM t RETURNING 1', true, false, '')",
         "SELECT table_to_xml('secrets', true, false, '')",
+        "SELECT * FROM ts_stat('SELECT body FROM secrets')",
+        "SELECT ts_rewrite(to_tsquery('a'), 'SELECT q, s FROM secret_rules')",
         "INSERT INTO log SELECT dblink_exec('dbname=x', 'DROP TABLE t')",
     ] {
         assert_eq!(kind(sql), SqlKind::Opaque, "{sql}");
