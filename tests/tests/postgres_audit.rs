@@ -156,6 +156,59 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
     assert_eq!(of_type(&events, "session_end").len(), 2);
 }
 
+/// A parameter is rendered for its record by the types of its own
+/// statement: a Describe of an earlier statement under the same name (here
+/// an `int4` parameter of the unnamed statement) does not decide how the
+/// next one's binary text parameter is read, which would store an email
+/// as unmasked hex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_rendered_by_their_own_statements_types() {
+    use airlock_tests::postgres::{Raw, msg};
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+
+    let describe = (b'D', [b"S".to_vec(), msg::cstr("")].concat());
+    let sync = (b'S', Vec::new());
+    let first = vec![msg::parse("", "SELECT $1::int4"), describe, sync.clone()];
+    assert_eq!(raw.exchange(first).await.1, Vec::<String>::new());
+
+    // Bind: unnamed portal and statement, one binary parameter, text results.
+    let email = b"eve@example.com";
+    let mut bind = [msg::cstr(""), msg::cstr("")].concat();
+    bind.extend_from_slice(&[0, 1, 0, 1, 0, 1]);
+    bind.extend_from_slice(&(email.len() as i32).to_be_bytes());
+    bind.extend_from_slice(email);
+    bind.extend_from_slice(&[0, 0]);
+    let second = vec![
+        msg::parse("", "SELECT $1::text /* second */"),
+        (b'B', bind),
+        msg::execute("", 0),
+        sync,
+    ];
+    assert_eq!(raw.exchange(second).await, ("12DCZI".into(), vec![]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let events = gw.events().await.unwrap();
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains("eve@"), "stored unmasked: {all}");
+    let hex: String = email.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!all.contains(&hex), "stored as hex: {all}");
+    let inputs = of_type(&events, "input");
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["data"]
+                == "execute: SELECT $1::text /* second */\nparameters: $1 = '<EMAIL>'"),
+        "{inputs:#?}"
+    );
+}
+
 /// The gateway binary, built with the postgres connector.
 fn airlock_binary() -> std::path::PathBuf {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

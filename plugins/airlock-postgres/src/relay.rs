@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 // columns): foldhash instead of SipHash, as the classifier's caches. Seeded
 // per map, and a client can only crowd its own session's maps.
 use foldhash::{HashMap, HashMapExt, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Instant;
@@ -91,7 +91,8 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         executed_since_sync: false,
         prepared: Prepared::default(),
         statements: HashMap::new(),
-        portals: HashMap::new(),
+        portals: Portals::new(),
+        seq: 0,
         param_types: param_types.clone(),
         columns: columns.clone(),
         generation: 0,
@@ -127,8 +128,9 @@ enum Pending {
     Query(QueryTrack),
     Parse,
     Bind,
-    /// Describe of a statement (ParameterDescription, then RowDescription or NoData).
-    DescribeStatement(Bytes),
+    /// Describe of a statement (ParameterDescription, then RowDescription or
+    /// NoData), with its Parse generation when the gateway saw the Parse.
+    DescribeStatement(Option<u64>),
     /// Describe of a portal. `hidden`: the gateway asked to learn the
     /// columns it must mask, the client did not; the answer is not forwarded.
     DescribePortal {
@@ -151,6 +153,7 @@ enum Pending {
     /// one ReadyForQuery for two Syncs.
     Sync {
         copy_ends: u64,
+        seq: u64,
     },
     /// A fast-path function call: answers until ReadyForQuery.
     FunctionCall(Track),
@@ -193,6 +196,10 @@ struct Actions {
     attention: AtomicBool,
     /// The server half's waker while it waits.
     waker: AtomicWaker,
+    /// The place ([`ClientHalf::seq`]) of the latest Sync or Query the server
+    /// answered out of any transaction: the portals of every message before
+    /// it are gone on the server.
+    idle_through: AtomicU64,
 }
 
 impl Actions {
@@ -285,6 +292,8 @@ enum CopyOut {
 
 struct QueryTrack {
     current: Track,
+    /// The query's place among the client's messages ([`ClientHalf::seq`]).
+    seq: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -301,6 +310,11 @@ struct Statement {
     /// new statement's.
     generation: u64,
 }
+
+/// Parameter types the server described, by statement (Parse generation,
+/// not name: a pipelined Describe of a statement may be answered after the
+/// client parsed another under the same name).
+type ParamTypes = Arc<Mutex<HashMap<u64, Vec<u32>>>>;
 
 /// A statement (by Parse generation) and the result formats of a Bind.
 type ColumnsKey = (u64, Vec<i16>);
@@ -335,10 +349,45 @@ struct Portal {
     params: String,
     /// Whether the client described it (so the server half learns its columns).
     described: bool,
+    /// Its Bind's place among the client's messages ([`ClientHalf::seq`]).
+    seq: u64,
     /// Its columns, when they came from the cache rather than a Describe:
     /// the server half never learns them under the portal's name, so every
     /// Execute of the portal (a suspended one is executed again) carries them.
     columns: Option<Option<Arc<Vec<Column>>>>,
+}
+
+/// The client's portals. The server drops every portal when a transaction
+/// ends; the gateway learns that from a ReadyForQuery out of any
+/// transaction and prunes its map as it grows, so a client binding
+/// portals it never closes cannot grow the gateway's memory (each holds its
+/// rendered parameters).
+struct Portals {
+    map: HashMap<Bytes, Portal>,
+    /// The size at which the next Bind prunes.
+    prune_at: usize,
+}
+
+/// Portals kept before the first pruning.
+const PORTALS_PRUNE_MIN: usize = 64;
+
+impl Portals {
+    fn new() -> Portals {
+        Portals {
+            map: HashMap::new(),
+            prune_at: PORTALS_PRUNE_MIN,
+        }
+    }
+
+    /// Adds a portal; first, when the map has grown, drops those bound
+    /// before `idle_through` (their transaction has ended).
+    fn bind(&mut self, name: Bytes, portal: Portal, idle_through: u64) {
+        if self.map.len() >= self.prune_at {
+            self.map.retain(|_, p| p.seq > idle_through);
+            self.prune_at = (self.map.len() * 2).max(PORTALS_PRUNE_MIN);
+        }
+        self.map.insert(name, portal);
+    }
 }
 
 /// What each prepared statement name may stand for on the server.
@@ -417,9 +466,12 @@ struct ClientHalf<'a> {
     /// `PREPARE` and named Parse share one namespace), for judging `EXECUTE`.
     prepared: Prepared,
     statements: HashMap<Bytes, Statement>,
-    portals: HashMap<Bytes, Portal>,
+    portals: Portals,
+    /// Counts the client's Binds, Syncs and Queries: their place in the
+    /// conversation, for telling which portals a finished transaction took.
+    seq: u64,
     /// Parameter types the server described, by statement name.
-    param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
+    param_types: ParamTypes,
     columns: ColumnsCache,
     /// The last Parse's generation.
     generation: u64,
@@ -495,8 +547,9 @@ impl ClientHalf<'_> {
                 b'S' => {
                     self.skipping = false;
                     self.executed_since_sync = false;
-                    let copy_ends = self.copy_ends;
-                    self.forward(&frame, Some(Pending::Sync { copy_ends }))
+                    self.seq += 1;
+                    let (copy_ends, seq) = (self.copy_ends, self.seq);
+                    self.forward(&frame, Some(Pending::Sync { copy_ends, seq }))
                         .await?;
                 }
                 b'd' => {
@@ -587,8 +640,10 @@ impl ClientHalf<'_> {
         match self.judge(classified, false).await? {
             Verdict::Allow(_, changes) => {
                 self.apply(changes);
+                self.seq += 1;
                 let track = QueryTrack {
                     current: Track::new(),
+                    seq: self.seq,
                 };
                 self.forward(&frame, Some(Pending::Query(track))).await
             }
@@ -635,7 +690,7 @@ impl ClientHalf<'_> {
                     },
                 );
                 if let Some(old) = old {
-                    self.forget_columns(old.generation);
+                    self.forget(old.generation);
                 }
                 self.forward(&frame, Some(Pending::Parse)).await
             }
@@ -669,15 +724,14 @@ impl ClientHalf<'_> {
                 }
             }
         }
-        let types = {
-            let described = self
+        let types = match self.statements.get(&statement) {
+            Some(s) => self
                 .param_types
                 .lock()
                 .ok()
-                .and_then(|m| m.get(&statement).cloned());
-            described
-                .or_else(|| self.statements.get(&statement).map(|s| s.types.clone()))
-                .unwrap_or_default()
+                .and_then(|m| m.get(&s.generation).cloned())
+                .unwrap_or_else(|| s.types.clone()),
+            None => Vec::new(),
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -694,15 +748,19 @@ impl ClientHalf<'_> {
             .statements
             .get(&statement)
             .map(|s| (s.generation, bind.result_column_format_codes.clone()));
-        self.portals.insert(
+        self.seq += 1;
+        let idle_through = self.actions.idle_through.load(Ordering::Acquire);
+        self.portals.bind(
             portal,
             Portal {
                 statement,
                 key,
                 params,
                 described: false,
+                seq: self.seq,
                 columns: None,
             },
+            idle_through,
         );
         self.forward(&frame, Some(Pending::Bind)).await
     }
@@ -712,7 +770,7 @@ impl ClientHalf<'_> {
         let kind = frame.body()[0];
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'P' {
-            let key = self.portals.get_mut(&name).and_then(|p| {
+            let key = self.portals.map.get_mut(&name).and_then(|p| {
                 p.described = true;
                 p.key.clone()
             });
@@ -722,7 +780,7 @@ impl ClientHalf<'_> {
                 key,
             }
         } else {
-            Pending::DescribeStatement(name)
+            Pending::DescribeStatement(self.statements.get(&name).map(|s| s.generation))
         };
         self.forward(&frame, Some(pending)).await
     }
@@ -731,7 +789,7 @@ impl ClientHalf<'_> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
         // Formatted from borrowed parts: this runs for every execution.
-        let (data, described) = match self.portals.get(&portal) {
+        let (data, described) = match self.portals.map.get(&portal) {
             Some(p) => {
                 let what = match self.statements.get(&p.statement) {
                     Some(s) => Cow::Borrowed(s.text.as_str()),
@@ -758,8 +816,12 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
-        let key = self.portals.get(&portal).and_then(|p| p.key.as_ref());
-        let carried = self.portals.get(&portal).and_then(|p| p.columns.clone());
+        let key = self.portals.map.get(&portal).and_then(|p| p.key.as_ref());
+        let carried = self
+            .portals
+            .map
+            .get(&portal)
+            .and_then(|p| p.columns.clone());
         let known = match (carried, key, described) {
             (Some(columns), ..) => Some(columns),
             (None, Some(key), false) => self
@@ -776,7 +838,7 @@ impl ClientHalf<'_> {
             // Describe. (In the execution, not in the server half's portal
             // map: a pipeline may bind the same portal name to another
             // statement before this execution's rows come back.)
-            if let Some(p) = self.portals.get_mut(&portal) {
+            if let Some(p) = self.portals.map.get_mut(&portal) {
                 p.described = true;
                 p.columns = Some(columns.clone());
             }
@@ -795,7 +857,7 @@ impl ClientHalf<'_> {
                 key,
             });
             self.write_server(&frame::raw(b'D', &body)).await?;
-            if let Some(p) = self.portals.get_mut(&portal) {
+            if let Some(p) = self.portals.map.get_mut(&portal) {
                 p.described = true;
             }
         }
@@ -804,10 +866,14 @@ impl ClientHalf<'_> {
             .await
     }
 
-    /// Drops the remembered columns of a statement that is gone.
-    fn forget_columns(&self, generation: u64) {
+    /// Drops what the server told about a statement that is gone: its
+    /// columns and its parameter types.
+    fn forget(&self, generation: u64) {
         if let Ok(mut cache) = self.columns.lock() {
             cache.retain(|(g, _), _| *g != generation);
+        }
+        if let Ok(mut m) = self.param_types.lock() {
+            m.remove(&generation);
         }
     }
 
@@ -817,17 +883,14 @@ impl ClientHalf<'_> {
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'S' {
             if let Some(old) = self.statements.remove(&name) {
-                self.forget_columns(old.generation);
+                self.forget(old.generation);
             }
             self.prepared
                 .by_name
                 .remove(String::from_utf8_lossy(&name).as_ref());
-            if let Ok(mut m) = self.param_types.lock() {
-                m.remove(&name);
-            }
             Pending::Close(None)
         } else {
-            self.portals.remove(&name);
+            self.portals.map.remove(&name);
             Pending::Close(Some(name))
         };
         self.forward(&frame, Some(pending)).await
@@ -1134,7 +1197,7 @@ struct ServerHalf<'a> {
     copied_in: bool,
     /// Columns of portals, from Describe (`None`: the portal returns no rows).
     portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
-    param_types: Arc<Mutex<HashMap<Bytes, Vec<u32>>>>,
+    param_types: ParamTypes,
     columns: ColumnsCache,
     /// The last RowDescription and its columns: a repeated query gets the
     /// same bytes back, and is not decoded again.
@@ -1306,18 +1369,21 @@ impl ServerHalf<'_> {
     /// client's latest CopyDone or CopyFail, when a Sync sent after it is
     /// queued too (the one this ReadyForQuery answers).
     fn drop_syncs_ignored_in_copy(&mut self) {
-        let Some(Pending::Sync { copy_ends: first }) = self.queue.front() else {
+        let Some(Pending::Sync {
+            copy_ends: first, ..
+        }) = self.queue.front()
+        else {
             return;
         };
         let first = *first;
         let answered_later = self
             .queue
             .iter()
-            .any(|p| matches!(p, Pending::Sync { copy_ends } if *copy_ends > first));
+            .any(|p| matches!(p, Pending::Sync { copy_ends, .. } if *copy_ends > first));
         if !answered_later {
             return;
         }
-        while matches!(self.queue.front(), Some(Pending::Sync { copy_ends }) if *copy_ends == first)
+        while matches!(self.queue.front(), Some(Pending::Sync { copy_ends, .. }) if *copy_ends == first)
         {
             self.queue.pop_front();
         }
@@ -1451,9 +1517,19 @@ impl ServerHalf<'_> {
                 if std::mem::take(&mut self.copied_in) {
                     self.drop_syncs_ignored_in_copy();
                 }
+                let idle = self.status == b'I';
+                if idle {
+                    // No transaction: the server holds no portal now.
+                    self.portals.clear();
+                }
                 match self.queue.front() {
                     Some(Pending::Query(_)) => {
                         if let Some(Pending::Query(q)) = self.queue.pop_front() {
+                            if idle {
+                                self.actions
+                                    .idle_through
+                                    .fetch_max(q.seq, Ordering::Release);
+                            }
                             // A query whose last statement produced no
                             // completion (an error already ended it) has
                             // nothing more to record.
@@ -1463,7 +1539,11 @@ impl ServerHalf<'_> {
                         }
                     }
                     Some(Pending::Sync { .. }) => {
-                        self.queue.pop_front();
+                        if let Some(Pending::Sync { seq, .. }) = self.queue.pop_front()
+                            && idle
+                        {
+                            self.actions.idle_through.fetch_max(seq, Ordering::Release);
+                        }
                     }
                     Some(Pending::FunctionCall(_)) => {
                         if let Some(Pending::FunctionCall(track)) = self.queue.pop_front() {
@@ -1485,11 +1565,11 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b't' => {
-                if let Some(Pending::DescribeStatement(name)) = self.queue.front() {
+                if let Some(Pending::DescribeStatement(Some(generation))) = self.queue.front() {
                     let d: ParameterDescription = frame.decode(Peer::Upstream)?;
-                    let name = name.clone();
+                    let generation = *generation;
                     if let Ok(mut m) = self.param_types.lock() {
-                        m.insert(name, d.types);
+                        m.insert(generation, d.types);
                     }
                 }
                 self.write_client(&frame.bytes).await
@@ -1768,5 +1848,36 @@ mod tests {
         assert_eq!(row_count(b"COPY 5\0"), Some(5));
         assert_eq!(row_count(b"CREATE TABLE\0"), None);
         assert_eq!(row_count(b"SET\0"), None);
+    }
+
+    fn portal(seq: u64) -> Portal {
+        Portal {
+            statement: Bytes::new(),
+            key: None,
+            params: "$1 = 'a large parameter'".repeat(100),
+            described: false,
+            seq,
+            columns: None,
+        }
+    }
+
+    #[test]
+    fn portals_of_ended_transactions_do_not_pile_up() {
+        // Each portal bound in its own transaction, ended before the next
+        // Bind (what a client binding named portals and never closing them
+        // does in autocommit).
+        let mut ended = Portals::new();
+        for seq in 1..=1000 {
+            ended.bind(Bytes::from(format!("p{seq}")), portal(seq), seq - 1);
+            assert!(ended.map.len() <= PORTALS_PRUNE_MIN, "{}", ended.map.len());
+        }
+        assert!(ended.map.contains_key("p1000".as_bytes()));
+        // In one open transaction every portal lives on the server, and in
+        // the gateway.
+        let mut open = Portals::new();
+        for seq in 1..=1000 {
+            open.bind(Bytes::from(format!("p{seq}")), portal(seq), 0);
+        }
+        assert_eq!(open.map.len(), 1000);
     }
 }
