@@ -220,12 +220,18 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
     assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "2");
 }
 
+/// A refusal does what an error on the server would do: inside a
+/// transaction block the transaction is aborted (later statements get
+/// 25P02, and nothing of it is committed), in both protocols; the session
+/// is usable again after ROLLBACK, and the same transaction without the
+/// refused statement commits. Outside a transaction the next statement
+/// simply runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
     let (_dir, pg, gw) = setup().await;
     let mut client = connect(&gw, "agent-1", &["agents"]).await;
 
-    // Simple protocol inside a transaction: the refusal does not abort it.
+    // Simple protocol inside a transaction.
     client.simple_query("BEGIN").await.unwrap();
     client
         .simple_query("INSERT INTO victim VALUES (100)")
@@ -233,6 +239,13 @@ async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
         .unwrap();
     let e = client.simple_query("TRUNCATE victim").await.unwrap_err();
     assert_eq!(code(&e), "42501");
+    let e = client
+        .simple_query("SELECT count(*) FROM victim")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "25P02", "the transaction is aborted: {e}");
+    client.simple_query("COMMIT").await.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
     let rows = client
         .simple_query("SELECT count(*) FROM victim")
         .await
@@ -241,9 +254,7 @@ async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
         SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
         _ => None,
     });
-    assert_eq!(n.as_deref(), Some("6"));
-    client.simple_query("COMMIT").await.unwrap();
-    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "6");
+    assert_eq!(n.as_deref(), Some("5"), "usable after the transaction");
 
     // Extended protocol inside a transaction.
     let tx = client.transaction().await.unwrap();
@@ -252,11 +263,23 @@ async fn the_session_stays_usable_after_a_refusal_in_and_out_of_transactions() {
         .unwrap();
     let e = tx.execute("DELETE FROM victim", &[]).await.unwrap_err();
     assert_eq!(code(&e), "42501");
-    tx.execute("INSERT INTO victim VALUES ($1)", &[&102i32])
+    let e = tx
+        .execute("INSERT INTO victim VALUES ($1)", &[&102i32])
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(code(&e), "25P02", "the transaction is aborted: {e}");
+    tx.rollback().await.unwrap();
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
+
+    // The same transaction without the refused statement commits.
+    let tx = client.transaction().await.unwrap();
+    for id in [101i32, 102] {
+        tx.execute("INSERT INTO victim VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
     tx.commit().await.unwrap();
-    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "8");
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "7");
 
     // Pipelined extended-protocol queries with a refusal in the middle:
     // each keeps its own answer.

@@ -44,13 +44,14 @@ use crate::rows::{self, Column};
 use crate::upstream::UpstreamStream;
 use airlock_core::ClientStream;
 
-/// A Parse the server must fail (a syntax error at "airlock"), sent after a
-/// refused message of a pipeline whose earlier statements were executed: the
-/// failure makes the server roll them back at Sync. The name keeps the
+/// A Parse the server must fail (a syntax error at "airlock"), sent in
+/// place of a refused statement so that the refusal does to the server's
+/// state what an error there would: a pipeline's earlier statements roll
+/// back at Sync, and a transaction block is aborted. The name keeps the
 /// client's unnamed statement untouched; a failed Parse creates nothing.
 /// The text is what the server's log shows.
 const ROLLBACK_PARSE: &[u8] =
-    b"airlock_refused\0airlock refused a statement of this pipeline, so it is rolled back\0\0\0";
+    b"airlock_refused\0airlock refused a statement here, which fails the transaction as an error would\0\0\0";
 
 /// COPY data is recorded (durably, before it is forwarded) in chunks of about this size.
 const COPY_RECORD_CHUNK: usize = 64 * 1024;
@@ -88,7 +89,6 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         server: wires.server_write,
         actions: actions.clone(),
         skipping: false,
-        executed_since_sync: false,
         prepared: Prepared::default(),
         statements: HashMap::new(),
         portals: Portals::new(),
@@ -157,11 +157,10 @@ enum Pending {
     },
     /// A fast-path function call: answers until ReadyForQuery.
     FunctionCall(Track),
-    /// A refused extended-protocol message: the gateway's error; the rest
-    /// until Sync is skipped (the client half drops it).
+    /// A refused message: the gateway's error; the rest until Sync is
+    /// skipped (the client half drops it; after a simple query the gateway
+    /// sends the Sync itself).
     Refused(Bytes),
-    /// A refused simple query: the gateway's error, then ReadyForQuery.
-    RefusedQuery(Bytes),
     /// The gateway's failing Parse ([`ROLLBACK_PARSE`]): its error is not
     /// the client's (the client gets the `Refused` error queued after it).
     Rollback,
@@ -205,7 +204,7 @@ struct Actions {
 impl Actions {
     fn send(&self, action: Action) {
         let wake = match &action {
-            Action::Expect(Pending::Refused(_) | Pending::RefusedQuery(_)) => true,
+            Action::Expect(Pending::Refused(_)) => true,
             Action::Expect(_) => false,
             Action::Notice(_) | Action::Fatal(..) => true,
         };
@@ -459,9 +458,6 @@ struct ClientHalf<'a> {
     /// After the gateway refused an extended-protocol message: drop
     /// everything until Sync, as the server would after an error.
     skipping: bool,
-    /// An Execute went to the server since the last Sync: a refusal now
-    /// must roll the pipeline back.
-    executed_since_sync: bool,
     /// Prepared statements by name, as SQL `EXECUTE` names them (SQL
     /// `PREPARE` and named Parse share one namespace), for judging `EXECUTE`.
     prepared: Prepared,
@@ -546,7 +542,6 @@ impl ClientHalf<'_> {
                 b'C' => self.close(frame).await?,
                 b'S' => {
                     self.skipping = false;
-                    self.executed_since_sync = false;
                     self.seq += 1;
                     let (copy_ends, seq) = (self.copy_ends, self.seq);
                     self.forward(&frame, Some(Pending::Sync { copy_ends, seq }))
@@ -614,22 +609,25 @@ impl ClientHalf<'_> {
         self.write_server(&frame.bytes).await
     }
 
-    /// Refuses the current message. In the extended protocol the messages
-    /// up to Sync are then dropped, as the server would after an error; and
-    /// when statements of this pipeline were already executed, the server is
-    /// made to fail too, so that Sync rolls them back as it would had the
-    /// refused statement failed on the server (a pipeline is one implicit
-    /// transaction: all or nothing).
+    /// Refuses the current message as if it had failed on the server: the
+    /// server is made to fail in its place ([`ROLLBACK_PARSE`]), so what an
+    /// error there does happens (a pipeline is all or nothing and rolls
+    /// back at Sync; a transaction block is aborted, and its COMMIT rolls
+    /// back), and the client gets the refusal instead of that error. In the
+    /// extended protocol the messages up to Sync are then dropped, as the
+    /// server drops them after an error; a simple query gets the gateway's
+    /// own Sync, whose ReadyForQuery carries the server's real status.
     async fn refuse(&mut self, error: Bytes, extended: bool) -> Result<()> {
+        self.expect(Pending::Rollback);
+        self.write_server(&frame::raw(b'P', ROLLBACK_PARSE)).await?;
+        self.expect(Pending::Refused(error));
         if extended {
-            if std::mem::take(&mut self.executed_since_sync) {
-                self.expect(Pending::Rollback);
-                self.write_server(&frame::raw(b'P', ROLLBACK_PARSE)).await?;
-            }
             self.skipping = true;
-            self.expect(Pending::Refused(error));
         } else {
-            self.expect(Pending::RefusedQuery(error));
+            self.seq += 1;
+            let (copy_ends, seq) = (self.copy_ends, self.seq);
+            self.expect(Pending::Sync { copy_ends, seq });
+            self.write_server(&frame::raw(b'S', &[])).await?;
         }
         Ok(())
     }
@@ -861,7 +859,6 @@ impl ClientHalf<'_> {
                 p.described = true;
             }
         }
-        self.executed_since_sync = true;
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -1349,13 +1346,6 @@ impl ServerHalf<'_> {
                     if let Some(Pending::Refused(error)) = self.queue.pop_front() {
                         self.write_client(&error).await?;
                         self.skipping = true;
-                    }
-                }
-                Some(Pending::RefusedQuery(_)) => {
-                    if let Some(Pending::RefusedQuery(error)) = self.queue.pop_front() {
-                        self.write_client(&error).await?;
-                        let ready = frame::ready_for_query(self.status);
-                        self.write_client(&ready).await?;
                     }
                 }
                 Some(_) => return Ok(()),
