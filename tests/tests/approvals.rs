@@ -232,6 +232,73 @@ async fn time_boxed_grant_covers_later_operations() {
     );
 }
 
+/// A grant ends: afterwards the same operation waits for a new approval,
+/// and the used one is never taken for it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_grant_covers_nothing() {
+    use airlock_core::store::Store;
+    let (_dir, target, gw) = gateway("grant_minutes = 30").await;
+    let (mut client, id) = ask(&gw, "agent-1", &["agents"], "deploy v7").await;
+    let approvals = gw.runtime.gateway.approvals();
+    approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.next().await.unwrap(), "deploy v7");
+    assert_eq!(client.send("deploy v8").await.unwrap(), "deploy v8");
+
+    // Thirty minutes later, as far as the grant knows.
+    let mut grant = approvals.get(&id).await.unwrap().unwrap();
+    grant.grant_until = Some(grant.created);
+    grant.version += 1;
+    assert!(
+        gw.runtime
+            .store
+            .put_approval(&grant, Some(grant.version - 1))
+            .await
+            .unwrap()
+    );
+    for line in ["deploy v7", "deploy v8"] {
+        let wait = client.send(line).await.unwrap();
+        assert!(wait.starts_with("WAIT "), "{line}: {wait}");
+        assert_ne!(approval_id(&wait).unwrap(), id, "{wait}");
+        client = gw.login("agent-1", &["agents"]).await.unwrap();
+    }
+    assert_eq!(
+        target.received(),
+        vec!["deploy v7".to_string(), "deploy v8".to_string()]
+    );
+}
+
+/// Two sessions asking for the same operation wait on one request; its
+/// approval is for one operation, so one of them runs and the other is
+/// told to ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_approval_runs_one_operation() {
+    let (_dir, target, gw) = gateway("").await;
+    let (mut first, id) = ask(&gw, "agent-1", &["agents"], "deploy v5").await;
+    let (mut second, same) = ask(&gw, "agent-1", &["agents"], "deploy v5").await;
+    assert_eq!(same, id, "one request for the same operation");
+    gw.runtime
+        .gateway
+        .approvals()
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let answers = [first.next().await.unwrap(), second.next().await.unwrap()];
+    let (ran, refused): (Vec<&String>, Vec<&String>) =
+        answers.iter().partition(|a| *a == "deploy v5");
+    assert_eq!(ran.len(), 1, "{answers:?}");
+    assert!(
+        refused[0].starts_with("ERR denied by rule deploys-need-approval: ")
+            && refused[0].contains("another one used it"),
+        "{answers:?}"
+    );
+    assert_eq!(target.received(), vec!["deploy v5".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_approval_survives_restart_and_is_honored_after_it() {
     let dir = tempfile::tempdir().unwrap();

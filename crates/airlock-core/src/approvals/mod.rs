@@ -356,10 +356,13 @@ impl Approvals {
         } = req;
         let fp = fingerprint(&requester.subject, target, rule, &operation);
         let now = crate::now();
+        // An approval still to be used; a grant only while it lasts.
         let existing = self.store.approvals(None).await?.into_iter().find(|a| {
             a.fingerprint == fp
                 && ((a.status == ApprovalStatus::Pending && a.expires > now)
-                    || (a.status == ApprovalStatus::Approved && !a.executed))
+                    || (a.status == ApprovalStatus::Approved
+                        && !a.executed
+                        && a.grant_until.is_none_or(|t| t > now)))
         });
         if let Some(a) = existing {
             return Ok(a);
@@ -545,18 +548,49 @@ impl Approvals {
         }
     }
 
+    /// Uses an approved request for one operation. A one-operation
+    /// approval lets exactly one waiter through: the first to mark it used
+    /// (several sessions can wait on one request, since the same operation
+    /// from the same identity finds the same request). A grant lets
+    /// operations through until it ends, and none after.
     async fn execute(&self, mut a: Approval) -> Result<Decision> {
-        if a.grant_until.is_none() && !a.executed {
+        loop {
+            if let Some(until) = a.grant_until {
+                if until > crate::now() {
+                    return Ok(Decision::Allow);
+                }
+                return Ok(Decision::Deny {
+                    rule: a.rule.clone(),
+                    message: format!(
+                        "approval {} was a grant that has ended; run the operation again to ask for a new approval",
+                        a.id
+                    ),
+                });
+            }
+            if a.executed {
+                return Ok(Decision::Deny {
+                    rule: a.rule.clone(),
+                    message: format!(
+                        "approval {} was for one operation and another one used it; run the operation again to ask for a new approval",
+                        a.id
+                    ),
+                });
+            }
             let expected = a.version;
             a.executed = true;
             a.version += 1;
-            self.recorder
-                .record(Some(a.session), approval_event(&a, "executed", None, None))
-                .await?;
-            // Losing this race only means another waiter executed it first.
-            self.store.put_approval(&a, Some(expected)).await?;
+            if self.store.put_approval(&a, Some(expected)).await? {
+                self.recorder
+                    .record(Some(a.session), approval_event(&a, "executed", None, None))
+                    .await?;
+                return Ok(Decision::Allow);
+            }
+            // Changed since it was read (another waiter used it, say): look again.
+            a = match self.store.approval(&a.id).await? {
+                Some(fresh) => fresh,
+                None => return Err(Error::Internal(format!("approval {} vanished", a.id))),
+            };
         }
-        Ok(Decision::Allow)
     }
 
     /// Marks a pending approval past its expiry as expired (recorded).
