@@ -568,6 +568,59 @@ async fn reviewed_statements_wait_for_approval() {
     assert!(!pg.log().contains("reviewed-2"));
 }
 
+/// Through the extended protocol a statement under review is prepared at
+/// once, and each execution waits for its own approval, which shows the
+/// parameters it runs with: approving one execution approves no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_execution_of_a_reviewed_statement_is_approved_with_its_parameters() {
+    let (_dir, pg, gw) = setup().await;
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let statement = client
+        .prepare("DELETE FROM orders WHERE id = $1 /* reviewed-4 */")
+        .await
+        .unwrap();
+    let approvals = gw.runtime.gateway.approvals();
+    let text = async |id: &str| match approvals.get(id).await.unwrap().unwrap().operation {
+        airlock_core::Operation::Sql(op) => op.text,
+        other => panic!("{other:?}"),
+    };
+
+    let approve = async {
+        let id = pending(&gw).await;
+        assert!(
+            text(&id).await.ends_with("-- parameters: $1 = '1'"),
+            "{}",
+            text(&id).await
+        );
+        approvals
+            .decide(&id, &dba(), true, None)
+            .await
+            .unwrap()
+            .unwrap();
+        id
+    };
+    let (deleted, first) = tokio::join!(client.execute(&statement, &[&1i32]), approve);
+    assert_eq!(deleted.unwrap(), 1);
+
+    let deny = async {
+        let id = pending(&gw).await;
+        assert_ne!(id, first, "a new approval for the next execution");
+        assert!(
+            text(&id).await.ends_with("-- parameters: $1 = '2'"),
+            "{}",
+            text(&id).await
+        );
+        approvals
+            .decide(&id, &dba(), false, Some("keep order 2".into()))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let (refused, ()) = tokio::join!(client.execute(&statement, &[&2i32]), deny);
+    assert_eq!(code(&refused.unwrap_err()), "42501");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_statement_waiting_for_approval() {
     let (_dir, pg, gw) = setup().await;

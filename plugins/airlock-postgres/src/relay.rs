@@ -308,6 +308,8 @@ struct Statement {
     /// again with other text, and its columns must not be taken for the
     /// new statement's.
     generation: u64,
+    /// Operations under review: each execution waits for its own approval.
+    review: Option<Arc<[SqlOperation]>>,
 }
 
 /// Parameter types the server described, by statement (Parse generation,
@@ -350,6 +352,10 @@ struct Portal {
     described: bool,
     /// Its Bind's place among the client's messages ([`ClientHalf::seq`]).
     seq: u64,
+    /// Its statement's operations under review, until an execution of the
+    /// portal is approved (a suspended portal's later executions continue
+    /// that one).
+    review: Option<Arc<[SqlOperation]>>,
     /// Its columns, when they came from the cache rather than a Describe:
     /// the server half never learns them under the portal's name, so every
     /// Execute of the portal (a suspended one is executed again) carries them.
@@ -480,8 +486,10 @@ struct ClientHalf<'a> {
 
 /// How judging a message ended.
 enum Verdict {
-    /// Forward it; apply these changes to the prepared-statement map.
-    Allow(Vec<SqlOperation>, Vec<PreparedChange>),
+    /// Forward it; apply these changes to the prepared-statement map. The
+    /// last list holds operations whose review waits for their execution
+    /// (see [`ClientHalf::decide`]).
+    Allow(Vec<SqlOperation>, Vec<PreparedChange>, Vec<SqlOperation>),
     /// Refuse it with this error.
     Refuse(Bytes),
     /// The client left while the statement waited for approval.
@@ -635,8 +643,8 @@ impl ClientHalf<'_> {
     async fn query(&mut self, frame: Frame) -> Result<()> {
         let text = frame::query_text(&frame)?;
         let classified = self.cx.classifier.classify(&text);
-        match self.judge(classified, false).await? {
-            Verdict::Allow(_, changes) => {
+        match self.judge(classified, false, false).await? {
+            Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
                 self.seq += 1;
                 let track = QueryTrack {
@@ -657,8 +665,11 @@ impl ClientHalf<'_> {
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
         // A named statement's operation is kept for SQL EXECUTE.
-        match self.judge(classified, !name.is_empty()).await? {
-            Verdict::Allow(ops, changes) => {
+        // A statement under review is prepared now and waits at each
+        // execution, where the approver sees its parameters.
+        match self.judge(classified, !name.is_empty(), true).await? {
+            Verdict::Allow(ops, changes, review) => {
+                let review = (!review.is_empty()).then(|| Arc::from(review));
                 self.apply(changes);
                 let mut counts = MaskCounts::new();
                 let text = self
@@ -685,6 +696,7 @@ impl ClientHalf<'_> {
                         text,
                         types: parse.type_oids,
                         generation: self.generation,
+                        review,
                     },
                 );
                 if let Some(old) = old {
@@ -712,7 +724,7 @@ impl ClientHalf<'_> {
             let name = String::from_utf8_lossy(&statement).into_owned();
             let what = opaque(&format!("-- bind of prepared statement {name:?}"));
             let ops = self.resolve_execute(&what, &name, &[]);
-            match self.decide(ops, false).await? {
+            match self.decide(ops, false, false).await? {
                 Verdict::Allow(..) => {}
                 Verdict::Refuse(error) => return self.refuse(error, true).await,
                 Verdict::Gone => {
@@ -746,6 +758,10 @@ impl ClientHalf<'_> {
             .statements
             .get(&statement)
             .map(|s| (s.generation, bind.result_column_format_codes.clone()));
+        let review = self
+            .statements
+            .get(&statement)
+            .and_then(|s| s.review.clone());
         self.seq += 1;
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
         self.portals.bind(
@@ -756,6 +772,7 @@ impl ClientHalf<'_> {
                 params,
                 described: false,
                 seq: self.seq,
+                review,
                 columns: None,
             },
             idle_through,
@@ -786,6 +803,36 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
+        if let Some(p) = self.portals.map.get(&portal)
+            && let Some(review) = p.review.clone()
+        {
+            // The approver decides on this execution: the statement with
+            // the parameters it runs with (masked).
+            let ops = review
+                .iter()
+                .map(|op| SqlOperation {
+                    text: if p.params.is_empty() {
+                        op.text.clone()
+                    } else {
+                        format!("{}\n-- parameters: {}", op.text, p.params)
+                    },
+                    ..op.clone()
+                })
+                .collect();
+            match self.decide(ops, false, false).await? {
+                Verdict::Allow(..) => {
+                    if let Some(p) = self.portals.map.get_mut(&portal) {
+                        p.review = None;
+                    }
+                }
+                Verdict::Refuse(error) => return self.refuse(error, true).await,
+                Verdict::Gone => {
+                    return Err(Error::Client(
+                        "the client left while waiting for approval".into(),
+                    ));
+                }
+            }
+        }
         // Formatted from borrowed parts: this runs for every execution.
         let (data, described) = match self.portals.map.get(&portal) {
             Some(p) => {
@@ -908,7 +955,7 @@ impl ClientHalf<'_> {
             tables: Vec::new(),
             has_where: None,
         };
-        match self.decide(vec![op], false).await? {
+        match self.decide(vec![op], false, false).await? {
             Verdict::Allow(..) => {
                 self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
                     .await
@@ -1007,7 +1054,12 @@ impl ClientHalf<'_> {
 
     /// Judges the statements of one message.
     /// With `keep`, an allowed verdict carries the operations back.
-    async fn judge(&mut self, mut classified: Arc<[Classified]>, keep: bool) -> Result<Verdict> {
+    async fn judge(
+        &mut self,
+        mut classified: Arc<[Classified]>,
+        keep: bool,
+        defer_review: bool,
+    ) -> Result<Verdict> {
         let mut ops = Vec::with_capacity(classified.len());
         let mut changes = Vec::new();
         for i in 0..classified.len() {
@@ -1035,8 +1087,8 @@ impl ClientHalf<'_> {
                 }),
             }
         }
-        Ok(match self.decide(ops, keep).await? {
-            Verdict::Allow(ops, _) => Verdict::Allow(ops, changes),
+        Ok(match self.decide(ops, keep, defer_review).await? {
+            Verdict::Allow(ops, _, review) => Verdict::Allow(ops, changes, review),
             other => other,
         })
     }
@@ -1047,7 +1099,12 @@ impl ClientHalf<'_> {
     ///
     /// With `keep`, an allowed verdict carries the operations back;
     /// otherwise they go into their records without a copy.
-    async fn decide(&mut self, ops: Vec<SqlOperation>, keep: bool) -> Result<Verdict> {
+    async fn decide(
+        &mut self,
+        ops: Vec<SqlOperation>,
+        keep: bool,
+        defer_review: bool,
+    ) -> Result<Verdict> {
         // Earlier pipelined messages go out while this one is judged.
         self.flush_server().await?;
         let mut decisions = Vec::with_capacity(ops.len());
@@ -1068,6 +1125,26 @@ impl ClientHalf<'_> {
             .find(|(_, d)| matches!(d, Decision::Deny { .. }))
         {
             return Ok(Verdict::Refuse(denied(rule, message)));
+        }
+        if defer_review {
+            let review: Vec<SqlOperation> = decisions
+                .iter()
+                .filter(|(_, d)| matches!(d, Decision::Review { .. }))
+                .filter_map(|(op, _)| match op {
+                    Some(Operation::Sql(op)) => Some(op.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !review.is_empty() {
+                let ops = decisions
+                    .into_iter()
+                    .filter_map(|(operation, _)| match operation {
+                        Some(Operation::Sql(op)) if keep => Some(op),
+                        _ => None,
+                    })
+                    .collect();
+                return Ok(Verdict::Allow(ops, Vec::new(), review));
+            }
         }
         for (operation, decision) in &decisions {
             let (Decision::Review { message, .. }, Some(operation)) = (decision, operation) else {
@@ -1136,7 +1213,7 @@ impl ClientHalf<'_> {
                 _ => None,
             })
             .collect();
-        Ok(Verdict::Allow(ops, Vec::new()))
+        Ok(Verdict::Allow(ops, Vec::new(), Vec::new()))
     }
 }
 
@@ -1847,6 +1924,7 @@ mod tests {
             params: "$1 = 'a large parameter'".repeat(100),
             described: false,
             seq,
+            review: None,
             columns: None,
         }
     }
