@@ -134,6 +134,45 @@ targets = ["closed"]
     assert!(denied >= 3, "{events:#?}");
 }
 
+/// A startup setting is applied by the server at login, where no policy
+/// sees it: one that changes what the session may do (here turning
+/// triggers and foreign keys off) is refused with 42501, and a client
+/// setting in the same place goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_settings_that_change_the_session_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (ok, _, err) = psql(
+        &conninfo(
+            gw.addr,
+            "agent-1",
+            "options='-c session_replication_role=replica'",
+        ),
+        &token,
+        &["-c", "SELECT 1"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        !ok && err
+            .contains("startup setting \"session_replication_role\" is not passed on by Airlock"),
+        "{err}"
+    );
+    let (ok, out, err) = psql(
+        &conninfo(gw.addr, "agent-1", "options='-c statement_timeout=4321'"),
+        &token,
+        &["-At", "-c", "SHOW statement_timeout"],
+    )
+    .await
+    .unwrap();
+    assert!(ok && out.trim() == "4321ms", "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_name_must_match_the_subject_when_configured() {
     let dir = tempfile::tempdir().unwrap();

@@ -148,6 +148,9 @@ pub(crate) async fn open(
                     )
                     .await;
                 }
+                if let Err(message) = check_settings(&params) {
+                    return refuse(stream, sqlstate::INSUFFICIENT_PRIVILEGE, &message).await;
+                }
                 return Ok(Opening::Startup(Hello {
                     stream,
                     tls: encrypted,
@@ -166,6 +169,107 @@ pub(crate) async fn open(
             }
         }
     }
+}
+
+/// Settings a client may make in its startup message (directly or in
+/// `options` as `-c name=value`): how values look and what the client is
+/// called, nothing that changes what the session may do. The server applies
+/// startup settings at login, where no policy sees them and no record
+/// holds them; `role`, `session_replication_role` (which turns triggers
+/// and foreign keys off), `session_preload_libraries` and the like would
+/// act unjudged. Anything else goes through `SET`, which policy judges.
+const CLIENT_SETTINGS: &[&str] = &[
+    "application_name",
+    "bytea_output",
+    "client_encoding",
+    "client_min_messages",
+    "datestyle",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "extra_float_digits",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "intervalstyle",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "lock_timeout",
+    "search_path",
+    "standard_conforming_strings",
+    "statement_timeout",
+    "timezone",
+];
+
+/// Refuses startup parameters that would change the session unjudged.
+fn check_settings(params: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    let refused = |name: &str| {
+        format!(
+            "startup setting \"{name}\" is not passed on by Airlock: a client may set only {} at startup; make other settings with SET, which policy judges",
+            CLIENT_SETTINGS.join(", ")
+        )
+    };
+    let allowed = |name: &str| {
+        let name = name.to_ascii_lowercase().replace('-', "_");
+        CLIENT_SETTINGS.contains(&name.as_str())
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "user" | "database" => {}
+            "options" => {
+                for setting in option_settings(value)
+                    .map_err(|e| format!("{e} in startup options {value:?}"))?
+                {
+                    if !allowed(&setting) {
+                        return Err(refused(&setting));
+                    }
+                }
+            }
+            other if !allowed(other) => return Err(refused(other)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The setting names in a startup `options` string, which the server reads
+/// as command-line switches: words split at whitespace (a backslash keeps
+/// the next character), each setting `-c name=value`, `-cname=value` or
+/// `--name=value`. Any other switch is refused.
+fn option_settings(options: &str) -> std::result::Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut names = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next().ok_or("\"-c\" without a setting")?
+        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+            rest.to_string()
+        } else {
+            return Err(format!("switch {w:?} is not a setting"));
+        };
+        match setting.split_once('=') {
+            Some((name, _)) if !name.is_empty() => names.push(name.to_string()),
+            _ => return Err(format!("setting {setting:?} has no value")),
+        }
+    }
+    Ok(names)
 }
 
 async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<()> {
@@ -292,5 +396,68 @@ mod tests {
         r.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply[0], b'E');
         assert!(String::from_utf8_lossy(&reply).contains("unsupported frontend protocol 2.0"));
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn client_settings_pass_and_session_changing_ones_are_refused() {
+        // What libpq, pgjdbc and tokio-postgres send.
+        for ok in [
+            params(&[
+                ("user", "a"),
+                ("database", "d"),
+                ("application_name", "psql"),
+            ]),
+            params(&[
+                ("client_encoding", "UTF8"),
+                ("DateStyle", "ISO"),
+                ("TimeZone", "UTC"),
+                ("extra_float_digits", "3"),
+            ]),
+            params(&[(
+                "options",
+                "-c statement_timeout=5s --search-path=app,public",
+            )]),
+            params(&[("options", "-cDateStyle=ISO  -c lock_timeout=1s")]),
+            params(&[("options", "-c application_name=two\\ words")]),
+        ] {
+            assert_eq!(check_settings(&ok), Ok(()), "{ok:?}");
+        }
+        for (bad, named) in [
+            (params(&[("role", "app_owner")]), "role"),
+            (
+                params(&[("session_replication_role", "replica")]),
+                "session_replication_role",
+            ),
+            (params(&[("options", "-c role=app_owner")]), "role"),
+            (
+                params(&[(
+                    "options",
+                    "-c statement_timeout=1s --session_preload_libraries=x",
+                )]),
+                "session_preload_libraries",
+            ),
+            // The escaped space hides nothing: the name is still read.
+            (
+                params(&[("options", "-c log_statement=none\\ x")]),
+                "log_statement",
+            ),
+        ] {
+            let e = check_settings(&bad).unwrap_err();
+            assert!(e.contains(&format!("\"{named}\"")), "{bad:?}: {e}");
+            assert!(e.contains("SET"), "{e}");
+        }
+        for bad in ["-d 5", "-c", "-c name", "-B 1000"] {
+            assert!(
+                check_settings(&params(&[("options", bad)])).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
