@@ -335,7 +335,15 @@ impl Inner {
     fn reindex(&self) -> Result<Position> {
         let segments = self.log.segments()?;
         let first = segments.first().copied().unwrap_or(1);
-        let mut pos = self.marker()?.unwrap_or(Position {
+        // The marker says how far *this* index was flushed. An index without
+        // a chain head is new (its `store/` was lost, or deleted to rebuild
+        // it): it is built from the start of the log, or the next record
+        // would begin a second chain inside the same log.
+        let marker = match self.head()? {
+            Some(_) => self.marker()?,
+            None => None,
+        };
+        let mut pos = marker.unwrap_or(Position {
             segment: first,
             offset: 0,
         });
@@ -426,7 +434,21 @@ impl Inner {
     }
 
     /// Flushes sled, then records that the index covers the log up to `pos`.
+    ///
+    /// The log's segments up to `pos` are synced first. In `os` durability
+    /// nothing else syncs them, and sled holds the chain head and the signed
+    /// checkpoints: flushed before the records they describe, a power loss
+    /// would leave an index and checkpoints ahead of the log, which every
+    /// later `audit verify` reports as records removed.
     fn flush_index(&self, pos: Position) -> Result<()> {
+        let from = self.marker()?.map_or(pos.segment, |m| m.segment);
+        for segment in self.log.segments()? {
+            if (from..=pos.segment).contains(&segment)
+                && let Some(file) = self.log.open_segment(segment)?
+            {
+                file.sync_data().map_err(io("cannot sync the audit log"))?;
+            }
+        }
         self.db
             .flush()
             .map_err(db("cannot flush the audit index"))?;

@@ -219,6 +219,35 @@ async fn reindexing_the_whole_log_leaves_the_same_index() {
     );
 }
 
+/// `store/` is derived from the log: deleted (or lost), it is rebuilt from
+/// the whole log, and new records continue the one chain.
+#[tokio::test]
+async fn a_lost_index_is_rebuilt_from_the_whole_log_and_the_chain_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = SessionId::new();
+    let batch = chain(ops(20, session), None);
+    let last = {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(batch.clone(), Durability::Os).await.unwrap();
+        store.head().await.unwrap().unwrap()
+    };
+    std::fs::remove_dir_all(dir.path().join("store")).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.head().await.unwrap(),
+        Some(last),
+        "the head is the log's"
+    );
+    let more = chain(ops(3, session), Some((last.seq, last.hash)));
+    store.append(more, Durability::Os).await.unwrap();
+    let records = store.session_records(session).await.unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=23).collect::<Vec<_>>(),
+        "one chain, every record once"
+    );
+}
+
 #[tokio::test]
 async fn records_span_segments_and_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
