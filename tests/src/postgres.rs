@@ -285,6 +285,29 @@ impl Raw {
         minor: u16,
         extra: &[(&str, &str)],
     ) -> (Raw, Vec<(u8, Vec<u8>)>) {
+        let (mut raw, mut seen) = Raw::start(addr, minor, extra).await;
+        if seen.last().is_some_and(|(tag, _)| *tag == b'R') {
+            let mut pw = token.as_bytes().to_vec();
+            pw.push(0);
+            raw.send(b'p', &pw).await;
+            loop {
+                let (tag, body) = raw.read().await.unwrap();
+                seen.push((tag, body));
+                if tag == b'Z' || tag == b'E' {
+                    break;
+                }
+            }
+        }
+        (raw, seen)
+    }
+
+    /// Sends the startup message; returns every message up to the request
+    /// for the password (or an error).
+    pub async fn start(
+        addr: std::net::SocketAddr,
+        minor: u16,
+        extra: &[(&str, &str)],
+    ) -> (Raw, Vec<(u8, Vec<u8>)>) {
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut body = Vec::new();
@@ -304,16 +327,20 @@ impl Raw {
         let mut seen = Vec::new();
         loop {
             let (tag, body) = raw.read().await.unwrap();
-            seen.push((tag, body.clone()));
-            if tag == b'R' && body == [0, 0, 0, 3] {
-                let mut pw = token.as_bytes().to_vec();
-                pw.push(0);
-                raw.send(b'p', &pw).await;
-            }
-            if tag == b'Z' || tag == b'E' {
+            let asks = tag == b'R' && body == [0, 0, 0, 3];
+            seen.push((tag, body));
+            if asks || tag == b'Z' || tag == b'E' {
                 return (raw, seen);
             }
         }
+    }
+
+    /// Sends only a message's header, claiming a body of `len` bytes.
+    pub async fn send_header(&mut self, tag: u8, len: i32) {
+        use tokio::io::AsyncWriteExt;
+        let mut m = vec![tag];
+        m.extend_from_slice(&(len + 4).to_be_bytes());
+        self.stream.write_all(&m).await.unwrap();
     }
 
     /// Sends one message.

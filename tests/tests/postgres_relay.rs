@@ -163,6 +163,15 @@ async fn malformed_and_oversized_messages_end_only_their_session() {
     assert_eq!(seen.last().map(|m| m.0), Some(b'Z'), "{seen:?}");
     assert!(seen.iter().any(|(t, _)| *t == b'K'));
 
+    // Before login a message is a password at most: a huge one is refused
+    // without being buffered (the listener allows 4096 bytes after login;
+    // the token itself is shorter than either limit).
+    let (mut before_login, _) = Raw::start(gw.addr, 0, &[]).await;
+    before_login.send_header(b'p', 1 << 20).await;
+    let (tag, body) = before_login.read().await.unwrap();
+    assert_eq!((tag, sqlstate(&body).as_str()), (b'E', "54000"));
+    assert!(String::from_utf8_lossy(&body).contains("password message is larger"));
+
     // A Bind that claims more bytes than it carries.
     raw.send(b'B', b"\0\0\0\0\0\x01\0\0\0\x64abc").await;
     let (tag, body) = raw.read().await.unwrap();

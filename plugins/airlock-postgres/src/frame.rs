@@ -100,6 +100,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Changes the size limit for the messages still to come.
+    pub(crate) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Whether a whole message is already buffered (nothing to wait for).
     pub(crate) fn has_frame(&self) -> bool {
         matches!(self.complete_len(), Ok(Some(_)))

@@ -55,6 +55,10 @@ use crate::classify::Classifier;
 use crate::frame::{FrameReader, Peer, Severity, sqlstate};
 use crate::upstream::Target;
 
+/// The largest password message a client may send: an access token is at
+/// most 64 KiB, and PostgreSQL caps authentication messages at 65535 bytes.
+const MAX_PASSWORD_MESSAGE: usize = 64 * 1024 + 5;
+
 /// The PostgreSQL connector: one per `[[listeners]]` entry with
 /// `protocol = "postgres"`.
 #[derive(Debug)]
@@ -196,8 +200,11 @@ impl PostgresConnector {
             minor,
         } = hello;
         let (read, write) = tokio::io::split(stream);
+        // Until the client has authenticated, a message is a password at
+        // most: no unauthenticated client makes the gateway buffer
+        // max_message_bytes.
         let mut client = Client {
-            reader: FrameReader::new(read, self.listener.max_message_bytes, Peer::Client),
+            reader: FrameReader::new(read, MAX_PASSWORD_MESSAGE, Peer::Client),
             writer: BufWriter::new(write),
         };
         let user = params.remove("user").unwrap_or_default();
@@ -230,6 +237,17 @@ impl PostgresConnector {
         client.flush().await?;
         let token = match tokio::time::timeout(startup_time, client.reader.next()).await {
             Err(_) => return Err(Error::Client("no password message in time".into())),
+            Ok(Err(Error::Client(m))) if m.contains("larger than the limit") => {
+                return client
+                    .fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        &format!(
+                            "the password message is larger than {MAX_PASSWORD_MESSAGE} bytes: send your Airlock access token as the password"
+                        ),
+                        None,
+                    )
+                    .await;
+            }
             Ok(r) => match r? {
                 None => return Ok(()),
                 Some(f) if f.tag == b'p' => f.decode::<Password>(Peer::Client)?.password,
@@ -244,6 +262,7 @@ impl PostgresConnector {
                 }
             },
         };
+        client.reader.set_max(self.listener.max_message_bytes);
         let target_exists = self.targets.contains_key(&target_name);
         if token.is_empty() {
             return client

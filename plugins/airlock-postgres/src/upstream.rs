@@ -234,6 +234,15 @@ impl Target {
                 ))
             })
         };
+        // Once SCRAM has begun, only its own next step is acceptable: a
+        // server that says "Ok" (or asks for the password in another form)
+        // before proving it knows the password is not the expected server,
+        // or a man in the middle fishing for the credential.
+        if scram.is_some() && !matches!(code, 11 | 12) {
+            return Err(self.unreachable(format!(
+                "the server answered authentication step {code} in the middle of SCRAM, before proving it knows the password; it may not be the expected server"
+            )));
+        }
         match code {
             0 => Ok(None),
             3 => Ok(Some(frame::encode(&Password::new(
@@ -287,6 +296,8 @@ impl Target {
                         "the server's SCRAM signature is wrong, it may not be the expected server: {e}"
                     ))
                 })?;
+                // Verified: AuthenticationOk may follow.
+                *scram = None;
                 Ok(None)
             }
             other => Err(self.unreachable(format!(
@@ -385,4 +396,59 @@ pub(crate) struct Connected {
     pub(crate) secret: Bytes,
     /// Transaction status of the first ReadyForQuery.
     pub(crate) status: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            name: "t".into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "app".into(),
+            user: "bot".into(),
+            password: Some(Secret::from_value("pw", "test")),
+            sslmode: SslMode::Disable,
+            tls: None,
+        }
+    }
+
+    fn request(code: i32, rest: &[u8]) -> Frame {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(rest);
+        Frame::from_encoded(frame::raw(b'R', &body))
+    }
+
+    /// A server that began SCRAM must finish it, proving it knows the
+    /// password, before the gateway believes its AuthenticationOk or
+    /// answers another kind of request with the password.
+    #[test]
+    fn a_server_that_began_scram_must_finish_it() {
+        let t = target();
+        // Without SCRAM an Ok is an Ok (trust), and md5 gets its answer.
+        assert!(matches!(
+            t.authenticate(&request(0, b""), &mut None),
+            Ok(None)
+        ));
+        assert!(matches!(
+            t.authenticate(&request(5, b"salt"), &mut None),
+            Ok(Some(_))
+        ));
+        for code in [0, 3, 5] {
+            let mut scram = None;
+            let first = t
+                .authenticate(&request(10, b"SCRAM-SHA-256\0\0"), &mut scram)
+                .unwrap();
+            assert!(first.is_some() && scram.is_some());
+            let e = t
+                .authenticate(&request(code, b"salt"), &mut scram)
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("in the middle of SCRAM"),
+                "{code}: {e}"
+            );
+        }
+    }
 }
