@@ -208,11 +208,17 @@ impl SledStore {
         let end = inner.reindex()?;
         {
             let mut journal = inner.journal()?;
-            journal.len = if end.segment == journal.segment {
-                end.offset
-            } else {
-                0
-            };
+            // The log ends in the segment appended to. If the index points
+            // elsewhere (its newest segment is gone), cutting would destroy
+            // records that are still there: refuse, and leave it all as it
+            // is for `airlock audit verify` and the operator.
+            if end.segment != journal.segment {
+                return Err(Error::Corrupt(format!(
+                    "the audit log ends in segment {} but its index has read up to segment {}: a segment is missing or was added; nothing was changed, run `airlock audit verify`",
+                    journal.segment, end.segment
+                )));
+            }
+            journal.len = end.offset;
             // Cut off a torn frame (never acknowledged) and anything after it.
             let len = journal.len;
             journal

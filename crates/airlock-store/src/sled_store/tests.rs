@@ -248,6 +248,43 @@ async fn a_lost_index_is_rebuilt_from_the_whole_log_and_the_chain_goes_on() {
     );
 }
 
+/// A log whose newest segment is gone does not open, and opening it
+/// changes nothing: the segments that are left keep every byte (no torn
+/// tail is cut from the wrong segment).
+#[tokio::test]
+async fn a_missing_newest_segment_is_refused_and_nothing_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = SessionId::new();
+    let batch = chain(ops(60, session), None);
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        for part in batch.chunks(5) {
+            store.append(part.to_vec(), Durability::Os).await.unwrap();
+        }
+    }
+    let log = dir.path().join("log");
+    let mut segments: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 2, "{segments:?}");
+    std::fs::remove_file(segments.pop().unwrap()).unwrap();
+    let sizes = |paths: &[std::path::PathBuf]| -> Vec<u64> {
+        paths
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .collect()
+    };
+    let before = sizes(&segments);
+    let Err(e) = SledStore::open(dir.path()) else {
+        panic!("a log without its newest segment opened");
+    };
+    assert!(e.to_string().contains("a segment is missing"), "{e}");
+    assert_eq!(sizes(&segments), before, "nothing was cut");
+}
+
 #[tokio::test]
 async fn records_span_segments_and_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
