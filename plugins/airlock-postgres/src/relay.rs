@@ -450,9 +450,10 @@ impl Prepared {
         !name.is_empty()
             && (!parsed
                 || self.too_many_sql_names
-                || self
-                    .sql_names
-                    .contains(String::from_utf8_lossy(name).as_ref()))
+                || (!self.sql_names.is_empty()
+                    && self
+                        .sql_names
+                        .contains(String::from_utf8_lossy(name).as_ref())))
     }
 }
 
@@ -734,14 +735,18 @@ impl ClientHalf<'_> {
                 }
             }
         }
-        let types = match self.statements.get(&statement) {
-            Some(s) => self
-                .param_types
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&s.generation).cloned())
-                .unwrap_or_else(|| s.types.clone()),
-            None => Vec::new(),
+        // One lookup of the statement for everything the portal needs.
+        let (types, key, review) = match self.statements.get(&statement) {
+            Some(s) => (
+                self.param_types
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&s.generation).cloned())
+                    .unwrap_or_else(|| s.types.clone()),
+                Some((s.generation, bind.result_column_format_codes.clone())),
+                s.review.clone(),
+            ),
+            None => (Vec::new(), None, None),
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -754,14 +759,6 @@ impl ClientHalf<'_> {
         if !counts.is_empty() {
             self.cx.session.record_later(Event::Masked { counts });
         }
-        let key = self
-            .statements
-            .get(&statement)
-            .map(|s| (s.generation, bind.result_column_format_codes.clone()));
-        let review = self
-            .statements
-            .get(&statement)
-            .and_then(|s| s.review.clone());
         self.seq += 1;
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
         self.portals.bind(
@@ -861,12 +858,10 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
-        let key = self.portals.map.get(&portal).and_then(|p| p.key.as_ref());
-        let carried = self
-            .portals
-            .map
-            .get(&portal)
-            .and_then(|p| p.columns.clone());
+        let (key, carried) = match self.portals.map.get(&portal) {
+            Some(p) => (p.key.as_ref(), p.columns.clone()),
+            None => (None, None),
+        };
         let known = match (carried, key, described) {
             (Some(columns), ..) => Some(columns),
             (None, Some(key), false) => self
