@@ -621,6 +621,66 @@ async fn each_execution_of_a_reviewed_statement_is_approved_with_its_parameters(
     assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "1");
 }
 
+/// A Parse under a name the server already has fails there, and the
+/// server keeps the statement it had: when that one waits for review, a
+/// Bind of the name still waits for approval of it, not for the harmless
+/// statement the client tried to put in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_parse_does_not_take_a_reviewed_statement_out_of_review() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let sync = || (b'S', Vec::new());
+    let delete = "DELETE FROM orders WHERE id = 1 /* reviewed-5 */";
+    let (tags, _) = raw.exchange(vec![msg::parse("s", delete), sync()]).await;
+    assert_eq!(tags, "1ZI", "prepared at once");
+    let (_, codes) = raw
+        .exchange(vec![msg::parse("s", "SELECT 'harmless'"), sync()])
+        .await;
+    assert_eq!(codes, ["42P05"], "the server keeps the DELETE");
+
+    let mut run = msg::bind_execute("s");
+    run.push(sync());
+    let deny = async {
+        let id = pending(&gw).await;
+        let a = gw
+            .runtime
+            .gateway
+            .approvals()
+            .get(&id)
+            .await
+            .unwrap()
+            .unwrap();
+        let airlock_core::Operation::Sql(op) = a.operation else {
+            panic!("{:?}", a.operation)
+        };
+        assert!(op.text.contains("reviewed-5"), "{}", op.text);
+        gw.runtime
+            .gateway
+            .approvals()
+            .decide(&id, &dba(), false, Some("not today".into()))
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    let ((_, codes), ()) = tokio::join!(raw.exchange(run), deny);
+    assert_eq!(codes, ["42501"]);
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+
+    // Closed and parsed again, the name holds the harmless statement.
+    let (_, codes) = raw
+        .exchange(vec![
+            (b'C', [b"S".to_vec(), msg::cstr("s")].concat()),
+            sync(),
+        ])
+        .await;
+    assert!(codes.is_empty());
+    let mut run = vec![msg::parse("s", "SELECT 'harmless'")];
+    run.extend(msg::bind_execute("s"));
+    run.push(sync());
+    assert_eq!(raw.exchange(run).await, ("12DCZI".into(), vec![]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_statement_waiting_for_approval() {
     let (_dir, pg, gw) = setup().await;

@@ -82,6 +82,7 @@ pub(crate) struct Wires {
 pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
     let actions = Arc::new(Actions::default());
     let param_types = Arc::new(Mutex::new(HashMap::new()));
+    let outcomes = Arc::new(ParseOutcomes::default());
     let columns: ColumnsCache = Arc::new(Mutex::new(HashMap::new()));
     let mut client = ClientHalf {
         cx,
@@ -94,6 +95,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         portals: Portals::new(),
         seq: 0,
         param_types: param_types.clone(),
+        outcomes: outcomes.clone(),
         columns: columns.clone(),
         generation: 0,
         copy: Vec::new(),
@@ -112,6 +114,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         copied_in: false,
         portals: HashMap::new(),
         param_types,
+        outcomes,
         columns,
         last_description: None,
     };
@@ -126,7 +129,9 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
 enum Pending {
     /// A simple query: answers until ReadyForQuery.
     Query(QueryTrack),
-    Parse,
+    /// A Parse; the statement's generation when the client half waits to
+    /// learn whether the server made it (see [`ParseOutcomes`]).
+    Parse(Option<u64>),
     Bind,
     /// Describe of a statement (ParameterDescription, then RowDescription or
     /// NoData), with its Parse generation when the gateway saw the Parse.
@@ -310,12 +315,43 @@ struct Statement {
     generation: u64,
     /// Operations under review: each execution waits for its own approval.
     review: Option<Arc<[SqlOperation]>>,
+    /// What the server holds under this name if this Parse is not made
+    /// there, while that is unknown and matters: kept when it, or one
+    /// before it, is under review.
+    previous: Option<Box<Statement>>,
 }
 
 /// Parameter types the server described, by statement (Parse generation,
 /// not name: a pipelined Describe of a statement may be answered after the
 /// client parsed another under the same name).
 type ParamTypes = Arc<Mutex<HashMap<u64, Vec<u32>>>>;
+
+/// Whether the server made the statements of watched Parses (by
+/// generation): filled by the server half, read by the client half.
+///
+/// A Parse can fail on the server, or be skipped after an earlier error,
+/// and then the server keeps the statement it had under that name. When
+/// that one waits for review at each execution, a Bind of the name must
+/// know which of the two the server will run.
+#[derive(Default)]
+struct ParseOutcomes {
+    made: Mutex<HashMap<u64, bool>>,
+    answered: tokio::sync::Notify,
+}
+
+impl ParseOutcomes {
+    fn set(&self, generation: u64, made: bool) {
+        if let Ok(mut m) = self.made.lock() {
+            m.insert(generation, made);
+        }
+        self.answered.notify_waiters();
+    }
+
+    /// The outcome of a Parse, once known (and then forgotten).
+    fn take(&self, generation: u64) -> Option<bool> {
+        self.made.lock().ok()?.remove(&generation)
+    }
+}
 
 /// A statement (by Parse generation) and the result formats of a Bind.
 type ColumnsKey = (u64, Vec<i16>);
@@ -324,6 +360,10 @@ type ColumnsKey = (u64, Vec<i16>);
 /// (`None`: no rows), so every Execute of a prepared statement does not need
 /// a hidden Describe. Filled by the server half, read by the client half.
 type ColumnsCache = Arc<Mutex<HashMap<ColumnsKey, Option<Arc<Vec<Column>>>>>>;
+
+/// Parses of one name whose outcome is unknown, each keeping the one
+/// before, before a Parse waits for the server's answers.
+const MAX_UNSETTLED_PARSES: usize = 32;
 
 /// Beyond this many entries the cache starts over (entries of statements
 /// parsed again are dropped as they go, but a pipelined re-Parse can race
@@ -475,6 +515,7 @@ struct ClientHalf<'a> {
     seq: u64,
     /// Parameter types the server described, by statement name.
     param_types: ParamTypes,
+    outcomes: Arc<ParseOutcomes>,
     columns: ColumnsCache,
     /// The last Parse's generation.
     generation: u64,
@@ -691,19 +732,29 @@ impl ClientHalf<'_> {
                     }
                 }
                 self.generation += 1;
-                let old = self.statements.insert(
+                self.settle(&name, false).await?;
+                let previous = match self.statements.remove(&name) {
+                    Some(old) if old.review.is_some() || old.previous.is_some() => {
+                        Some(Box::new(old))
+                    }
+                    Some(old) => {
+                        self.forget(old.generation);
+                        None
+                    }
+                    None => None,
+                };
+                let watched = previous.is_some().then_some(self.generation);
+                self.statements.insert(
                     name,
                     Statement {
                         text,
                         types: parse.type_oids,
                         generation: self.generation,
                         review,
+                        previous,
                     },
                 );
-                if let Some(old) = old {
-                    self.forget(old.generation);
-                }
-                self.forward(&frame, Some(Pending::Parse)).await
+                self.forward(&frame, Some(Pending::Parse(watched))).await
             }
             Verdict::Refuse(error) => self.refuse(error, true).await,
             Verdict::Gone => Err(Error::Client(
@@ -716,6 +767,7 @@ impl ClientHalf<'_> {
         let bind: Bind = frame.decode(Peer::Client)?;
         let portal = cstr_at(frame.body());
         let statement = cstr_at(&frame.body()[portal.len() + 1..]);
+        self.settle(&statement, true).await?;
         if self
             .prepared
             .bind_needs_judging(&statement, self.statements.contains_key(&statement))
@@ -905,6 +957,64 @@ impl ClientHalf<'_> {
             .await
     }
 
+    /// Brings the entry for statement `name` in line with what the server
+    /// made: a Parse the server made replaces what it held before; one it
+    /// did not make leaves the earlier statement in place. With `wait`, an
+    /// entry whose outcome matters (an earlier statement under this name
+    /// is under review) and is not known yet is waited for: the server is
+    /// asked to flush its answers. Without, the wait happens only when the
+    /// chain of unknown outcomes grows long.
+    async fn settle(&mut self, name: &Bytes, wait: bool) -> Result<()> {
+        loop {
+            let Some(s) = self.statements.get_mut(name) else {
+                return Ok(());
+            };
+            if s.previous.is_none() {
+                return Ok(());
+            }
+            let generation = s.generation;
+            match self.outcomes.take(generation) {
+                Some(true) => {
+                    s.previous = None;
+                    return Ok(());
+                }
+                Some(false) => {
+                    let previous = s.previous.take();
+                    self.forget(generation);
+                    match previous {
+                        Some(p) => self.statements.insert(name.clone(), *p),
+                        None => self.statements.remove(name),
+                    };
+                }
+                None => {
+                    let mut depth = 0;
+                    let mut at = s.previous.as_deref();
+                    while let Some(p) = at {
+                        depth += 1;
+                        at = p.previous.as_deref();
+                    }
+                    if !wait && depth < MAX_UNSETTLED_PARSES {
+                        return Ok(());
+                    }
+                    let outcomes = self.outcomes.clone();
+                    let answered = outcomes.answered.notified();
+                    tokio::pin!(answered);
+                    answered.as_mut().enable();
+                    if outcomes
+                        .made
+                        .lock()
+                        .is_ok_and(|m| m.contains_key(&generation))
+                    {
+                        continue;
+                    }
+                    self.write_server(&frame::raw(b'H', &[])).await?;
+                    self.flush_server().await?;
+                    answered.await;
+                }
+            }
+        }
+    }
+
     /// Drops what the server told about a statement that is gone: its
     /// columns and its parameter types.
     fn forget(&self, generation: u64) {
@@ -923,6 +1033,7 @@ impl ClientHalf<'_> {
         let pending = if kind == b'S' {
             if let Some(old) = self.statements.remove(&name) {
                 self.forget(old.generation);
+                self.outcomes.take(old.generation);
             }
             self.prepared
                 .by_name
@@ -1267,6 +1378,7 @@ struct ServerHalf<'a> {
     /// Columns of portals, from Describe (`None`: the portal returns no rows).
     portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
     param_types: ParamTypes,
+    outcomes: Arc<ParseOutcomes>,
     columns: ColumnsCache,
     /// The last RowDescription and its columns: a repeated query gets the
     /// same bytes back, and is not decoded again.
@@ -1453,9 +1565,14 @@ impl ServerHalf<'_> {
 
     /// Records the end of a message the server skipped.
     fn skipped(&mut self, p: Pending) {
-        if let Pending::Execute { mut track, .. } = p {
-            track.error = Some("not executed: an earlier message of the pipeline failed".into());
-            self.finish(track, None);
+        match p {
+            Pending::Execute { mut track, .. } => {
+                track.error =
+                    Some("not executed: an earlier message of the pipeline failed".into());
+                self.finish(track, None);
+            }
+            Pending::Parse(Some(generation)) => self.outcomes.set(generation, false),
+            _ => {}
         }
     }
 
@@ -1619,10 +1736,17 @@ impl ServerHalf<'_> {
             b'1' | b'2' | b'3' => {
                 if matches!(
                     self.queue.front(),
-                    Some(Pending::Parse | Pending::Bind | Pending::Close(_))
-                ) && let Some(Pending::Close(Some(portal))) = self.queue.pop_front()
-                {
-                    self.portals.remove(&portal);
+                    Some(Pending::Parse(_) | Pending::Bind | Pending::Close(_))
+                ) {
+                    match self.queue.pop_front() {
+                        Some(Pending::Close(Some(portal))) => {
+                            self.portals.remove(&portal);
+                        }
+                        Some(Pending::Parse(Some(generation))) => {
+                            self.outcomes.set(generation, true);
+                        }
+                        _ => {}
+                    }
                 }
                 self.write_client(&frame.bytes).await
             }
@@ -1844,7 +1968,9 @@ impl ServerHalf<'_> {
                 self.skipping = true;
             }
             Some(_) => {
-                self.queue.pop_front();
+                if let Some(Pending::Parse(Some(generation))) = self.queue.pop_front() {
+                    self.outcomes.set(generation, false);
+                }
                 self.skipping = true;
             }
         }
