@@ -630,3 +630,41 @@ async fn results_after_a_copy_in_are_still_masked_by_their_columns() {
     }
     check(&client, 2).await;
 }
+
+/// A CopyDone the server ignores (sent when no COPY is running) does not
+/// count as the end of a COPY: the gateway keeps its place, and the query
+/// after it is masked by its own columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_copy_done_does_not_move_the_gateway_off_its_place() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let mut msgs = vec![parse("", "COPY staff (id) FROM STDIN")];
+    msgs.extend(bind_execute(""));
+    msgs.extend([
+        (b'c', Vec::new()),
+        (b'S', Vec::new()),
+        (b'c', Vec::new()),
+        (b'S', Vec::new()),
+        (b'Q', b"SELECT ssn FROM customers\0".to_vec()),
+    ]);
+    for (tag, body) in msgs {
+        raw.send(tag, &body).await;
+    }
+    let (mut ready, mut rows, mut tags) = (0, Vec::new(), String::new());
+    while ready < 3 {
+        let (tag, body) = raw.read().await.expect("an answer");
+        tags.push(char::from(tag));
+        match tag {
+            b'Z' => ready += 1,
+            b'D' => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+            b'E' => panic!("{tags}: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    assert_eq!(rows.len(), 1, "{tags}");
+    assert!(
+        !rows[0].contains("6789"),
+        "the ssn column is masked: {rows:?}"
+    );
+}

@@ -101,6 +101,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         copy: Vec::new(),
         copy_bytes: 0,
         copy_ends: 0,
+        copy_armed: false,
     };
     let mut server = ServerHalf {
         cx,
@@ -522,8 +523,11 @@ struct ClientHalf<'a> {
     /// CopyData held until its record is durable.
     copy: Vec<Frame>,
     copy_bytes: usize,
-    /// CopyDone and CopyFail messages forwarded so far.
+    /// CopyDone and CopyFail messages forwarded so far that could end a COPY.
     copy_ends: u64,
+    /// An Execute or a query went to the server since the last counted
+    /// CopyDone or CopyFail.
+    copy_armed: bool,
 }
 
 /// How judging a message ended.
@@ -606,7 +610,12 @@ impl ClientHalf<'_> {
                 }
                 b'c' | b'f' => {
                     self.flush_copy().await?;
-                    self.copy_ends += 1;
+                    // Only an Execute or a query can have started a COPY:
+                    // a CopyDone without one (which the server ignores)
+                    // does not count as the end of one.
+                    if std::mem::take(&mut self.copy_armed) {
+                        self.copy_ends += 1;
+                    }
                     self.forward(&frame, None).await?;
                 }
                 b'F' => self.function_call(frame).await?,
@@ -689,6 +698,7 @@ impl ClientHalf<'_> {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
                 self.seq += 1;
+                self.copy_armed = true;
                 let track = QueryTrack {
                     current: Track::new(),
                     seq: self.seq,
@@ -953,6 +963,7 @@ impl ClientHalf<'_> {
                 p.described = true;
             }
         }
+        self.copy_armed = true;
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -1323,6 +1334,13 @@ impl ClientHalf<'_> {
     }
 }
 
+/// An answer from the server that matches no request the gateway knows of.
+fn out_of_step(what: &str) -> Error {
+    Error::Upstream(format!(
+        "the server sent a {what} that answers no request Airlock knows of; the session is ended rather than risk passing on results unmasked"
+    ))
+}
+
 /// The first C string of a message body, as raw bytes.
 fn cstr_at(b: &[u8]) -> Bytes {
     match frame::take_cstr(b) {
@@ -1434,6 +1452,20 @@ impl ServerHalf<'_> {
 
     async fn run(&mut self) -> Result<String> {
         let end = self.relay().await;
+        if let Err(e @ Error::Upstream(_)) = &end {
+            // The client is told why its session ends, masked like
+            // anything else that reaches it.
+            let mut counts = MaskCounts::new();
+            let text = self
+                .cx
+                .session
+                .masker()
+                .mask_str(None, &e.to_string(), &mut counts)
+                .into_owned();
+            let fatal =
+                frame::error_response(Severity::Fatal, sqlstate::INTERNAL_ERROR, &text, None);
+            let _ = self.write_client(&fatal).await;
+        }
         let _ = self.client.flush().await;
         end
     }
@@ -1729,7 +1761,11 @@ impl ServerHalf<'_> {
                             self.finish(track, None);
                         }
                     }
-                    _ => tracing::debug!("ReadyForQuery without a matching request"),
+                    // Every ReadyForQuery answers a Sync, a query or a
+                    // function call. Anything else means the gateway has
+                    // lost its place, and the next answers would be masked
+                    // by the wrong request's columns: fail closed.
+                    _ => return Err(out_of_step("ReadyForQuery")),
                 }
                 self.write_client(&frame.bytes).await
             }
@@ -1779,7 +1815,7 @@ impl ServerHalf<'_> {
                     Some(Pending::DescribeStatement(_)) => {
                         self.queue.pop_front();
                     }
-                    _ => {}
+                    _ => return Err(out_of_step("RowDescription")),
                 }
                 self.write_client(&frame.bytes).await
             }
@@ -1911,7 +1947,7 @@ impl ServerHalf<'_> {
                     cols
                 }
             },
-            _ => None,
+            _ => return Err(out_of_step("DataRow")),
         };
         let no_cols = Vec::new();
         let cols_ref: &[Column] = cols.as_deref().unwrap_or(&no_cols);

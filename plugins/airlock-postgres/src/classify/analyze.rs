@@ -29,11 +29,36 @@ use super::functions::{FunctionEffect, function_effect};
 fn limits_rows(selection: Option<&Expr>) -> bool {
     selection.is_some_and(|condition| {
         sqlparser::ast::visit_expressions(condition, |e| match e {
+            // sqlparser reads some of SQL's value keywords as names.
+            Expr::Identifier(id) if id.quote_style.is_none() && is_value_keyword(&id.value) => {
+                ControlFlow::Continue(())
+            }
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => ControlFlow::Break(()),
             _ => ControlFlow::Continue(()),
         })
         .is_break()
     })
+}
+
+/// SQL's keywords for values of the session rather than of a row
+/// (`WHERE current_role IS NOT NULL` holds for every row).
+fn is_value_keyword(name: &str) -> bool {
+    [
+        "current_role",
+        "current_schema",
+        "current_catalog",
+        "current_user",
+        "session_user",
+        "system_user",
+        "user",
+        "current_date",
+        "current_time",
+        "current_timestamp",
+        "localtime",
+        "localtimestamp",
+    ]
+    .iter()
+    .any(|k| name.eq_ignore_ascii_case(k))
 }
 
 /// Classifies one parsed statement whose source text is `text`.

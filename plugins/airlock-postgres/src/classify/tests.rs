@@ -179,6 +179,8 @@ fn a_where_clause_that_names_no_column_bounds_nothing() {
         "DELETE FROM t WHERE $1",
         "UPDATE t SET a = 1 WHERE random() < 2",
         "UPDATE t SET a = 1 WHERE (SELECT true)",
+        "DELETE FROM t WHERE current_role IS NOT NULL",
+        "DELETE FROM t WHERE CURRENT_SCHEMA = 'public' OR system_user IS NULL",
         "WITH gone AS (DELETE FROM t WHERE 1 = 1 RETURNING *) SELECT * FROM gone",
     ] {
         assert_eq!(op(sql).has_where, Some(false), "{sql}");
@@ -191,6 +193,8 @@ fn a_where_clause_that_names_no_column_bounds_nothing() {
         "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = t.id)",
         "UPDATE t SET a = 1 WHERE 1 = 1 AND id = 2",
         "UPDATE t SET a = 1 WHERE lower(name) = 'x'",
+        // A column that happens to be named like one, quoted.
+        "DELETE FROM t WHERE \"user\" = 'bob'",
     ] {
         assert_eq!(op(sql).has_where, Some(true), "{sql}");
     }
