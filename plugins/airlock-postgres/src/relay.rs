@@ -742,7 +742,9 @@ impl ClientHalf<'_> {
                     }
                 }
                 self.generation += 1;
-                self.settle(&name, false).await?;
+                if self.unsettled(&name) {
+                    self.settle(&name, false).await?;
+                }
                 let previous = match self.statements.remove(&name) {
                     Some(old) if old.review.is_some() || old.previous.is_some() => {
                         Some(Box::new(old))
@@ -777,7 +779,9 @@ impl ClientHalf<'_> {
         let bind: Bind = frame.decode(Peer::Client)?;
         let portal = cstr_at(frame.body());
         let statement = cstr_at(&frame.body()[portal.len() + 1..]);
-        self.settle(&statement, true).await?;
+        if self.unsettled(&statement) {
+            self.settle(&statement, true).await?;
+        }
         if self
             .prepared
             .bind_needs_judging(&statement, self.statements.contains_key(&statement))
@@ -966,6 +970,15 @@ impl ClientHalf<'_> {
         self.copy_armed = true;
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
+    }
+
+    /// Whether the entry for statement `name` keeps an earlier statement
+    /// (checked before [`Self::settle`], whose future is large for a path
+    /// every Bind takes).
+    fn unsettled(&self, name: &Bytes) -> bool {
+        self.statements
+            .get(name)
+            .is_some_and(|s| s.previous.is_some())
     }
 
     /// Brings the entry for statement `name` in line with what the server
