@@ -190,10 +190,19 @@ pub(crate) struct TooLarge {
     max: usize,
 }
 
+/// What every error for a message over the size limit says.
+const TOO_LARGE: &str = "is larger than the limit of";
+
+/// Whether a client's message was refused for its size (SQLSTATE 54000
+/// rather than a protocol violation).
+pub(crate) fn is_too_large(e: &Error) -> bool {
+    matches!(e, Error::Client(m) if m.contains(TOO_LARGE))
+}
+
 impl TooLarge {
     fn into_error(self, peer: Peer) -> Error {
         peer.error(format!(
-            "a {:?} message of {} bytes is larger than the limit of {} bytes{}",
+            "a {:?} message of {} bytes {TOO_LARGE} {} bytes{}",
             char::from(self.tag),
             self.len,
             self.max,

@@ -237,7 +237,7 @@ impl PostgresConnector {
         client.flush().await?;
         let token = match tokio::time::timeout(startup_time, client.reader.next()).await {
             Err(_) => return Err(Error::Client("no password message in time".into())),
-            Ok(Err(Error::Client(m))) if m.contains("larger than the limit") => {
+            Ok(Err(e)) if frame::is_too_large(&e) => {
                 return client
                     .fatal(
                         sqlstate::PROGRAM_LIMIT_EXCEEDED,

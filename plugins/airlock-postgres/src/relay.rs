@@ -556,9 +556,7 @@ impl ClientHalf<'_> {
             Ok(reason) => Ok(reason),
             Err(e) => {
                 let code = match &e {
-                    Error::Client(m) if m.contains("larger than the limit") => {
-                        sqlstate::PROGRAM_LIMIT_EXCEEDED
-                    }
+                    e if frame::is_too_large(e) => sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     Error::Client(_) => sqlstate::PROTOCOL_VIOLATION,
                     _ => sqlstate::INTERNAL_ERROR,
                 };
