@@ -485,3 +485,317 @@ targets = ["encrypted", "plain"]
         message(&e)
     );
 }
+
+/// `require_auth` and the clear-text rule, against a real server whose
+/// `pg_hba.conf` asks for passwords in clear text: the gateway refuses to
+/// send one over a link without TLS or to a server that asks in a way the
+/// target does not allow, and logs in when the same server asks the allowed
+/// way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_logins_are_refused_when_the_server_asks_the_wrong_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
+        .await
+        .unwrap();
+    pg.psql("ALTER SYSTEM SET log_connections = on")
+        .await
+        .unwrap();
+    pg.set_hba(&format!(
+        "local all all trust\nhost all {TRUST_USER} 127.0.0.1/32 trust\nhost all {MD5_USER} 127.0.0.1/32 password\nhost all all 127.0.0.1/32 scram-sha-256\n"
+    ))
+    .await
+    .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let clear_pw = dir.path().join("clear-password");
+    std::fs::write(&clear_pw, pg.md5_password()).unwrap();
+    let target = |name: &str, user: &str, sslmode: &str, require_auth: &str| {
+        let password = if user == TRUST_USER {
+            String::new()
+        } else if user == MD5_USER {
+            format!("password = {{ file = \"{}\" }}", clear_pw.display())
+        } else {
+            format!("password = {{ file = \"{}\" }}", pw.display())
+        };
+        format!(
+            "[targets.{name}]\nprotocol = \"postgres\"\nhost = \"localhost\"\nport = {}\ndatabase = \"app\"\nuser = \"{user}\"\n{password}\nsslmode = \"{sslmode}\"\n{require_auth}\n",
+            pg.port()
+        )
+    };
+    let scram_only = "require_auth = [\"scram-sha-256\"]";
+    let extra = [
+        target("clear", MD5_USER, "disable", ""),
+        target("clear-tls", MD5_USER, "require", ""),
+        target("clear-tls-scram-only", MD5_USER, "require", scram_only),
+        target("scram-only", "airlock_app", "disable", scram_only),
+        target("trusted", TRUST_USER, "disable", ""),
+        target("trusted-scram-only", TRUST_USER, "disable", scram_only),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"clear\", \"clear-tls\", \"clear-tls-scram-only\", \"scram-only\", \"trusted\", \"trusted-scram-only\"]\n".to_string(),
+    ]
+    .join("\n");
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+
+    for (db, says) in [
+        ("clear", "clear text over a connection without TLS"),
+        (
+            "clear-tls-scram-only",
+            "asks for the password by password, which targets.clear-tls-scram-only.require_auth does not allow",
+        ),
+        (
+            "trusted-scram-only",
+            "lets the gateway in without a password (trust), which targets.trusted-scram-only.require_auth does not allow",
+        ),
+    ] {
+        let e = connect(gw.addr, db, "agent-1", &token).await.expect_err(db);
+        assert_eq!(code(&e), "08001", "{db}: {e}");
+        assert!(message(&e).contains(says), "{db}: {}", message(&e));
+        assert!(!message(&e).contains(pg.md5_password()), "{db}");
+    }
+    for (db, user) in [
+        ("clear-tls", MD5_USER),
+        ("scram-only", "airlock_app"),
+        ("trusted", TRUST_USER),
+    ] {
+        let client = connect(gw.addr, db, "agent-1", &token)
+            .await
+            .unwrap_or_else(|e| panic!("{db}: {e}"));
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, user, "{db}");
+    }
+    // The clear-text password reached the server only over TLS: every
+    // login of that role the server let in came over TLS.
+    let log = pg.log();
+    let logins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("connection authorized: user={MD5_USER} ")))
+        .collect();
+    assert!(!logins.is_empty(), "{log}");
+    assert!(logins.iter().all(|l| l.contains("SSL enabled")), "{log}");
+}
+
+/// A listener serves at most `max_connections` clients; one more is told
+/// so in the protocol (53300) before its token is looked at, and gets in
+/// once a place is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_listener_refuses_with_too_many_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "max_connections = 2", ""), dir.path())
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let first = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
+    let second = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
+    // A third is refused even with a bad token: capacity is checked first.
+    for password in [token.as_str(), "not-a-token"] {
+        let e = connect(gw.addr, "app", "agent-1", password)
+            .await
+            .expect_err("the listener is full");
+        assert_eq!(code(&e), "53300", "{e}");
+        assert!(
+            message(&e).contains("too many connections") && message(&e).contains("max_connections"),
+            "{}",
+            message(&e)
+        );
+    }
+    // The two sessions were not disturbed.
+    for c in [&first, &second] {
+        let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    // Once one leaves, the next gets in (the gateway notices the close
+    // asynchronously, so allow it a moment).
+    drop(second);
+    let mut third = None;
+    for _ in 0..100 {
+        match connect(gw.addr, "app", "agent-1", &token).await {
+            Ok(c) => {
+                third = Some(c);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(code(&e), "53300", "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let third = third.expect("a place became free");
+    let one: i32 = third.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// When the target is out of connections for the gateway's role, the
+/// client sees PostgreSQL's own 53300 (which pools retry), not a generic
+/// connection failure; with a connection free, the same login works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_targets_too_many_connections_reaches_the_client_as_53300() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), dir.path())
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    pg.psql("ALTER ROLE airlock_app CONNECTION LIMIT 1")
+        .await
+        .unwrap();
+    let first = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
+    let e = connect(gw.addr, "app", "agent-1", &token)
+        .await
+        .expect_err("the role's only connection is taken");
+    assert_eq!(code(&e), "53300", "{e}");
+    assert!(
+        message(&e).contains("target app refused the gateway's login")
+            && message(&e).contains("too many connections for role"),
+        "{}",
+        message(&e)
+    );
+    assert!(!message(&e).contains(pg.password()));
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        match connect(gw.addr, "app", "agent-1", &token).await {
+            Ok(c) => {
+                again = Some(c);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(code(&e), "53300", "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let again = again.expect("the role's connection became free");
+    let one: i32 = again.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// A man in the middle for PostgreSQL's TLS: answers `SSLRequest`,
+/// terminates TLS with a certificate of its own, and relays the bytes to the
+/// real server over TLS. What a gateway with `sslmode = "require"` (no
+/// certificate check) cannot tell from the real server by the certificate.
+async fn tls_interceptor(server_port: u16, server_ca: &rcgen::Certificate) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let own = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let server_side = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![own.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_side));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_ca.der().clone()).unwrap();
+    let client_side = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_side));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut victim, _)) = listener.accept().await {
+            let (acceptor, connector) = (acceptor.clone(), connector.clone());
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                victim.read_exact(&mut request).await?;
+                victim.write_all(b"S").await?;
+                let mut victim = acceptor.accept(victim).await?;
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await?;
+                server.write_all(&request).await?;
+                let mut answer = [0u8; 1];
+                server.read_exact(&mut answer).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut server = connector.connect(name, server).await?;
+                tokio::io::copy_bidirectional(&mut victim, &mut server).await?;
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    addr
+}
+
+/// Over TLS the gateway binds SCRAM to the server's certificate
+/// (SCRAM-SHA-256-PLUS), so a man in the middle that relays the login to the
+/// real server fails it: PostgreSQL binds to its own certificate and refuses.
+/// The same interceptor relays a login without SCRAM (the control), and the
+/// gateway reaches the server itself with SCRAM over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
+        .await
+        .unwrap();
+    let middle = tls_interceptor(pg.port(), &cert).await;
+    let pw = pg.password_file(dir.path()).unwrap();
+    let target = |name: &str, port: u16, user: &str, password: bool| {
+        let password = if password {
+            format!("password = {{ file = \"{}\" }}", pw.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "[targets.{name}]\nprotocol = \"postgres\"\nhost = \"localhost\"\nport = {port}\ndatabase = \"app\"\nuser = \"{user}\"\n{password}\nsslmode = \"require\"\n"
+        )
+    };
+    let extra = [
+        target("direct", pg.port(), "airlock_app", true),
+        target("intercepted", middle.port(), "airlock_app", true),
+        target("intercepted-trust", middle.port(), TRUST_USER, false),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"direct\", \"intercepted\", \"intercepted-trust\"]\n".to_string(),
+    ]
+    .join("\n");
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    for (db, user) in [("direct", "airlock_app"), ("intercepted-trust", TRUST_USER)] {
+        let client = connect(gw.addr, db, "agent-1", &token)
+            .await
+            .unwrap_or_else(|e| panic!("{db}: {e}"));
+        let row = client
+            .query_one(&format!("SELECT current_user::text, ({ssl})"), &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), user, "{db}");
+        assert!(row.get::<_, bool>(1), "{db}: encrypted to the server");
+    }
+    let e = connect(gw.addr, "intercepted", "agent-1", &token)
+        .await
+        .expect_err("the relayed SCRAM login is bound to the middleman's certificate");
+    assert_eq!(code(&e), "08001", "{e}");
+    assert!(
+        message(&e).contains("target intercepted refused the gateway's login")
+            && message(&e).contains("channel binding"),
+        "{}",
+        message(&e)
+    );
+    assert!(pg.log().contains("channel binding"), "{}", pg.log());
+}

@@ -201,6 +201,23 @@ impl TestPostgres {
         Ok(pg)
     }
 
+    /// Replaces the server's `pg_hba.conf` with `hba` and waits until the
+    /// server has loaded it (new connections use it).
+    pub async fn set_hba(&self, hba: &str) -> anyhow::Result<()> {
+        let loaded = "SELECT pg_conf_load_time()";
+        let before = self.psql_in("postgres", loaded).await?;
+        std::fs::write(self.dir.path().join("data").join("pg_hba.conf"), hba)?;
+        self.psql_in("postgres", "SELECT pg_reload_conf()").await?;
+        // A new session reports when the postmaster last loaded its files.
+        for _ in 0..200 {
+            if self.psql_in("postgres", loaded).await? != before {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("the server did not reload pg_hba.conf:\n{}", self.log())
+    }
+
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

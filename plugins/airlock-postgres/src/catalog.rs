@@ -206,7 +206,11 @@ impl Catalog {
             "application_name".to_string(),
             "airlock-catalog".to_string(),
         );
-        let mut conn = self.target.connect(&params, LOOKUP_TIMEOUT).await?;
+        let mut conn = self
+            .target
+            .connect(&params, LOOKUP_TIMEOUT)
+            .await
+            .map_err(|e| e.error)?;
         // Only numbers the gateway formatted itself go into the text, and
         // every operator and type is pg_catalog's, whatever the role's
         // search_path holds (no SET: a pooler in front of the target would

@@ -57,6 +57,12 @@ pub struct PostgresListener {
     /// Seconds the gateway waits for a target to accept a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// The most client connections this listener serves at once, counted
+    /// from the first byte (so clients still logging in count too). One more
+    /// is told "too many connections" (SQLSTATE 53300) after its startup
+    /// message, before its token is checked; cancel requests always pass.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// How many distinct statement texts the SQL classifier caches per
     /// listener (prepared statements and repeated queries are classified once).
     #[serde(default = "default_classifier_cache")]
@@ -74,6 +80,9 @@ fn default_startup_timeout() -> u64 {
 }
 fn default_connect_timeout() -> u64 {
     10
+}
+fn default_max_connections() -> usize {
+    1000
 }
 fn default_classifier_cache() -> usize {
     4096
@@ -119,6 +128,53 @@ pub struct PostgresTarget {
     /// PEM file with the CA certificates that `verify-full` trusts.
     #[serde(default)]
     pub ssl_root_cert: Option<PathBuf>,
+    /// How the server may have the gateway log in, as libpq's `require_auth`:
+    /// any of `scram-sha-256`, `md5`, `password` (the password in clear
+    /// text) and `none` (`trust`: no password asked). A server that asks in
+    /// another way, or lets the gateway in without asking while `none` is
+    /// not listed, is refused before the credential is sent. All four by
+    /// default; `["scram-sha-256"]` makes the server prove it knows the
+    /// password before any statement reaches it. Whatever this says, the
+    /// password is never sent in clear text over a connection without TLS.
+    #[serde(default = "default_require_auth")]
+    pub require_auth: Vec<AuthMethod>,
+}
+
+fn default_require_auth() -> Vec<AuthMethod> {
+    vec![
+        AuthMethod::ScramSha256,
+        AuthMethod::Md5,
+        AuthMethod::Password,
+        AuthMethod::None,
+    ]
+}
+
+/// A way a PostgreSQL server has a client log in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256: the server proves it knows the password too.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5: a salted hash of the password.
+    #[serde(rename = "md5")]
+    Md5,
+    /// The password in clear text (only ever sent over TLS).
+    #[serde(rename = "password")]
+    Password,
+    /// No password (`trust`).
+    #[serde(rename = "none")]
+    None,
+}
+
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMethod::ScramSha256 => "scram-sha-256",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::Password => "password",
+            AuthMethod::None => "none",
+        })
+    }
 }
 
 fn default_port() -> u16 {
@@ -148,6 +204,7 @@ mod tests {
     fn listener_defaults_and_unknown_keys() {
         let l: PostgresListener = toml::from_str("").unwrap();
         assert_eq!(l.record_rows, 10);
+        assert_eq!(l.max_connections, 1000);
         assert!(!l.allow_cleartext_without_tls);
         assert!(l.tls_cert.is_none());
         let err = toml::from_str::<PostgresListener>("tls_certificate = \"x\"")
@@ -165,6 +222,18 @@ mod tests {
         assert_eq!(t.port, 5432);
         assert_eq!(t.sslmode, SslMode::VerifyFull);
         assert!(t.password.is_none());
+        assert_eq!(t.require_auth.len(), 4);
+        let t: PostgresTarget = toml::from_str(
+            "host = \"db\"\ndatabase = \"app\"\nuser = \"rw\"\nrequire_auth = [\"scram-sha-256\"]",
+        )
+        .unwrap();
+        assert_eq!(t.require_auth, vec![AuthMethod::ScramSha256]);
+        let err = toml::from_str::<PostgresTarget>(
+            "host = \"db\"\ndatabase = \"app\"\nuser = \"rw\"\nrequire_auth = [\"gss\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("scram-sha-256"), "{err}");
         let err = toml::from_str::<PostgresTarget>(
             "host = \"db\"\ndatabase = \"app\"\nuser = \"rw\"\npassword = \"hunter2\"",
         )

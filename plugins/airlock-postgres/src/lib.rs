@@ -36,6 +36,7 @@ mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_core::config::Secret;
@@ -49,7 +50,7 @@ use pgwire::messages::startup::{
 use rustls::ServerConfig;
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 
-pub use config::{PostgresListener, PostgresTarget, SslMode};
+pub use config::{AuthMethod, PostgresListener, PostgresTarget, SslMode};
 
 use crate::classify::Classifier;
 use crate::frame::{FrameReader, Peer, Severity, sqlstate};
@@ -70,6 +71,28 @@ pub struct PostgresConnector {
     tls: Option<Arc<ServerConfig>>,
     classifier: Classifier,
     cancels: Arc<cancel::Registry>,
+    /// Client connections open on this listener (see `max_connections`).
+    open: AtomicUsize,
+}
+
+/// One open client connection, counted in `PostgresConnector::open` while it lives.
+struct Slot<'a> {
+    open: &'a AtomicUsize,
+    /// Connections open with this one, itself included.
+    count: usize,
+}
+
+impl<'a> Slot<'a> {
+    fn take(open: &'a AtomicUsize) -> Slot<'a> {
+        let count = open.fetch_add(1, Ordering::Relaxed) + 1;
+        Slot { open, count }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[async_trait]
@@ -103,6 +126,7 @@ impl Connector for PostgresConnector {
             catalogs,
             tls,
             cancels: Arc::default(),
+            open: AtomicUsize::new(0),
         })
     }
 
@@ -114,6 +138,7 @@ impl Connector for PostgresConnector {
     }
 
     async fn serve(&self, client: ClientStream, info: ClientInfo, gateway: Gateway) -> Result<()> {
+        let slot = Slot::take(&self.open);
         let startup_time = Duration::from_secs(self.listener.startup_timeout_secs.max(1));
         let opened = tokio::time::timeout(startup_time, startup::open(client, self.tls.as_ref()))
             .await
@@ -124,7 +149,10 @@ impl Connector for PostgresConnector {
                 self.cancel(pid, secret).await;
                 Ok(())
             }
-            startup::Opening::Startup(hello) => self.session(hello, info, gateway).await,
+            startup::Opening::Startup(hello) => {
+                let full = slot.count > self.listener.max_connections;
+                self.session(hello, info, gateway, full).await
+            }
         }
     }
 }
@@ -191,6 +219,7 @@ impl PostgresConnector {
         hello: startup::Hello,
         mut info: ClientInfo,
         gateway: Gateway,
+        full: bool,
     ) -> Result<()> {
         let startup::Hello {
             stream,
@@ -217,6 +246,22 @@ impl PostgresConnector {
                     unsupported_options,
                 )))
                 .await?;
+        }
+        if full {
+            // Like PostgreSQL's own "too many clients": after the startup
+            // message, so the client can read the answer, and before the
+            // token, so a flood of connections costs no verification.
+            tracing::warn!(listener = %info.listener, client = %info.addr, max_connections = self.listener.max_connections, "connection refused: listener full");
+            return client
+                .fatal(
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    &format!(
+                        "too many connections: listener {:?} already serves {} (max_connections); try again later",
+                        info.listener, self.listener.max_connections
+                    ),
+                    Some("if this happens often, ask the operator to raise max_connections for this listener"),
+                )
+                .await;
         }
         if !tls && !self.listener.allow_cleartext_without_tls {
             return client
@@ -331,22 +376,20 @@ impl PostgresConnector {
         let connect_time = Duration::from_secs(self.listener.connect_timeout_secs.max(1));
         let upstream = match target.connect(&params, connect_time).await {
             Ok(u) => u,
-            Err(e) => {
+            Err(upstream::LoginError { error, sqlstate }) => {
                 // The server's words never hold the password, and are masked
                 // anyway: the dictionary always holds every target credential.
                 let mut counts = MaskCounts::new();
                 let message = session
                     .masker()
-                    .mask_str(None, &e.to_string(), &mut counts)
+                    .mask_str(None, &error.to_string(), &mut counts)
                     .into_owned();
                 session.record_later(Event::Error {
-                    side: e.side(),
+                    side: error.side(),
                     message: message.clone(),
                 });
                 let _ = session.end("the target could not be reached").await;
-                return client
-                    .fatal(sqlstate::CONNECTION_FAILURE, &message, None)
-                    .await;
+                return client.fatal(sqlstate, &message, None).await;
             }
         };
 

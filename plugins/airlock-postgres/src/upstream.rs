@@ -15,13 +15,15 @@ use pgwire::messages::startup::{
     BackendKeyData, ParameterStatus, Password, SASLInitialResponse, SASLResponse, Startup,
 };
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::config::{PostgresTarget, SslMode};
+use crate::config::{AuthMethod, PostgresTarget, SslMode};
 use crate::frame::{self, Frame, FrameReader, Peer};
 
 /// The largest message accepted from a server (PostgreSQL's own limit for a
@@ -41,7 +43,30 @@ pub(crate) struct Target {
     pub(crate) user: String,
     pub(crate) password: Option<Secret>,
     pub(crate) sslmode: SslMode,
+    /// How the server may have the gateway log in.
+    require_auth: Vec<AuthMethod>,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+/// What the link to the server is, as far as a login cares.
+#[derive(Debug)]
+enum Link {
+    Plain,
+    /// Encrypted. `end_point` is the server certificate's hash for SCRAM
+    /// channel binding (RFC 5929 `tls-server-end-point`), when the
+    /// certificate's signature algorithm names a hash to use.
+    Tls {
+        end_point: Option<Vec<u8>>,
+    },
+}
+
+/// Where a login stands, for judging the server's next request.
+struct Login {
+    link: Link,
+    /// The server has asked for the password in some form.
+    asked: bool,
+    /// SCRAM begun and not yet verified.
+    scram: Option<ScramSha256>,
 }
 
 impl Target {
@@ -50,6 +75,11 @@ impl Target {
         if t.sslmode == SslMode::VerifyFull && t.ssl_root_cert.is_none() {
             return Err(Error::Config(format!(
                 "targets.{name}: sslmode = \"verify-full\" needs ssl_root_cert (the CA that signed the server's certificate)"
+            )));
+        }
+        if t.require_auth.is_empty() {
+            return Err(Error::Config(format!(
+                "targets.{name}: require_auth is empty, so no login could succeed; list at least one of \"scram-sha-256\", \"md5\", \"password\", \"none\""
             )));
         }
         let tls = match t.sslmode {
@@ -71,6 +101,7 @@ impl Target {
             user: t.user,
             password: t.password,
             sslmode: t.sslmode,
+            require_auth: t.require_auth,
             tls,
         })
     }
@@ -83,7 +114,7 @@ impl Target {
     }
 
     /// Opens TCP (and TLS by `sslmode`) to the server.
-    async fn open(&self, timeout: Duration) -> Result<UpstreamStream> {
+    async fn open(&self, timeout: Duration) -> Result<(UpstreamStream, Link)> {
         let addr = (self.host.as_str(), self.port);
         let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => {
@@ -96,7 +127,7 @@ impl Target {
         };
         let _ = tcp.set_nodelay(true);
         let Some((config, server_name)) = &self.tls else {
-            return Ok(Box::new(tcp));
+            return Ok((Box::new(tcp), Link::Plain));
         };
         let mut request = BytesMut::with_capacity(8);
         request.put_i32(8);
@@ -120,9 +151,15 @@ impl Target {
                             self.name
                         ))
                     })?;
-                Ok(Box::new(tls))
+                let end_point = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| tls_server_end_point(leaf.as_ref()));
+                Ok((Box::new(tls), Link::Tls { end_point }))
             }
-            b'N' if self.sslmode == SslMode::Prefer => Ok(Box::new(tcp)),
+            b'N' if self.sslmode == SslMode::Prefer => Ok((Box::new(tcp), Link::Plain)),
             b'N' => Err(self.unreachable(format!(
                 "the server does not support TLS, which targets.{}.sslmode requires",
                 self.name
@@ -141,8 +178,8 @@ impl Target {
         &self,
         client_params: &BTreeMap<String, String>,
         timeout: Duration,
-    ) -> Result<Connected> {
-        let stream = self.open(timeout).await?;
+    ) -> std::result::Result<Connected, LoginError> {
+        let (stream, link) = self.open(timeout).await?;
         let (read, mut write) = tokio::io::split(stream);
         let mut reader = FrameReader::new(read, MAX_SERVER_MESSAGE, Peer::Upstream);
 
@@ -156,7 +193,11 @@ impl Target {
             .insert("database".to_string(), self.database.clone());
         send(&mut write, &frame::encode(&startup), self).await?;
 
-        let mut scram: Option<ScramSha256> = None;
+        let mut login = Login {
+            link,
+            asked: false,
+            scram: None,
+        };
         let mut params = Vec::new();
         let mut notices = Vec::new();
         let mut key = None;
@@ -169,7 +210,7 @@ impl Target {
             match frame.tag {
                 b'R' => {
                     frame::check_structure(b'R', frame.body(), Peer::Upstream)?;
-                    let reply = self.authenticate(&frame, &mut scram)?;
+                    let reply = self.authenticate(&frame, &mut login)?;
                     if let Some(reply) = reply {
                         send(&mut write, &reply, self).await?;
                     }
@@ -181,7 +222,7 @@ impl Target {
                 b'K' => {
                     let body = frame.body();
                     if body.len() < 8 {
-                        return Err(self.unreachable("malformed BackendKeyData"));
+                        return Err(self.unreachable("malformed BackendKeyData").into());
                     }
                     let mut b = body;
                     let pid = b.get_i32();
@@ -209,21 +250,19 @@ impl Target {
                     });
                 }
                 other => {
-                    return Err(self.unreachable(format!(
-                        "unexpected message {:?} during login",
-                        char::from(other)
-                    )));
+                    return Err(self
+                        .unreachable(format!(
+                            "unexpected message {:?} during login",
+                            char::from(other)
+                        ))
+                        .into());
                 }
             }
         }
     }
 
     /// Answers one authentication request of the server.
-    fn authenticate(
-        &self,
-        frame: &Frame,
-        scram: &mut Option<ScramSha256>,
-    ) -> Result<Option<Bytes>> {
+    fn authenticate(&self, frame: &Frame, login: &mut Login) -> Result<Option<Bytes>> {
         let mut body = frame.body();
         let code = body.get_i32();
         let password = || {
@@ -238,10 +277,46 @@ impl Target {
         // server that says "Ok" (or asks for the password in another form)
         // before proving it knows the password is not the expected server,
         // or a man in the middle fishing for the credential.
-        if scram.is_some() && !matches!(code, 11 | 12) {
+        if login.scram.is_some() && !matches!(code, 11 | 12) {
             return Err(self.unreachable(format!(
                 "the server answered authentication step {code} in the middle of SCRAM, before proving it knows the password; it may not be the expected server"
             )));
+        }
+        // Checked before anything derived from the password is sent: a
+        // server (or whoever answers in its place) chooses how to ask, and
+        // asking in clear text is how a credential is fished.
+        let method = match code {
+            0 if login.asked => None,
+            0 => Some(AuthMethod::None),
+            3 => Some(AuthMethod::Password),
+            5 => Some(AuthMethod::Md5),
+            10 => Some(AuthMethod::ScramSha256),
+            _ => None,
+        };
+        if let Some(method) = method {
+            if !self.require_auth.contains(&method) {
+                let asked = if method == AuthMethod::None {
+                    "lets the gateway in without a password (trust)".to_string()
+                } else {
+                    format!("asks for the password by {method}")
+                };
+                return Err(self.unreachable(format!(
+                    "the server {asked}, which targets.{}.require_auth does not allow (it allows {}); the gateway did not log in",
+                    self.name,
+                    self.require_auth
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if method == AuthMethod::Password && matches!(login.link, Link::Plain) {
+                return Err(self.unreachable(format!(
+                    "the server asks for the password in clear text over a connection without TLS, and the gateway never sends it that way (use scram-sha-256 for the role, or TLS: targets.{}.sslmode = \"require\" or \"verify-full\")",
+                    self.name
+                )));
+            }
+            login.asked |= method != AuthMethod::None;
         }
         match code {
             0 => Ok(None),
@@ -261,7 +336,8 @@ impl Target {
                     .split(|&b| b == 0)
                     .filter(|m| !m.is_empty())
                     .collect();
-                if !mechanisms.contains(&SCRAM_SHA_256.as_bytes()) {
+                let plus = mechanisms.contains(&SCRAM_SHA_256_PLUS.as_bytes());
+                if !plus && !mechanisms.contains(&SCRAM_SHA_256.as_bytes()) {
                     return Err(self.unreachable(format!(
                         "the server offers only SASL mechanisms {:?}; the gateway supports SCRAM-SHA-256",
                         mechanisms
@@ -270,16 +346,37 @@ impl Target {
                             .collect::<Vec<_>>()
                     )));
                 }
-                let s = ScramSha256::new(password()?.expose().as_bytes(), ChannelBinding::unsupported());
+                // Over TLS the SCRAM exchange is bound to the certificate
+                // the gateway saw: a man in the middle who terminates TLS
+                // (possible with sslmode = "require", which checks no
+                // certificate) and relays the exchange to the real server
+                // fails it, since that server binds to its own certificate.
+                // If the offer of binding was stripped on the way, "y" tells
+                // the server that the gateway could have bound, and a server
+                // that offered it refuses (RFC 5802's downgrade protection).
+                let (mechanism, binding) = match &login.link {
+                    Link::Tls {
+                        end_point: Some(hash),
+                    } if plus => (
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(hash.clone()),
+                    ),
+                    Link::Tls {
+                        end_point: Some(_),
+                    } => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                    _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                };
+                let s = ScramSha256::new(password()?.expose().as_bytes(), binding);
                 let first = Bytes::copy_from_slice(s.message());
-                *scram = Some(s);
+                login.scram = Some(s);
                 Ok(Some(frame::encode(&SASLInitialResponse::new(
-                    SCRAM_SHA_256.to_string(),
+                    mechanism.to_string(),
                     Some(first),
                 ))))
             }
             11 => {
-                let s = scram
+                let s = login
+                    .scram
                     .as_mut()
                     .ok_or_else(|| self.unreachable("SCRAM continue without a start"))?;
                 s.update(body).map_err(|e| self.unreachable(format!("SCRAM failed: {e}")))?;
@@ -288,7 +385,8 @@ impl Target {
                 )))))
             }
             12 => {
-                let s = scram
+                let s = login
+                    .scram
                     .as_mut()
                     .ok_or_else(|| self.unreachable("SCRAM final without a start"))?;
                 s.finish(body).map_err(|e| {
@@ -297,7 +395,7 @@ impl Target {
                     ))
                 })?;
                 // Verified: AuthenticationOk may follow.
-                *scram = None;
+                login.scram = None;
                 Ok(None)
             }
             other => Err(self.unreachable(format!(
@@ -308,7 +406,7 @@ impl Target {
 
     /// The error for a server that refused the login. The server's own text
     /// never holds the password, and it is masked before it reaches anyone.
-    fn refused(&self, e: &ErrorResponse) -> Error {
+    fn refused(&self, e: &ErrorResponse) -> LoginError {
         let field = |c: u8| {
             e.fields
                 .iter()
@@ -317,7 +415,12 @@ impl Target {
                 .unwrap_or("")
         };
         let code = field(b'C');
-        let hint = if code.starts_with("28") {
+        let hint = if field(b'M').contains("channel binding") {
+            format!(
+                " (the certificate the gateway saw is not the server's own: something between them may be relaying the connection; check the network path and use targets.{}.sslmode = \"verify-full\")",
+                self.name
+            )
+        } else if code.starts_with("28") {
             format!(
                 " (check targets.{}.user and targets.{}.password)",
                 self.name, self.name
@@ -327,13 +430,16 @@ impl Target {
         } else {
             String::new()
         };
-        Error::Upstream(format!(
-            "target {} refused the gateway's login as {:?}: {} [{}]{hint}",
-            self.name,
-            self.user,
-            field(b'M'),
-            code
-        ))
+        LoginError {
+            error: Error::Upstream(format!(
+                "target {} refused the gateway's login as {:?}: {} [{}]{hint}",
+                self.name,
+                self.user,
+                field(b'M'),
+                code
+            )),
+            sqlstate: passed_on(code).unwrap_or(frame::sqlstate::CONNECTION_FAILURE),
+        }
     }
 
     /// Forwards a cancel request for the server session `pid`/`secret`.
@@ -346,7 +452,7 @@ impl Target {
         // A cancel request needs no login; TLS is used only when the target
         // demands it (PostgreSQL accepts plain cancel requests otherwise).
         let mut stream: UpstreamStream = match self.sslmode {
-            SslMode::Require | SslMode::VerifyFull => self.open(timeout).await?,
+            SslMode::Require | SslMode::VerifyFull => self.open(timeout).await?.0,
             SslMode::Disable | SslMode::Prefer => {
                 let tcp = tokio::time::timeout(
                     timeout,
@@ -383,6 +489,60 @@ pub(crate) async fn send(
     write.flush().await.map_err(|e| target.unreachable(e))
 }
 
+/// The `tls-server-end-point` channel binding of a server certificate
+/// (RFC 5929): its hash by the hash of its signature algorithm, SHA-256 for
+/// MD5 and SHA-1. None for a signature without one hash (Ed25519, RSA-PSS),
+/// where PostgreSQL cannot bind either.
+fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let algorithm = match cert.signature_algorithm.algorithm.to_id_string().as_str() {
+        // md5WithRSA, sha1WithRSA, sha256WithRSA, ecdsa-with-SHA1, ecdsa-with-SHA256
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.2" => &digest::SHA256,
+        // sha384WithRSA, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => &digest::SHA384,
+        // sha512WithRSA, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &digest::SHA512,
+        _ => return None,
+    };
+    Some(digest::digest(algorithm, der).as_ref().to_vec())
+}
+
+/// A login that did not succeed.
+#[derive(Debug)]
+pub(crate) struct LoginError {
+    pub(crate) error: Error,
+    /// The SQLSTATE the client is told.
+    pub(crate) sqlstate: &'static str,
+}
+
+impl From<Error> for LoginError {
+    fn from(error: Error) -> Self {
+        LoginError {
+            error,
+            sqlstate: frame::sqlstate::CONNECTION_FAILURE,
+        }
+    }
+}
+
+/// The server's SQLSTATE when the client should see it as it is: the
+/// server is out of something (class 53: too many connections, for the
+/// role or the database, out of memory or disk) or not accepting
+/// connections right now (class 57: starting up, shutting down, in
+/// recovery). A client or pool retries those later; everything else about
+/// the gateway's own login (its password, its database) is the operator's
+/// to fix and reaches the client as 08001.
+fn passed_on(code: &str) -> Option<&'static str> {
+    const PASSED_ON: [&str; 9] = [
+        "53000", "53100", "53200", "53300", "53400", "57000", "57P01", "57P02", "57P03",
+    ];
+    PASSED_ON.iter().find(|c| **c == code).copied()
+}
+
 /// A logged-in server connection.
 pub(crate) struct Connected {
     pub(crate) reader: FrameReader<ReadHalf<UpstreamStream>>,
@@ -402,16 +562,36 @@ pub(crate) struct Connected {
 mod tests {
     use super::*;
 
-    fn target() -> Target {
+    const ALL: [AuthMethod; 4] = [
+        AuthMethod::ScramSha256,
+        AuthMethod::Md5,
+        AuthMethod::Password,
+        AuthMethod::None,
+    ];
+
+    fn target(require_auth: &[AuthMethod]) -> Target {
         Target {
             name: "t".into(),
             host: "127.0.0.1".into(),
             port: 5432,
             database: "app".into(),
             user: "bot".into(),
-            password: Some(Secret::from_value("pw", "test")),
+            password: Some(Secret::from_value("pw-held", "test")),
             sslmode: SslMode::Disable,
+            require_auth: require_auth.to_vec(),
             tls: None,
+        }
+    }
+
+    fn login(tls: bool) -> Login {
+        Login {
+            link: if tls {
+                Link::Tls { end_point: None }
+            } else {
+                Link::Plain
+            },
+            asked: false,
+            scram: None,
         }
     }
 
@@ -421,33 +601,182 @@ mod tests {
         Frame::from_encoded(frame::raw(b'R', &body))
     }
 
+    fn sends_password(reply: &Bytes) -> bool {
+        reply.windows(7).any(|w| w == b"pw-held")
+    }
+
     /// A server that began SCRAM must finish it, proving it knows the
     /// password, before the gateway believes its AuthenticationOk or
     /// answers another kind of request with the password.
     #[test]
     fn a_server_that_began_scram_must_finish_it() {
-        let t = target();
+        let t = target(&ALL);
         // Without SCRAM an Ok is an Ok (trust), and md5 gets its answer.
         assert!(matches!(
-            t.authenticate(&request(0, b""), &mut None),
+            t.authenticate(&request(0, b""), &mut login(false)),
             Ok(None)
         ));
         assert!(matches!(
-            t.authenticate(&request(5, b"salt"), &mut None),
+            t.authenticate(&request(5, b"salt"), &mut login(false)),
             Ok(Some(_))
         ));
         for code in [0, 3, 5] {
-            let mut scram = None;
+            let mut l = login(true);
             let first = t
-                .authenticate(&request(10, b"SCRAM-SHA-256\0\0"), &mut scram)
+                .authenticate(&request(10, b"SCRAM-SHA-256\0\0"), &mut l)
                 .unwrap();
-            assert!(first.is_some() && scram.is_some());
-            let e = t
-                .authenticate(&request(code, b"salt"), &mut scram)
-                .unwrap_err();
+            assert!(first.is_some() && l.scram.is_some());
+            let e = t.authenticate(&request(code, b"salt"), &mut l).unwrap_err();
             assert!(
                 e.to_string().contains("in the middle of SCRAM"),
                 "{code}: {e}"
+            );
+        }
+    }
+
+    /// `require_auth` is judged before anything derived from the password
+    /// leaves: a server that asks another way (or trusts the gateway while
+    /// `none` is not allowed) gets nothing, one that asks the allowed way
+    /// gets its answer.
+    #[test]
+    fn require_auth_is_checked_before_the_password_is_sent() {
+        let scram_only = target(&[AuthMethod::ScramSha256]);
+        for (code, says) in [
+            (5, "asks for the password by md5"),
+            (3, "asks for the password by password"),
+            (0, "without a password (trust)"),
+        ] {
+            let e = scram_only
+                .authenticate(&request(code, b"salt"), &mut login(true))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(says)
+                    && e.contains("targets.t.require_auth")
+                    && e.contains("scram-sha-256"),
+                "{code}: {e}"
+            );
+            assert!(!e.contains("pw-held"), "{e}");
+        }
+        let first = scram_only
+            .authenticate(&request(10, b"SCRAM-SHA-256\0\0"), &mut login(true))
+            .unwrap();
+        assert!(first.is_some());
+        // The same requests with the methods allowed are answered.
+        let all = target(&ALL);
+        let md5 = all
+            .authenticate(&request(5, b"salt"), &mut login(true))
+            .unwrap();
+        assert!(md5.is_some());
+        assert!(matches!(
+            all.authenticate(&request(0, b""), &mut login(true)),
+            Ok(None)
+        ));
+        // An Ok after the password was asked for is the end of that login,
+        // not trust, even when `none` is not allowed.
+        let md5_only = target(&[AuthMethod::Md5]);
+        let mut l = login(false);
+        assert!(
+            md5_only
+                .authenticate(&request(5, b"salt"), &mut l)
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            md5_only.authenticate(&request(0, b""), &mut l),
+            Ok(None)
+        ));
+    }
+
+    /// The password goes in clear text only over TLS, whatever
+    /// `require_auth` says.
+    #[test]
+    fn clear_text_passwords_only_over_tls() {
+        let t = target(&ALL);
+        let e = t
+            .authenticate(&request(3, b""), &mut login(false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("clear text over a connection without TLS")
+                && e.contains("targets.t.sslmode"),
+            "{e}"
+        );
+        let reply = t
+            .authenticate(&request(3, b""), &mut login(true))
+            .unwrap()
+            .unwrap();
+        assert!(sends_password(&reply));
+    }
+
+    /// The channel binding hash follows the certificate's signature
+    /// algorithm, and SCRAM binds to it when the server offers binding.
+    #[test]
+    fn scram_binds_to_the_certificate_over_tls() {
+        use ring::digest;
+        let cert = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            rcgen::CertificateParams::new(vec!["db".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let p256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            tls_server_end_point(&p256).unwrap(),
+            digest::digest(&digest::SHA256, &p256).as_ref()
+        );
+        let p384 = cert(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            tls_server_end_point(&p384).unwrap(),
+            digest::digest(&digest::SHA384, &p384).as_ref()
+        );
+        assert_eq!(tls_server_end_point(&cert(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(tls_server_end_point(b"not a certificate"), None);
+
+        let t = target(&ALL);
+        let first = |link: Link, offer: &[u8]| {
+            let mut l = Login {
+                link,
+                asked: false,
+                scram: None,
+            };
+            let reply = t
+                .authenticate(&request(10, offer), &mut l)
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&reply).into_owned()
+        };
+        let both = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+        let bound = first(
+            Link::Tls {
+                end_point: Some(vec![7; 32]),
+            },
+            both,
+        );
+        assert!(
+            bound.contains("SCRAM-SHA-256-PLUS") && bound.contains("p=tls-server-end-point,,n="),
+            "{bound:?}"
+        );
+        // Offered no binding over TLS: "y", so a server that did offer it
+        // and had the offer stripped refuses.
+        let unoffered = first(
+            Link::Tls {
+                end_point: Some(vec![7; 32]),
+            },
+            b"SCRAM-SHA-256\0\0",
+        );
+        assert!(
+            !unoffered.contains("PLUS") && unoffered.contains("y,,n="),
+            "{unoffered:?}"
+        );
+        for link in [Link::Plain, Link::Tls { end_point: None }] {
+            let unbound = first(link, both);
+            assert!(
+                !unbound.contains("PLUS") && unbound.contains("n,,n="),
+                "{unbound:?}"
             );
         }
     }
