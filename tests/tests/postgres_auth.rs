@@ -686,10 +686,14 @@ async fn the_targets_too_many_connections_reaches_the_client_as_53300() {
 /// terminates TLS with a certificate of its own, and relays the bytes to the
 /// real server over TLS. What a gateway with `sslmode = "require"` (no
 /// certificate check) cannot tell from the real server by the certificate.
-async fn tls_interceptor(server_port: u16, server_ca: &rcgen::Certificate) -> std::net::SocketAddr {
+async fn tls_interceptor(
+    server_port: u16,
+    server_ca: &rcgen::Certificate,
+    algorithm: &'static rcgen::SignatureAlgorithm,
+) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = || Arc::new(rustls::crypto::ring::default_provider());
-    let key = rcgen::KeyPair::generate().unwrap();
+    let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
     let own = rcgen::CertificateParams::new(vec!["localhost".into()])
         .unwrap()
         .self_signed(&key)
@@ -752,7 +756,10 @@ async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fail
     let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
         .await
         .unwrap();
-    let middle = tls_interceptor(pg.port(), &cert).await;
+    let middle = tls_interceptor(pg.port(), &cert, &rcgen::PKCS_ECDSA_P256_SHA256).await;
+    // One whose certificate cannot be bound (Ed25519): an unbound login
+    // would let it relay.
+    let unbindable = tls_interceptor(pg.port(), &cert, &rcgen::PKCS_ED25519).await;
     let pw = pg.password_file(dir.path()).unwrap();
     let target = |name: &str, port: u16, user: &str, password: bool| {
         let password = if password {
@@ -768,7 +775,9 @@ async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fail
         target("direct", pg.port(), "airlock_app", true),
         target("intercepted", middle.port(), "airlock_app", true),
         target("intercepted-trust", middle.port(), TRUST_USER, false),
-        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"direct\", \"intercepted\", \"intercepted-trust\"]\n".to_string(),
+        target("unbindable", unbindable.port(), "airlock_app", true),
+        target("unbindable-trust", unbindable.port(), TRUST_USER, false),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"direct\", \"intercepted\", \"intercepted-trust\", \"unbindable\", \"unbindable-trust\"]\n".to_string(),
     ]
     .join("\n");
     let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
@@ -776,7 +785,11 @@ async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fail
         .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-    for (db, user) in [("direct", "airlock_app"), ("intercepted-trust", TRUST_USER)] {
+    for (db, user) in [
+        ("direct", "airlock_app"),
+        ("intercepted-trust", TRUST_USER),
+        ("unbindable-trust", TRUST_USER),
+    ] {
         let client = connect(gw.addr, db, "agent-1", &token)
             .await
             .unwrap_or_else(|e| panic!("{db}: {e}"));
@@ -798,4 +811,105 @@ async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fail
         message(&e)
     );
     assert!(pg.log().contains("channel binding"), "{}", pg.log());
+    let e = connect(gw.addr, "unbindable", "agent-1", &token)
+        .await
+        .expect_err("a certificate that cannot be bound gets no unbound login");
+    assert_eq!(code(&e), "08001", "{e}");
+    assert!(
+        message(&e).contains("names no hash to bind with"),
+        "{}",
+        message(&e)
+    );
+}
+
+/// A server that answers the gateway's startup as if logged in, without
+/// ever accepting a login (no AuthenticationOk); or, for a target that
+/// requires SCRAM, with a bare AuthenticationOk. Records the first byte of
+/// every message the gateway sends it after the startup.
+async fn rogue_server(send_ok: bool) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                c.read_exact(&mut len).await?;
+                let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+                c.read_exact(&mut startup).await?;
+                let mut answer = Vec::new();
+                if send_ok {
+                    answer.extend_from_slice(b"R\0\0\0\x08\0\0\0\0");
+                }
+                answer.extend_from_slice(b"S\0\0\0\x16server_version\x0015\0");
+                answer.extend_from_slice(b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02");
+                answer.extend_from_slice(b"Z\0\0\0\x05I");
+                c.write_all(&answer).await?;
+                // Whatever the gateway sends next (a Terminate, or a query
+                // if it took the session).
+                let mut tag = [0u8; 1];
+                while c.read_exact(&mut tag).await.is_ok() {
+                    log.lock().unwrap().push(tag[0]);
+                    let mut len = [0u8; 4];
+                    c.read_exact(&mut len).await?;
+                    let mut body = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+                    c.read_exact(&mut body).await?;
+                }
+                Ok::<_, std::io::Error>(())
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A server that skips authentication gets no session, whatever
+/// `require_auth` allows; one that says a bare AuthenticationOk gets one
+/// only where `none` (trust) is allowed. Where it gets none, the client's
+/// statement never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_accepts_the_login_gets_no_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let (skipper, skipper_seen) = rogue_server(false).await;
+    let (truster, truster_seen) = rogue_server(true).await;
+    let target = |name: &str, addr: std::net::SocketAddr, require_auth: &str| {
+        format!(
+            "[targets.{name}]\nprotocol = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"app\"\nuser = \"airlock_app\"\npassword = {{ file = \"{}\" }}\nsslmode = \"disable\"\n{require_auth}\n",
+            addr.port(),
+            pw.display()
+        )
+    };
+    let extra = [
+        target("skips-login", skipper, ""),
+        target("trusts-scram-only", truster, "require_auth = [\"scram-sha-256\"]"),
+        target("trusts", truster, ""),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"skips-login\", \"trusts-scram-only\", \"trusts\"]\n".to_string(),
+    ]
+    .join("\n");
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    for (db, says) in [
+        ("skips-login", "before it accepted the login"),
+        ("trusts-scram-only", "without a password (trust)"),
+    ] {
+        let e = connect(gw.addr, db, "agent-1", &token).await.expect_err(db);
+        assert_eq!(code(&e), "08001", "{db}: {e}");
+        assert!(message(&e).contains(says), "{db}: {}", message(&e));
+    }
+    // Where trust is allowed, the same bare Ok is a login: the session
+    // opens and the client's statement reaches that server.
+    let client = connect(gw.addr, "trusts", "agent-1", &token).await.unwrap();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        client.simple_query("SELECT 1"),
+    )
+    .await;
+    assert!(truster_seen.lock().unwrap().contains(&b'Q'));
+    assert!(!skipper_seen.lock().unwrap().contains(&b'Q'));
 }

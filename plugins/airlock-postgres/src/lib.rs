@@ -36,7 +36,7 @@ mod upstream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_core::config::Secret;
@@ -73,19 +73,26 @@ pub struct PostgresConnector {
     cancels: Arc<cancel::Registry>,
     /// Client connections open on this listener (see `max_connections`).
     open: AtomicUsize,
+    /// When a refusal for a full listener was last logged (seconds since
+    /// the Unix epoch): once a minute is enough to tell the operator, and a
+    /// flood of connections does not become a flood of log lines.
+    full_logged: AtomicU64,
 }
 
 /// One open client connection, counted in `PostgresConnector::open` while it lives.
 struct Slot<'a> {
     open: &'a AtomicUsize,
-    /// Connections open with this one, itself included.
-    count: usize,
 }
 
 impl<'a> Slot<'a> {
     fn take(open: &'a AtomicUsize) -> Slot<'a> {
-        let count = open.fetch_add(1, Ordering::Relaxed) + 1;
-        Slot { open, count }
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot { open }
+    }
+
+    /// Connections open now, this one included.
+    fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 }
 
@@ -102,6 +109,11 @@ impl Connector for PostgresConnector {
     type Target = PostgresTarget;
 
     fn new(listener: PostgresListener, targets: BTreeMap<String, PostgresTarget>) -> Result<Self> {
+        if listener.max_connections == 0 {
+            return Err(Error::Config(
+                "max_connections = 0 would refuse every client; set it to at least 1".into(),
+            ));
+        }
         let tls = match (&listener.tls_cert, &listener.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             (None, None) => None,
@@ -127,6 +139,7 @@ impl Connector for PostgresConnector {
             tls,
             cancels: Arc::default(),
             open: AtomicUsize::new(0),
+            full_logged: AtomicU64::new(0),
         })
     }
 
@@ -150,7 +163,9 @@ impl Connector for PostgresConnector {
                 Ok(())
             }
             startup::Opening::Startup(hello) => {
-                let full = slot.count > self.listener.max_connections;
+                // Counted now, not at accept: places freed while this
+                // client negotiated TLS are free for it.
+                let full = slot.count() > self.listener.max_connections;
                 self.session(hello, info, gateway, full).await
             }
         }
@@ -251,7 +266,18 @@ impl PostgresConnector {
             // Like PostgreSQL's own "too many clients": after the startup
             // message, so the client can read the answer, and before the
             // token, so a flood of connections costs no verification.
-            tracing::warn!(listener = %info.listener, client = %info.addr, max_connections = self.listener.max_connections, "connection refused: listener full");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = self.full_logged.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .full_logged
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(listener = %info.listener, client = %info.addr, max_connections = self.listener.max_connections, "listener full: refusing connections (logged at most once a minute)");
+            }
             return client
                 .fatal(
                     sqlstate::TOO_MANY_CONNECTIONS,

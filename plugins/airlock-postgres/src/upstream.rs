@@ -67,6 +67,19 @@ struct Login {
     asked: bool,
     /// SCRAM begun and not yet verified.
     scram: Option<ScramSha256>,
+    /// The server said AuthenticationOk, after whatever `require_auth` allows.
+    ok: bool,
+}
+
+impl Login {
+    fn new(link: Link) -> Login {
+        Login {
+            link,
+            asked: false,
+            scram: None,
+            ok: false,
+        }
+    }
 }
 
 impl Target {
@@ -193,11 +206,7 @@ impl Target {
             .insert("database".to_string(), self.database.clone());
         send(&mut write, &frame::encode(&startup), self).await?;
 
-        let mut login = Login {
-            link,
-            asked: false,
-            scram: None,
-        };
+        let mut login = Login::new(link);
         let mut params = Vec::new();
         let mut notices = Vec::new();
         let mut key = None;
@@ -216,10 +225,12 @@ impl Target {
                     }
                 }
                 b'S' => {
+                    self.logged_in(&login, "a parameter status")?;
                     let p: ParameterStatus = frame.decode(Peer::Upstream)?;
                     params.push((p.name, p.value));
                 }
                 b'K' => {
+                    self.logged_in(&login, "its cancel key")?;
                     let body = frame.body();
                     if body.len() < 8 {
                         return Err(self.unreachable("malformed BackendKeyData").into());
@@ -237,6 +248,7 @@ impl Target {
                     return Err(self.refused(&e));
                 }
                 b'Z' => {
+                    self.logged_in(&login, "ReadyForQuery")?;
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     let (pid, secret) = key.unwrap_or((0, Bytes::new()));
                     return Ok(Connected {
@@ -259,6 +271,19 @@ impl Target {
                 }
             }
         }
+    }
+
+    /// Refuses a message of a logged-in session before the server accepted
+    /// the login: a server that skips authentication (or SCRAM's proof)
+    /// would otherwise get the session without `require_auth` ever judging
+    /// how it let the gateway in. libpq refuses the same.
+    fn logged_in(&self, login: &Login, what: &str) -> Result<()> {
+        if login.ok {
+            return Ok(());
+        }
+        Err(self.unreachable(format!(
+            "the server sent {what} before it accepted the login (AuthenticationOk); it may not be the expected server"
+        )))
     }
 
     /// Answers one authentication request of the server.
@@ -319,7 +344,10 @@ impl Target {
             login.asked |= method != AuthMethod::None;
         }
         match code {
-            0 => Ok(None),
+            0 => {
+                login.ok = true;
+                Ok(None)
+            }
             3 => Ok(Some(frame::encode(&Password::new(
                 password()?.expose().to_string(),
             )))),
@@ -337,7 +365,8 @@ impl Target {
                     .filter(|m| !m.is_empty())
                     .collect();
                 let plus = mechanisms.contains(&SCRAM_SHA_256_PLUS.as_bytes());
-                if !plus && !mechanisms.contains(&SCRAM_SHA_256.as_bytes()) {
+                let unbound = mechanisms.contains(&SCRAM_SHA_256.as_bytes());
+                if !plus && !unbound {
                     return Err(self.unreachable(format!(
                         "the server offers only SASL mechanisms {:?}; the gateway supports SCRAM-SHA-256",
                         mechanisms
@@ -347,13 +376,16 @@ impl Target {
                     )));
                 }
                 // Over TLS the SCRAM exchange is bound to the certificate
-                // the gateway saw: a man in the middle who terminates TLS
-                // (possible with sslmode = "require", which checks no
-                // certificate) and relays the exchange to the real server
-                // fails it, since that server binds to its own certificate.
-                // If the offer of binding was stripped on the way, "y" tells
-                // the server that the gateway could have bound, and a server
-                // that offered it refuses (RFC 5802's downgrade protection).
+                // the gateway saw, as libpq binds it: a man in the middle
+                // who terminates TLS (possible with sslmode = "require",
+                // which checks no certificate) and relays the exchange to
+                // the real server fails it, since that server binds to its
+                // own certificate. A server that offers binding gets it or
+                // no login (never an unbound one, or the man in the middle
+                // would pick a certificate that cannot be bound); without
+                // the offer, "y" tells the server that the gateway could
+                // have bound, and a server whose offer was stripped on the
+                // way refuses (RFC 5802's downgrade protection).
                 let (mechanism, binding) = match &login.link {
                     Link::Tls {
                         end_point: Some(hash),
@@ -361,10 +393,20 @@ impl Target {
                         SCRAM_SHA_256_PLUS,
                         ChannelBinding::tls_server_end_point(hash.clone()),
                     ),
-                    Link::Tls {
-                        end_point: Some(_),
-                    } => (SCRAM_SHA_256, ChannelBinding::unrequested()),
-                    _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    Link::Tls { end_point: None } if plus => {
+                        return Err(self.unreachable(
+                            "the server offers channel binding (SCRAM-SHA-256-PLUS), but the certificate it presented names no hash to bind with (its signature is not RSA or ECDSA with SHA-1 or SHA-2), and the gateway does not log in unbound over TLS, where a man in the middle could relay the login (give the server an RSA or ECDSA certificate)",
+                        ));
+                    }
+                    Link::Tls { .. } if unbound => {
+                        (SCRAM_SHA_256, ChannelBinding::unrequested())
+                    }
+                    Link::Plain if unbound => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    _ => {
+                        return Err(self.unreachable(
+                            "the server offers only SCRAM-SHA-256-PLUS, which binds to TLS, over a connection without TLS (set sslmode = \"require\" or \"verify-full\")",
+                        ));
+                    }
                 };
                 let s = ScramSha256::new(password()?.expose().as_bytes(), binding);
                 let first = Bytes::copy_from_slice(s.message());
@@ -584,15 +626,13 @@ mod tests {
     }
 
     fn login(tls: bool) -> Login {
-        Login {
-            link: if tls {
-                Link::Tls { end_point: None }
-            } else {
-                Link::Plain
-            },
-            asked: false,
-            scram: None,
-        }
+        Login::new(if tls {
+            Link::Tls {
+                end_point: Some(vec![7; 32]),
+            }
+        } else {
+            Link::Plain
+        })
     }
 
     fn request(code: i32, rest: &[u8]) -> Frame {
@@ -738,46 +778,64 @@ mod tests {
 
         let t = target(&ALL);
         let first = |link: Link, offer: &[u8]| {
-            let mut l = Login {
-                link,
-                asked: false,
-                scram: None,
-            };
-            let reply = t
-                .authenticate(&request(10, offer), &mut l)
-                .unwrap()
-                .unwrap();
-            String::from_utf8_lossy(&reply).into_owned()
+            let mut l = Login::new(link);
+            let reply = t.authenticate(&request(10, offer), &mut l)?;
+            Ok::<_, Error>(String::from_utf8_lossy(&reply.unwrap_or_default()).into_owned())
         };
-        let both = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
-        let bound = first(
-            Link::Tls {
-                end_point: Some(vec![7; 32]),
-            },
-            both,
-        );
+        let tls = || Link::Tls {
+            end_point: Some(vec![7; 32]),
+        };
+        let both: &[u8] = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+        let bound = first(tls(), both).unwrap();
         assert!(
             bound.contains("SCRAM-SHA-256-PLUS") && bound.contains("p=tls-server-end-point,,n="),
             "{bound:?}"
         );
         // Offered no binding over TLS: "y", so a server that did offer it
         // and had the offer stripped refuses.
-        let unoffered = first(
-            Link::Tls {
-                end_point: Some(vec![7; 32]),
-            },
-            b"SCRAM-SHA-256\0\0",
-        );
+        let unoffered = first(tls(), b"SCRAM-SHA-256\0\0").unwrap();
         assert!(
             !unoffered.contains("PLUS") && unoffered.contains("y,,n="),
             "{unoffered:?}"
         );
-        for link in [Link::Plain, Link::Tls { end_point: None }] {
-            let unbound = first(link, both);
-            assert!(
-                !unbound.contains("PLUS") && unbound.contains("n,,n="),
-                "{unbound:?}"
-            );
-        }
+        // Without TLS there is nothing to bind to: "n".
+        let plain = first(Link::Plain, both).unwrap();
+        assert!(
+            !plain.contains("PLUS") && plain.contains("n,,n="),
+            "{plain:?}"
+        );
+        // Offered binding over TLS with a certificate that cannot be bound
+        // (a man in the middle's choice): no login, not an unbound one.
+        let e = first(Link::Tls { end_point: None }, both).unwrap_err();
+        assert!(e.to_string().contains("names no hash to bind with"), "{e}");
+        let e = first(Link::Plain, b"SCRAM-SHA-256-PLUS\0\0").unwrap_err();
+        assert!(e.to_string().contains("without TLS"), "{e}");
+    }
+
+    /// Until the server accepts the login, the messages of a session
+    /// (parameter status, cancel key, ReadyForQuery) are refused: a server
+    /// that skips authentication, or SCRAM's proof, gets no session.
+    #[test]
+    fn a_session_begins_only_after_authentication_ok() {
+        let t = target(&[AuthMethod::ScramSha256]);
+        let fresh = login(true);
+        let e = t
+            .logged_in(&fresh, "ReadyForQuery")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("before it accepted the login"), "{e}");
+        let mut l = login(true);
+        t.authenticate(&request(10, b"SCRAM-SHA-256\0\0"), &mut l)
+            .unwrap();
+        assert!(t.logged_in(&l, "ReadyForQuery").is_err(), "mid-SCRAM");
+        // An Ok in the middle of SCRAM is refused, and leaves no session.
+        assert!(t.authenticate(&request(0, b""), &mut l).is_err());
+        assert!(t.logged_in(&l, "ReadyForQuery").is_err());
+        // Trust, where allowed, is a login.
+        let mut trusted = login(false);
+        target(&ALL)
+            .authenticate(&request(0, b""), &mut trusted)
+            .unwrap();
+        assert!(t.logged_in(&trusted, "ReadyForQuery").is_ok());
     }
 }
