@@ -598,6 +598,9 @@ async fn a_full_listener_refuses_with_too_many_connections() {
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let first = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
     let second = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
+    let refused_before = airlock_core::telemetry::METRICS
+        .refused_full
+        .load(std::sync::atomic::Ordering::Relaxed);
     // A third is refused even with a bad token: capacity is checked first.
     for password in [token.as_str(), "not-a-token"] {
         let e = connect(gw.addr, "app", "agent-1", password)
@@ -610,6 +613,11 @@ async fn a_full_listener_refuses_with_too_many_connections() {
             message(&e)
         );
     }
+    // Counted for the operator's metrics (no other test fills a listener).
+    let refused = airlock_core::telemetry::METRICS
+        .refused_full
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused - refused_before, 2);
     // The two sessions were not disturbed.
     for c in [&first, &second] {
         let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);

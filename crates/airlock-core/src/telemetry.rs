@@ -40,6 +40,7 @@ counters! {
     append_failures: "airlock_audit_append_failures_total", "Records refused because the store could not write them.";
     sessions: "airlock_sessions_started_total", "Sessions started.";
     access_denied: "airlock_access_denied_total", "Connections refused before a session (bad token, no grant).";
+    refused_full: "airlock_connections_refused_full_total", "Client connections refused because their listener already served max_connections.";
     allowed: "airlock_operations_allowed_total", "Operations allowed by policy.";
     denied: "airlock_operations_denied_total", "Operations denied by policy.";
     reviewed: "airlock_operations_reviewed_total", "Operations sent to review.";

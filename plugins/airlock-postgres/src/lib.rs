@@ -273,6 +273,9 @@ impl PostgresConnector {
             // Like PostgreSQL's own "too many clients": after the startup
             // message, so the client can read the answer, and before the
             // token, so a flood of connections costs no verification.
+            airlock_core::telemetry::METRICS
+                .refused_full
+                .fetch_add(1, Ordering::Relaxed);
             let refused = self.full_refused.fetch_add(1, Ordering::Relaxed) + 1;
             // Offset by a minute, so that the first refusal is logged.
             let now = self.started.elapsed().as_secs() + 60;
