@@ -39,13 +39,21 @@ fn message(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
-/// A self-signed certificate for "localhost", written as PEM files.
-fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
+/// A self-signed certificate for "localhost" signed by `algorithm`.
+fn localhost_cert(
+    algorithm: &'static rcgen::SignatureAlgorithm,
+) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
         .unwrap()
         .self_signed(&key)
         .unwrap();
+    (cert, key)
+}
+
+/// A self-signed certificate for "localhost", written as PEM files.
+fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
     let (c, k) = (dir.join("gw.crt"), dir.join("gw.key"));
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
@@ -411,11 +419,7 @@ targets = ["md5", "trusted", "chained"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_reaches_postgresql_encrypted_and_never_downgrades() {
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
     let ca = dir.path().join("pg-ca.crt");
     std::fs::write(&ca, cert.pem()).unwrap();
     let tls_pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
@@ -494,11 +498,7 @@ targets = ["encrypted", "plain"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_logins_are_refused_when_the_server_asks_the_wrong_way() {
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
     let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
         .await
         .unwrap();
@@ -626,22 +626,28 @@ async fn a_full_listener_refuses_with_too_many_connections() {
     // Once one leaves, the next gets in (the gateway notices the close
     // asynchronously, so allow it a moment).
     drop(second);
-    let mut third = None;
+    let third = connect_when_free(gw.addr, &token, "a place became free").await;
+    let one: i32 = third.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// Connects as soon as a refusal for "too many connections" (53300) stops:
+/// the gateway and the server notice a closed session asynchronously.
+async fn connect_when_free(
+    addr: std::net::SocketAddr,
+    token: &str,
+    what: &str,
+) -> tokio_postgres::Client {
     for _ in 0..100 {
-        match connect(gw.addr, "app", "agent-1", &token).await {
-            Ok(c) => {
-                third = Some(c);
-                break;
-            }
+        match connect(addr, "app", "agent-1", token).await {
+            Ok(c) => return c,
             Err(e) => {
                 assert_eq!(code(&e), "53300", "{e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
-    let third = third.expect("a place became free");
-    let one: i32 = third.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1);
+    panic!("{what}: still refused after 5 s");
 }
 
 /// When the target is out of connections for the gateway's role, the
@@ -672,20 +678,7 @@ async fn the_targets_too_many_connections_reaches_the_client_as_53300() {
     );
     assert!(!message(&e).contains(pg.password()));
     drop(first);
-    let mut again = None;
-    for _ in 0..100 {
-        match connect(gw.addr, "app", "agent-1", &token).await {
-            Ok(c) => {
-                again = Some(c);
-                break;
-            }
-            Err(e) => {
-                assert_eq!(code(&e), "53300", "{e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-    let again = again.expect("the role's connection became free");
+    let again = connect_when_free(gw.addr, &token, "the role's connection became free").await;
     let one: i32 = again.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
@@ -701,11 +694,7 @@ async fn tls_interceptor(
 ) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = || Arc::new(rustls::crypto::ring::default_provider());
-    let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
-    let own = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (own, key) = localhost_cert(algorithm);
     let server_side = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -756,11 +745,7 @@ async fn tls_interceptor(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
     let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
         .await
         .unwrap();
