@@ -77,8 +77,6 @@ pub struct PostgresConnector {
     /// `started`): once a minute is enough to tell the operator, and a
     /// flood of connections does not become a flood of log lines.
     full_logged: AtomicU64,
-    /// Refusals for a full listener since the last one logged.
-    full_refused: AtomicU64,
     started: std::time::Instant,
 }
 
@@ -147,7 +145,6 @@ impl Connector for PostgresConnector {
             cancels: Arc::default(),
             open: AtomicUsize::new(0),
             full_logged: AtomicU64::new(0),
-            full_refused: AtomicU64::new(0),
             started: std::time::Instant::now(),
         })
     }
@@ -219,6 +216,25 @@ fn refusal_code(e: &Error, target_exists: bool) -> &'static str {
 }
 
 impl PostgresConnector {
+    /// Counts a refusal for a full listener and tells the operator, at most
+    /// once a minute per listener (the metric counts every one).
+    fn note_full(&self, info: &ClientInfo) {
+        airlock_core::telemetry::METRICS
+            .refused_full
+            .fetch_add(1, Ordering::Relaxed);
+        // Offset by a minute, so that the first refusal is logged.
+        let now = self.started.elapsed().as_secs() + 60;
+        let last = self.full_logged.load(Ordering::Relaxed);
+        if now >= last + 60
+            && self
+                .full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(listener = %info.listener, max_connections = self.listener.max_connections, "listener full: refusing connections (logged at most once a minute; airlock_connections_refused_full_total counts them)");
+        }
+    }
+
     async fn cancel(&self, pid: i32, secret: i32) {
         // Like PostgreSQL, a cancel request gets no answer either way.
         let Some(entry) = self.cancels.find(pid, secret) else {
@@ -273,22 +289,7 @@ impl PostgresConnector {
             // Like PostgreSQL's own "too many clients": after the startup
             // message, so the client can read the answer, and before the
             // token, so a flood of connections costs no verification.
-            airlock_core::telemetry::METRICS
-                .refused_full
-                .fetch_add(1, Ordering::Relaxed);
-            let refused = self.full_refused.fetch_add(1, Ordering::Relaxed) + 1;
-            // Offset by a minute, so that the first refusal is logged.
-            let now = self.started.elapsed().as_secs() + 60;
-            let last = self.full_logged.load(Ordering::Relaxed);
-            if now >= last + 60
-                && self
-                    .full_logged
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.full_refused.fetch_sub(refused, Ordering::Relaxed);
-                tracing::warn!(listener = %info.listener, max_connections = self.listener.max_connections, refused, "listener full: refusing connections (logged at most once a minute per listener, with the refusals since the last line)");
-            }
+            self.note_full(&info);
             return client
                 .fatal(
                     sqlstate::TOO_MANY_CONNECTIONS,
