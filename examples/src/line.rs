@@ -112,7 +112,7 @@ impl Connector for LineConnector {
             };
             if let Decision::Review { message, .. } = &decision {
                 // Tell the client it waits and where to approve, then wait.
-                decision = match session.request_approval(&op, &decision).await {
+                decision = match session.request_approval(&op, &[], &decision).await {
                     Ok(pending) => {
                         if !pending.is_decided() {
                             let note = format!(

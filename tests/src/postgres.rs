@@ -254,6 +254,19 @@ pub mod msg {
         )
     }
 
+    /// Bind of `portal` to `statement` with text parameters, text results.
+    pub fn bind_params(portal: &str, statement: &str, params: &[&str]) -> (u8, Vec<u8>) {
+        let mut body = [cstr(portal), cstr(statement)].concat();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            body.extend_from_slice(p.as_bytes());
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        (b'B', body)
+    }
+
     /// Execute of `portal`, at most `max_rows` rows (0: all).
     pub fn execute(portal: &str, max_rows: i32) -> (u8, Vec<u8>) {
         (

@@ -327,3 +327,55 @@ async fn pending_approval_survives_restart_and_is_honored_after_it() {
     assert_eq!(client.next().await.unwrap(), "deploy v9");
     assert_eq!(target.received(), vec!["deploy v9".to_string()]);
 }
+
+/// Approvers see an operation masked, but an approval is for the operation
+/// exactly as sent: another one that masks alike (a different address
+/// where approvers saw `<EMAIL>`) gets a request of its own, and the
+/// approved one still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_covers_only_the_exact_operation_not_one_that_masks_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let config = line_config(target.addr, &review_rule(""));
+    let gw = TestGateway::start(&config, dir.path()).await.unwrap();
+    let approved = "deploy v7 --notify alice@example.com";
+    let (client, id) = ask(&gw, "agent-1", &["agents"], approved).await;
+    // The requester goes away (here with the gateway, so that no session
+    // waits on the request) and the request is approved meanwhile.
+    drop(client);
+    gw.runtime.shutdown().await.unwrap();
+    let gw = TestGateway::start(&config, dir.path()).await.unwrap();
+    let approvals = gw.runtime.gateway.approvals();
+    approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The requester comes back with a different address.
+    let (swapped, other) = ask(
+        &gw,
+        "agent-1",
+        &["agents"],
+        "deploy v7 --notify mallory@example.net",
+    )
+    .await;
+    assert_ne!(other, id, "a new request, not the approved one");
+    let shown = async |id: &str| approvals.get(id).await.unwrap().unwrap().operation;
+    assert_eq!(
+        shown(&id).await,
+        shown(&other).await,
+        "both look the same to approvers"
+    );
+    drop(swapped);
+    assert!(target.received().is_empty(), "{:?}", target.received());
+
+    // The operation that was approved runs at once.
+    let mut client = gw.login("agent-1", &["agents"]).await.unwrap();
+    // (Its echo comes back masked.)
+    assert_eq!(
+        client.send(approved).await.unwrap(),
+        "deploy v7 --notify <EMAIL>"
+    );
+    assert_eq!(target.received(), vec![approved.to_string()]);
+}

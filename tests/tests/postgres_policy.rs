@@ -681,6 +681,102 @@ async fn a_failed_parse_does_not_take_a_reviewed_statement_out_of_review() {
     assert_eq!(raw.exchange(run).await, ("12DCZI".into(), vec![]));
 }
 
+/// Approvers see a statement masked, but an approval is for the statement
+/// exactly as sent, bind parameters included: a requester who comes back
+/// with another address, which masks alike, gets a request of its own, and
+/// the statement that was approved still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_covers_only_the_exact_statement_not_one_that_masks_alike() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let approvals = gw.runtime.gateway.approvals();
+    pg.psql("ALTER TABLE orders ADD COLUMN email text")
+        .await
+        .unwrap();
+    // The same DELETE as a simple query, or prepared with a parameter.
+    let statement = |way: &str, email: &str| match way {
+        "simple" => {
+            let sql = format!("DELETE FROM orders WHERE email = '{email}'");
+            vec![(b'Q', msg::cstr(&sql))]
+        }
+        _ => vec![
+            msg::parse("", "DELETE FROM orders WHERE email = $1"),
+            msg::bind_params("", "", &[email]),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+        ],
+    };
+    for way in ["simple", "extended"] {
+        pg.psql(
+            "DELETE FROM orders;
+             INSERT INTO orders VALUES (1, 'alice@example.com'), (2, 'bob@example.com')",
+        )
+        .await
+        .unwrap();
+        // Asked for alice's order, gone before the approval.
+        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        for (tag, body) in statement(way, "alice@example.com") {
+            raw.send(tag, &body).await;
+        }
+        let approved = pending(&gw).await;
+        drop(raw);
+        session_gone(&pg).await;
+        approvals
+            .decide(&approved, &dba(), true, None)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Back with bob's address: a new request, which looks the same.
+        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        for (tag, body) in statement(way, "bob@example.com") {
+            raw.send(tag, &body).await;
+        }
+        let other = pending(&gw).await;
+        assert_ne!(other, approved, "{way}: the approval is not reused");
+        let shown = async |id: &str| approvals.get(id).await.unwrap().unwrap().operation;
+        assert_eq!(shown(&approved).await, shown(&other).await, "{way}");
+        approvals
+            .decide(&other, &dba(), false, Some("not bob's".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        let (tags, codes) = raw.exchange(Vec::new()).await;
+        assert_eq!(codes, ["42501"], "{way}: {tags}");
+        drop(raw);
+
+        // The approved statement runs at once.
+        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let (tags, codes) = raw.exchange(statement(way, "alice@example.com")).await;
+        assert!(
+            codes.is_empty() && tags.contains('C'),
+            "{way}: {tags} {codes:?}"
+        );
+        assert_eq!(
+            pg.psql("SELECT string_agg(email, ',') FROM orders")
+                .await
+                .unwrap(),
+            "bob@example.com",
+            "{way}"
+        );
+    }
+}
+
+/// Waits until no session of the gateway is connected to PostgreSQL.
+async fn session_gone(pg: &TestPostgres) {
+    for _ in 0..200 {
+        let n = pg
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'airlock_app'")
+            .await
+            .unwrap();
+        if n == "0" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway's session did not end");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_statement_waiting_for_approval() {
     let (_dir, pg, gw) = setup().await;

@@ -230,9 +230,16 @@ impl Session {
     /// its id and URL, then await [`PendingApproval::wait`]. An active
     /// time-boxed grant from an earlier approval makes the wait return `Allow`
     /// immediately.
+    ///
+    /// `operation` is unmasked (approvers see it masked). `exact_parameters`
+    /// holds, exactly as sent, any values that the operation's text
+    /// shows only masked (such as bind parameters). An approval covers
+    /// only the exact operation, so one approved with an email or
+    /// password that approvers saw masked does not also run with another.
     pub async fn request_approval(
         &self,
         operation: &Operation,
+        exact_parameters: &[u8],
         decision: &Decision,
     ) -> Result<PendingApproval> {
         let Decision::Review {
@@ -266,6 +273,8 @@ impl Session {
                         protocol: &self.protocol,
                         session: self.id,
                         operation: masked,
+                        exact: operation,
+                        exact_parameters,
                         rule,
                         approvers,
                         settings: &settings,

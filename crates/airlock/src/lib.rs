@@ -147,11 +147,8 @@ impl Runtime {
             .iter()
             .map(|s| s.expose().to_string())
             .collect();
-        let masking = MaskEngine::new(
-            &config.masking,
-            held,
-            airlock_core::mask::load_or_create_key(data_dir)?,
-        )?;
+        let mask_key = airlock_core::mask::load_or_create_key(data_dir)?;
+        let masking = MaskEngine::new(&config.masking, held, mask_key)?;
         let verifier = Verifier::new(&config.identity, data_dir)?;
         // Bound before the approval service exists so approval links carry
         // the real port (the configured one may be 0).
@@ -177,7 +174,13 @@ impl Runtime {
                 recorder.clone(),
             )?)
         };
-        let approvals = Approvals::new(store.clone(), recorder.clone(), notifier, approvals_url);
+        let approvals = Approvals::new(
+            store.clone(),
+            recorder.clone(),
+            notifier,
+            approvals_url,
+            &mask_key,
+        );
         let gateway = Gateway::new(GatewayParts {
             verifier,
             policy,

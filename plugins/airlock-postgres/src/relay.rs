@@ -397,6 +397,10 @@ struct Portal {
     /// portal is approved (a suspended portal's later executions continue
     /// that one).
     review: Option<Arc<[SqlOperation]>>,
+    /// With `review`: the parameters exactly as bound (formats, values and
+    /// result formats), so the approval is for these values and not for
+    /// any others that look the same masked.
+    exact_parameters: Bytes,
     /// Its columns, when they came from the cache rather than a Describe:
     /// the server half never learns them under the portal's name, so every
     /// Execute of the portal (a suspended one is executed again) carries them.
@@ -777,6 +781,9 @@ impl ClientHalf<'_> {
         let bind: Bind = frame.decode(Peer::Client)?;
         let portal = cstr_at(frame.body());
         let statement = cstr_at(&frame.body()[portal.len() + 1..]);
+        // After the two names: what the approval of an execution is for.
+        let names_end = 5 + portal.len() + 1 + statement.len() + 1;
+        let exact_parameters = frame.bytes.slice(names_end.min(frame.bytes.len())..);
         if self.unsettled(&statement) {
             self.settle(&statement, true).await?;
         }
@@ -789,7 +796,7 @@ impl ClientHalf<'_> {
             let name = String::from_utf8_lossy(&statement).into_owned();
             let what = opaque(&format!("-- bind of prepared statement {name:?}"));
             let ops = self.resolve_execute(&what, &name, &[]);
-            match self.decide(ops, false, false).await? {
+            match self.decide(ops, &exact_parameters, false, false).await? {
                 Verdict::Allow(..) => {}
                 Verdict::Refuse(error) => return self.refuse(error, true).await,
                 Verdict::Gone => {
@@ -833,6 +840,11 @@ impl ClientHalf<'_> {
                 params,
                 described: false,
                 seq: self.seq,
+                exact_parameters: if review.is_some() {
+                    exact_parameters
+                } else {
+                    Bytes::new()
+                },
                 review,
                 columns: None,
             },
@@ -880,7 +892,8 @@ impl ClientHalf<'_> {
                     ..op.clone()
                 })
                 .collect();
-            match self.decide(ops, false, false).await? {
+            let exact = p.exact_parameters.clone();
+            match self.decide(ops, &exact, false, false).await? {
                 Verdict::Allow(..) => {
                     if let Some(p) = self.portals.map.get_mut(&portal) {
                         p.review = None;
@@ -1083,7 +1096,9 @@ impl ClientHalf<'_> {
             tables: Vec::new(),
             has_where: None,
         };
-        match self.decide(vec![op], false, false).await? {
+        // Its arguments are not in the text: the approval is for them too.
+        let arguments = frame.body().get(4..).unwrap_or_default();
+        match self.decide(vec![op], arguments, false, false).await? {
             Verdict::Allow(..) => {
                 self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
                     .await
@@ -1215,7 +1230,7 @@ impl ClientHalf<'_> {
                 }),
             }
         }
-        Ok(match self.decide(ops, keep, defer_review).await? {
+        Ok(match self.decide(ops, &[], keep, defer_review).await? {
             Verdict::Allow(ops, _, review) => Verdict::Allow(ops, changes, review),
             other => other,
         })
@@ -1227,9 +1242,12 @@ impl ClientHalf<'_> {
     ///
     /// With `keep`, an allowed verdict carries the operations back;
     /// otherwise they go into their records without a copy.
+    /// `exact_parameters`: values the operations show only masked, or not
+    /// at all, exactly as sent ([`airlock_core::Session::request_approval`]).
     async fn decide(
         &mut self,
         ops: Vec<SqlOperation>,
+        exact_parameters: &[u8],
         keep: bool,
         defer_review: bool,
     ) -> Result<Verdict> {
@@ -1282,7 +1300,12 @@ impl ClientHalf<'_> {
             // ends, a cancel request stops this statement in the gateway.
             let cx = self.cx;
             let _waiting = cx.cancel.begin();
-            let pending = match self.cx.session.request_approval(operation, decision).await {
+            let pending = match self
+                .cx
+                .session
+                .request_approval(operation, exact_parameters, decision)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => return Ok(Verdict::Refuse(store_error(&e))),
             };
@@ -2093,6 +2116,7 @@ mod tests {
             described: false,
             seq,
             review: None,
+            exact_parameters: Bytes::new(),
             columns: None,
         }
     }

@@ -147,7 +147,10 @@ pub struct Approval {
     pub session: SessionId,
     /// The operation in full, masked.
     pub operation: Operation,
-    /// Identifies "the same operation" across reconnects and restarts.
+    /// Identifies "the same operation" across reconnects and restarts: a
+    /// keyed digest of the operation exactly as the client sent it, so two
+    /// operations that differ only in masked values (an email, a password)
+    /// never share an approval, and the digest reveals nothing about them.
     pub fingerprint: String,
     /// The rule that asked for review.
     pub rule: String,
@@ -189,21 +192,9 @@ impl Approval {
     }
 }
 
-/// The fingerprint of "this identity asks this target for this operation under this rule".
-pub fn fingerprint(subject: &str, target: &str, rule: &str, operation: &Operation) -> String {
-    let json = serde_json::to_vec(operation).unwrap_or_default();
-    let mut bytes = Vec::with_capacity(json.len() + 64);
-    for part in [
-        subject.as_bytes(),
-        target.as_bytes(),
-        rule.as_bytes(),
-        &json,
-    ] {
-        bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(part);
-    }
-    crate::audit::Hash::of(&bytes).to_string()
-}
+/// What makes the fingerprint key from the masking key: the two keys
+/// never produce the same digest for the same input.
+const FINGERPRINT_LABEL: &[u8] = b"airlock approval fingerprint v1";
 
 /// Receives approval notifications (webhooks). Must never block the request:
 /// implementations queue and retry on their own.
@@ -222,6 +213,8 @@ pub struct Approvals {
     /// Serializes decisions within this gateway, so the store's
     /// compare-and-swap only ever loses to another gateway.
     deciding: Arc<tokio::sync::Mutex<()>>,
+    /// Keys the fingerprints (see [`Approval::fingerprint`]).
+    fingerprint_key: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -243,8 +236,14 @@ pub struct ReviewRequest<'a> {
     pub protocol: &'a str,
     /// From which session.
     pub session: SessionId,
-    /// The operation, masked.
+    /// The operation, masked: what approvers see.
     pub operation: Operation,
+    /// The operation exactly as the client sent it. Only a keyed digest of
+    /// it is kept, as the fingerprint.
+    pub exact: &'a Operation,
+    /// Values the operation's text shows only masked (bind parameters),
+    /// exactly as sent; part of the fingerprint, never stored.
+    pub exact_parameters: &'a [u8],
     /// The rule that asked for review.
     pub rule: &'a str,
     /// Who may approve.
@@ -299,20 +298,50 @@ pub enum DecideError {
 }
 
 impl Approvals {
-    /// Creates the service. `public_url` is where people reach the API (links).
+    /// Creates the service. `public_url` is where people reach the API
+    /// (links); `mask_key` is the masking key
+    /// ([`crate::mask::load_or_create_key`]), from which the fingerprint
+    /// key is derived.
     pub fn new(
         store: Arc<dyn Store>,
         recorder: Recorder,
         notifier: Option<Arc<dyn Notifier>>,
         public_url: impl Into<String>,
+        mask_key: &[u8; 32],
     ) -> Self {
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, mask_key),
+            FINGERPRINT_LABEL,
+        );
         Approvals {
             store,
             recorder,
             notifier,
             public_url: public_url.into().trim_end_matches('/').to_string(),
             deciding: Arc::new(tokio::sync::Mutex::new(())),
+            fingerprint_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
         }
+    }
+
+    /// The fingerprint of "this identity asks this target for exactly this
+    /// operation under this rule".
+    fn fingerprint(&self, req: &ReviewRequest<'_>) -> Result<String> {
+        let json = serde_json::to_vec(req.exact)
+            .map_err(|e| Error::Internal(format!("cannot serialize the operation: {e}")))?;
+        let mut ctx = ring::hmac::Context::with_key(&self.fingerprint_key);
+        // Length-prefixed, so no two different lists of parts run together
+        // into the same bytes.
+        for part in [
+            req.requester.subject.as_bytes(),
+            req.target.as_bytes(),
+            req.rule.as_bytes(),
+            &json,
+            req.exact_parameters,
+        ] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        Ok(hex::encode(ctx.sign().as_ref()))
     }
 
     /// Where a person approves `id`.
@@ -344,6 +373,7 @@ impl Approvals {
     /// Finds the request for this operation (made before a reconnect or a
     /// restart) or creates one. The creation is recorded and notified.
     pub async fn request(&self, req: ReviewRequest<'_>) -> Result<Approval> {
+        let fp = self.fingerprint(&req)?;
         let ReviewRequest {
             requester,
             target,
@@ -353,8 +383,8 @@ impl Approvals {
             rule,
             approvers,
             settings,
+            ..
         } = req;
-        let fp = fingerprint(&requester.subject, target, rule, &operation);
         let now = crate::now();
         // An approval still to be used; a grant only while it lasts.
         let existing = self.store.approvals(None).await?.into_iter().find(|a| {
