@@ -3,10 +3,19 @@
 //! approver decides, and the client's request proceeds or is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests and benches fail loudly by design.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use airlock_core::Identity;
-use airlock_core::approvals::{ApprovalStatus, DecideError};
+use airlock_core::approvals::{
+    Approval, ApprovalStatus, Approvals, DecideError, ReviewRequest, ReviewSettings,
+};
+use airlock_core::audit::{ChainHead, Checkpoint, CheckpointSigner, Record, SealedRecord};
+use airlock_core::config::Durability;
+use airlock_core::recorder::{Recorder, RecorderOptions};
+use airlock_core::store::{RawRecord, SessionFilter, SessionSummary, Store};
+use airlock_core::{CommandOperation, Identity, Operation, SessionId};
+use airlock_tests::postgres::events_in;
 use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
 
 fn review_rule(extra: &str) -> String {
@@ -378,4 +387,152 @@ async fn an_approval_covers_only_the_exact_operation_not_one_that_masks_alike() 
         "deploy v7 --notify <EMAIL>"
     );
     assert_eq!(target.received(), vec![approved.to_string()]);
+}
+
+/// A store on which an approval expires just before a vote on it is
+/// stored, once: what an expiry noticed by a waiting session, or another
+/// gateway's vote, can do at that moment.
+struct ExpiresUnderTheVote {
+    inner: Arc<dyn Store>,
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for ExpiresUnderTheVote {
+    async fn append(
+        &self,
+        batch: Vec<SealedRecord>,
+        durability: Durability,
+    ) -> airlock_core::Result<()> {
+        self.inner.append(batch, durability).await
+    }
+    async fn head(&self) -> airlock_core::Result<Option<ChainHead>> {
+        self.inner.head().await
+    }
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> airlock_core::Result<()> {
+        self.inner.put_checkpoint(checkpoint).await
+    }
+    async fn checkpoints(&self) -> airlock_core::Result<Vec<Checkpoint>> {
+        self.inner.checkpoints().await
+    }
+    async fn raw_records(&self, after: u64, limit: usize) -> airlock_core::Result<Vec<RawRecord>> {
+        self.inner.raw_records(after, limit).await
+    }
+    async fn sessions(&self, filter: &SessionFilter) -> airlock_core::Result<Vec<SessionSummary>> {
+        self.inner.sessions(filter).await
+    }
+    async fn session(&self, id: SessionId) -> airlock_core::Result<Option<SessionSummary>> {
+        self.inner.session(id).await
+    }
+    async fn session_records(&self, id: SessionId) -> airlock_core::Result<Vec<Record>> {
+        self.inner.session_records(id).await
+    }
+    async fn flush(&self) -> airlock_core::Result<()> {
+        self.inner.flush().await
+    }
+    async fn put_approval(
+        &self,
+        approval: &Approval,
+        expected: Option<u64>,
+    ) -> airlock_core::Result<bool> {
+        if !approval.votes.is_empty() && self.armed.swap(false, Ordering::SeqCst) {
+            let mut stored = self.inner.approval(&approval.id).await?.unwrap();
+            let version = stored.version;
+            stored.status = ApprovalStatus::Expired;
+            stored.version += 1;
+            assert!(self.inner.put_approval(&stored, Some(version)).await?);
+        }
+        self.inner.put_approval(approval, expected).await
+    }
+    async fn approval(&self, id: &str) -> airlock_core::Result<Option<Approval>> {
+        self.inner.approval(id).await
+    }
+    async fn approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+    ) -> airlock_core::Result<Vec<Approval>> {
+        self.inner.approvals(status).await
+    }
+    fn subscribe_approvals(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.subscribe_approvals()
+    }
+}
+
+/// A vote that loses its compare-and-swap (the approval changed between
+/// reading and storing it) is followed in the chain by a record that it
+/// did not count; a vote that wins has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_that_lost_to_a_change_is_marked_void_in_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ExpiresUnderTheVote {
+        inner: Arc::new(airlock_store::SledStore::open(dir.path()).unwrap()),
+        armed: AtomicBool::new(true),
+    });
+    let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
+    let (recorder, _task) = Recorder::start(store.clone(), signer, RecorderOptions::default())
+        .await
+        .unwrap();
+    let approvals = Approvals::new(store.clone(), recorder, None, "http://127.0.0.1", &[7; 32]);
+    let requester = person("agent-1", &["agents"]);
+    let ask = async |line: &str| {
+        let operation = Operation::Command(CommandOperation {
+            line: line.into(),
+            interactive: false,
+        });
+        approvals
+            .request(ReviewRequest {
+                requester: &requester,
+                target: "echo",
+                protocol: "line",
+                session: SessionId::new(),
+                operation: operation.clone(),
+                exact: &operation,
+                exact_parameters: &[],
+                rule: "deploys-need-approval",
+                approvers: &["dba".to_string()],
+                settings: &ReviewSettings::default(),
+            })
+            .await
+            .unwrap()
+            .id
+    };
+    let dana = person("dana", &["dba"]);
+    let lost = ask("deploy v1").await;
+    assert_eq!(
+        approvals.decide(&lost, &dana, true, None).await.unwrap(),
+        Err(DecideError::NotPending {
+            id: lost.clone(),
+            status: ApprovalStatus::Expired
+        })
+    );
+    // The control: the same vote on a request nothing changes under.
+    let won = ask("deploy v2").await;
+    let approved = approvals.decide(&won, &dana, true, None).await.unwrap();
+    assert_eq!(approved.unwrap().status, ApprovalStatus::Approved);
+
+    let steps: Vec<(String, String)> = events_in(store.as_ref())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["type"] == "approval")
+        .map(|e| {
+            let of = if e["id"] == lost.as_str() {
+                "lost"
+            } else {
+                "won"
+            };
+            (of.to_string(), e["status"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let step = |of: &str, status: &str| (of.to_string(), status.to_string());
+    assert_eq!(
+        steps,
+        vec![
+            step("lost", "requested"),
+            step("lost", "approved"),
+            step("lost", "vote_void"),
+            step("won", "requested"),
+            step("won", "approved"),
+        ]
+    );
 }

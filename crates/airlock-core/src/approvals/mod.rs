@@ -511,6 +511,23 @@ impl Approvals {
                         )
                         .await?;
                     if !self.store.put_approval(&a, Some(expected)).await? {
+                        // The approval changed between reading and storing
+                        // (an expiry, a use, another gateway's vote): the
+                        // vote is in the chain but did not count. Say so
+                        // before trying again on what is stored now, so the
+                        // chain never shows a vote that decided nothing as
+                        // if it had.
+                        self.recorder
+                            .record(
+                                Some(a.session),
+                                approval_event(
+                                    &a,
+                                    "vote_void",
+                                    Some(&by.subject),
+                                    Some("the approval changed before this vote was stored; it did not count"),
+                                ),
+                            )
+                            .await?;
                         continue;
                     }
                     a
