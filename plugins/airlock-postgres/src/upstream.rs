@@ -245,7 +245,7 @@ impl Target {
                 b'v' => {}
                 b'E' => {
                     let e: ErrorResponse = frame.decode(Peer::Upstream)?;
-                    return Err(self.refused(&e));
+                    return Err(self.refused(&e, &login));
                 }
                 b'Z' => {
                     self.logged_in(&login, "ReadyForQuery")?;
@@ -453,7 +453,7 @@ impl Target {
 
     /// The error for a server that refused the login. The server's own text
     /// never holds the password, and it is masked before it reaches anyone.
-    fn refused(&self, e: &ErrorResponse) -> LoginError {
+    fn refused(&self, e: &ErrorResponse, login: &Login) -> LoginError {
         let field = |c: u8| {
             e.fields
                 .iter()
@@ -462,7 +462,19 @@ impl Target {
                 .unwrap_or("")
         };
         let code = field(b'C');
-        let hint = if field(b'M').contains("channel binding") {
+        // In the middle of a SCRAM exchange over TLS, PostgreSQL refuses a
+        // binding that does not match its own certificate with 28000
+        // ("SCRAM channel binding check failed"; a wrong password is 28P01,
+        // and every other 28000 comes before SCRAM begins), and an offer
+        // of binding stripped on the way with 08P01 ("SCRAM channel binding
+        // negotiation error"). The SQLSTATE says so in every language; the
+        // text only in the server's `lc_messages`.
+        let binding_refused = matches!(
+            code,
+            frame::sqlstate::INVALID_AUTHORIZATION | frame::sqlstate::PROTOCOL_VIOLATION
+        ) && login.scram.is_some()
+            && matches!(login.link, Link::Tls { .. });
+        let hint = if binding_refused {
             format!(
                 " (the certificate the gateway saw is not the server's own: something between them may be relaying the connection; check the network path and use targets.{}.sslmode = \"verify-full\")",
                 self.name
@@ -891,5 +903,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("after it had accepted the login"), "{e}");
+    }
+
+    /// The relay hint comes from the SQLSTATE of a refusal in the middle of
+    /// SCRAM over TLS, so it holds whatever language the server speaks.
+    #[test]
+    fn a_refused_binding_is_recognised_by_its_code_not_its_text() {
+        let t = target(&ALL);
+        let refusal = |code: &str, link: Link| {
+            let mut login = Login::new(link);
+            login.scram = Some(ScramSha256::new(b"pw", ChannelBinding::unsupported()));
+            let e = ErrorResponse::new(vec![
+                (b'S', "FATAL".into()),
+                (b'C', code.into()),
+                (
+                    b'M',
+                    "la vérification de la liaison de canal SCRAM a échoué".into(),
+                ),
+            ]);
+            t.refused(&e, &login).error.to_string()
+        };
+        let tls = || Link::Tls {
+            end_point: Some(vec![7; 32]),
+        };
+        // A failed check, and a negotiation error (an offer stripped).
+        for code in ["28000", "08P01"] {
+            let bound = refusal(code, tls());
+            assert!(bound.contains("may be relaying the connection"), "{bound}");
+            // The same code without TLS: no such hint.
+            let plain = refusal(code, Link::Plain);
+            assert!(!plain.contains("relaying"), "{plain}");
+        }
+        // A wrong password over TLS is not a relay.
+        let password = refusal("28P01", tls());
+        assert!(
+            !password.contains("relaying") && password.contains("check targets."),
+            "{password}"
+        );
     }
 }
