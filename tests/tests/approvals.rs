@@ -472,7 +472,8 @@ async fn a_vote_that_lost_to_a_change_is_marked_void_in_the_chain() {
     let (recorder, _task) = Recorder::start(store.clone(), signer, RecorderOptions::default())
         .await
         .unwrap();
-    let approvals = Approvals::new(store.clone(), recorder, None, "http://127.0.0.1", &[7; 32]);
+    let approvals =
+        Approvals::new(store.clone(), recorder, None, "http://127.0.0.1", &[7; 32]).unwrap();
     let requester = person("agent-1", &["agents"]);
     let ask = async |line: &str| {
         let operation = Operation::Command(CommandOperation {

@@ -682,7 +682,8 @@ async fn a_failed_parse_does_not_take_a_reviewed_statement_out_of_review() {
 }
 
 /// Approvers see a statement masked, but an approval is for the statement
-/// exactly as sent, bind parameters included: a requester who comes back
+/// exactly as sent, bind parameters included (of a statement prepared
+/// through the protocol or with SQL `PREPARE`): a requester who comes back
 /// with another address, which masks alike, gets a request of its own, and
 /// the statement that was approved still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,20 +694,38 @@ async fn an_approval_covers_only_the_exact_statement_not_one_that_masks_alike() 
     pg.psql("ALTER TABLE orders ADD COLUMN email text")
         .await
         .unwrap();
-    // The same DELETE as a simple query, or prepared with a parameter.
+    // The same DELETE as a simple query, or prepared with a parameter
+    // (by Parse, or by SQL on the connection first), then bound.
     let statement = |way: &str, email: &str| match way {
         "simple" => {
             let sql = format!("DELETE FROM orders WHERE email = '{email}'");
             vec![(b'Q', msg::cstr(&sql))]
         }
-        _ => vec![
-            msg::parse("", "DELETE FROM orders WHERE email = $1"),
-            msg::bind_params("", "", &[email]),
-            msg::execute("", 0),
-            (b'S', Vec::new()),
-        ],
+        _ => {
+            let mut msgs = Vec::new();
+            let name = if way == "parse" {
+                msgs.push(msg::parse("", "DELETE FROM orders WHERE email = $1"));
+                ""
+            } else {
+                "del"
+            };
+            msgs.push(msg::bind_params("", name, &[email]));
+            msgs.push(msg::execute("", 0));
+            msgs.push((b'S', Vec::new()));
+            msgs
+        }
     };
-    for way in ["simple", "extended"] {
+    let open = async |way: &str| {
+        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        if way == "sql-prepare" {
+            let (tags, codes) = raw
+                .query("PREPARE del(text) AS DELETE FROM orders WHERE email = $1")
+                .await;
+            assert!(codes.is_empty(), "{tags} {codes:?}");
+        }
+        raw
+    };
+    for way in ["simple", "parse", "sql-prepare"] {
         pg.psql(
             "DELETE FROM orders;
              INSERT INTO orders VALUES (1, 'alice@example.com'), (2, 'bob@example.com')",
@@ -714,7 +733,7 @@ async fn an_approval_covers_only_the_exact_statement_not_one_that_masks_alike() 
         .await
         .unwrap();
         // Asked for alice's order, gone before the approval.
-        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let mut raw = open(way).await;
         for (tag, body) in statement(way, "alice@example.com") {
             raw.send(tag, &body).await;
         }
@@ -728,7 +747,7 @@ async fn an_approval_covers_only_the_exact_statement_not_one_that_masks_alike() 
             .unwrap();
 
         // Back with bob's address: a new request, which looks the same.
-        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let mut raw = open(way).await;
         for (tag, body) in statement(way, "bob@example.com") {
             raw.send(tag, &body).await;
         }
@@ -736,6 +755,17 @@ async fn an_approval_covers_only_the_exact_statement_not_one_that_masks_alike() 
         assert_ne!(other, approved, "{way}: the approval is not reused");
         let shown = async |id: &str| approvals.get(id).await.unwrap().unwrap().operation;
         assert_eq!(shown(&approved).await, shown(&other).await, "{way}");
+        let airlock_core::Operation::Sql(op) = shown(&other).await else {
+            panic!("{way}")
+        };
+        if way != "simple" {
+            // Approvers see what it runs with (masked).
+            assert!(
+                op.text.ends_with("-- parameters: $1 = '<EMAIL>'"),
+                "{way}: {}",
+                op.text
+            );
+        }
         approvals
             .decide(&other, &dba(), false, Some("not bob's".into()))
             .await
@@ -746,7 +776,7 @@ async fn an_approval_covers_only_the_exact_statement_not_one_that_masks_alike() 
         drop(raw);
 
         // The approved statement runs at once.
-        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let mut raw = open(way).await;
         let (tags, codes) = raw.exchange(statement(way, "alice@example.com")).await;
         assert!(
             codes.is_empty() && tags.contains('C'),

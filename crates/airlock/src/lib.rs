@@ -180,7 +180,7 @@ impl Runtime {
             notifier,
             approvals_url,
             &mask_key,
-        );
+        )?;
         let gateway = Gateway::new(GatewayParts {
             verifier,
             policy,

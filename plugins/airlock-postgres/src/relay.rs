@@ -783,28 +783,9 @@ impl ClientHalf<'_> {
         let statement = cstr_at(&frame.body()[portal.len() + 1..]);
         // After the two names: what the approval of an execution is for.
         let names_end = 5 + portal.len() + 1 + statement.len() + 1;
-        let exact_parameters = frame.bytes.slice(names_end.min(frame.bytes.len())..);
+        let exact_parameters = || frame.bytes.slice(names_end.min(frame.bytes.len())..);
         if self.unsettled(&statement) {
             self.settle(&statement, true).await?;
-        }
-        if self
-            .prepared
-            .bind_needs_judging(&statement, self.statements.contains_key(&statement))
-        {
-            // A statement SQL `PREPARE` made runs here without an EXECUTE
-            // to judge: the Bind is judged as one.
-            let name = String::from_utf8_lossy(&statement).into_owned();
-            let what = opaque(&format!("-- bind of prepared statement {name:?}"));
-            let ops = self.resolve_execute(&what, &name, &[]);
-            match self.decide(ops, &exact_parameters, false, false).await? {
-                Verdict::Allow(..) => {}
-                Verdict::Refuse(error) => return self.refuse(error, true).await,
-                Verdict::Gone => {
-                    return Err(Error::Client(
-                        "the client left while waiting for approval".into(),
-                    ));
-                }
-            }
         }
         // One lookup of the statement for everything the portal needs.
         let (types, key, review) = match self.statements.get(&statement) {
@@ -830,6 +811,31 @@ impl ClientHalf<'_> {
         if !counts.is_empty() {
             self.cx.session.record_later(Event::Masked { counts });
         }
+        if self
+            .prepared
+            .bind_needs_judging(&statement, self.statements.contains_key(&statement))
+        {
+            // A statement SQL `PREPARE` made runs here without an EXECUTE
+            // to judge: the Bind is judged as one.
+            let name = String::from_utf8_lossy(&statement).into_owned();
+            let what = opaque(&format!("-- bind of prepared statement {name:?}"));
+            let mut ops = self.resolve_execute(&what, &name, &[]);
+            if !params.is_empty() {
+                // What it runs with, for the record and approvers.
+                for op in &mut ops {
+                    op.text = format!("{}\n-- parameters: {params}", op.text);
+                }
+            }
+            match self.decide(ops, &exact_parameters(), false, false).await? {
+                Verdict::Allow(..) => {}
+                Verdict::Refuse(error) => return self.refuse(error, true).await,
+                Verdict::Gone => {
+                    return Err(Error::Client(
+                        "the client left while waiting for approval".into(),
+                    ));
+                }
+            }
+        }
         self.seq += 1;
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
         self.portals.bind(
@@ -841,7 +847,7 @@ impl ClientHalf<'_> {
                 described: false,
                 seq: self.seq,
                 exact_parameters: if review.is_some() {
-                    exact_parameters
+                    exact_parameters()
                 } else {
                     Bytes::new()
                 },

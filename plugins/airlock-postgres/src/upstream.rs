@@ -67,6 +67,8 @@ struct Login {
     asked: bool,
     /// SCRAM begun and not yet verified.
     scram: Option<ScramSha256>,
+    /// How that SCRAM exchange treats channel binding over TLS.
+    binding: Option<Binding>,
     /// The server said AuthenticationOk, after whatever `require_auth` allows.
     ok: bool,
 }
@@ -77,9 +79,20 @@ impl Login {
             link,
             asked: false,
             scram: None,
+            binding: None,
             ok: false,
         }
     }
+}
+
+/// Channel binding in a SCRAM exchange over TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Binding {
+    /// SCRAM-SHA-256-PLUS, bound to the certificate the gateway saw.
+    Bound,
+    /// The server offered no binding, so the gateway said "y" (it could
+    /// have bound): a server that does offer it refuses the login.
+    NotOffered,
 }
 
 impl Target {
@@ -391,22 +404,27 @@ impl Target {
                 // the offer, "y" tells the server that the gateway could
                 // have bound, and a server whose offer was stripped on the
                 // way refuses (RFC 5802's downgrade protection).
-                let (mechanism, binding) = match &login.link {
+                let (mechanism, binding, used) = match &login.link {
                     Link::Tls {
                         end_point: Some(hash),
                     } if plus => (
                         SCRAM_SHA_256_PLUS,
                         ChannelBinding::tls_server_end_point(hash.clone()),
+                        Some(Binding::Bound),
                     ),
                     Link::Tls { end_point: None } if plus => {
                         return Err(self.unreachable(
                             "the server offers channel binding (SCRAM-SHA-256-PLUS), but the certificate it presented names no hash to bind with (its signature is not RSA, RSA-PSS or ECDSA with SHA-1 or SHA-2), and the gateway does not log in unbound over TLS, where a man in the middle could relay the login (give the server an RSA or ECDSA certificate)",
                         ));
                     }
-                    Link::Tls { .. } if unbound => {
-                        (SCRAM_SHA_256, ChannelBinding::unrequested())
+                    Link::Tls { .. } if unbound => (
+                        SCRAM_SHA_256,
+                        ChannelBinding::unrequested(),
+                        Some(Binding::NotOffered),
+                    ),
+                    Link::Plain if unbound => {
+                        (SCRAM_SHA_256, ChannelBinding::unsupported(), None)
                     }
-                    Link::Plain if unbound => (SCRAM_SHA_256, ChannelBinding::unsupported()),
                     _ => {
                         return Err(self.unreachable(
                             "the server offers only SCRAM-SHA-256-PLUS, which binds to TLS, over a connection without TLS (set sslmode = \"require\" or \"verify-full\")",
@@ -416,6 +434,7 @@ impl Target {
                 let s = ScramSha256::new(password()?.expose().as_bytes(), binding);
                 let first = Bytes::copy_from_slice(s.message());
                 login.scram = Some(s);
+                login.binding = used;
                 Ok(Some(frame::encode(&SASLInitialResponse::new(
                     mechanism.to_string(),
                     Some(first),
@@ -465,15 +484,20 @@ impl Target {
         // In the middle of a SCRAM exchange over TLS, PostgreSQL refuses a
         // binding that does not match its own certificate with 28000
         // ("SCRAM channel binding check failed"; a wrong password is 28P01,
-        // and every other 28000 comes before SCRAM begins), and an offer
-        // of binding stripped on the way with 08P01 ("SCRAM channel binding
-        // negotiation error"). The SQLSTATE says so in every language; the
-        // text only in the server's `lc_messages`.
-        let binding_refused = matches!(
-            code,
-            frame::sqlstate::INVALID_AUTHORIZATION | frame::sqlstate::PROTOCOL_VIOLATION
-        ) && login.scram.is_some()
-            && matches!(login.link, Link::Tls { .. });
+        // and every other 28000 comes before SCRAM begins), and a "y" from
+        // a client it did offer binding to (the offer was stripped on the
+        // way) with 08P01 ("SCRAM channel binding negotiation error"). The
+        // SQLSTATE says so in every language; the text only in the
+        // server's `lc_messages`.
+        let binding_refused = login.scram.is_some()
+            && matches!(
+                (code, login.binding),
+                (frame::sqlstate::INVALID_AUTHORIZATION, Some(Binding::Bound))
+                    | (
+                        frame::sqlstate::PROTOCOL_VIOLATION,
+                        Some(Binding::NotOffered)
+                    )
+            );
         let hint = if binding_refused {
             format!(
                 " (the certificate the gateway saw is not the server's own: something between them may be relaying the connection; check the network path and use targets.{}.sslmode = \"verify-full\")",
@@ -910,9 +934,12 @@ mod tests {
     #[test]
     fn a_refused_binding_is_recognised_by_its_code_not_its_text() {
         let t = target(&ALL);
-        let refusal = |code: &str, link: Link| {
-            let mut login = Login::new(link);
-            login.scram = Some(ScramSha256::new(b"pw", ChannelBinding::unsupported()));
+        let refusal = |code: &str, binding: Option<Binding>, scram: bool| {
+            let mut login = Login::new(Link::Plain);
+            if scram {
+                login.scram = Some(ScramSha256::new(b"pw", ChannelBinding::unsupported()));
+                login.binding = binding;
+            }
             let e = ErrorResponse::new(vec![
                 (b'S', "FATAL".into()),
                 (b'C', code.into()),
@@ -923,19 +950,24 @@ mod tests {
             ]);
             t.refused(&e, &login).error.to_string()
         };
-        let tls = || Link::Tls {
-            end_point: Some(vec![7; 32]),
+        let relay = |code: &str, binding: Option<Binding>, scram: bool| {
+            refusal(code, binding, scram).contains("may be relaying the connection")
         };
-        // A failed check, and a negotiation error (an offer stripped).
-        for code in ["28000", "08P01"] {
-            let bound = refusal(code, tls());
-            assert!(bound.contains("may be relaying the connection"), "{bound}");
-            // The same code without TLS: no such hint.
-            let plain = refusal(code, Link::Plain);
-            assert!(!plain.contains("relaying"), "{plain}");
-        }
+        // A failed check of a bound login, and a negotiation error after
+        // an offer of binding was not seen.
+        assert!(relay("28000", Some(Binding::Bound), true));
+        assert!(relay("08P01", Some(Binding::NotOffered), true));
+        // The same codes otherwise: not a relay.
+        assert!(!relay("28000", Some(Binding::NotOffered), true));
+        assert!(!relay("08P01", Some(Binding::Bound), true));
+        assert!(!relay("28000", None, true), "no TLS");
+        assert!(!relay("08P01", None, true), "no TLS");
+        assert!(
+            !relay("28000", None, false),
+            "refused before SCRAM (pg_hba)"
+        );
         // A wrong password over TLS is not a relay.
-        let password = refusal("28P01", tls());
+        let password = refusal("28P01", Some(Binding::Bound), true);
         assert!(
             !password.contains("relaying") && password.contains("check targets."),
             "{password}"

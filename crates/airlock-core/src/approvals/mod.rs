@@ -192,9 +192,12 @@ impl Approval {
     }
 }
 
-/// What makes the fingerprint key from the masking key: the two keys
-/// never produce the same digest for the same input.
-const FINGERPRINT_LABEL: &[u8] = b"airlock approval fingerprint v1";
+/// The HKDF salt that makes the fingerprint key from the masking key. The
+/// masking key is HKDF's input, never an HMAC key over a label: a pseudonym
+/// is HMAC(masking key, value), so a key derived as HMAC(masking key,
+/// label) would be the pseudonym of the label, which anyone able to put the
+/// label into a pseudonymised column could read.
+const FINGERPRINT_SALT: &[u8] = b"airlock approval fingerprint";
 
 /// Receives approval notifications (webhooks). Must never block the request:
 /// implementations queue and retry on their own.
@@ -225,8 +228,9 @@ impl std::fmt::Debug for Approvals {
     }
 }
 
-/// What a session asks approval for.
-#[derive(Clone, Debug)]
+/// What a session asks approval for. (Its `Debug` leaves out the unmasked
+/// parts, so no log line can carry them.)
+#[derive(Clone)]
 pub struct ReviewRequest<'a> {
     /// Who asks.
     pub requester: &'a Identity,
@@ -250,6 +254,19 @@ pub struct ReviewRequest<'a> {
     pub approvers: &'a [String],
     /// The rule's settings.
     pub settings: &'a ReviewSettings,
+}
+
+impl std::fmt::Debug for ReviewRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReviewRequest")
+            .field("requester", &self.requester.subject)
+            .field("target", &self.target)
+            .field("protocol", &self.protocol)
+            .field("session", &self.session)
+            .field("operation", &self.operation)
+            .field("rule", &self.rule)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an approver's decision was refused.
@@ -308,19 +325,20 @@ impl Approvals {
         notifier: Option<Arc<dyn Notifier>>,
         public_url: impl Into<String>,
         mask_key: &[u8; 32],
-    ) -> Self {
-        let derived = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, mask_key),
-            FINGERPRINT_LABEL,
-        );
-        Approvals {
+    ) -> Result<Self> {
+        let fingerprint_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, FINGERPRINT_SALT)
+            .extract(mask_key)
+            .expand(&[b"v1"], ring::hmac::HMAC_SHA256)
+            .map(ring::hmac::Key::from)
+            .map_err(|_| Error::Internal("cannot derive the approval fingerprint key".into()))?;
+        Ok(Approvals {
             store,
             recorder,
             notifier,
             public_url: public_url.into().trim_end_matches('/').to_string(),
             deciding: Arc::new(tokio::sync::Mutex::new(())),
-            fingerprint_key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
-        }
+            fingerprint_key,
+        })
     }
 
     /// The fingerprint of "this identity asks this target for exactly this
