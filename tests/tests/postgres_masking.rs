@@ -478,6 +478,60 @@ async fn remembered_columns_never_outlive_their_statement() {
     }
 }
 
+/// SQL can give a name the gateway knows from the protocol to something
+/// else: a cursor declared under the name of a portal whose transaction
+/// ended, a statement prepared again under a name Parse made. Their rows
+/// are masked by their own columns, not by what the gateway learned of the
+/// name before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_sql_gave_to_something_else_are_masked_by_their_own_columns() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let value = "plain-value-7";
+    let plain = format!("SELECT '{value}' AS other");
+    let secret = format!("SELECT '{value}' AS ssn");
+
+    // Portal p, described by the client; the Sync ends its transaction.
+    let describe_p = (b'D', b"Pp\0".to_vec());
+    let first = exchange(
+        &mut raw,
+        vec![
+            parse("", &plain),
+            bind("p", ""),
+            describe_p,
+            execute("p", 0),
+        ],
+    )
+    .await;
+    assert_eq!(first, vec![value], "a column without a rule is not masked");
+    // A cursor under the portal's name, run through the protocol.
+    let (tags, codes) = raw
+        .query(&format!("BEGIN; DECLARE p CURSOR FOR {secret}"))
+        .await;
+    assert!(codes.is_empty(), "{tags} {codes:?}");
+    let rows = exchange(&mut raw, vec![execute("p", 0)]).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_ne!(rows[0], value, "the cursor's ssn column was not masked");
+    assert_eq!(raw.query("COMMIT").await.1, Vec::<String>::new());
+
+    // A statement parsed and executed (its columns remembered), then
+    // prepared again with SQL under the same name.
+    let first = exchange(
+        &mut raw,
+        vec![parse("s1", &plain), bind("", "s1"), execute("", 0)],
+    )
+    .await;
+    assert_eq!(first, vec![value]);
+    let (tags, codes) = raw
+        .query(&format!("DEALLOCATE s1; PREPARE s1 AS {secret}"))
+        .await;
+    assert!(codes.is_empty(), "{tags} {codes:?}");
+    let again = exchange(&mut raw, vec![bind("", "s1"), execute("", 0)]).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0], value, "the re-prepared ssn column was not masked");
+}
+
 /// Sends `msgs` and a Sync; the first column of every row, up to ReadyForQuery.
 async fn exchange(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<String> {
     for (tag, body) in msgs {

@@ -681,6 +681,53 @@ async fn a_failed_parse_does_not_take_a_reviewed_statement_out_of_review() {
     assert_eq!(raw.exchange(run).await, ("12DCZI".into(), vec![]));
 }
 
+/// PostgreSQL tells names apart by their first 63 bytes only. The gateway
+/// resolves SQL names as the server does, and refuses longer names in the
+/// protocol, so a statement prepared under one long name never runs judged
+/// as the statement of another that the server takes for the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_names_cannot_run_a_statement_other_than_the_one_judged() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let a = "a".repeat(63);
+    // `{a}x` and `{a}y` are one statement on the server: the EXECUTE runs
+    // the DELETE without WHERE, and is judged as that.
+    let (tags, codes) = raw
+        .query(&format!(
+            "PREPARE {a}y AS SELECT 1; DEALLOCATE {a}x; PREPARE {a}x AS DELETE FROM victim; EXECUTE {a}y"
+        ))
+        .await;
+    assert_eq!(codes, ["42501"], "{tags}");
+    assert_eq!(count(&client, "victim").await, 5);
+    // Two short names are two statements: the EXECUTE runs `SELECT 1`.
+    let (tags, codes) = raw
+        .query("PREPARE by AS SELECT 1; PREPARE bx AS DELETE FROM victim; EXECUTE by")
+        .await;
+    assert!(codes.is_empty(), "{tags} {codes:?}");
+    assert_eq!(count(&client, "victim").await, 5);
+
+    // In the protocol a longer name is refused, and the session goes on;
+    // a name of 63 bytes is fine.
+    let sync = || (b'S', Vec::new());
+    for (name, refused) in [(format!("{a}x"), true), (a.clone(), false)] {
+        let mut msgs = vec![msg::parse(&name, "SELECT 1")];
+        msgs.extend(msg::bind_execute(&name));
+        msgs.push(sync());
+        let (tags, codes) = raw.exchange(msgs).await;
+        if refused {
+            assert_eq!((tags.as_str(), codes), ("EZI", vec!["42622".to_string()]));
+        } else {
+            assert_eq!((tags.as_str(), codes), ("12DCZI", vec![]), "{name}");
+        }
+    }
+    let (tags, codes) = raw
+        .exchange(vec![msg::bind(&format!("{a}p"), &a), sync()])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("EZI", vec!["42622".to_string()]));
+}
+
 /// Approvers see a statement masked, but an approval is for the statement
 /// exactly as sent, bind parameters included (of a statement prepared
 /// through the protocol or with SQL `PREPARE`): a requester who comes back

@@ -256,6 +256,9 @@ fn classify_pieces(pieces: &[lex::Piece<'_>]) -> Vec<Classified> {
 }
 
 fn classify_piece(piece: &lex::Piece<'_>) -> Classified {
+    if piece.has_unicode_escapes() {
+        return Classified::opaque(piece.text);
+    }
     // sqlparser knows other dialects' VACUUM and ANALYZE and takes PostgreSQL's
     // `VACUUM ANALYZE` for a vacuum of table `analyze`.
     if fallback::is_maintenance(piece)

@@ -94,6 +94,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         statements: HashMap::new(),
         portals: Portals::new(),
         seq: 0,
+        portal_epoch: 0,
         param_types: param_types.clone(),
         outcomes: outcomes.clone(),
         columns: columns.clone(),
@@ -320,6 +321,11 @@ struct Statement {
     /// there, while that is unknown and matters: kept when it, or one
     /// before it, is under review.
     previous: Option<Box<Statement>>,
+    /// SQL `PREPARE`, `DEALLOCATE` or `DISCARD` may have replaced it on the
+    /// server since: its columns are no longer taken for known (a Bind of
+    /// the name is judged as what SQL prepared, and its rows are described
+    /// afresh).
+    sql_changed: bool,
 }
 
 /// Parameter types the server described, by statement (Parse generation,
@@ -393,6 +399,8 @@ struct Portal {
     described: bool,
     /// Its Bind's place among the client's messages ([`ClientHalf::seq`]).
     seq: u64,
+    /// [`ClientHalf::portal_epoch`] at its Bind or its own last Execute.
+    epoch: u64,
     /// Its statement's operations under review, until an execution of the
     /// portal is approved (a suspended portal's later executions continue
     /// that one).
@@ -518,6 +526,12 @@ struct ClientHalf<'a> {
     /// Counts the client's Binds, Syncs and Queries: their place in the
     /// conversation, for telling which portals a finished transaction took.
     seq: u64,
+    /// Counts what can make, replace or drop a portal behind the gateway's
+    /// back: queries (`DECLARE`, `CLOSE`, `COMMIT`), executions of other
+    /// portals, function calls. A portal's columns are taken as known only
+    /// while it is unchanged since the portal's Bind (or its own last
+    /// execution); otherwise its execution is described afresh.
+    portal_epoch: u64,
     /// Parameter types the server described, by statement name.
     param_types: ParamTypes,
     outcomes: Arc<ParseOutcomes>,
@@ -587,6 +601,10 @@ impl ClientHalf<'_> {
             // before its Sync would otherwise wait forever (PostgreSQL
             // flushes them with its own error).
             if self.skipping && !matches!(frame.tag, b'S' | b'X' | b'H') {
+                continue;
+            }
+            if let Some(error) = long_name(&frame) {
+                self.refuse(error, true).await?;
                 continue;
             }
             match frame.tag {
@@ -700,6 +718,7 @@ impl ClientHalf<'_> {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
                 self.seq += 1;
+                self.portal_epoch += 1;
                 self.copy_armed = true;
                 let track = QueryTrack {
                     current: Track::new(),
@@ -766,6 +785,7 @@ impl ClientHalf<'_> {
                         generation: self.generation,
                         review,
                         previous,
+                        sql_changed: false,
                     },
                 );
                 self.forward(&frame, Some(Pending::Parse(watched))).await
@@ -795,7 +815,7 @@ impl ClientHalf<'_> {
                     .ok()
                     .and_then(|m| m.get(&s.generation).cloned())
                     .unwrap_or_else(|| s.types.clone()),
-                Some((s.generation, bind.result_column_format_codes.clone())),
+                (!s.sql_changed).then(|| (s.generation, bind.result_column_format_codes.clone())),
                 s.review.clone(),
             ),
             None => (Vec::new(), None, None),
@@ -846,6 +866,7 @@ impl ClientHalf<'_> {
                 params,
                 described: false,
                 seq: self.seq,
+                epoch: self.portal_epoch,
                 exact_parameters: if review.is_some() {
                     exact_parameters()
                 } else {
@@ -917,8 +938,8 @@ impl ClientHalf<'_> {
         let (data, described) = match self.portals.map.get(&portal) {
             Some(p) => {
                 let what = match self.statements.get(&p.statement) {
-                    Some(s) => Cow::Borrowed(s.text.as_str()),
-                    None => Cow::Owned(format!(
+                    Some(s) if !s.sql_changed => Cow::Borrowed(s.text.as_str()),
+                    _ => Cow::Owned(format!(
                         "statement {:?}",
                         String::from_utf8_lossy(&p.statement)
                     )),
@@ -941,9 +962,16 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
-        let (key, carried) = match self.portals.map.get(&portal) {
-            Some(p) => (p.key.as_ref(), p.columns.clone()),
-            None => (None, None),
+        // A portal whose name something else may have taken since its
+        // Bind (a cursor declared, say) is described afresh.
+        let epoch = self.portal_epoch;
+        self.portal_epoch += 1;
+        let (key, carried, described) = match self.portals.map.get_mut(&portal) {
+            Some(p) if p.epoch == epoch => {
+                p.epoch = self.portal_epoch;
+                (p.key.as_ref(), p.columns.clone(), described)
+            }
+            _ => (None, None, false),
         };
         let known = match (carried, key, described) {
             (Some(columns), ..) => Some(columns),
@@ -982,6 +1010,7 @@ impl ClientHalf<'_> {
             self.write_server(&frame::raw(b'D', &body)).await?;
             if let Some(p) = self.portals.map.get_mut(&portal) {
                 p.described = true;
+                p.epoch = self.portal_epoch;
             }
         }
         self.copy_armed = true;
@@ -1106,6 +1135,7 @@ impl ClientHalf<'_> {
         let arguments = frame.body().get(4..).unwrap_or_default();
         match self.decide(vec![op], arguments, false, false).await? {
             Verdict::Allow(..) => {
+                self.portal_epoch += 1;
                 self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
                     .await
             }
@@ -1192,12 +1222,30 @@ impl ClientHalf<'_> {
     fn apply(&mut self, changes: Vec<PreparedChange>) {
         for change in changes {
             match change {
-                PreparedChange::Add(name, op) => self.prepared.add_sql(name, op),
+                PreparedChange::Add(name, op) => {
+                    self.sql_changed(name.as_bytes());
+                    self.prepared.add_sql(name, op);
+                }
                 PreparedChange::Remove(name) => {
+                    self.sql_changed(name.as_bytes());
                     self.prepared.by_name.remove(&name);
                 }
-                PreparedChange::Clear => self.prepared.by_name.clear(),
+                PreparedChange::Clear => {
+                    for s in self.statements.values_mut() {
+                        mark_sql_changed(s);
+                    }
+                    self.prepared.by_name.clear();
+                }
             }
+        }
+    }
+
+    /// Marks the statement Parse made under `name` as possibly replaced by
+    /// SQL (the SQL statement may also fail, so it is not forgotten: a
+    /// review it waits for still holds).
+    fn sql_changed(&mut self, name: &[u8]) {
+        if let Some(s) = self.statements.get_mut(name) {
+            mark_sql_changed(s);
         }
     }
 
@@ -1371,6 +1419,52 @@ impl ClientHalf<'_> {
             })
             .collect();
         Ok(Verdict::Allow(ops, Vec::new(), Vec::new()))
+    }
+}
+
+/// PostgreSQL's longest name (`NAMEDATALEN` - 1): it compares statement and
+/// portal names by their first 63 bytes, and truncates longer identifiers.
+pub(crate) const MAX_NAME_BYTES: usize = 63;
+
+/// The refusal of an extended-protocol message that names a statement or
+/// portal longer than PostgreSQL tells apart: the server would take
+/// `<63 bytes>x` and `<63 bytes>y` for one name, where the gateway keeps two,
+/// and run a statement other than the one judged.
+fn long_name(frame: &Frame) -> Option<Bytes> {
+    let body = frame.body();
+    let (first, second): (&[u8], &[u8]) = match frame.tag {
+        // Parse, Execute: the name first.
+        b'P' | b'E' => (body, &[]),
+        // Bind: the portal, then the statement.
+        b'B' => match frame::take_cstr(body) {
+            Some((_, rest)) => (body, rest),
+            None => (body, &[]),
+        },
+        // Describe, Close: a kind byte, then the name.
+        b'D' | b'C' => (body.get(1..).unwrap_or_default(), &[]),
+        _ => return None,
+    };
+    let name_len = |b: &[u8]| frame::take_cstr(b).map_or(b.len(), |(n, _)| n.len());
+    let long = name_len(first) > MAX_NAME_BYTES || name_len(second) > MAX_NAME_BYTES;
+    long.then(|| {
+        frame::error_response(
+            Severity::Error,
+            sqlstate::NAME_TOO_LONG,
+            &format!(
+                "statement and portal names are limited to {MAX_NAME_BYTES} bytes: PostgreSQL tells longer names apart only by their first {MAX_NAME_BYTES} bytes, so Airlock cannot know which statement such a name runs (use a shorter name)"
+            ),
+            None,
+        )
+    })
+}
+
+/// Marks a statement, and the ones the server may hold instead of it, as
+/// possibly replaced by SQL.
+fn mark_sql_changed(statement: &mut Statement) {
+    let mut s = Some(statement);
+    while let Some(st) = s {
+        st.sql_changed = true;
+        s = st.previous.as_deref_mut();
     }
 }
 
@@ -2121,6 +2215,7 @@ mod tests {
             params: "$1 = 'a large parameter'".repeat(100),
             described: false,
             seq,
+            epoch: 0,
             review: None,
             exact_parameters: Bytes::new(),
             columns: None,

@@ -949,25 +949,43 @@ fn is_reserved(word: &str) -> bool {
     RESERVED.iter().any(|r| r.eq_ignore_ascii_case(word))
 }
 
-/// A table name as policy sees it: lower-cased, parts joined with dots.
+/// A table name as policy sees it: lower-cased, parts joined with dots,
+/// each part cut where PostgreSQL cuts it.
 fn table_name(name: &ObjectName) -> String {
     name.0
         .iter()
         .map(|part| match part.as_ident() {
-            Some(ident) => ident.value.to_lowercase(),
-            None => part.to_string().to_lowercase(),
+            Some(ident) => truncated(ident.value.to_lowercase()),
+            None => truncated(part.to_string().to_lowercase()),
         })
         .collect::<Vec<_>>()
         .join(".")
 }
 
-/// An identifier as PostgreSQL resolves it: unquoted names fold to lower case.
+/// An identifier as PostgreSQL resolves it (in a UTF-8 database): unquoted
+/// names fold ASCII letters, and only those, to lower case, and every name
+/// is cut to 63 bytes (at a character boundary). Names the gateway keeps
+/// as keys (prepared statements) must match the server's exactly: `"Ü"` and
+/// `ü` are two statements there, and so are none of two names that differ
+/// only after their 63rd byte.
 pub(super) fn ident_name(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
-        ident.value.clone()
+        truncated(ident.value.clone())
     } else {
-        ident.value.to_lowercase()
+        truncated(ident.value.to_ascii_lowercase())
     }
+}
+
+/// A name cut as PostgreSQL cuts identifiers longer than 63 bytes.
+fn truncated(mut name: String) -> String {
+    if name.len() > crate::relay::MAX_NAME_BYTES {
+        let mut end = crate::relay::MAX_NAME_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
 }
 
 /// The last part of a (possibly qualified) name, folded as [`ident_name`].

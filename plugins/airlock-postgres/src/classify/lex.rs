@@ -72,6 +72,24 @@ pub(super) struct Piece<'a> {
 }
 
 impl Piece<'_> {
+    /// Whether the piece has a `U&"..."` identifier or `U&'...'` string:
+    /// PostgreSQL decodes their escapes (`U&"pg_terminate\005fbackend"` is
+    /// `pg_terminate_backend`), sqlparser does not, so the names the
+    /// classifier would see are not the names the server runs.
+    pub(super) fn has_unicode_escapes(&self) -> bool {
+        self.tokens.windows(3).any(|w| {
+            w[0].kind == TokenKind::Word
+                && self
+                    .text
+                    .get(w[0].span.clone())
+                    .is_some_and(|t| t.eq_ignore_ascii_case("u"))
+                && self.text.get(w[1].span.clone()) == Some("&")
+                && matches!(w[2].kind, TokenKind::QuotedIdent | TokenKind::String)
+                && w[0].span.end == w[1].span.start
+                && w[1].span.end == w[2].span.start
+        })
+    }
+
     /// The `i`-th token's text.
     pub(super) fn token_text(&self, i: usize) -> &str {
         self.tokens

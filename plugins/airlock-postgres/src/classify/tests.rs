@@ -945,3 +945,60 @@ fn deeply_nested_input_is_opaque_not_a_crash() {
     );
     assert_eq!(tables(&shallow), ["r:t"]);
 }
+
+/// `U&"..."` names decode escapes the parser here keeps: whatever they
+/// spell is opaque, not a plain read. Without them the same statements are
+/// what they look like.
+#[test]
+fn unicode_escape_names_are_opaque() {
+    for sql in [
+        r#"SELECT U&"pg_terminate\005fbackend"(pid) FROM pg_stat_activity"#,
+        r#"select u&"query\005fto\005fxml"('select * from payroll', true, false, '')"#,
+        r#"SELECT * FROM U&"p\0061yroll""#,
+        r#"SELECT U&"d\0061ta" FROM t"#,
+        r#"SELECT U&'\0041' AS a"#,
+    ] {
+        assert_eq!(kind(sql), SqlKind::Opaque, "{sql}");
+    }
+    assert_eq!(kind(r#"SELECT "data" FROM t"#), SqlKind::Select);
+    // `u & "x"` with spaces is an operator between two names.
+    assert_eq!(kind(r#"SELECT u & "x" FROM t"#), SqlKind::Select);
+}
+
+/// Prepared-statement names are the server's: ASCII letters of unquoted
+/// names fold to lower case (others do not), and every name is cut to 63
+/// bytes, so names that differ only after that are one statement.
+#[test]
+fn prepared_names_fold_and_truncate_as_postgresql_does() {
+    let long = "a".repeat(63);
+    let prepared = |sql: &str| one(sql).prepare.map(|(name, _)| name);
+    assert_eq!(
+        prepared(&format!("PREPARE {long}x AS SELECT 1")),
+        Some(long.clone())
+    );
+    assert_eq!(one(&format!("EXECUTE {long}y")).execute, Some(long.clone()));
+    assert_eq!(
+        one(&format!("DEALLOCATE {long}z")).deallocate,
+        Some(Some(long.clone()))
+    );
+    // Cut at a character boundary: 62 ASCII bytes and a two-byte letter.
+    let wide = format!("{}é", "b".repeat(62));
+    assert_eq!(
+        prepared(&format!("PREPARE \"{wide}\" AS SELECT 1")),
+        Some("b".repeat(62))
+    );
+    assert_eq!(
+        prepared("PREPARE Ünïcode AS SELECT 1"),
+        Some("Ünïcode".into())
+    );
+    assert_eq!(prepared("PREPARE MiXed AS SELECT 1"), Some("mixed".into()));
+    assert_eq!(
+        prepared("PREPARE \"MiXed\" AS SELECT 1"),
+        Some("MiXed".into())
+    );
+    // Table names are cut the same way.
+    assert_eq!(
+        tables(&format!("SELECT * FROM {long}_and_more")),
+        vec![format!("r:{long}")]
+    );
+}
