@@ -530,6 +530,57 @@ async fn names_sql_gave_to_something_else_are_masked_by_their_own_columns() {
     let again = exchange(&mut raw, vec![bind("", "s1"), execute("", 0)]).await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0], value, "the re-prepared ssn column was not masked");
+
+    // A Bind the server refuses (a held cursor has the portal's name): the
+    // Describe after it is skipped, and the cursor's rows are described
+    // before they run.
+    let (tags, codes) = raw
+        .query(&format!("DECLARE q CURSOR WITH HOLD FOR {secret}"))
+        .await;
+    assert!(codes.is_empty(), "{tags} {codes:?}");
+    let describe_q = (b'D', b"Pq\0".to_vec());
+    let (tags, codes) = raw
+        .exchange(vec![
+            parse("s2", &plain),
+            bind("q", "s2"),
+            describe_q,
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(codes, ["42P03"], "{tags}");
+    let rows = exchange(&mut raw, vec![execute("q", 0)]).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_ne!(
+        rows[0], value,
+        "the held cursor's ssn column was not masked"
+    );
+    assert_eq!(raw.query("CLOSE q").await.1, Vec::<String>::new());
+
+    // A portal whose columns the gateway knew, closed and declared again
+    // as a cursor in its transaction: each of the cursor's executions is
+    // masked by the cursor's columns, the second one too.
+    let many = |what: &str| format!("SELECT '{value}' AS {what} FROM generate_series(1, 3)");
+    let (plain3, secret3) = (many("other"), many("ssn"));
+    let warm = exchange(
+        &mut raw,
+        vec![parse("s3", &plain3), bind("", "s3"), execute("", 0)],
+    )
+    .await;
+    assert_eq!(warm.len(), 3);
+    assert_eq!(raw.query("BEGIN").await.1, Vec::<String>::new());
+    let known = exchange(&mut raw, vec![bind("r", "s3"), execute("r", 1)]).await;
+    assert_eq!(known, vec![value]);
+    let (tags, codes) = raw
+        .query(&format!("CLOSE r; DECLARE r CURSOR FOR {secret3}"))
+        .await;
+    assert!(codes.is_empty(), "{tags} {codes:?}");
+    let rows = exchange(&mut raw, vec![execute("r", 1), execute("r", 1)]).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r != value),
+        "a cursor execution was not masked: {rows:?}"
+    );
+    assert_eq!(raw.query("COMMIT").await.1, Vec::<String>::new());
 }
 
 /// Sends `msgs` and a Sync; the first column of every row, up to ReadyForQuery.

@@ -726,6 +726,12 @@ async fn long_names_cannot_run_a_statement_other_than_the_one_judged() {
         .exchange(vec![msg::bind(&format!("{a}p"), &a), sync()])
         .await;
     assert_eq!((tags.as_str(), codes), ("EZI", vec!["42622".to_string()]));
+    // A non-ASCII name is compared in the server's encoding, which may not
+    // be the client's: refused too.
+    let (tags, codes) = raw
+        .exchange(vec![msg::parse("café", "SELECT 1"), sync()])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("EZI", vec!["42602".to_string()]));
 }
 
 /// Approvers see a statement masked, but an approval is for the statement

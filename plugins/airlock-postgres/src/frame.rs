@@ -430,6 +430,7 @@ pub(crate) mod sqlstate {
     pub(crate) const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub(crate) const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub(crate) const NAME_TOO_LONG: &str = "42622";
+    pub(crate) const INVALID_NAME: &str = "42602";
     pub(crate) const TOO_MANY_CONNECTIONS: &str = "53300";
     pub(crate) const SYSTEM_ERROR: &str = "58000";
     pub(crate) const QUERY_CANCELED: &str = "57014";

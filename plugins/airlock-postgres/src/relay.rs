@@ -326,6 +326,9 @@ struct Statement {
     /// the name is judged as what SQL prepared, and its rows are described
     /// afresh).
     sql_changed: bool,
+    /// The classifier could not see into it: running it may prepare or
+    /// deallocate statements by any name (a `DO` block, say).
+    opaque: bool,
 }
 
 /// Parameter types the server described, by statement (Parse generation,
@@ -603,7 +606,7 @@ impl ClientHalf<'_> {
             if self.skipping && !matches!(frame.tag, b'S' | b'X' | b'H') {
                 continue;
             }
-            if let Some(error) = long_name(&frame) {
+            if let Some(error) = bad_name(&frame) {
                 self.refuse(error, true).await?;
                 continue;
             }
@@ -617,6 +620,10 @@ impl ClientHalf<'_> {
                 b'S' => {
                     self.skipping = false;
                     self.seq += 1;
+                    // A Sync ends a failed pipeline (whose Binds the server
+                    // skipped) and perhaps a transaction (whose portals the
+                    // server dropped).
+                    self.portal_epoch += 1;
                     let (copy_ends, seq) = (self.copy_ends, self.seq);
                     self.forward(&frame, Some(Pending::Sync { copy_ends, seq }))
                         .await?;
@@ -697,6 +704,8 @@ impl ClientHalf<'_> {
     /// server drops them after an error; a simple query gets the gateway's
     /// own Sync, whose ReadyForQuery carries the server's real status.
     async fn refuse(&mut self, error: Bytes, extended: bool) -> Result<()> {
+        // The server skips what the pipeline sends until Sync.
+        self.portal_epoch += 1;
         self.expect(Pending::Rollback);
         self.write_server(&frame::raw(b'P', ROLLBACK_PARSE)).await?;
         self.expect(Pending::Refused(error));
@@ -714,9 +723,13 @@ impl ClientHalf<'_> {
     async fn query(&mut self, frame: Frame) -> Result<()> {
         let text = frame::query_text(&frame)?;
         let classified = self.cx.classifier.classify(&text);
+        let opaque = is_opaque(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
+                if opaque {
+                    self.any_sql_changed();
+                }
                 self.seq += 1;
                 self.portal_epoch += 1;
                 self.copy_armed = true;
@@ -737,6 +750,7 @@ impl ClientHalf<'_> {
         let parse: Parse = frame.decode(Peer::Client)?;
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
+        let unseen = is_opaque(&classified);
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -786,6 +800,7 @@ impl ClientHalf<'_> {
                         review,
                         previous,
                         sql_changed: false,
+                        opaque: unseen,
                     },
                 );
                 self.forward(&frame, Some(Pending::Parse(watched))).await
@@ -885,9 +900,20 @@ impl ClientHalf<'_> {
         let kind = frame.body()[0];
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'P' {
+            let epoch = self.portal_epoch;
             let key = self.portals.map.get_mut(&name).and_then(|p| {
                 p.described = true;
-                p.key.clone()
+                if p.epoch == epoch {
+                    p.key.clone()
+                } else {
+                    // The name may stand for another portal now: this
+                    // answer describes that one, and says nothing about
+                    // the statement bound under the name before.
+                    p.epoch = epoch;
+                    p.key = None;
+                    p.columns = None;
+                    None
+                }
             });
             Pending::DescribePortal {
                 name,
@@ -962,6 +988,15 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
+        let runs_opaque = self
+            .portals
+            .map
+            .get(&portal)
+            .and_then(|p| self.statements.get(&p.statement))
+            .is_none_or(|s| s.opaque);
+        if runs_opaque {
+            self.any_sql_changed();
+        }
         // A portal whose name something else may have taken since its
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
@@ -971,7 +1006,14 @@ impl ClientHalf<'_> {
                 p.epoch = self.portal_epoch;
                 (p.key.as_ref(), p.columns.clone(), described)
             }
-            _ => (None, None, false),
+            Some(p) => {
+                // What was known of the name is forgotten, not only
+                // skipped now: the fresh Describe below is what holds.
+                p.key = None;
+                p.columns = None;
+                (None, None, false)
+            }
+            None => (None, None, false),
         };
         let known = match (carried, key, described) {
             (Some(columns), ..) => Some(columns),
@@ -1135,7 +1177,9 @@ impl ClientHalf<'_> {
         let arguments = frame.body().get(4..).unwrap_or_default();
         match self.decide(vec![op], arguments, false, false).await? {
             Verdict::Allow(..) => {
+                // A function can prepare and deallocate statements too.
                 self.portal_epoch += 1;
+                self.any_sql_changed();
                 self.forward(&frame, Some(Pending::FunctionCall(Track::new())))
                     .await
             }
@@ -1231,12 +1275,17 @@ impl ClientHalf<'_> {
                     self.prepared.by_name.remove(&name);
                 }
                 PreparedChange::Clear => {
-                    for s in self.statements.values_mut() {
-                        mark_sql_changed(s);
-                    }
+                    self.any_sql_changed();
                     self.prepared.by_name.clear();
                 }
             }
+        }
+    }
+
+    /// Marks every statement Parse made as possibly replaced by SQL.
+    fn any_sql_changed(&mut self) {
+        for s in self.statements.values_mut() {
+            mark_sql_changed(s);
         }
     }
 
@@ -1427,10 +1476,13 @@ impl ClientHalf<'_> {
 pub(crate) const MAX_NAME_BYTES: usize = 63;
 
 /// The refusal of an extended-protocol message that names a statement or
-/// portal longer than PostgreSQL tells apart: the server would take
-/// `<63 bytes>x` and `<63 bytes>y` for one name, where the gateway keeps two,
-/// and run a statement other than the one judged.
-fn long_name(frame: &Frame) -> Option<Bytes> {
+/// portal the gateway cannot tell apart as the server does. PostgreSQL
+/// converts a name to its own encoding and compares the first 63 bytes of
+/// that: `<63 bytes>x` and `<63 bytes>y` are one name there, where the
+/// gateway would keep two and run a statement other than the one judged;
+/// and a non-ASCII name's length and bytes there depend on the client's
+/// encoding.
+fn bad_name(frame: &Frame) -> Option<Bytes> {
     let body = frame.body();
     let (first, second): (&[u8], &[u8]) = match frame.tag {
         // Parse, Execute: the name first.
@@ -1444,18 +1496,42 @@ fn long_name(frame: &Frame) -> Option<Bytes> {
         b'D' | b'C' => (body.get(1..).unwrap_or_default(), &[]),
         _ => return None,
     };
-    let name_len = |b: &[u8]| frame::take_cstr(b).map_or(b.len(), |(n, _)| n.len());
-    let long = name_len(first) > MAX_NAME_BYTES || name_len(second) > MAX_NAME_BYTES;
-    long.then(|| {
-        frame::error_response(
-            Severity::Error,
+    let (first, second) = (name_of(first), name_of(second));
+    let (code, what) = if first.len() > MAX_NAME_BYTES || second.len() > MAX_NAME_BYTES {
+        (
             sqlstate::NAME_TOO_LONG,
-            &format!(
-                "statement and portal names are limited to {MAX_NAME_BYTES} bytes: PostgreSQL tells longer names apart only by their first {MAX_NAME_BYTES} bytes, so Airlock cannot know which statement such a name runs (use a shorter name)"
+            format!(
+                "longer than {MAX_NAME_BYTES} bytes (PostgreSQL tells names apart only by their first {MAX_NAME_BYTES} bytes)"
             ),
-            None,
         )
-    })
+    } else if !first.is_ascii() || !second.is_ascii() {
+        (
+            sqlstate::INVALID_NAME,
+            "not ASCII (PostgreSQL compares names in its own encoding, which may not be the client's)".to_string(),
+        )
+    } else {
+        return None;
+    };
+    Some(frame::error_response(
+        Severity::Error,
+        code,
+        &format!(
+            "a statement or portal name {what}, so Airlock cannot know which statement it runs; use a shorter ASCII name"
+        ),
+        None,
+    ))
+}
+
+/// The C string a message field starts with.
+fn name_of(b: &[u8]) -> &[u8] {
+    frame::take_cstr(b).map_or(b, |(n, _)| n)
+}
+
+/// Whether the classifier could not see into one of the statements.
+fn is_opaque(classified: &[Classified]) -> bool {
+    classified
+        .iter()
+        .any(|c| c.operation.kind == SqlKind::Opaque)
 }
 
 /// Marks a statement, and the ones the server may hold instead of it, as

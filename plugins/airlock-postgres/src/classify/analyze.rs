@@ -69,6 +69,17 @@ pub(super) fn classify_statement(
     prepare_text: Option<String>,
 ) -> Classified {
     match stmt {
+        // A prepared statement's name is a key the server compares in its
+        // own encoding: a non-ASCII one may be another name there than the
+        // gateway's (the connector refuses such names in the protocol).
+        Statement::Prepare { name, .. } | Statement::Deallocate { name, .. }
+            if !name.value.is_ascii() =>
+        {
+            Classified::opaque(text)
+        }
+        Statement::Execute {
+            name: Some(name), ..
+        } if !name.to_string().is_ascii() => Classified::opaque(text),
         Statement::Prepare {
             name, statement, ..
         } => {
@@ -992,7 +1003,7 @@ fn truncated(mut name: String) -> String {
 fn object_ident_name(name: &ObjectName) -> String {
     match name.0.last().and_then(ObjectNamePart::as_ident) {
         Some(ident) => ident_name(ident),
-        None => name.to_string().to_lowercase(),
+        None => truncated(name.to_string().to_ascii_lowercase()),
     }
 }
 
