@@ -734,6 +734,31 @@ async fn long_names_cannot_run_a_statement_other_than_the_one_judged() {
     assert_eq!((tags.as_str(), codes), ("EZI", vec!["42602".to_string()]));
 }
 
+/// A `DEALLOCATE` may not run (an earlier statement of its query failed)
+/// and a `PREPARE` of the name may then be refused: the server keeps the
+/// statement it had, so `EXECUTE` of the name is still judged as that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deallocate_that_did_not_run_forgets_nothing() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let steps = [
+        ("PREPARE s9 AS DELETE FROM victim", vec![]),
+        ("SELECT 1/0; DEALLOCATE s9", vec!["22012"]),
+        ("PREPARE s9 AS SELECT 1", vec!["42P05"]),
+        ("EXECUTE s9", vec!["42501"]),
+    ];
+    for (sql, expected) in steps {
+        let (tags, codes) = raw.query(sql).await;
+        assert_eq!(codes, expected, "{sql}: {tags}");
+    }
+    assert_eq!(count(&client, "victim").await, 5);
+    // The control: a name that only ever held the SELECT runs it.
+    let (tags, codes) = raw.query("PREPARE s10 AS SELECT 1; EXECUTE s10").await;
+    assert!(codes.is_empty(), "{tags} {codes:?}");
+}
+
 /// Approvers see a statement masked, but an approval is for the statement
 /// exactly as sent, bind parameters included (of a statement prepared
 /// through the protocol or with SQL `PREPARE`): a requester who comes back

@@ -307,8 +307,9 @@ struct QueryTrack {
 
 /// A statement prepared with Parse.
 struct Statement {
-    /// The text, masked, for records.
-    text: String,
+    /// The text, masked, for records (shared with its portals, which record
+    /// the statement they were bound to, whatever the name means later).
+    text: Arc<str>,
     /// Parameter types given in Parse.
     types: Vec<u32>,
     /// Unique per Parse in this session: a statement name may be parsed
@@ -326,9 +327,10 @@ struct Statement {
     /// the name is judged as what SQL prepared, and its rows are described
     /// afresh).
     sql_changed: bool,
-    /// The classifier could not see into it: running it may prepare or
-    /// deallocate statements by any name (a `DO` block, say).
-    opaque: bool,
+    /// Running it may prepare or deallocate statements: SQL `PREPARE`,
+    /// `DEALLOCATE`, `DISCARD`, or something the classifier could not see
+    /// into (a `DO` block, say).
+    changes_names: bool,
 }
 
 /// Parameter types the server described, by statement (Parse generation,
@@ -404,6 +406,11 @@ struct Portal {
     seq: u64,
     /// [`ClientHalf::portal_epoch`] at its Bind or its own last Execute.
     epoch: u64,
+    /// Its statement's text, as bound (`None`: not parsed here).
+    text: Option<Arc<str>>,
+    /// Running it may prepare or deallocate statements
+    /// ([`Statement::changes_names`]; true for a statement not parsed here).
+    changes_names: bool,
     /// Its statement's operations under review, until an execution of the
     /// portal is approved (a suspended portal's later executions continue
     /// that one).
@@ -456,13 +463,17 @@ impl Portals {
 /// The gateway learns of a `PREPARE` or Parse when it judges it, not when
 /// the server has made it; the server may refuse it (the name exists, the
 /// transaction is aborted) and keep the statement it had. So a name keeps
-/// every statement prepared under it since it was last deallocated, and
-/// `EXECUTE` is judged as each of them: the strictest decides. Forgetting
-/// a name (`DEALLOCATE`, Close) is safe however the server answers, since an
-/// unknown name is judged as opaque.
+/// every statement prepared under it in this session, and `EXECUTE` is
+/// judged as each of them: the strictest decides. A `DEALLOCATE` or Close
+/// forgets nothing: it may fail or be skipped, and a later `PREPARE` of the
+/// name be refused, leaving the server with the statement it had. Within
+/// one query, where a later statement runs only if the earlier ones did,
+/// a `DEALLOCATE` does count ([`ClientHalf::resolve_execute`]).
 #[derive(Default)]
 struct Prepared {
     by_name: HashMap<String, Vec<SqlOperation>>,
+    /// The bytes of statement text kept in `by_name`.
+    bytes: usize,
     /// Names made with SQL `PREPARE` in this session, never forgotten: a
     /// Bind naming one runs a statement no Parse of this session judged, so
     /// it is judged itself. Once there are too many, every Bind of a named
@@ -477,13 +488,29 @@ struct Prepared {
 const PREPARED_CANDIDATES_MAX: usize = 16;
 /// SQL-prepared names remembered before every named Bind is judged.
 const SQL_PREPARED_NAMES_MAX: usize = 4096;
+/// Names remembered; an `EXECUTE` of a name prepared after that is judged
+/// as opaque (as any unknown name is).
+const PREPARED_NAMES_MAX: usize = 4096;
+/// Statement text remembered for `EXECUTE`; beyond it a new statement is
+/// kept as an opaque placeholder, so a client preparing and closing large
+/// statements cannot grow the gateway's memory.
+const PREPARED_BYTES_MAX: usize = 16 << 20;
 
 impl Prepared {
-    fn add(&mut self, name: String, op: SqlOperation) {
+    fn add(&mut self, name: String, mut op: SqlOperation) {
+        if !self.by_name.contains_key(&name) && self.by_name.len() >= PREPARED_NAMES_MAX {
+            return;
+        }
+        if self.bytes + op.text.len() > PREPARED_BYTES_MAX {
+            op = opaque(
+                "-- a statement prepared once the gateway's memory for prepared statements was full",
+            );
+        }
         let ops = self.by_name.entry(name).or_default();
         if ops.contains(&op) {
             return;
         }
+        self.bytes += op.text.len();
         ops.push(op);
         if ops.len() > PREPARED_CANDIDATES_MAX {
             let text = format!("-- one of {} statements prepared under one name", ops.len());
@@ -723,7 +750,7 @@ impl ClientHalf<'_> {
     async fn query(&mut self, frame: Frame) -> Result<()> {
         let text = frame::query_text(&frame)?;
         let classified = self.cx.classifier.classify(&text);
-        let opaque = is_opaque(&classified);
+        let opaque = changes_names(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
@@ -750,7 +777,7 @@ impl ClientHalf<'_> {
         let parse: Parse = frame.decode(Peer::Client)?;
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
-        let unseen = is_opaque(&classified);
+        let changes_names = changes_names(&classified);
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -794,13 +821,13 @@ impl ClientHalf<'_> {
                 self.statements.insert(
                     name,
                     Statement {
-                        text,
+                        text: Arc::from(text),
                         types: parse.type_oids,
                         generation: self.generation,
                         review,
                         previous,
                         sql_changed: false,
-                        opaque: unseen,
+                        changes_names,
                     },
                 );
                 self.forward(&frame, Some(Pending::Parse(watched))).await
@@ -823,6 +850,10 @@ impl ClientHalf<'_> {
             self.settle(&statement, true).await?;
         }
         // One lookup of the statement for everything the portal needs.
+        let (text, changes_names) = match self.statements.get(&statement) {
+            Some(s) if !s.sql_changed => (Some(Arc::clone(&s.text)), s.changes_names),
+            _ => (None, true),
+        };
         let (types, key, review) = match self.statements.get(&statement) {
             Some(s) => (
                 self.param_types
@@ -882,6 +913,8 @@ impl ClientHalf<'_> {
                 described: false,
                 seq: self.seq,
                 epoch: self.portal_epoch,
+                text,
+                changes_names,
                 exact_parameters: if review.is_some() {
                     exact_parameters()
                 } else {
@@ -963,9 +996,9 @@ impl ClientHalf<'_> {
         // Formatted from borrowed parts: this runs for every execution.
         let (data, described) = match self.portals.map.get(&portal) {
             Some(p) => {
-                let what = match self.statements.get(&p.statement) {
-                    Some(s) if !s.sql_changed => Cow::Borrowed(s.text.as_str()),
-                    _ => Cow::Owned(format!(
+                let what = match &p.text {
+                    Some(text) => Cow::Borrowed(&**text),
+                    None => Cow::Owned(format!(
                         "statement {:?}",
                         String::from_utf8_lossy(&p.statement)
                     )),
@@ -988,13 +1021,14 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
-        let runs_opaque = self
+        // What the portal runs may give statement names other meanings
+        // (it takes effect now, not when it was parsed).
+        if self
             .portals
             .map
             .get(&portal)
-            .and_then(|p| self.statements.get(&p.statement))
-            .is_none_or(|s| s.opaque);
-        if runs_opaque {
+            .is_none_or(|p| p.changes_names)
+        {
             self.any_sql_changed();
         }
         // A portal whose name something else may have taken since its
@@ -1147,9 +1181,8 @@ impl ClientHalf<'_> {
                 self.forget(old.generation);
                 self.outcomes.take(old.generation);
             }
-            self.prepared
-                .by_name
-                .remove(String::from_utf8_lossy(&name).as_ref());
+            // The statement stays a candidate for SQL EXECUTE of the name
+            // ([`Prepared`]): a Close after an error is skipped.
             Pending::Close(None)
         } else {
             self.portals.map.remove(&name);
@@ -1270,14 +1303,9 @@ impl ClientHalf<'_> {
                     self.sql_changed(name.as_bytes());
                     self.prepared.add_sql(name, op);
                 }
-                PreparedChange::Remove(name) => {
-                    self.sql_changed(name.as_bytes());
-                    self.prepared.by_name.remove(&name);
-                }
-                PreparedChange::Clear => {
-                    self.any_sql_changed();
-                    self.prepared.by_name.clear();
-                }
+                // The statements stay candidates ([`Prepared`]).
+                PreparedChange::Remove(name) => self.sql_changed(name.as_bytes()),
+                PreparedChange::Clear => self.any_sql_changed(),
             }
         }
     }
@@ -1527,11 +1555,14 @@ fn name_of(b: &[u8]) -> &[u8] {
     frame::take_cstr(b).map_or(b, |(n, _)| n)
 }
 
-/// Whether the classifier could not see into one of the statements.
-fn is_opaque(classified: &[Classified]) -> bool {
-    classified
-        .iter()
-        .any(|c| c.operation.kind == SqlKind::Opaque)
+/// Whether running the statements may prepare or deallocate statements
+/// by name in ways the gateway does not follow message by message: SQL
+/// `PREPARE`/`DEALLOCATE`/`DISCARD` (which take effect when they run,
+/// not when they are parsed), or anything the classifier could not see into.
+fn changes_names(classified: &[Classified]) -> bool {
+    classified.iter().any(|c| {
+        c.operation.kind == SqlKind::Opaque || c.prepare.is_some() || c.deallocate.is_some()
+    })
 }
 
 /// Marks a statement, and the ones the server may hold instead of it, as
@@ -2292,6 +2323,8 @@ mod tests {
             described: false,
             seq,
             epoch: 0,
+            text: None,
+            changes_names: false,
             review: None,
             exact_parameters: Bytes::new(),
             columns: None,
