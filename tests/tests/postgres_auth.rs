@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use airlock_tests::postgres::{
-    MD5_USER, PgGateway, TRUST_USER, TestPostgres, conninfo, pg_config, psql,
+    MD5_USER, PgGateway, Raw, TRUST_USER, TestPostgres, conninfo, pg_config, psql,
 };
 use tokio_postgres::NoTls;
 
@@ -179,6 +179,17 @@ async fn startup_settings_that_change_the_session_are_refused() {
     .await
     .unwrap();
     assert!(ok && out.trim() == "4321ms", "{out}{err}");
+
+    // PostgreSQL also splits `options` at a vertical tab: a setting hidden
+    // behind one is refused, not passed on inside an allowed one's value.
+    let hidden = "-cstatement_timeout=4321\x0b-csession_replication_role=replica";
+    let (_, seen) = Raw::login(gw.addr, &token, 0, &[("options", hidden)]).await;
+    let (tag, body) = seen.last().unwrap();
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        *tag == b'E' && text.contains("C42501") && text.contains("only printable ASCII"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

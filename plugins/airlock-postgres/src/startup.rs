@@ -237,6 +237,18 @@ fn check_settings(params: &BTreeMap<String, String>) -> std::result::Result<(), 
 /// the next character), each setting `-c name=value`, `-cname=value` or
 /// `--name=value`. Any other switch is refused.
 fn option_settings(options: &str) -> std::result::Result<Vec<String>, String> {
+    // The server splits at C's `isspace` in its own locale: a vertical tab
+    // (which Rust's ASCII whitespace leaves out) or, in some locales, a
+    // non-ASCII byte ends a word there and not here, and a setting would
+    // pass hidden inside the word of an allowed one.
+    if let Some(c) = options
+        .chars()
+        .find(|c| !c.is_ascii() || (c.is_ascii_control() && *c != '\t'))
+    {
+        return Err(format!(
+            "character {c:?} (only printable ASCII, spaces and tabs are passed on)"
+        ));
+    }
     let mut words = Vec::new();
     let mut word = String::new();
     let mut chars = options.chars();
@@ -453,6 +465,24 @@ mod tests {
             assert!(e.contains(&format!("\"{named}\"")), "{bad:?}: {e}");
             assert!(e.contains("SET"), "{e}");
         }
+        // A word boundary the server sees and Airlock might not: a vertical
+        // tab, other control characters, non-ASCII bytes. (A tab is fine.)
+        for hidden in [
+            "-capplication_name=x\x0b-crole=app_owner",
+            "-capplication_name=x\x0c-crole=app_owner",
+            "-capplication_name=x\u{a0}-crole=app_owner",
+            "-capplication_name=x\u{85}-crole=app_owner",
+        ] {
+            let e = check_settings(&params(&[("options", hidden)])).unwrap_err();
+            assert!(e.contains("only printable ASCII"), "{hidden:?}: {e}");
+        }
+        assert_eq!(
+            check_settings(&params(&[(
+                "options",
+                "-capplication_name=x\t-cDateStyle=ISO"
+            )])),
+            Ok(())
+        );
         for bad in ["-d 5", "-c", "-c name", "-B 1000"] {
             assert!(
                 check_settings(&params(&[("options", bad)])).is_err(),
