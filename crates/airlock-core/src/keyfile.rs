@@ -23,7 +23,7 @@ pub(crate) fn load_or_create(
     }
     let bytes = generate()?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        create_private_dir(dir).map_err(|e| {
             Error::Config(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
@@ -48,4 +48,16 @@ pub(crate) fn load_or_create(
             path.display()
         ))),
     }
+}
+
+/// Creates `dir` and any missing parents readable by the owner only (on
+/// Unix): the data directory holds statements, parameters and result rows
+/// (masked only where a rule or detector matched), and keys. A directory
+/// that already exists keeps its permissions.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }

@@ -31,4 +31,5 @@ pub mod telemetry;
 pub use connector::{ClientStream, Connector, Registry};
 pub use error::{Error, Result, Side};
 pub use gateway::{Gateway, GatewayParts, PendingApproval, Session};
+pub use keyfile::create_private_dir;
 pub use model::*;

@@ -61,7 +61,7 @@ pub(crate) struct Log {
 impl Log {
     pub(crate) fn open(data_dir: &Path) -> Result<Log> {
         let dir = data_dir.join("log");
-        std::fs::create_dir_all(&dir).map_err(io(format!(
+        airlock_core::create_private_dir(&dir).map_err(io(format!(
             "cannot create the audit log directory {}",
             dir.display()
         )))?;
@@ -116,14 +116,15 @@ impl Log {
     pub(crate) fn append_to(&self, segment: u64) -> Result<File> {
         let path = self.path(segment);
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(format!(
-                "cannot open the audit log segment {}",
-                path.display()
-            )))?;
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        // The records are for the owner only, as the directory is.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(io(format!(
+            "cannot open the audit log segment {}",
+            path.display()
+        )))?;
         if !existed {
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())

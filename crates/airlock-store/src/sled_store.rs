@@ -153,7 +153,7 @@ impl SledStore {
     /// Opens (or creates) the store in `data_dir`, re-indexing the part of
     /// the log the index may not hold.
     pub fn open(data_dir: &Path) -> Result<SledStore> {
-        std::fs::create_dir_all(data_dir).map_err(io(format!(
+        airlock_core::create_private_dir(data_dir).map_err(io(format!(
             "cannot create data directory {}",
             data_dir.display()
         )))?;

@@ -159,7 +159,7 @@ style = "redact"
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+    airlock_core::create_private_dir(&opts.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             opts.data_dir.display()
@@ -172,6 +172,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     pg.psql(&seed_sql())
         .await
         .context("cannot seed the demo database")?;
+    // Over TCP only the gateway's role, with its password (which only the
+    // data directory's owner can read): the test server's other logins
+    // (one without a password) would let any local user read the PII
+    // around the gateway.
+    pg.set_hba(&format!(
+        "local all all trust\nhost app {APP_USER} 127.0.0.1/32 scram-sha-256\n"
+    ))
+    .await
+    .context("cannot restrict the demo database's logins")?;
     let password_file = pg.password_file(&opts.data_dir)?;
     let config_path = opts.data_dir.join("demo.toml");
     std::fs::write(&config_path, config(&opts, &pg, &password_file))?;

@@ -211,6 +211,52 @@ fn the_example_agent_works_through_the_demo_and_the_tour_holds() {
     let dir = tempfile::tempdir().unwrap();
     let mut demo = Demo::start(dir.path());
 
+    // The data directory (records, keys, the database password) is its
+    // owner's alone, and the database behind the demo takes no login over
+    // TCP but the gateway's: nobody on the machine goes around Airlock.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&demo.data_dir)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "data directory mode {mode:o}");
+    let segments: Vec<_> = std::fs::read_dir(demo.data_dir.join("log"))
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.path().extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert!(!segments.is_empty());
+    for segment in segments {
+        let mode = segment.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "log segment mode {mode:o}");
+    }
+    let toml = std::fs::read_to_string(demo.data_dir.join("demo.toml")).unwrap();
+    let db_port = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("port = "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let direct = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &db_port,
+            "-U",
+            "trust_app",
+            "-d",
+            "app",
+        ])
+        .args(["-XAtw", "-c", "SELECT count(*) FROM customers"])
+        .output()
+        .unwrap();
+    assert!(
+        !direct.status.success()
+            && String::from_utf8_lossy(&direct.stderr).contains("no pg_hba.conf entry"),
+        "{direct:?}"
+    );
+
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents/psycopg_agent.py");
     let dsn = format!(
