@@ -1,6 +1,6 @@
 //! `[identity]`: which token issuers the gateway trusts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
@@ -60,6 +60,13 @@ pub struct OidcIssuerConfig {
     /// cannot be mistaken for each other. Default: no prefix.
     #[serde(default)]
     pub groups_prefix: String,
+    /// Put before the subject of every token from this issuer
+    /// (`"partner:"` turns `"svc-backup"` into `"partner:svc-backup"`), so
+    /// that a subject of one issuer is never taken for the same name at
+    /// another in grants, approvals and `require_user_match`. Default: no
+    /// prefix.
+    #[serde(default)]
+    pub subject_prefix: String,
     /// The claim naming the caller, recorded as the session's subject
     /// (`"preferred_username"`, `"email"`, ...). Dots walk into nested
     /// objects. Default `"sub"`.
@@ -265,6 +272,29 @@ pub(crate) fn check_unique(config: &IdentityConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Warns of trusted issuers whose subjects share a namespace: a token of
+/// one naming `svc-backup` would be taken for the `svc-backup` of the
+/// other (grants by subject, approvals, `require_user_match`).
+pub(crate) fn warn_shared_subjects(config: &IdentityConfig) {
+    let mut by_prefix: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    if config.local.enabled {
+        by_prefix.entry("").or_default().push(&config.local.issuer);
+    }
+    for oidc in &config.oidc {
+        by_prefix
+            .entry(&oidc.subject_prefix)
+            .or_default()
+            .push(&oidc.issuer);
+    }
+    for (prefix, issuers) in by_prefix.iter().filter(|(_, i)| i.len() > 1) {
+        tracing::warn!(
+            prefix = *prefix,
+            issuers = issuers.join(", "),
+            "these token issuers' subjects share a namespace: a subject from one is the same subject from the other in grants and approvals; give all but one a distinct [[identity.oidc]] subject_prefix (the local issuer's subjects carry none)"
+        );
+    }
 }
 
 /// `https`, or `http` to a loopback address (tests, an IdP on the same host).

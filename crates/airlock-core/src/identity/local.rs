@@ -87,6 +87,7 @@ impl LocalIssuer {
             subject_claim: "sub".into(),
             groups_claim: "groups".into(),
             groups_prefix: String::new(),
+            subject_prefix: String::new(),
         };
         Ok(LocalIssuer {
             config: config.clone(),

@@ -81,6 +81,7 @@ impl Verifier {
     pub fn new(config: &IdentityConfig, data_dir: &Path) -> Result<Self> {
         install_crypto_provider();
         config::check_unique(config)?;
+        config::warn_shared_subjects(config);
         let mut issuers = HashMap::new();
         if !config.oidc.is_empty() {
             let http = reqwest::Client::builder()

@@ -70,6 +70,7 @@ impl OidcIssuer {
                 subject_claim: config.subject_claim.clone(),
                 groups_claim: config.groups_claim.clone(),
                 groups_prefix: config.groups_prefix.clone(),
+                subject_prefix: config.subject_prefix.clone(),
             },
             min_refresh_interval: Duration::from_secs(config.min_refresh_interval_secs),
             max_age: Duration::from_secs(config.jwks_max_age_secs),

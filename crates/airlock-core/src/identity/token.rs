@@ -49,6 +49,7 @@ pub(crate) struct Rules {
     pub(crate) subject_claim: String,
     pub(crate) groups_claim: String,
     pub(crate) groups_prefix: String,
+    pub(crate) subject_prefix: String,
 }
 
 fn malformed(message: impl Into<String>) -> AuthFailure {
@@ -257,7 +258,9 @@ impl Token<'_> {
 
     fn subject(&self, rules: &Rules) -> Result<String, AuthFailure> {
         match claim_at(&self.claims, &rules.subject_claim) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            Some(Value::String(s)) if !s.trim().is_empty() => {
+                Ok(format!("{}{s}", rules.subject_prefix))
+            }
             None | Some(Value::Null) => Err(AuthFailure::MissingClaim {
                 claim: rules.subject_claim.clone(),
             }),
@@ -596,6 +599,7 @@ mod tests {
             subject_claim: "sub".into(),
             groups_claim: groups_claim.into(),
             groups_prefix: prefix.into(),
+            subject_prefix: String::new(),
         }
     }
 
@@ -671,6 +675,18 @@ mod tests {
                 assert!(matches!(err, AuthFailure::InvalidClaim { .. }), "{err}");
             }
         }
+    }
+
+    /// An issuer's subject prefix sets its subjects apart from another
+    /// issuer's same names.
+    #[test]
+    fn the_subject_prefix_comes_before_the_subject() {
+        let raw = token(json!({"alg": "RS256"}), good_claims());
+        let mut partner = rules("groups", "");
+        partner.subject_prefix = "partner:".into();
+        let token = parse(&raw).unwrap();
+        assert_eq!(token.subject(&partner).unwrap(), "partner:alice");
+        assert_eq!(token.subject(&rules("groups", "")).unwrap(), "alice");
     }
 
     #[test]
