@@ -350,6 +350,12 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The last record's sequence number.
     pub last_seq: u64,
+    /// The last record's hash, when the chain verified: keep it outside the
+    /// gateway, and a later cut of the tail shows against it.
+    pub head: Option<Hash>,
+    /// The last record a signed checkpoint covers (0: none). A cut of the
+    /// records after it shows only against a copy kept elsewhere.
+    pub sealed_through: u64,
     /// The first problem found, if any.
     pub problem: Option<Problem>,
 }
@@ -458,6 +464,8 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
         records: count,
         checkpoints: checkpoints.len() as u64,
         last_seq: last,
+        head: (count > 0).then_some(prev),
+        sealed_through: sealed.keys().next_back().copied().unwrap_or(0),
         problem: None,
     })
 }
@@ -467,6 +475,8 @@ fn report(records: u64, checkpoints: usize, last_seq: u64, problem: Problem) -> 
         records,
         checkpoints: checkpoints as u64,
         last_seq,
+        head: None,
+        sealed_through: 0,
         problem: Some(problem),
     }
 }

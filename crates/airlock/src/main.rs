@@ -402,6 +402,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "audit chain OK: {} records, {} signed checkpoints, last record {}",
                             report.records, report.checkpoints, report.last_seq
                         );
+                        if report.sealed_through < report.last_seq {
+                            // What the signatures cannot vouch for.
+                            let head = report.head.map(|h| h.to_string()).unwrap_or_default();
+                            println!(
+                                "records {} to {} come after the last signed checkpoint: a cut of them shows only against a copy kept outside the gateway (the last record's hash is {head})",
+                                report.sealed_through + 1,
+                                report.last_seq
+                            );
+                        }
                     }
                     Ok(ExitCode::SUCCESS)
                 }

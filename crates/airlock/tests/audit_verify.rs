@@ -114,6 +114,63 @@ async fn untouched_chain_verifies_clean() {
     assert!(out.contains("audit chain OK: 40 records"), "{out}");
 }
 
+/// A gateway that stopped without its shutdown checkpoint leaves records
+/// no signature covers: they verify, and the report names them and gives
+/// the last record's hash to keep elsewhere. A chain sealed to its end
+/// (above) says nothing of the kind.
+#[tokio::test]
+async fn records_after_the_last_checkpoint_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
+        let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
+        let options = RecorderOptions {
+            checkpoint_every: 16,
+            ..RecorderOptions::default()
+        };
+        let (recorder, writer) = Recorder::start(store, signer, options).await.unwrap();
+        let session = SessionId::new();
+        for i in 0..20 {
+            let event = Event::Operation {
+                operation: Operation::Command(CommandOperation {
+                    line: format!("echo {i}"),
+                    interactive: false,
+                }),
+                decision: Decision::Allow,
+            };
+            recorder.record(Some(session), event).await.unwrap();
+        }
+        // Stopped without shutting down: no last checkpoint.
+        writer.abort();
+        let _ = writer.await;
+    }
+    let (ok, out) = verify(dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("audit chain OK: 20 records"), "{out}");
+    assert!(
+        out.contains("records 17 to 20 come after the last signed checkpoint"),
+        "{out}"
+    );
+    let hash = out
+        .rsplit("hash is ")
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches(')');
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out}"
+    );
+
+    let sealed = tempfile::tempdir().unwrap();
+    populate(sealed.path()).await;
+    let (ok, out) = verify(sealed.path());
+    assert!(
+        ok && !out.contains("after the last signed checkpoint"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn altered_record_is_named() {
     let (ok, out) = tampered(|frames| replace_in(&mut frames[6], "echo 6", "echo X")).await;
