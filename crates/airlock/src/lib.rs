@@ -150,6 +150,7 @@ impl Runtime {
         let mask_key = airlock_core::mask::load_or_create_key(data_dir)?;
         let masking = MaskEngine::new(&config.masking, held, mask_key)?;
         let verifier = Verifier::new(&config.identity, data_dir)?;
+        warn_cleartext_off_loopback(config);
         // Bound before the approval service exists so approval links carry
         // the real port (the configured one may be 0).
         let api_socket = match &config.api {
@@ -279,5 +280,95 @@ pub fn public_url(config: &Config) -> String {
         (Some(url), _) => url.clone(),
         (None, Some(api)) => format!("http://{}", api.listen),
         (None, None) => "http://127.0.0.1:8080".to_string(),
+    }
+}
+
+/// Warns of places where access tokens cross a network in clear text: a
+/// listener that accepts them without TLS, or the API (plain HTTP), on an
+/// address other than loopback. A token read there opens every listener.
+fn warn_cleartext_off_loopback(config: &Config) {
+    for listener in &config.listeners {
+        let l = listener.get_ref();
+        let cleartext = l
+            .options
+            .get("allow_cleartext_without_tls")
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false);
+        if cleartext && !l.listen.ip().is_loopback() {
+            tracing::warn!(
+                listener = %l.name,
+                listen = %l.listen,
+                "this listener accepts access tokens in clear text on an address other than loopback: anyone on the path can read them; configure tls_cert and tls_key, or listen on 127.0.0.1"
+            );
+        }
+    }
+    if let Some(api) = &config.api
+        && !api.listen.ip().is_loopback()
+    {
+        tracing::warn!(
+            listen = %api.listen,
+            "the API serves plain HTTP on an address other than loopback: bearer tokens (which also log in to the listeners) cross the network in clear; put a TLS-terminating proxy in front of it, or listen on 127.0.0.1"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The log lines `warn_cleartext_off_loopback` writes for `toml`.
+    fn warnings(toml: &str) -> String {
+        let source = Source {
+            path: "test.toml".into(),
+            text: toml.to_string(),
+        };
+        let config = Config::parse(&source).unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let out = out.clone();
+            move || Capture(out.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || warn_cleartext_off_loopback(&config));
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Tokens in clear text off loopback are warned of; on loopback, or
+    /// with TLS, they are not.
+    #[test]
+    fn cleartext_tokens_off_loopback_are_warned_of() {
+        let config = |pg: &str, cleartext: bool, api: &str| {
+            format!(
+                "[api]\nlisten = \"{api}\"\n\n[[listeners]]\nname = \"pg\"\nprotocol = \"postgres\"\nlisten = \"{pg}\"\nallow_cleartext_without_tls = {cleartext}\n"
+            )
+        };
+        let off = warnings(&config("192.0.2.10:5432", true, "192.0.2.10:8080"));
+        assert!(off.contains("accepts access tokens in clear text"), "{off}");
+        assert!(off.contains("the API serves plain HTTP"), "{off}");
+        for quiet in [
+            config("127.0.0.1:5432", true, "127.0.0.1:8080"),
+            config("192.0.2.10:5432", false, "[::1]:8080"),
+        ] {
+            assert_eq!(warnings(&quiet), "", "{quiet}");
+        }
     }
 }
