@@ -13,6 +13,13 @@ use airlock_core::{CommandOperation, Decision, Event, Operation, SessionId};
 
 /// Records 40 events through the real recorder (checkpoint every 16) and closes the store.
 async fn populate(dir: &Path) {
+    record(dir, 40, true).await;
+}
+
+/// Records `n` events through the real recorder (checkpoint every 16);
+/// without `shut_down` it stops as a killed gateway would, before its last
+/// checkpoint.
+async fn record(dir: &Path, n: usize, shut_down: bool) {
     let store = Arc::new(airlock_store::SledStore::open(dir).unwrap());
     let signer = CheckpointSigner::load_or_create(dir).unwrap();
     let options = RecorderOptions {
@@ -21,7 +28,7 @@ async fn populate(dir: &Path) {
     };
     let (recorder, writer) = Recorder::start(store, signer, options).await.unwrap();
     let session = SessionId::new();
-    for i in 0..40 {
+    for i in 0..n {
         let event = Event::Operation {
             operation: Operation::Command(CommandOperation {
                 line: format!("echo {i}"),
@@ -31,8 +38,13 @@ async fn populate(dir: &Path) {
         };
         recorder.record(Some(session), event).await.unwrap();
     }
-    recorder.shutdown().await.unwrap();
-    writer.await.unwrap();
+    if shut_down {
+        recorder.shutdown().await.unwrap();
+        writer.await.unwrap();
+    } else {
+        writer.abort();
+        let _ = writer.await;
+    }
 }
 
 fn verify(dir: &Path) -> (bool, String) {
@@ -121,29 +133,8 @@ async fn untouched_chain_verifies_clean() {
 #[tokio::test]
 async fn records_after_the_last_checkpoint_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
-        let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
-        let options = RecorderOptions {
-            checkpoint_every: 16,
-            ..RecorderOptions::default()
-        };
-        let (recorder, writer) = Recorder::start(store, signer, options).await.unwrap();
-        let session = SessionId::new();
-        for i in 0..20 {
-            let event = Event::Operation {
-                operation: Operation::Command(CommandOperation {
-                    line: format!("echo {i}"),
-                    interactive: false,
-                }),
-                decision: Decision::Allow,
-            };
-            recorder.record(Some(session), event).await.unwrap();
-        }
-        // Stopped without shutting down: no last checkpoint.
-        writer.abort();
-        let _ = writer.await;
-    }
+    // Stopped without shutting down: no last checkpoint.
+    record(dir.path(), 20, false).await;
     let (ok, out) = verify(dir.path());
     assert!(ok, "{out}");
     assert!(out.contains("audit chain OK: 20 records"), "{out}");

@@ -850,21 +850,23 @@ impl ClientHalf<'_> {
             self.settle(&statement, true).await?;
         }
         // One lookup of the statement for everything the portal needs.
-        let (text, changes_names) = match self.statements.get(&statement) {
-            Some(s) if !s.sql_changed => (Some(Arc::clone(&s.text)), s.changes_names),
-            _ => (None, true),
-        };
-        let (types, key, review) = match self.statements.get(&statement) {
-            Some(s) => (
-                self.param_types
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(&s.generation).cloned())
-                    .unwrap_or_else(|| s.types.clone()),
-                (!s.sql_changed).then(|| (s.generation, bind.result_column_format_codes.clone())),
-                s.review.clone(),
-            ),
-            None => (Vec::new(), None, None),
+        let (types, key, review, text, changes_names) = match self.statements.get(&statement) {
+            Some(s) => {
+                // Not what SQL may have put under the name since its Parse.
+                let known = !s.sql_changed;
+                (
+                    self.param_types
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&s.generation).cloned())
+                        .unwrap_or_else(|| s.types.clone()),
+                    known.then(|| (s.generation, bind.result_column_format_codes.clone())),
+                    s.review.clone(),
+                    known.then(|| Arc::clone(&s.text)),
+                    !known || s.changes_names,
+                )
+            }
+            None => (Vec::new(), None, None, None, true),
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -1021,34 +1023,36 @@ impl ClientHalf<'_> {
         if let Err(e) = self.cx.session.record(Event::Input { data }).await {
             return self.refuse(store_error(&e), true).await;
         }
-        // What the portal runs may give statement names other meanings
-        // (it takes effect now, not when it was parsed).
-        if self
-            .portals
-            .map
-            .get(&portal)
-            .is_none_or(|p| p.changes_names)
-        {
-            self.any_sql_changed();
-        }
         // A portal whose name something else may have taken since its
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
         self.portal_epoch += 1;
-        let (key, carried, described) = match self.portals.map.get_mut(&portal) {
+        let (key, carried, described, changes_names) = match self.portals.map.get_mut(&portal) {
             Some(p) if p.epoch == epoch => {
                 p.epoch = self.portal_epoch;
-                (p.key.as_ref(), p.columns.clone(), described)
+                (
+                    p.key.as_ref(),
+                    p.columns.clone(),
+                    described,
+                    p.changes_names,
+                )
             }
             Some(p) => {
                 // What was known of the name is forgotten, not only
                 // skipped now: the fresh Describe below is what holds.
                 p.key = None;
                 p.columns = None;
-                (None, None, false)
+                (None, None, false, p.changes_names)
             }
-            None => (None, None, false),
+            None => (None, None, false, true),
         };
+        // What the portal runs may give statement names other meanings
+        // (it takes effect now, not when it was parsed).
+        if changes_names {
+            for s in self.statements.values_mut() {
+                mark_sql_changed(s);
+            }
+        }
         let known = match (carried, key, described) {
             (Some(columns), ..) => Some(columns),
             (None, Some(key), false) => self
