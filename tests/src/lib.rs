@@ -150,6 +150,25 @@ pub fn approval_id(wait: &str) -> Option<String> {
     rest.split(' ').next().map(str::to_string)
 }
 
+/// A self-signed certificate for "localhost" signed by `algorithm`.
+pub fn localhost_cert(
+    algorithm: &'static rcgen::SignatureAlgorithm,
+) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
+    let key = rcgen::KeyPair::generate_for(algorithm)?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])?.self_signed(&key)?;
+    Ok((cert, key))
+}
+
+/// A self-signed ECDSA certificate for "localhost" and its key, written to
+/// `dir` as the PEM files `gw.crt` and `gw.key`.
+pub fn certificate(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let (c, k) = (dir.join("gw.crt"), dir.join("gw.key"));
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    Ok((c, k))
+}
+
 /// A gateway configuration with one line target at `target`.
 pub fn line_config(target: SocketAddr, extra: &str) -> String {
     format!(

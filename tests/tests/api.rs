@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
+use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, certificate, line_config};
 use serde_json::{Value, json};
 
 const RULES: &str = r#"
@@ -329,4 +329,115 @@ async fn health_metrics_and_openapi_document() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// curl against the API: `(status, JSON body)`; `ca` makes it trust that
+/// certificate (and nothing else) for https.
+fn curl(url: &str, token: &str, method: &str, ca: Option<&std::path::Path>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-X",
+        method,
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+    ])
+    .args([
+        "-H",
+        "Content-Type: application/json",
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if method == "POST" {
+        cmd.args(["-d", "{}"]);
+    }
+    if let Some(ca) = ca {
+        cmd.arg("--cacert").arg(ca);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_api_decides_approvals_and_tells_a_plain_http_caller_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path()).unwrap();
+    let rules = RULES.replace(
+        "auditors = [\"audit\"]\n",
+        &format!(
+            "auditors = [\"audit\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    assert!(rules.contains("tls_key"));
+    let target = EchoTarget::start().await.unwrap();
+    let gw = TestGateway::start(&line_config(target.addr, &rules), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let port = gw.runtime.api.unwrap().port();
+    let mut client = gw.login("agent-1", &["agents"]).await.unwrap();
+    let wait = client.send("deploy v9").await.unwrap();
+    let id = approval_id(&wait).unwrap();
+    // The link people follow is https.
+    let link = format!("https://127.0.0.1:{port}/approvals/{id}");
+    assert!(wait.ends_with(&link), "{wait}");
+    let dana = gw.token("dana", &["dba"]).unwrap();
+    let approve = format!("/api/v1/approvals/{id}/approve");
+
+    // The approval sent over plain HTTP is not processed, and the answer
+    // says what to do instead (and that the token was exposed).
+    let (status, e) = curl(
+        &format!("http://localhost:{port}{approve}"),
+        &dana,
+        "POST",
+        None,
+    );
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("use https://localhost:{port}{approve}"))
+            && message.contains("treat it as exposed"),
+        "{message}"
+    );
+    // A client that does not trust the certificate gets no answer at all.
+    let (status, _) = curl(
+        &format!("https://localhost:{port}{approve}"),
+        &dana,
+        "POST",
+        None,
+    );
+    assert_eq!(status, 0);
+    let https = |path: &str| format!("https://localhost:{port}{path}");
+    let (status, a) = curl(
+        &https(&format!("/api/v1/approvals/{id}")),
+        &dana,
+        "GET",
+        Some(&cert),
+    );
+    assert_eq!(
+        (status, a["status"].as_str()),
+        (200, Some("pending")),
+        "{a}"
+    );
+    assert!(target.received().is_empty());
+
+    // The same approval over HTTPS releases the waiting operation.
+    let (status, a) = curl(&https(&approve), &dana, "POST", Some(&cert));
+    assert_eq!(
+        (status, a["status"].as_str()),
+        (200, Some("approved")),
+        "{a}"
+    );
+    assert_eq!(client.next().await.unwrap(), "deploy v9");
+    assert_eq!(target.received(), vec!["deploy v9".to_string()]);
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use airlock_tests::postgres::{
     MD5_USER, PgGateway, Raw, TRUST_USER, TestPostgres, conninfo, pg_config, psql,
 };
+use airlock_tests::{certificate, localhost_cert};
 use tokio_postgres::NoTls;
 
 async fn connect(
@@ -37,27 +38,6 @@ fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map(|d| d.message().to_string())
         .unwrap_or_else(|| e.to_string())
-}
-
-/// A self-signed certificate for "localhost" signed by `algorithm`.
-fn localhost_cert(
-    algorithm: &'static rcgen::SignatureAlgorithm,
-) -> (rcgen::Certificate, rcgen::KeyPair) {
-    let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    (cert, key)
-}
-
-/// A self-signed certificate for "localhost", written as PEM files.
-fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
-    let (c, k) = (dir.join("gw.crt"), dir.join("gw.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +200,7 @@ async fn tls_is_negotiated_and_cleartext_tokens_are_refused_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await.unwrap();
     let pw = pg.password_file(dir.path()).unwrap();
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = certificate(dir.path()).unwrap();
     let listener = format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"",
         cert.display(),
@@ -278,7 +258,7 @@ async fn direct_tls_needs_the_postgresql_alpn() {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await.unwrap();
     let pw = pg.password_file(dir.path()).unwrap();
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = certificate(dir.path()).unwrap();
     let listener = format!(
         "tls_cert = \"{}\"\ntls_key = \"{}\"",
         cert.display(),
@@ -343,7 +323,7 @@ async fn upstream_md5_trust_and_tls_logins() {
     let pw = pg.password_file(dir.path()).unwrap();
     let md5_pw = dir.path().join("md5-password");
     std::fs::write(&md5_pw, pg.md5_password()).unwrap();
-    let (cert, key) = certificate(dir.path());
+    let (cert, key) = certificate(dir.path()).unwrap();
 
     // An inner gateway with TLS in front of the server; the outer gateway
     // reaches it with sslmode = "verify-full" and an inner token as password.
@@ -430,7 +410,7 @@ targets = ["md5", "trusted", "chained"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_reaches_postgresql_encrypted_and_never_downgrades() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let ca = dir.path().join("pg-ca.crt");
     std::fs::write(&ca, cert.pem()).unwrap();
     let tls_pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
@@ -509,7 +489,7 @@ targets = ["encrypted", "plain"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_logins_are_refused_when_the_server_asks_the_wrong_way() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
         .await
         .unwrap();
@@ -705,7 +685,7 @@ async fn tls_interceptor(
 ) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = || Arc::new(rustls::crypto::ring::default_provider());
-    let (own, key) = localhost_cert(algorithm);
+    let (own, key) = localhost_cert(algorithm).unwrap();
     let server_side = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -756,7 +736,7 @@ async fn tls_interceptor(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_over_tls_is_bound_to_the_certificate_so_a_relaying_middleman_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
         .await
         .unwrap();

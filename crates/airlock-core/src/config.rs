@@ -131,6 +131,27 @@ pub struct ApiConfig {
     /// Groups whose members may read sessions and verify the audit trail.
     #[serde(default)]
     pub auditors: Vec<String>,
+    /// PEM certificate chain (leaf first): with `tls_key`, the API speaks
+    /// HTTPS only. The bearer tokens it receives also log in to the
+    /// listeners, so anywhere but loopback it should.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// Whether the API speaks HTTPS (both TLS files given; a half setting
+    /// is refused at start).
+    pub fn has_tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// The URL scheme the API is reached with.
+    pub fn scheme(&self) -> &'static str {
+        if self.has_tls() { "https" } else { "http" }
+    }
 }
 
 /// `[[listeners]]`: the common keys; the rest is the connector's.

@@ -27,6 +27,7 @@ pub mod policy;
 pub mod recorder;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use connector::{ClientStream, Connector, Registry};
 pub use error::{Error, Result, Side};

@@ -1,6 +1,8 @@
 //! A small client for the gateway's REST API, used by the CLI's `approvals`
 //! commands and by `sessions`/`replay --api`.
 
+use std::path::Path;
+
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,18 +16,28 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client for the API at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<ApiClient> {
+    /// A client for the API at `base` (e.g. `https://airlock.example:8443`),
+    /// trusting only the CA certificate in `ca` (PEM) if one is given.
+    pub fn new(base: &str, token: Option<String>, ca: Option<&Path>) -> anyhow::Result<ApiClient> {
         let Some(token) = token else {
             bail!(
                 "the API needs a token: pass --token or set AIRLOCK_TOKEN (mint one with `airlock token`)"
             );
         };
         airlock_core::identity::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).with_context(|| {
+                format!("cannot read the API's CA certificate {}", ca.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate file", ca.display()))?;
+            if certs.is_empty() {
+                bail!("{} holds no certificate", ca.display());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(ApiClient {
             base: base.trim_end_matches('/').to_string(),
             token,
@@ -57,7 +69,14 @@ impl ApiClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the Airlock API at {}", self.base))?;
+            .with_context(|| {
+                let hint = if self.base.starts_with("https://") {
+                    " (if its certificate is self-signed or from a private CA, pass that certificate with --api-ca)"
+                } else {
+                    ""
+                };
+                format!("cannot reach the Airlock API at {}{hint}", self.base)
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()

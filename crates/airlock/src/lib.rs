@@ -161,11 +161,20 @@ impl Runtime {
                     .with_context(|| format!("[api]: cannot listen on {}", api.listen))?,
             ),
         };
+        let api_tls = match &config.api {
+            None => None,
+            Some(api) => airlock_core::tls::optional_server_config(
+                "[api]",
+                api.tls_cert.as_deref(),
+                api.tls_key.as_deref(),
+                &[b"http/1.1"],
+            )?,
+        };
         let api_addr = api_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-        let approvals_url = match (&config.gateway.public_url, api_addr) {
-            (Some(url), _) => url.clone(),
-            (None, Some(addr)) => format!("http://{addr}"),
-            (None, None) => public_url(config),
+        let approvals_url = match (&config.gateway.public_url, api_addr, &config.api) {
+            (Some(url), _, _) => url.clone(),
+            (None, Some(addr), Some(api)) => format!("{}://{addr}", api.scheme()),
+            _ => public_url(config),
         };
         let notifier: Option<Arc<dyn Notifier>> = if config.approvals.webhooks.is_empty() {
             None
@@ -211,9 +220,9 @@ impl Runtime {
                     },
                     audit_key: airlock_core::audit::public_key_in(data_dir)?,
                 };
-                tracing::info!(%addr, "API listening");
+                tracing::info!(%addr, scheme = api.scheme(), "API listening");
                 tasks.spawn(async move {
-                    if let Err(e) = airlock_api::serve(socket, state).await {
+                    if let Err(e) = airlock_api::serve(socket, state, api_tls).await {
                         tracing::error!(error = %e, "the API server stopped");
                     }
                 });
@@ -278,7 +287,7 @@ pub async fn shutdown_signal() {
 pub fn public_url(config: &Config) -> String {
     match (&config.gateway.public_url, &config.api) {
         (Some(url), _) => url.clone(),
-        (None, Some(api)) => format!("http://{}", api.listen),
+        (None, Some(api)) => format!("{}://{}", api.scheme(), api.listen),
         (None, None) => "http://127.0.0.1:8080".to_string(),
     }
 }
@@ -304,10 +313,11 @@ fn warn_cleartext_off_loopback(config: &Config) {
     }
     if let Some(api) = &config.api
         && !api.listen.ip().is_loopback()
+        && !api.has_tls()
     {
         tracing::warn!(
             listen = %api.listen,
-            "the API serves plain HTTP on an address other than loopback: bearer tokens (which also log in to the listeners) cross the network in clear; put a TLS-terminating proxy in front of it, or listen on 127.0.0.1"
+            "the API serves plain HTTP on an address other than loopback: bearer tokens (which also log in to the listeners) cross the network in clear; set tls_cert and tls_key in [api] (or put a TLS-terminating proxy in front of it), or listen on 127.0.0.1"
         );
     }
 }
@@ -364,9 +374,15 @@ mod tests {
         let off = warnings(&config("192.0.2.10:5432", true, "192.0.2.10:8080"));
         assert!(off.contains("accepts access tokens in clear text"), "{off}");
         assert!(off.contains("the API serves plain HTTP"), "{off}");
+        let https = config("192.0.2.10:5432", false, "192.0.2.10:8443").replace(
+            "\n\n[[listeners]]",
+            "\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"\n\n[[listeners]]",
+        );
+        assert!(https.contains("tls_key"), "{https}");
         for quiet in [
             config("127.0.0.1:5432", true, "127.0.0.1:8080"),
             config("192.0.2.10:5432", false, "[::1]:8080"),
+            https,
         ] {
             assert_eq!(warnings(&quiet), "", "{quiet}");
         }

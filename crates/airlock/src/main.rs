@@ -30,6 +30,10 @@ struct Cli {
     /// A running gateway's API (for `approvals`, and `sessions`/`replay` instead of the local store).
     #[arg(long, global = true, env = "AIRLOCK_API")]
     api: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// API instead of the
+    /// system's roots: the API's own certificate, if it is self-signed.
+    #[arg(long, global = true, env = "AIRLOCK_API_CA")]
+    api_ca: Option<PathBuf>,
     /// Access token for the API.
     #[arg(long, global = true, env = "AIRLOCK_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -286,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let sessions: Vec<SessionView> = if let Some(api) = &cli.api {
-                let client = ApiClient::new(api, cli.token.clone())?;
+                let client = ApiClient::new(api, cli.token.clone(), cli.api_ca.as_deref())?;
                 let mut query = vec![format!("limit={limit}")];
                 for (k, v) in [("user", user), ("target", target), ("protocol", protocol)] {
                     if let Some(v) = v {
@@ -321,7 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { session, json } => {
             let detail: SessionDetail = if let Some(api) = &cli.api {
-                let client = ApiClient::new(api, cli.token.clone())?;
+                let client = ApiClient::new(api, cli.token.clone(), cli.api_ca.as_deref())?;
                 client.get(&format!("/api/v1/sessions/{session}")).await?
             } else {
                 let store = open_store(&data_dir)?;
@@ -380,7 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .api
                 .clone()
                 .unwrap_or_else(|| airlock::public_url(&config));
-            let client = ApiClient::new(&api, cli.token.clone())?;
+            let client = ApiClient::new(&api, cli.token.clone(), cli.api_ca.as_deref())?;
             approvals(&client, command).await
         }
         Command::Audit {

@@ -10,50 +10,20 @@ use airlock_core::{Error, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 /// The ALPN protocol name PostgreSQL registered (required for direct TLS).
 pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    airlock_core::tls::provider()
 }
 
-/// The listener's TLS configuration from its PEM files.
+/// The listener's TLS configuration from its PEM files, offering only
+/// PostgreSQL's ALPN name.
 pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| Error::Config(format!("cannot read tls_cert {}: {e}", cert.display())))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| {
-            Error::Config(format!(
-                "tls_cert {} is not a PEM certificate chain: {e}",
-                cert.display()
-            ))
-        })?;
-    if certs.is_empty() {
-        return Err(Error::Config(format!(
-            "tls_cert {} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)",
-            cert.display()
-        )));
-    }
-    let key_pem = std::fs::read(key)
-        .map_err(|e| Error::Config(format!("cannot read tls_key {}: {e}", key.display())))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        Error::Config(format!(
-            "tls_key {} is not a PEM private key: {e}",
-            key.display()
-        ))
-    })?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::Config(format!("tls_cert and tls_key do not fit together: {e}")))?;
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(Arc::new(config))
+    airlock_core::tls::server_config(cert, key, &[ALPN_POSTGRESQL])
 }
 
 /// The TLS configuration toward a target: verifying against `root_cert`
