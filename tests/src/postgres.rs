@@ -170,13 +170,16 @@ pub async fn psql_stdin(
     ))
 }
 
-/// A TCP relay between clients and the gateway that keeps every byte the
-/// gateway sends back, to prove what a client could ever have received.
+/// A TCP relay that keeps every byte the far side sends back (between
+/// clients and the gateway: to prove what a client could ever have
+/// received), and what each connection sent (between the gateway and
+/// PostgreSQL: to see which messages the gateway sent the server).
 #[derive(Debug)]
 pub struct Tap {
     /// Where clients connect.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<u8>>>,
+    sent: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
 }
 
 impl Tap {
@@ -185,10 +188,15 @@ impl Tap {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let (log, connections) = (seen.clone(), sent.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let log = log.clone();
+                let up_log = Arc::new(Mutex::new(Vec::new()));
+                if let Ok(mut c) = connections.lock() {
+                    c.push(up_log.clone());
+                }
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(to).await else {
                         return;
@@ -196,7 +204,20 @@ impl Tap {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     let up = async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if let Ok(mut l) = up_log.lock() {
+                                        l.extend_from_slice(&buf[..n]);
+                                    }
+                                    if sw.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
                         let _ = sw.shutdown().await;
                     };
                     let down = async move {
@@ -220,13 +241,44 @@ impl Tap {
                 });
             }
         });
-        Ok(Tap { addr, seen })
+        Ok(Tap { addr, seen, sent })
     }
 
-    /// Every byte the gateway sent to clients so far.
+    /// Every byte the far side sent back so far, all connections together.
     pub fn received(&self) -> Vec<u8> {
         self.seen.lock().map(|l| l.clone()).unwrap_or_default()
     }
+
+    /// What each connection sent so far, in the order they connected.
+    pub fn sent(&self) -> Vec<Vec<u8>> {
+        self.sent
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|l| l.lock().map(|l| l.clone()).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The type of each message in a frontend byte stream (the startup
+/// packet, which has none, left out): `(tag, body)`.
+pub fn frontend_messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Some(len) = bytes.get(..4) else {
+        return out;
+    };
+    let mut at = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    while let Some(header) = bytes.get(at..at + 5) {
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let Some(body) = bytes.get(at + 5..at + 1 + len) else {
+            break;
+        };
+        out.push((header[0], body.to_vec()));
+        at += 1 + len;
+    }
+    out
 }
 
 /// Whether `needle` occurs in `haystack`.

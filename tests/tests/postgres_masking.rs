@@ -7,7 +7,7 @@
 use airlock_tests::postgres::Raw as Wire;
 use airlock_tests::postgres::msg::{bind, bind_execute, execute, parse};
 use airlock_tests::postgres::{
-    PgGateway, Tap, TestPostgres, conninfo, contains, pg_config, psql_stdin,
+    PgGateway, Tap, TestPostgres, conninfo, contains, frontend_messages, pg_config, psql_stdin,
 };
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{FromSql, Type};
@@ -24,6 +24,16 @@ name = "later.memo"
 "#;
 
 async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
+    let (dir, pg) = seeded().await;
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", MASKING), &dir.path().join("data"))
+        .await
+        .unwrap();
+    (dir, pg, gw)
+}
+
+/// PostgreSQL with the tables the tests read.
+async fn seeded() -> (tempfile::TempDir, TestPostgres) {
     let dir = tempfile::tempdir().unwrap();
     let pg = TestPostgres::start().await.unwrap();
     pg.psql(
@@ -37,11 +47,7 @@ async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
     )
     .await
     .unwrap();
-    let pw = pg.password_file(dir.path()).unwrap();
-    let gw = PgGateway::start(&pg_config(&pg, &pw, "", MASKING), &dir.path().join("data"))
-        .await
-        .unwrap();
-    (dir, pg, gw)
+    (dir, pg)
 }
 
 async fn connect(addr: std::net::SocketAddr, token: &str) -> tokio_postgres::Client {
@@ -581,6 +587,64 @@ async fn names_sql_gave_to_something_else_are_masked_by_their_own_columns() {
         "a cursor execution was not masked: {rows:?}"
     );
     assert_eq!(raw.query("COMMIT").await.1, Vec::<String>::new());
+}
+
+/// Once SQL may have given a statement's name to something else, the
+/// statement's next execution is described afresh, and the executions
+/// after it take those columns: one hidden Describe after the change, not
+/// one at every execution for the rest of the session (watched on the wire
+/// between the gateway and PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_sql_may_have_replaced_is_described_again_once() {
+    let (dir, pg) = seeded().await;
+    let tap = Tap::start(std::net::SocketAddr::from(([127, 0, 0, 1], pg.port())))
+        .await
+        .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let config = pg_config(&pg, &pw, "", MASKING).replace(
+        &format!("port = {}", pg.port()),
+        &format!("port = {}", tap.addr.port()),
+    );
+    assert!(config.contains(&format!("port = {}", tap.addr.port())));
+    let gw = PgGateway::start(&config, &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let sql = "SELECT ssn, id FROM customers /* described once */";
+    let masked = |rows: &[String]| rows.len() == 1 && !rows[0].contains("6789");
+    let first = exchange(
+        &mut raw,
+        [vec![parse("named", sql)], bind_execute("named")].concat(),
+    )
+    .await;
+    assert!(masked(&first), "{first:?}");
+    // Statements whose effect on names the gateway cannot follow: an
+    // opaque one, and SQL preparing and deallocating another name.
+    for change in [
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "PREPARE other AS SELECT 1; DEALLOCATE other",
+    ] {
+        let (tags, codes) = raw.query(change).await;
+        assert!(codes.is_empty(), "{tags} {codes:?}");
+        for _ in 0..4 {
+            let rows = exchange(&mut raw, bind_execute("named")).await;
+            assert!(masked(&rows), "{rows:?}");
+        }
+    }
+    let describes = |statement: &str| {
+        let sent = tap.sent();
+        let session = sent
+            .iter()
+            .find(|c| contains(c, statement.as_bytes()))
+            .expect("the session's connection");
+        frontend_messages(session)
+            .iter()
+            .filter(|(tag, _)| *tag == b'D')
+            .count()
+    };
+    // One at the first execution, one after each change.
+    assert_eq!(describes(sql), 3);
 }
 
 /// Sends `msgs` and a Sync; the first column of every row, up to ReadyForQuery.

@@ -316,6 +316,11 @@ struct Statement {
     /// again with other text, and its columns must not be taken for the
     /// new statement's.
     generation: u64,
+    /// Its columns' key in the [`ColumnsCache`]: the generation, and a new
+    /// one from the same counter each time SQL may have replaced the
+    /// statement. Columns learned before that are not taken for it; the
+    /// next execution describes it afresh, and the ones after take that.
+    columns_id: u64,
     /// Operations under review: each execution waits for its own approval.
     review: Option<Arc<[SqlOperation]>>,
     /// What the server holds under this name if this Parse is not made
@@ -323,9 +328,9 @@ struct Statement {
     /// before it, is under review.
     previous: Option<Box<Statement>>,
     /// SQL `PREPARE`, `DEALLOCATE` or `DISCARD` may have replaced it on the
-    /// server since: its columns are no longer taken for known (a Bind of
-    /// the name is judged as what SQL prepared, and its rows are described
-    /// afresh).
+    /// server since: its text is no longer taken for what runs (a Bind of
+    /// the name is judged as what SQL prepared; its records name it), and
+    /// its columns were given a new `columns_id`.
     sql_changed: bool,
     /// Running it may prepare or deallocate statements: SQL `PREPARE`,
     /// `DEALLOCATE`, `DISCARD`, or something the classifier could not see
@@ -365,7 +370,7 @@ impl ParseOutcomes {
     }
 }
 
-/// A statement (by Parse generation) and the result formats of a Bind.
+/// A statement (by [`Statement::columns_id`]) and the result formats of a Bind.
 type ColumnsKey = (u64, Vec<i16>);
 
 /// Result columns learned from the server, per statement and result formats
@@ -566,7 +571,7 @@ struct ClientHalf<'a> {
     param_types: ParamTypes,
     outcomes: Arc<ParseOutcomes>,
     columns: ColumnsCache,
-    /// The last Parse's generation.
+    /// The last Parse's generation (also the last [`Statement::columns_id`]).
     generation: u64,
     /// CopyData held until its record is durable.
     copy: Vec<Frame>,
@@ -812,7 +817,7 @@ impl ClientHalf<'_> {
                         Some(Box::new(old))
                     }
                     Some(old) => {
-                        self.forget(old.generation);
+                        self.forget(&old);
                         None
                     }
                     None => None,
@@ -824,6 +829,7 @@ impl ClientHalf<'_> {
                         text: Arc::from(text),
                         types: parse.type_oids,
                         generation: self.generation,
+                        columns_id: self.generation,
                         review,
                         previous,
                         sql_changed: false,
@@ -851,21 +857,22 @@ impl ClientHalf<'_> {
         }
         // One lookup of the statement for everything the portal needs.
         let (types, key, review, text, changes_names) = match self.statements.get(&statement) {
-            Some(s) => {
+            Some(s) => (
+                self.param_types
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&s.generation).cloned())
+                    .unwrap_or_else(|| s.types.clone()),
+                Some((s.columns_id, bind.result_column_format_codes.clone())),
+                s.review.clone(),
                 // Not what SQL may have put under the name since its Parse.
-                let known = !s.sql_changed;
-                (
-                    self.param_types
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.get(&s.generation).cloned())
-                        .unwrap_or_else(|| s.types.clone()),
-                    known.then(|| (s.generation, bind.result_column_format_codes.clone())),
-                    s.review.clone(),
-                    known.then(|| Arc::clone(&s.text)),
-                    !known || s.changes_names,
-                )
-            }
+                (!s.sql_changed).then(|| Arc::clone(&s.text)),
+                // What SQL can put under a name (`PREPARE` takes only
+                // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) cannot
+                // itself prepare or deallocate: running it changes no
+                // names, however often it runs.
+                s.changes_names,
+            ),
             None => (Vec::new(), None, None, None, true),
         };
         let mut counts = MaskCounts::new();
@@ -1049,8 +1056,9 @@ impl ClientHalf<'_> {
         // What the portal runs may give statement names other meanings
         // (it takes effect now, not when it was parsed).
         if changes_names {
+            // (Not `any_sql_changed`: the portal's key is still borrowed.)
             for s in self.statements.values_mut() {
-                mark_sql_changed(s);
+                mark_sql_changed(s, &mut self.generation);
             }
         }
         let known = match (carried, key, described) {
@@ -1130,11 +1138,12 @@ impl ClientHalf<'_> {
                 }
                 Some(false) => {
                     let previous = s.previous.take();
-                    self.forget(generation);
-                    match previous {
-                        Some(p) => self.statements.insert(name.clone(), *p),
-                        None => self.statements.remove(name),
-                    };
+                    if let Some(failed) = self.statements.remove(name) {
+                        self.forget(&failed);
+                    }
+                    if let Some(p) = previous {
+                        self.statements.insert(name.clone(), *p);
+                    }
                 }
                 None => {
                     let mut depth = 0;
@@ -1166,13 +1175,14 @@ impl ClientHalf<'_> {
     }
 
     /// Drops what the server told about a statement that is gone: its
-    /// columns and its parameter types.
-    fn forget(&self, generation: u64) {
+    /// columns and its parameter types. (Columns kept under an earlier
+    /// `columns_id` of it go when the cache starts over.)
+    fn forget(&self, statement: &Statement) {
         if let Ok(mut cache) = self.columns.lock() {
-            cache.retain(|(g, _), _| *g != generation);
+            cache.retain(|(id, _), _| *id != statement.columns_id);
         }
         if let Ok(mut m) = self.param_types.lock() {
-            m.remove(&generation);
+            m.remove(&statement.generation);
         }
     }
 
@@ -1182,7 +1192,7 @@ impl ClientHalf<'_> {
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'S' {
             if let Some(old) = self.statements.remove(&name) {
-                self.forget(old.generation);
+                self.forget(&old);
                 self.outcomes.take(old.generation);
             }
             // The statement stays a candidate for SQL EXECUTE of the name
@@ -1317,7 +1327,7 @@ impl ClientHalf<'_> {
     /// Marks every statement Parse made as possibly replaced by SQL.
     fn any_sql_changed(&mut self) {
         for s in self.statements.values_mut() {
-            mark_sql_changed(s);
+            mark_sql_changed(s, &mut self.generation);
         }
     }
 
@@ -1326,7 +1336,7 @@ impl ClientHalf<'_> {
     /// review it waits for still holds).
     fn sql_changed(&mut self, name: &[u8]) {
         if let Some(s) = self.statements.get_mut(name) {
-            mark_sql_changed(s);
+            mark_sql_changed(s, &mut self.generation);
         }
     }
 
@@ -1570,11 +1580,14 @@ fn changes_names(classified: &[Classified]) -> bool {
 }
 
 /// Marks a statement, and the ones the server may hold instead of it, as
-/// possibly replaced by SQL.
-fn mark_sql_changed(statement: &mut Statement) {
+/// possibly replaced by SQL: each gets a new `columns_id` from `ids` (the
+/// Parse generation counter, so ids never collide with a generation).
+fn mark_sql_changed(statement: &mut Statement, ids: &mut u64) {
     let mut s = Some(statement);
     while let Some(st) = s {
         st.sql_changed = true;
+        *ids += 1;
+        st.columns_id = *ids;
         s = st.previous.as_deref_mut();
     }
 }
