@@ -21,6 +21,9 @@ name = "staff.pay_grade"
 
 [[masking.fields]]
 name = "later.memo"
+
+[[masking.fields]]
+name = "имя"
 "#;
 
 async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
@@ -645,6 +648,145 @@ async fn a_statement_sql_may_have_replaced_is_described_again_once() {
     };
     // One at the first execution, one after each change.
     assert_eq!(describes(sql), 3);
+}
+
+/// Parse takes any statement, and SQL `EXECUTE` runs what Parse made: a
+/// `DEALLOCATE` and a `PREPARE` made that way and run by `EXECUTE` give a
+/// name another statement as surely as SQL written out. The statement's
+/// next execution is described afresh, so its `ssn` column (now second)
+/// is masked by its own rule, not left plain by what the first column was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_of_a_parsed_deallocate_is_a_change_of_names() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (plain, secret) = ("first-value-1", "secret-value-2");
+    let before = format!("SELECT '{secret}' AS ssn, '{plain}' AS other");
+    let after = format!("PREPARE v AS SELECT '{plain}' AS other, '{secret}' AS ssn");
+    let changers = || vec![parse("d", "DEALLOCATE v"), parse("p", &after)];
+    // The two statements parsed before v, and after it (parsed, not run:
+    // the gateway describes v afresh once, still the first statement, and
+    // then knows its columns again).
+    for changers_first in [true, false] {
+        let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+        if changers_first {
+            data_rows(&mut raw, changers()).await;
+        }
+        let first = data_rows(
+            &mut raw,
+            vec![parse("v", &before), bind("", "v"), execute("", 0)],
+        )
+        .await;
+        assert!(!contains(&first[0], secret.as_bytes()) && contains(&first[0], plain.as_bytes()));
+        if !changers_first {
+            data_rows(&mut raw, changers()).await;
+        }
+        for _ in 0..2 {
+            let again = data_rows(&mut raw, vec![bind("", "v"), execute("", 0)]).await;
+            assert_eq!(again, first);
+        }
+        let (tags, codes) = raw.query("EXECUTE d; EXECUTE p").await;
+        assert!(codes.is_empty(), "{tags} {codes:?}");
+        let swapped = data_rows(&mut raw, vec![bind("", "v"), execute("", 0)]).await;
+        assert_eq!(swapped.len(), 1);
+        assert!(
+            !contains(&swapped[0], secret.as_bytes()),
+            "the ssn column went out plain: {}",
+            String::from_utf8_lossy(&swapped[0])
+        );
+        assert!(contains(&swapped[0], plain.as_bytes()));
+    }
+}
+
+/// A session's text stays UTF-8, so a rule for a column named outside
+/// ASCII (`имя`) holds: another client_encoding is refused at startup
+/// (SQL_ASCII, libpq's choice in the C locale, is taken as UTF-8), and SQL
+/// that changes it ends the session before a row named in the new encoding
+/// passes, in the same query too (the server reports the change only at
+/// the query's end). Before, the name reached the gateway as WIN1251
+/// bytes, matched no rule, and the row went out unmasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_stays_utf8_so_rules_for_names_outside_ascii_hold() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let value = "plain-value-7";
+    let select = format!("SELECT '{value}' AS имя");
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let rows = exchange(
+        &mut raw,
+        vec![parse("", &select), bind("", ""), execute("", 0)],
+    )
+    .await;
+    assert!(rows.len() == 1 && rows[0] != value, "{rows:?}");
+
+    let (mut raw, seen) =
+        Wire::login(gw.addr, &token, 0, &[("client_encoding", "SQL_ASCII")]).await;
+    assert_eq!(seen.last().map(|(tag, _)| *tag), Some(b'Z'));
+    let shown = exchange(
+        &mut raw,
+        vec![
+            parse("", "SHOW client_encoding"),
+            bind("", ""),
+            execute("", 0),
+        ],
+    )
+    .await;
+    assert_eq!(shown, ["UTF8"]);
+
+    for bad in [
+        ("client_encoding", "WIN1251"),
+        ("options", "-c client_encoding=UTF8"),
+    ] {
+        let (_, seen) = Wire::start(gw.addr, 0, &[bad]).await;
+        let (tag, body) = seen.last().unwrap();
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(*tag, b'E', "{bad:?}");
+        assert!(
+            text.contains("C22023") && text.contains("client_encoding"),
+            "{text}"
+        );
+    }
+
+    for change in [
+        "SET client_encoding TO 'WIN1251'",
+        "SELECT set_config('client_encoding', 'WIN1251', false)",
+    ] {
+        for query in [format!("{change}; {select}"), change.to_string()] {
+            let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+            raw.send(b'Q', &[query.as_bytes(), &[0]].concat()).await;
+            let mut answers = Vec::new();
+            while let Some(answer) = raw.read().await {
+                answers.push(answer);
+            }
+            assert!(
+                !answers
+                    .iter()
+                    .any(|(_, body)| contains(body, value.as_bytes())),
+                "{query}: the row passed unmasked"
+            );
+            let (tag, body) = answers.last().unwrap();
+            let text = String::from_utf8_lossy(body);
+            assert!(*tag == b'E' && text.contains("C0A000"), "{query}: {text}");
+            assert!(text.contains("keep client_encoding UTF8"), "{text}");
+        }
+    }
+}
+
+/// Sends `msgs` and a Sync; every DataRow's body, up to ReadyForQuery.
+async fn data_rows(raw: &mut Wire, msgs: Vec<(u8, Vec<u8>)>) -> Vec<Vec<u8>> {
+    for (tag, body) in msgs {
+        raw.send(tag, &body).await;
+    }
+    raw.send(b'S', &[]).await;
+    let mut rows = Vec::new();
+    loop {
+        let (tag, body) = raw.read().await.expect("an answer");
+        match tag {
+            b'D' => rows.push(body),
+            b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+            b'Z' => return rows,
+            _ => {}
+        }
+    }
 }
 
 /// Sends `msgs` and a Sync; the first column of every row, up to ReadyForQuery.

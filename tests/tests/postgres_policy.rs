@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use airlock_core::Identity;
 use airlock_core::approvals::ApprovalStatus;
-use airlock_tests::postgres::{PgGateway, Raw, TestPostgres, conninfo, msg, pg_config, psql_stdin};
+use airlock_tests::postgres::{
+    PgGateway, Raw, TestPostgres, conninfo, contains, msg, pg_config, psql_stdin,
+};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 const RULES: &str = r#"
@@ -450,24 +452,66 @@ async fn a_flush_after_a_refusal_delivers_the_answers_and_the_refusal() {
 /// In a client encoding such as SJIS, a byte above 0x7f and the backslash
 /// after it are one character, so that backslash escapes nothing: the quote
 /// after it ends the string on the server, and what follows is a statement.
-/// The gateway cannot know how the server decodes such bytes, so it judges
-/// the string as opaque; SJIS text without that ambiguity runs.
+/// A session starts in UTF-8 (SJIS is refused at startup), and one that
+/// SQL switches to SJIS ends at the server's report of it; but a pipeline
+/// runs on before that report. So the gateway judges such a string as
+/// opaque wherever it meets one; SJIS text without that ambiguity runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_character_cannot_end_a_string_early() {
     let (_dir, pg, gw) = setup().await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
-    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[("client_encoding", "SJIS")]).await;
-    let query = |sql: &[u8]| (b'Q', [sql, &[0]].concat());
+    let (_, seen) = Raw::start(gw.addr, 0, &[("client_encoding", "SJIS")]).await;
+    assert!(
+        seen.last()
+            .is_some_and(|(tag, body)| *tag == b'E' && contains(body, b"C22023")),
+        "SJIS at startup"
+    );
+    // SJIS from the pipeline's first statement on, then `text`: every answer
+    // up to the end of the session (which the switch ends).
+    let (gw, token) = (&gw, token.as_str());
+    let pipeline = |text: &'static [u8]| async move {
+        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let parse = |sql: &[u8]| (b'P', [&[0u8][..], sql, &[0, 0, 0]].concat());
+        for (tag, body) in [
+            parse(b"SET client_encoding TO 'SJIS'"),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            parse(text),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+        ] {
+            raw.send(tag, &body).await;
+        }
+        let mut answers = Vec::new();
+        while let Some((tag, body)) = raw.read().await {
+            answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+        }
+        answers
+    };
 
     let hidden = b"SELECT E'\x95\x5c'; DELETE FROM victim; --' /* evade-30 */";
-    let (_, codes) = raw.exchange(vec![query(hidden)]).await;
-    assert_eq!(codes, ["42501"]);
+    let answers = pipeline(hidden).await;
+    assert!(
+        answers
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && body.contains("C42501")),
+        "{answers:?}"
+    );
     assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
     assert!(!pg.log().contains("evade-30"), "it reached the server");
 
-    // The same character without a quote after it.
-    let (tags, codes) = raw.exchange(vec![query(b"SELECT E'\x95\x5cx'")]).await;
-    assert_eq!((tags.as_str(), codes), ("TDCZI", vec![]));
+    // The same character without a quote after it runs.
+    let answers = pipeline(b"SELECT E'\x95\x5cx' AS ran_31").await;
+    assert!(answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
+    assert!(pg.log().contains("ran_31"));
+    // And the session ended at the report of SJIS.
+    assert!(
+        answers
+            .last()
+            .is_some_and(|(tag, body)| *tag == b'E' && body.contains("C0A000")),
+        "{answers:?}"
+    );
 }
 
 async fn pending(gw: &PgGateway) -> String {

@@ -35,9 +35,10 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -91,6 +92,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS connection (a handshake record).
 const TLS_HANDSHAKE: u8 = 0x16;
 
+/// How long a client may take to send a request's headers; it also ends a
+/// kept-alive connection that sends no next request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTPS connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 512;
+
 /// Serves the API on `listener` until the task is dropped: HTTPS with `tls`
 /// (HTTP/1.1 over rustls), else plain HTTP.
 pub async fn serve(
@@ -112,12 +120,14 @@ async fn serve_tls(
     // Connections are tasks of this set, so dropping the server (at
     // shutdown) ends them too.
     let mut connections = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        while connections.try_join_next().is_some() {}
+        // The semaphore is never closed.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return Ok(());
         };
-        let (socket, peer) = match accepted {
+        let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, or a connection reset before it
@@ -127,7 +137,11 @@ async fn serve_tls(
                 continue;
             }
         };
-        connections.spawn(connection(socket, peer, app.clone(), acceptor.clone()));
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        connections.spawn(async move {
+            connection(socket, peer, app, acceptor).await;
+            drop(permit);
+        });
     }
 }
 
@@ -162,14 +176,22 @@ async fn connection(socket: TcpStream, peer: SocketAddr, app: Router, acceptor: 
             }
         };
         hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
             .with_upgrades()
             .await
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let answer = hyper::server::conn::http1::Builder::new()
             .keep_alive(false)
-            .serve_connection(TokioIo::new(socket), service_fn(https_only))
-            .await
+            .serve_connection(TokioIo::new(socket), service_fn(https_only));
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::debug!(%peer, "plain-HTTP client did not finish its request in time");
+                return;
+            }
+        }
     };
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "API connection ended with an error");

@@ -150,7 +150,7 @@ impl Runtime {
         let mask_key = airlock_core::mask::load_or_create_key(data_dir)?;
         let masking = MaskEngine::new(&config.masking, held, mask_key)?;
         let verifier = Verifier::new(&config.identity, data_dir)?;
-        warn_cleartext_off_loopback(config);
+        startup_warnings(config);
         // Bound before the approval service exists so approval links carry
         // the real port (the configured one may be 0).
         let api_socket = match &config.api {
@@ -295,7 +295,9 @@ pub fn public_url(config: &Config) -> String {
 /// Warns of places where access tokens cross a network in clear text: a
 /// listener that accepts them without TLS, or the API (plain HTTP), on an
 /// address other than loopback. A token read there opens every listener.
-fn warn_cleartext_off_loopback(config: &Config) {
+/// And of approval links that a client checking the API's certificate
+/// would refuse.
+fn startup_warnings(config: &Config) {
     for listener in &config.listeners {
         let l = listener.get_ref();
         let cleartext = l
@@ -320,6 +322,15 @@ fn warn_cleartext_off_loopback(config: &Config) {
             "the API serves plain HTTP on an address other than loopback: bearer tokens (which also log in to the listeners) cross the network in clear; set tls_cert and tls_key in [api] (or put a TLS-terminating proxy in front of it), or listen on 127.0.0.1"
         );
     }
+    if let Some(api) = &config.api
+        && api.has_tls()
+        && config.gateway.public_url.is_none()
+    {
+        tracing::warn!(
+            listen = %api.listen,
+            "approval links point at the API's listen address over https, which is not a name its certificate is likely to hold: set gateway.public_url to the API's URL as the certificate names it"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -330,7 +341,7 @@ mod tests {
 
     use super::*;
 
-    /// The log lines `warn_cleartext_off_loopback` writes for `toml`.
+    /// The log lines `startup_warnings` writes for `toml`.
     fn warnings(toml: &str) -> String {
         let source = Source {
             path: "test.toml".into(),
@@ -346,7 +357,7 @@ mod tests {
             .with_writer(writer)
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, || warn_cleartext_off_loopback(&config));
+        tracing::subscriber::with_default(subscriber, || startup_warnings(&config));
         String::from_utf8(out.lock().unwrap().clone()).unwrap()
     }
 
@@ -379,6 +390,9 @@ mod tests {
             "\ntls_cert = \"api.crt\"\ntls_key = \"api.key\"\n\n[[listeners]]",
         );
         assert!(https.contains("tls_key"), "{https}");
+        let links = warnings(&https);
+        assert!(links.contains("set gateway.public_url"), "{links}");
+        let https = format!("[gateway]\npublic_url = \"https://airlock.example:8443\"\n\n{https}");
         for quiet in [
             config("127.0.0.1:5432", true, "127.0.0.1:8080"),
             config("192.0.2.10:5432", false, "[::1]:8080"),

@@ -342,6 +342,24 @@ pub(crate) fn check_structure(tag: u8, body: &[u8], peer: Peer) -> Result<()> {
     c.finish(tag, peer, false)
 }
 
+/// Whether every column name in a RowDescription body is UTF-8. While the
+/// session's `client_encoding` is UTF8 they all are (the server converts
+/// names to it); one that is not means the encoding changed.
+pub(crate) fn column_names_are_utf8(body: &[u8]) -> bool {
+    let mut c = Cursor { b: body, ok: true };
+    let n = c.u16();
+    for _ in 0..n {
+        let Some(end) = c.b.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        if std::str::from_utf8(&c.b[..end]).is_err() {
+            return false;
+        }
+        c.skip(end + 1 + 18);
+    }
+    c.ok
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
     ok: bool,
@@ -422,6 +440,7 @@ pub(crate) fn encode<T: Message>(message: &T) -> Bytes {
 /// SQLSTATE codes the gateway uses itself.
 pub(crate) mod sqlstate {
     pub(crate) const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub(crate) const INVALID_PARAMETER_VALUE: &str = "22023";
     pub(crate) const INVALID_PASSWORD: &str = "28P01";
     pub(crate) const INVALID_AUTHORIZATION: &str = "28000";
     pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
@@ -525,6 +544,32 @@ mod tests {
 
     fn frame(tag: u8, body: &[u8]) -> Frame {
         Frame::from_encoded(raw(tag, body))
+    }
+
+    #[test]
+    fn column_names_are_checked_for_utf8() {
+        let description = |names: &[&[u8]]| {
+            let mut body = (names.len() as u16).to_be_bytes().to_vec();
+            for name in names {
+                body.extend_from_slice(name);
+                body.push(0);
+                body.extend_from_slice(&[0; 18]);
+            }
+            body
+        };
+        assert!(column_names_are_utf8(&description(&[
+            b"id",
+            "имя".as_bytes()
+        ])));
+        // "имя" in WIN1251.
+        assert!(!column_names_are_utf8(&description(&[
+            b"id",
+            b"\xe8\xec\xff"
+        ])));
+        // Cut short.
+        let mut short = description(&[b"id"]);
+        short.truncate(5);
+        assert!(!column_names_are_utf8(&short));
     }
 
     #[tokio::test]

@@ -485,6 +485,12 @@ struct Prepared {
     /// statement is.
     sql_names: HashSet<String>,
     too_many_sql_names: bool,
+    /// Names one of whose statements may prepare or deallocate names when
+    /// run: Parse takes any statement (`DEALLOCATE v`, `PREPARE v AS …`),
+    /// and SQL `EXECUTE` runs it. Beyond [`PREPARED_NAMES_MAX`] every
+    /// name counts as one.
+    changing: HashSet<String>,
+    too_many_changing: bool,
 }
 
 /// Statements kept per prepared name before the name stands for "anything"
@@ -502,6 +508,20 @@ const PREPARED_NAMES_MAX: usize = 4096;
 const PREPARED_BYTES_MAX: usize = 16 << 20;
 
 impl Prepared {
+    /// Notes that a statement under `name` may prepare or deallocate names.
+    fn add_changing(&mut self, name: &str) {
+        if self.changing.len() < PREPARED_NAMES_MAX {
+            self.changing.insert(name.to_string());
+        } else if !self.changing.contains(name) {
+            self.too_many_changing = true;
+        }
+    }
+
+    /// Whether SQL `EXECUTE name` may prepare or deallocate names.
+    fn changes_names(&self, name: &str) -> bool {
+        self.too_many_changing || self.changing.contains(name)
+    }
+
     fn add(&mut self, name: String, mut op: SqlOperation) {
         if !self.by_name.contains_key(&name) && self.by_name.len() >= PREPARED_NAMES_MAX {
             return;
@@ -510,6 +530,9 @@ impl Prepared {
             op = opaque(
                 "-- a statement prepared once the gateway's memory for prepared statements was full",
             );
+        }
+        if op.kind == SqlKind::Opaque {
+            self.add_changing(&name);
         }
         let ops = self.by_name.entry(name).or_default();
         if ops.contains(&op) {
@@ -755,7 +778,7 @@ impl ClientHalf<'_> {
     async fn query(&mut self, frame: Frame) -> Result<()> {
         let text = frame::query_text(&frame)?;
         let classified = self.cx.classifier.classify(&text);
-        let opaque = changes_names(&classified);
+        let opaque = self.changes_names(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
@@ -782,7 +805,7 @@ impl ClientHalf<'_> {
         let parse: Parse = frame.decode(Peer::Client)?;
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
-        let changes_names = changes_names(&classified);
+        let changes_names = self.changes_names(&classified);
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -800,6 +823,9 @@ impl ClientHalf<'_> {
                 if !name.is_empty() {
                     // SQL EXECUTE can run statements prepared with Parse.
                     let name = String::from_utf8_lossy(&name).into_owned();
+                    if changes_names {
+                        self.prepared.add_changing(&name);
+                    }
                     if ops.is_empty() {
                         self.prepared.add(name, opaque(&parse.query));
                     } else {
@@ -868,9 +894,11 @@ impl ClientHalf<'_> {
                 // Not what SQL may have put under the name since its Parse.
                 (!s.sql_changed).then(|| Arc::clone(&s.text)),
                 // What SQL can put under a name (`PREPARE` takes only
-                // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) cannot
-                // itself prepare or deallocate: running it changes no
-                // names, however often it runs.
+                // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) does
+                // not itself prepare or deallocate, so running it is not
+                // taken as changing names. (A function or trigger of the
+                // database's own can, through its own `EXECUTE`, as it can
+                // from any statement: a known limit, docs/postgres.md.)
                 s.changes_names,
             ),
             None => (Vec::new(), None, None, None, true),
@@ -1569,14 +1597,22 @@ fn name_of(b: &[u8]) -> &[u8] {
     frame::take_cstr(b).map_or(b, |(n, _)| n)
 }
 
-/// Whether running the statements may prepare or deallocate statements
-/// by name in ways the gateway does not follow message by message: SQL
-/// `PREPARE`/`DEALLOCATE`/`DISCARD` (which take effect when they run,
-/// not when they are parsed), or anything the classifier could not see into.
-fn changes_names(classified: &[Classified]) -> bool {
-    classified.iter().any(|c| {
-        c.operation.kind == SqlKind::Opaque || c.prepare.is_some() || c.deallocate.is_some()
-    })
+impl ClientHalf<'_> {
+    /// Whether running the statements may prepare or deallocate statements
+    /// by name in ways the gateway does not follow message by message: SQL
+    /// `PREPARE`/`DEALLOCATE`/`DISCARD` (which take effect when they run,
+    /// not when they are parsed), anything the classifier could not see
+    /// into, or an `EXECUTE` of a name Parse gave such a statement.
+    fn changes_names(&self, classified: &[Classified]) -> bool {
+        classified.iter().any(|c| {
+            c.operation.kind == SqlKind::Opaque
+                || c.prepare.is_some()
+                || c.deallocate.is_some()
+                || c.execute
+                    .as_deref()
+                    .is_some_and(|name| self.prepared.changes_names(name))
+        })
+    }
 }
 
 /// Marks a statement, and the ones the server may hold instead of it, as
@@ -1671,6 +1707,15 @@ impl ServerHalf<'_> {
         {
             return Ok((cols.clone(), true));
         }
+        if !frame::column_names_are_utf8(frame.body()) {
+            // SQL changed client_encoding earlier in this query or
+            // pipeline; the server reports that only at its end.
+            return Err(self
+                .encoding_changed(
+                    "a result's column names are not UTF-8 (client_encoding was changed)",
+                )
+                .await);
+        }
         let desc: RowDescription = frame.decode(Peer::Upstream)?;
         // Columns straight from a table are named by the catalog, so an
         // alias cannot take a column out of its masking rule.
@@ -1706,6 +1751,26 @@ impl ServerHalf<'_> {
             self.last_description = Some((Bytes::copy_from_slice(&frame.bytes), cols.clone()));
         }
         Ok((cols, complete))
+    }
+
+    /// Ends the session because its text is no longer UTF-8: the session
+    /// began in UTF-8 (`startup::check_encoding`) and SQL changed that
+    /// (`SET client_encoding`, `set_config`). The gateway would read what
+    /// follows otherwise than the server (a column or table named outside
+    /// ASCII, and no rule for it applies), so nothing more passes. Returns
+    /// the error that ends the session, once the client has been told.
+    async fn encoding_changed(&mut self, what: &str) -> Error {
+        let reason = format!(
+            "{what}: Airlock judges and masks statements and results as UTF-8 only, so the session ends; keep client_encoding UTF8"
+        );
+        let fatal = frame::error_response(
+            Severity::Fatal,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            &reason,
+            None,
+        );
+        let _ = self.write_client(&fatal).await;
+        Error::Client(reason)
     }
 
     async fn run(&mut self) -> Result<String> {
@@ -1969,6 +2034,11 @@ impl ServerHalf<'_> {
             }
             b'S' => {
                 let mut p: ParameterStatus = frame.decode(Peer::Upstream)?;
+                if p.name == "client_encoding" && !crate::startup::is_utf8(&p.value) {
+                    return Err(self
+                        .encoding_changed(&format!("client_encoding was changed to {:?}", p.value))
+                        .await);
+                }
                 let mut counts = MaskCounts::new();
                 match rows::mask_plain(masker, &p.value, &mut counts) {
                     Some(v) => {

@@ -151,6 +151,9 @@ pub(crate) async fn open(
                 if let Err(message) = check_settings(&params) {
                     return refuse(stream, sqlstate::INSUFFICIENT_PRIVILEGE, &message).await;
                 }
+                if let Err(message) = check_encoding(&params) {
+                    return refuse(stream, sqlstate::INVALID_PARAMETER_VALUE, &message).await;
+                }
                 return Ok(Opening::Startup(Hello {
                     stream,
                     tls: encrypted,
@@ -209,10 +212,7 @@ fn check_settings(params: &BTreeMap<String, String>) -> std::result::Result<(), 
             CLIENT_SETTINGS.join(", ")
         )
     };
-    let allowed = |name: &str| {
-        let name = name.to_ascii_lowercase().replace('-', "_");
-        CLIENT_SETTINGS.contains(&name.as_str())
-    };
+    let allowed = |name: &str| CLIENT_SETTINGS.contains(&normalized(name).as_str());
     for (name, value) in params {
         match name.as_str() {
             "user" | "database" => {}
@@ -230,6 +230,54 @@ fn check_settings(params: &BTreeMap<String, String>) -> std::result::Result<(), 
         }
     }
     Ok(())
+}
+
+/// Whether `value` names PostgreSQL's UTF-8 encoding (as the server
+/// accepts it: any case, with or without `-` and `_`, or `UNICODE`).
+pub(crate) fn is_utf8(value: &str) -> bool {
+    let name: String = value
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    name == "utf8" || name == "unicode"
+}
+
+/// Refuses a `client_encoding` other than UTF-8. The gateway judges
+/// statements and masks results as UTF-8 text, and the server keeps to the
+/// session's encoding: in another one, a table or column named outside
+/// ASCII would be a different name to each of them, and no rule written
+/// for it would apply. `SQL_ASCII` (what libpq sends in the C locale,
+/// meaning "no conversion") is taken as UTF-8; the gateway asks the server
+/// for UTF-8 in every case ([`crate::upstream`]).
+fn check_encoding(params: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    let refused = |value: &str| {
+        format!(
+            "client_encoding {value:?} is not supported through Airlock: it judges and masks statements and results as UTF-8; connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8)"
+        )
+    };
+    for (name, value) in params {
+        if normalized(name) == "client_encoding" {
+            let plain: String = value.chars().filter(|c| !matches!(c, '-' | '_')).collect();
+            if !is_utf8(value) && !plain.eq_ignore_ascii_case("sqlascii") {
+                return Err(refused(value));
+            }
+        } else if name == "options"
+            && option_settings(value)?
+                .iter()
+                .any(|s| normalized(s) == "client_encoding")
+        {
+            return Err(
+                "client_encoding in startup options is not passed on by Airlock: give it as the client_encoding parameter (UTF8)".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A setting name as the server matches it.
+fn normalized(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
 }
 
 /// The setting names in a startup `options` string, which the server reads
@@ -415,6 +463,27 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn only_utf8_sessions_start() {
+        for ok in ["UTF8", "utf-8", "Unicode", "SQL_ASCII", "sql-ascii"] {
+            assert_eq!(
+                check_encoding(&params(&[("client_encoding", ok)])),
+                Ok(()),
+                "{ok}"
+            );
+        }
+        for bad in ["LATIN1", "WIN1251", "SJIS", "GBK", ""] {
+            let e = check_encoding(&params(&[("Client_Encoding", bad)])).unwrap_err();
+            assert!(e.contains("client_encoding=UTF8"), "{bad}: {e}");
+        }
+        let e = check_encoding(&params(&[("options", "-c client-encoding=UTF8")])).unwrap_err();
+        assert!(e.contains("startup options"), "{e}");
+        assert_eq!(
+            check_encoding(&params(&[("options", "-c statement_timeout=5s")])),
+            Ok(())
+        );
     }
 
     #[test]

@@ -211,6 +211,16 @@ impl Target {
 
         let mut startup = Startup::new();
         startup.parameters = client_params.clone();
+        // UTF-8 always (the client may have asked for it by another
+        // spelling, or for SQL_ASCII, or not at all, and then the server
+        // would use the database's encoding): the gateway reads the session
+        // as UTF-8 (`startup::check_encoding`).
+        startup
+            .parameters
+            .retain(|name, _| !name.eq_ignore_ascii_case("client_encoding"));
+        startup
+            .parameters
+            .insert("client_encoding".to_string(), "UTF8".to_string());
         startup
             .parameters
             .insert("user".to_string(), self.user.clone());
