@@ -179,8 +179,11 @@ pub struct Tap {
     /// Where clients connect.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<u8>>>,
-    sent: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    sent: Arc<Mutex<Vec<Log>>>,
 }
+
+/// The bytes one connection sent.
+type Log = Arc<Mutex<Vec<u8>>>;
 
 impl Tap {
     /// Starts relaying to `to`.

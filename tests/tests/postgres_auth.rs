@@ -3,7 +3,6 @@
 //! and toward targets, and the upstream login methods.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly by design.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use airlock_tests::postgres::{

@@ -29,6 +29,14 @@ message = "deleting orders needs a DBA's approval"
 [rules.sql]
 kinds = ["delete"]
 tables = ["orders"]
+
+[[rules]]
+name = "payroll-is-read-only"
+action = "deny"
+message = "зарплата is read-only through Airlock"
+[rules.sql]
+kinds = ["delete", "update", "insert", "truncate"]
+tables = ["зарплата"]
 "#;
 
 async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
@@ -37,7 +45,9 @@ async fn setup() -> (tempfile::TempDir, TestPostgres, PgGateway) {
     pg.psql(
         "CREATE TABLE victim (id int); INSERT INTO victim SELECT generate_series(1, 5);
          CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2);
-         ALTER TABLE victim OWNER TO airlock_app; ALTER TABLE orders OWNER TO airlock_app;",
+         CREATE TABLE \"зарплата\" (id int); INSERT INTO \"зарплата\" VALUES (1), (2);
+         ALTER TABLE victim OWNER TO airlock_app; ALTER TABLE orders OWNER TO airlock_app;
+         ALTER TABLE \"зарплата\" OWNER TO airlock_app;",
     )
     .await
     .unwrap();
@@ -449,13 +459,15 @@ async fn a_flush_after_a_refusal_delivers_the_answers_and_the_refusal() {
     assert_eq!(raw.query("SELECT 1").await.1, Vec::<String>::new());
 }
 
-/// In a client encoding such as SJIS, a byte above 0x7f and the backslash
-/// after it are one character, so that backslash escapes nothing: the quote
-/// after it ends the string on the server, and what follows is a statement.
-/// A session starts in UTF-8 (SJIS is refused at startup), and one that
-/// SQL switches to SJIS ends at the server's report of it; but a pipeline
-/// runs on before that report. So the gateway judges such a string as
-/// opaque wherever it meets one; SJIS text without that ambiguity runs.
+/// In a client encoding such as GBK or SJIS, a byte above 0x7f and the
+/// backslash after it can be one character, so that backslash escapes
+/// nothing: the quote after it ends the string on the server, and what
+/// follows is a statement. Sessions start in UTF-8 and text that is not
+/// UTF-8 is refused, but valid UTF-8 can be read so too: `中\` is E4 B8 AD
+/// 5C, which GBK reads as E4 B8 and AD 5C. A session that SQL switches to
+/// GBK ends at the server's report of it, yet a pipeline runs on before
+/// that report. So the gateway judges such a string as opaque wherever it
+/// meets one; the same text without the ambiguity runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_character_cannot_end_a_string_early() {
     let (_dir, pg, gw) = setup().await;
@@ -466,32 +478,33 @@ async fn half_a_character_cannot_end_a_string_early() {
             .is_some_and(|(tag, body)| *tag == b'E' && contains(body, b"C22023")),
         "SJIS at startup"
     );
-    // SJIS from the pipeline's first statement on, then `text`: every answer
-    // up to the end of the session (which the switch ends).
+    // GBK from the pipeline's first statement on, then `text` as a simple
+    // query (which may hold several statements): the answers up to
+    // ReadyForQuery or the end of the session.
     let (gw, token) = (&gw, token.as_str());
     let pipeline = |text: &'static [u8]| async move {
-        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let (mut raw, _) = Raw::login(gw.addr, token, 0, &[]).await;
         let parse = |sql: &[u8]| (b'P', [&[0u8][..], sql, &[0, 0, 0]].concat());
         for (tag, body) in [
-            parse(b"SET client_encoding TO 'SJIS'"),
+            parse(b"SET client_encoding TO 'GBK'"),
             msg::bind("", ""),
             msg::execute("", 0),
-            parse(text),
-            msg::bind("", ""),
-            msg::execute("", 0),
-            (b'S', Vec::new()),
+            (b'Q', [text, &[0]].concat()),
         ] {
             raw.send(tag, &body).await;
         }
         let mut answers = Vec::new();
         while let Some((tag, body)) = raw.read().await {
             answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+            if tag == b'Z' {
+                break;
+            }
         }
         answers
     };
 
-    let hidden = b"SELECT E'\x95\x5c'; DELETE FROM victim; --' /* evade-30 */";
-    let answers = pipeline(hidden).await;
+    let hidden = "SELECT E'中\\'; DELETE FROM victim; --' /* evade-30 */";
+    let answers = pipeline(hidden.as_bytes()).await;
     assert!(
         answers
             .iter()
@@ -501,17 +514,136 @@ async fn half_a_character_cannot_end_a_string_early() {
     assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "5");
     assert!(!pg.log().contains("evade-30"), "it reached the server");
 
-    // The same character without a quote after it runs.
-    let answers = pipeline(b"SELECT E'\x95\x5cx' AS ran_31").await;
+    // The same character without a backslash after it runs.
+    let answers = pipeline("SELECT E'中x' AS ran_31".as_bytes()).await;
     assert!(answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
     assert!(pg.log().contains("ran_31"));
-    // And the session ended at the report of SJIS.
+    // And the session ended at the report of GBK.
     assert!(
         answers
             .last()
             .is_some_and(|(tag, body)| *tag == b'E' && body.contains("C0A000")),
         "{answers:?}"
     );
+}
+
+/// Statement text that is not UTF-8 is refused (22021), as the server
+/// refuses it in the UTF-8 session every client has through Airlock. Before,
+/// a pipeline could switch client_encoding to WIN1251, name a table in
+/// WIN1251 bytes and switch back before its Sync: the gateway read the name
+/// as replacement characters and no rule applied, the server read зарплата
+/// and deleted its rows, and no report of the encoding ever came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_is_refused_so_rules_on_names_outside_ascii_hold() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    // In UTF-8 the rule applies, and reading the table is fine.
+    let (_, codes) = raw.query("DELETE FROM \"зарплата\" WHERE id > 0").await;
+    assert_eq!(codes, ["42501"]);
+    let (tags, codes) = raw.query("SELECT count(*) FROM \"зарплата\"").await;
+    assert_eq!((tags.as_str(), codes), ("TDCZI", vec![]));
+
+    let parse = |sql: &[u8]| (b'P', [&[0u8][..], sql, &[0, 0, 0]].concat());
+    let win1251: &[u8] =
+        b"DELETE FROM \"\xe7\xe0\xf0\xef\xeb\xe0\xf2\xe0\" WHERE id > 0 /* evade-32 */";
+    for (tag, body) in [
+        parse(b"SET client_encoding TO 'WIN1251'"),
+        msg::bind("", ""),
+        msg::execute("", 0),
+        parse(win1251),
+        msg::bind("", ""),
+        msg::execute("", 0),
+        parse(b"RESET client_encoding"),
+        msg::bind("", ""),
+        msg::execute("", 0),
+        (b'S', Vec::new()),
+    ] {
+        raw.send(tag, &body).await;
+    }
+    let mut answers = Vec::new();
+    while let Some((tag, body)) = raw.read().await {
+        answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert!(
+        answers
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && body.contains("C22021")),
+        "{answers:?}"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM \"зарплата\"").await.unwrap(),
+        "2"
+    );
+    assert!(!pg.log().contains("evade-32"), "it reached the server");
+}
+
+/// A parsed `EXECUTE d` runs whatever `d` is when it runs, not what `d` was
+/// when it was parsed: each Bind judges it again. Here `d` is parsed anew
+/// as a delete that needs review, and running the `EXECUTE` waits for the
+/// approval like the delete itself (before, it ran at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_execute_is_judged_as_what_it_runs_when_it_runs() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let (tags, codes) = raw
+        .exchange(vec![
+            msg::parse("d", "SELECT 1"),
+            msg::parse("e", "EXECUTE d"),
+            msg::bind("", "e"),
+            msg::execute("", 0),
+            (b'C', b"Sd\0".to_vec()),
+            msg::parse("d", "DELETE FROM orders WHERE id = 1 /* late-33 */"),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("112DC31ZI", vec![]));
+
+    for (tag, body) in [msg::bind("", "e"), msg::execute("", 0), (b'S', Vec::new())] {
+        raw.send(tag, &body).await;
+    }
+    let answers = async {
+        let mut answers = Vec::new();
+        while let Some((tag, body)) = raw.read().await {
+            answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+            if tag == b'Z' {
+                break;
+            }
+        }
+        answers
+    };
+    let deny = async {
+        let id = pending(&gw).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let orders = pg.psql("SELECT count(*) FROM orders").await.unwrap();
+        gw.runtime
+            .gateway
+            .approvals()
+            .decide(&id, &dba(), false, Some("not today".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        orders
+    };
+    let (answers, orders_while_waiting) = tokio::join!(answers, deny);
+    assert_eq!(orders_while_waiting, "2", "it ran before approval");
+    assert!(
+        answers
+            .iter()
+            .any(|(tag, body)| *tag == b'N' && body.contains("waiting for approval")),
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
+        "{answers:?}"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
 }
 
 async fn pending(gw: &PgGateway) -> String {

@@ -252,13 +252,20 @@ pub(crate) async fn read_startup_packet<R: AsyncRead + Unpin>(
 }
 
 /// The text of a simple `Query` message, read in place (pgwire's decoder
-/// would copy it into a new `String` first). Invalid UTF-8 is read lossily,
-/// as pgwire reads it.
-pub(crate) fn query_text(frame: &Frame) -> Result<std::borrow::Cow<'_, str>> {
+/// would copy it into a new `String` first); `None` when it is not UTF-8.
+pub(crate) fn query_text(frame: &Frame) -> Result<Option<&str>> {
     check_structure(b'Q', frame.body(), Peer::Client)?;
     // The structure check leaves one terminating NUL, at the end.
     let text = frame.body().split_last().map_or(&[][..], |(_, text)| text);
-    Ok(lossy(text))
+    Ok(std::str::from_utf8(text).ok())
+}
+
+/// Whether the SQL text of a Parse body (after the statement name) is
+/// UTF-8. A body without the two strings is left to the decoder to refuse.
+pub(crate) fn parse_text_is_utf8(body: &[u8]) -> bool {
+    take_cstr(body)
+        .and_then(|(_, rest)| take_cstr(rest))
+        .is_none_or(|(text, _)| std::str::from_utf8(text).is_ok())
 }
 
 /// Bytes as text: borrowed when they are UTF-8 (checked on the fast path
@@ -441,6 +448,7 @@ pub(crate) fn encode<T: Message>(message: &T) -> Bytes {
 pub(crate) mod sqlstate {
     pub(crate) const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub(crate) const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub(crate) const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub(crate) const INVALID_PASSWORD: &str = "28P01";
     pub(crate) const INVALID_AUTHORIZATION: &str = "28000";
     pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";

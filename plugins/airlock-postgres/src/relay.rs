@@ -336,6 +336,10 @@ struct Statement {
     /// `DEALLOCATE`, `DISCARD`, or something the classifier could not see
     /// into (a `DO` block, say).
     changes_names: bool,
+    /// A statement that runs SQL `EXECUTE name`: what the name stands for
+    /// is known only when it runs (a later Parse or `PREPARE` may give it
+    /// another statement), so each Bind judges it again.
+    executes: Option<Arc<[Classified]>>,
 }
 
 /// Parameter types the server described, by statement (Parse generation,
@@ -776,8 +780,10 @@ impl ClientHalf<'_> {
     }
 
     async fn query(&mut self, frame: Frame) -> Result<()> {
-        let text = frame::query_text(&frame)?;
-        let classified = self.cx.classifier.classify(&text);
+        let Some(text) = frame::query_text(&frame)? else {
+            return self.refuse(not_utf8(), false).await;
+        };
+        let classified = self.cx.classifier.classify(text);
         let opaque = self.changes_names(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
@@ -802,10 +808,17 @@ impl ClientHalf<'_> {
     }
 
     async fn parse(&mut self, frame: Frame) -> Result<()> {
+        if !frame::parse_text_is_utf8(frame.body()) {
+            return self.refuse(not_utf8(), true).await;
+        }
         let parse: Parse = frame.decode(Peer::Client)?;
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
         let changes_names = self.changes_names(&classified);
+        let executes = classified
+            .iter()
+            .any(|c| c.execute.is_some())
+            .then(|| Arc::clone(&classified));
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -860,6 +873,7 @@ impl ClientHalf<'_> {
                         previous,
                         sql_changed: false,
                         changes_names,
+                        executes,
                     },
                 );
                 self.forward(&frame, Some(Pending::Parse(watched))).await
@@ -882,27 +896,29 @@ impl ClientHalf<'_> {
             self.settle(&statement, true).await?;
         }
         // One lookup of the statement for everything the portal needs.
-        let (types, key, review, text, changes_names) = match self.statements.get(&statement) {
-            Some(s) => (
-                self.param_types
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(&s.generation).cloned())
-                    .unwrap_or_else(|| s.types.clone()),
-                Some((s.columns_id, bind.result_column_format_codes.clone())),
-                s.review.clone(),
-                // Not what SQL may have put under the name since its Parse.
-                (!s.sql_changed).then(|| Arc::clone(&s.text)),
-                // What SQL can put under a name (`PREPARE` takes only
-                // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) does
-                // not itself prepare or deallocate, so running it is not
-                // taken as changing names. (A function or trigger of the
-                // database's own can, through its own `EXECUTE`, as it can
-                // from any statement: a known limit, docs/postgres.md.)
-                s.changes_names,
-            ),
-            None => (Vec::new(), None, None, None, true),
-        };
+        let (types, key, review, text, changes_names, executes) =
+            match self.statements.get(&statement) {
+                Some(s) => (
+                    self.param_types
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&s.generation).cloned())
+                        .unwrap_or_else(|| s.types.clone()),
+                    Some((s.columns_id, bind.result_column_format_codes.clone())),
+                    s.review.clone(),
+                    // Not what SQL may have put under the name since its Parse.
+                    (!s.sql_changed).then(|| Arc::clone(&s.text)),
+                    // What SQL can put under a name (`PREPARE` takes only
+                    // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) does
+                    // not itself prepare or deallocate, so running it is not
+                    // taken as changing names. (A function or trigger of the
+                    // database's own can, through its own `EXECUTE`, as it can
+                    // from any statement: a known limit, docs/postgres.md.)
+                    s.changes_names,
+                    s.executes.clone(),
+                ),
+                None => (Vec::new(), None, None, None, true, None),
+            };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
             self.cx.session.masker(),
@@ -914,7 +930,7 @@ impl ClientHalf<'_> {
         if !counts.is_empty() {
             self.cx.session.record_later(Event::Masked { counts });
         }
-        if self
+        let ops = if self
             .prepared
             .bind_needs_judging(&statement, self.statements.contains_key(&statement))
         {
@@ -922,7 +938,23 @@ impl ClientHalf<'_> {
             // to judge: the Bind is judged as one.
             let name = String::from_utf8_lossy(&statement).into_owned();
             let what = opaque(&format!("-- bind of prepared statement {name:?}"));
-            let mut ops = self.resolve_execute(&what, &name, &[]);
+            Some(self.resolve_execute(&what, &name, &[]))
+        } else {
+            // A parsed `EXECUTE name`: as the name stands now.
+            executes.as_deref().map(|classified| {
+                classified
+                    .iter()
+                    .filter_map(|c| {
+                        let name = c.execute.as_deref()?;
+                        Some(self.resolve_execute(&c.operation, name, &[]))
+                    })
+                    .flatten()
+                    .collect()
+            })
+        };
+        let changes_names =
+            changes_names || executes.as_deref().is_some_and(|c| self.changes_names(c));
+        if let Some(mut ops) = ops {
             if !params.is_empty() {
                 // What it runs with, for the record and approvers.
                 for op in &mut ops {
@@ -1658,6 +1690,20 @@ fn denied(rule: &str, message: &str) -> Bytes {
         Severity::Error,
         sqlstate::INSUFFICIENT_PRIVILEGE,
         &format!("denied by rule {rule}: {message}"),
+        None,
+    )
+}
+
+/// The refusal of statement text that is not UTF-8. The session is UTF-8
+/// (`startup::check_encoding`), where the server refuses such text too,
+/// with the same SQLSTATE; the gateway refuses it first, because it would
+/// judge it otherwise than the server reads it if SQL had just changed
+/// client_encoding in the same pipeline.
+fn not_utf8() -> Bytes {
+    frame::error_response(
+        Severity::Error,
+        sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
+        "the statement is not valid UTF-8: sessions through Airlock use client_encoding UTF8",
         None,
     )
 }
