@@ -338,7 +338,8 @@ struct Statement {
     changes_names: bool,
     /// A statement that runs SQL `EXECUTE name`: what the name stands for
     /// is known only when it runs (a later Parse or `PREPARE` may give it
-    /// another statement), so each Bind judges it again.
+    /// another statement, even between a Bind and its Execute), so each
+    /// portal of it is judged again at its first Execute.
     executes: Option<Arc<[Classified]>>,
 }
 
@@ -424,7 +425,13 @@ struct Portal {
     /// portal is approved (a suspended portal's later executions continue
     /// that one).
     review: Option<Arc<[SqlOperation]>>,
-    /// With `review`: the parameters exactly as bound (formats, values and
+    /// Its statement runs SQL `EXECUTE name` ([`Statement::executes`]):
+    /// judged, as the names stand then, at the portal's first Execute
+    /// (the server looks the name up there and runs it to completion; a
+    /// suspended portal's later executions only fetch what it returned).
+    /// In place of `review`.
+    executes: Option<Arc<[Classified]>>,
+    /// With `review` or `executes`: the parameters exactly as bound (formats, values and
     /// result formats), so the approval is for these values and not for
     /// any others that look the same masked.
     exact_parameters: Bytes,
@@ -839,7 +846,18 @@ impl ClientHalf<'_> {
                     if changes_names {
                         self.prepared.add_changing(&name);
                     }
-                    if ops.is_empty() {
+                    if executes.is_some() {
+                        // SQL `EXECUTE` of it runs whatever the inner name
+                        // stands for then, which this entry cannot follow:
+                        // it is judged as opaque.
+                        self.prepared.add(
+                            name,
+                            opaque(&format!(
+                                "-- {}\n-- (prepared by Parse; it runs another prepared statement, known only when it runs)",
+                                parse.query
+                            )),
+                        );
+                    } else if ops.is_empty() {
                         self.prepared.add(name, opaque(&parse.query));
                     } else {
                         for op in ops {
@@ -930,7 +948,7 @@ impl ClientHalf<'_> {
         if !counts.is_empty() {
             self.cx.session.record_later(Event::Masked { counts });
         }
-        let ops = if self
+        if self
             .prepared
             .bind_needs_judging(&statement, self.statements.contains_key(&statement))
         {
@@ -938,29 +956,7 @@ impl ClientHalf<'_> {
             // to judge: the Bind is judged as one.
             let name = String::from_utf8_lossy(&statement).into_owned();
             let what = opaque(&format!("-- bind of prepared statement {name:?}"));
-            Some(self.resolve_execute(&what, &name, &[]))
-        } else {
-            // A parsed `EXECUTE name`: as the name stands now.
-            executes.as_deref().map(|classified| {
-                classified
-                    .iter()
-                    .filter_map(|c| {
-                        let name = c.execute.as_deref()?;
-                        Some(self.resolve_execute(&c.operation, name, &[]))
-                    })
-                    .flatten()
-                    .collect()
-            })
-        };
-        let changes_names =
-            changes_names || executes.as_deref().is_some_and(|c| self.changes_names(c));
-        if let Some(mut ops) = ops {
-            if !params.is_empty() {
-                // What it runs with, for the record and approvers.
-                for op in &mut ops {
-                    op.text = format!("{}\n-- parameters: {params}", op.text);
-                }
-            }
+            let ops = with_parameters(self.resolve_execute(&what, &name, &[]), &params);
             match self.decide(ops, &exact_parameters(), false, false).await? {
                 Verdict::Allow(..) => {}
                 Verdict::Refuse(error) => return self.refuse(error, true).await,
@@ -984,12 +980,16 @@ impl ClientHalf<'_> {
                 epoch: self.portal_epoch,
                 text,
                 changes_names,
-                exact_parameters: if review.is_some() {
+                exact_parameters: if review.is_some() || executes.is_some() {
                     exact_parameters()
                 } else {
                     Bytes::new()
                 },
-                review,
+                // A parsed `EXECUTE` is judged afresh at its Execute, and
+                // that judgement replaces the one made at its Parse (one
+                // approval per execution, not two).
+                review: if executes.is_some() { None } else { review },
+                executes,
                 columns: None,
             },
             idle_through,
@@ -1031,27 +1031,34 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
-        if let Some(p) = self.portals.map.get(&portal)
-            && let Some(review) = p.review.clone()
-        {
-            // The approver decides on this execution: the statement with
-            // the parameters it runs with (masked).
-            let ops = review
-                .iter()
-                .map(|op| SqlOperation {
-                    text: if p.params.is_empty() {
-                        op.text.clone()
-                    } else {
-                        format!("{}\n-- parameters: {}", op.text, p.params)
-                    },
-                    ..op.clone()
-                })
-                .collect();
-            let exact = p.exact_parameters.clone();
+        let judged = self.portals.map.get(&portal).and_then(|p| {
+            let (ops, changes_names) = match (&p.executes, &p.review) {
+                // What the names it executes stand for now.
+                (Some(classified), _) => (
+                    classified
+                        .iter()
+                        .flat_map(|c| match c.execute.as_deref() {
+                            Some(name) => self.resolve_execute(&c.operation, name, &[]),
+                            None => vec![c.operation.clone()],
+                        })
+                        .collect(),
+                    self.changes_names(classified),
+                ),
+                // The approver decides on this execution.
+                (None, Some(review)) => (review.to_vec(), false),
+                (None, None) => return None,
+            };
+            // With the parameters it runs with (masked).
+            let ops = with_parameters(ops, &p.params);
+            Some((ops, p.exact_parameters.clone(), changes_names))
+        });
+        if let Some((ops, exact, changes_names)) = judged {
             match self.decide(ops, &exact, false, false).await? {
                 Verdict::Allow(..) => {
                     if let Some(p) = self.portals.map.get_mut(&portal) {
                         p.review = None;
+                        p.executes = None;
+                        p.changes_names |= changes_names;
                     }
                 }
                 Verdict::Refuse(error) => return self.refuse(error, true).await,
@@ -1645,6 +1652,17 @@ impl ClientHalf<'_> {
                     .is_some_and(|name| self.prepared.changes_names(name))
         })
     }
+}
+
+/// The operations with the parameters they run with (rendered, masked)
+/// appended, for their records and approvers.
+fn with_parameters(mut ops: Vec<SqlOperation>, params: &str) -> Vec<SqlOperation> {
+    if !params.is_empty() {
+        for op in &mut ops {
+            op.text = format!("{}\n-- parameters: {params}", op.text);
+        }
+    }
+    ops
 }
 
 /// Marks a statement, and the ones the server may hold instead of it, as
@@ -2459,6 +2477,7 @@ mod tests {
             text: None,
             changes_names: false,
             review: None,
+            executes: None,
             exact_parameters: Bytes::new(),
             columns: None,
         }
