@@ -697,6 +697,53 @@ async fn execute_of_a_parsed_deallocate_is_a_change_of_names() {
     }
 }
 
+/// A statement that runs another by name (`EXECUTE v`) has the columns of
+/// whatever v stands for when a portal of it is bound: after v is replaced,
+/// the next execution is described afresh, so v's `ssn` column (now
+/// second) is masked by its own rule, not left plain by the columns the
+/// statement had before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_execute_is_masked_by_the_columns_of_what_it_runs() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (plain, secret) = ("first-value-3", "secret-value-4");
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let first = data_rows(
+        &mut raw,
+        vec![
+            parse(
+                "v",
+                &format!("SELECT '{secret}' AS ssn, '{plain}' AS other"),
+            ),
+            parse("e", "EXECUTE v"),
+            bind("", "e"),
+            execute("", 0),
+        ],
+    )
+    .await;
+    assert!(!contains(&first[0], secret.as_bytes()) && contains(&first[0], plain.as_bytes()));
+    let swapped = data_rows(
+        &mut raw,
+        vec![
+            (b'C', b"Sv\0".to_vec()),
+            parse(
+                "v",
+                &format!("SELECT '{plain}' AS other, '{secret}' AS ssn"),
+            ),
+            bind("", "e"),
+            execute("", 0),
+        ],
+    )
+    .await;
+    assert_eq!(swapped.len(), 1);
+    assert!(
+        !contains(&swapped[0], secret.as_bytes()),
+        "the ssn column went out plain: {}",
+        String::from_utf8_lossy(&swapped[0])
+    );
+    assert!(contains(&swapped[0], plain.as_bytes()));
+}
+
 /// A session's text stays UTF-8, so a rule for a column named outside
 /// ASCII (`имя`) holds: another client_encoding is refused at startup
 /// (SQL_ASCII, libpq's choice in the C locale, is taken as UTF-8), and SQL

@@ -582,9 +582,10 @@ async fn text_that_is_not_utf8_is_refused_so_rules_on_names_outside_ascii_hold()
 }
 
 /// A parsed `EXECUTE d` runs whatever `d` is when it runs, not what `d` was
-/// when it was parsed: each Bind judges it again. Here `d` is parsed anew
-/// as a delete that needs review, and running the `EXECUTE` waits for the
-/// approval like the delete itself (before, it ran at once).
+/// when it was parsed: each of its portals is judged when it runs. Here
+/// `d` is parsed anew as a delete that needs review, and running the
+/// `EXECUTE` waits for the approval like the delete itself (before, it ran
+/// at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parsed_execute_is_judged_as_what_it_runs_when_it_runs() {
     let (_dir, pg, gw) = setup().await;
@@ -622,9 +623,10 @@ async fn a_parsed_execute_is_judged_as_what_it_runs_when_it_runs() {
 }
 
 /// PostgreSQL looks up the name a parsed `EXECUTE` names when the portal
-/// runs, not at its Bind: a name replaced in between is judged as what it
-/// runs, one approval covers one execution, and SQL `EXECUTE` of such a
-/// statement (whose inner name the gateway cannot follow) is opaque.
+/// runs, not at its Bind (where it describes the portal's columns): a
+/// name replaced in between is refused, one approval covers one
+/// execution, and SQL `EXECUTE` of such a statement (whose inner name the
+/// gateway cannot follow) is opaque.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parsed_execute_is_judged_at_its_execute_with_one_approval() {
     let (_dir, pg, gw) = setup().await;
@@ -632,11 +634,8 @@ async fn a_parsed_execute_is_judged_at_its_execute_with_one_approval() {
     let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
 
     // Replaced after the Bind, in the same pipeline.
-    let (answers, decided) = through_approvals(
-        &mut raw,
-        &gw,
-        &pg,
-        vec![
+    let (tags, codes) = raw
+        .exchange(vec![
             msg::parse("d", "SELECT 1"),
             msg::parse("e", "EXECUTE d"),
             msg::bind("", "e"),
@@ -644,7 +643,17 @@ async fn a_parsed_execute_is_judged_at_its_execute_with_one_approval() {
             msg::parse("d", "DELETE FROM orders WHERE id = 1 /* late-34 */"),
             msg::execute("", 0),
             (b'S', Vec::new()),
-        ],
+        ])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("11231EZI", vec!["0A000".into()]));
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+
+    // Bound once it stands for the DELETE: judged at the Execute.
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![msg::bind("", "e"), msg::execute("", 0), (b'S', Vec::new())],
         false,
     )
     .await;
@@ -717,6 +726,142 @@ async fn a_parsed_execute_is_judged_at_its_execute_with_one_approval() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A Close or Bind the server skips after an error, or refuses, leaves the
+/// statement or portal it had in place; one still under review keeps its
+/// review. And SQL `FETCH` from a portal Bind made runs it: it is judged
+/// as that portal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let failing = || {
+        vec![
+            msg::parse("", "SELECT 1/0"),
+            msg::bind("", ""),
+            msg::execute("", 0),
+        ]
+    };
+
+    // A statement: its Close is skipped, so the Parse of its name fails.
+    let delete = "DELETE FROM orders WHERE id = 1 /* skipped-close */";
+    let (tags, _) = raw
+        .exchange(vec![msg::parse("e", delete), (b'S', Vec::new())])
+        .await;
+    assert_eq!(tags, "1ZI");
+    let mut msgs = failing();
+    msgs.extend([(b'C', b"Se\0".to_vec()), (b'S', Vec::new())]);
+    assert_eq!(
+        raw.exchange(msgs).await,
+        ("1EZI".into(), vec!["22012".into()])
+    );
+    let (tags, codes) = raw
+        .exchange(vec![msg::parse("e", "SELECT 2"), (b'S', Vec::new())])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("EZI", vec!["42P05".into()]));
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![msg::bind("", "e"), msg::execute("", 0), (b'S', Vec::new())],
+        false,
+    )
+    .await;
+    assert_eq!(decided, 1, "{answers:?}");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+    // The Close made: the name is the SELECT's, which runs unasked.
+    let (tags, _) = raw
+        .exchange(vec![
+            (b'C', b"Se\0".to_vec()),
+            msg::parse("e", "SELECT 2"),
+            msg::bind("", "e"),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "312DCZI");
+
+    // A portal in a transaction: a Bind of its name is skipped, and a
+    // rollback to a savepoint leaves the pipeline's error behind.
+    let delete = "DELETE FROM orders WHERE id = 1 /* skipped-bind */";
+    assert_eq!(raw.query("BEGIN").await.0, "CZT");
+    let (tags, _) = raw
+        .exchange(vec![
+            msg::parse("r", delete),
+            msg::bind("p", "r"),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "12ZT");
+    assert_eq!(raw.query("SAVEPOINT s").await.0, "CZT");
+    let mut msgs = failing();
+    msgs.extend([msg::bind("p", ""), (b'S', Vec::new())]);
+    assert_eq!(
+        raw.exchange(msgs).await,
+        ("1EZE".into(), vec!["22012".into()])
+    );
+    assert_eq!(raw.query("ROLLBACK TO s").await.0, "CZT");
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![msg::execute("p", 0), (b'S', Vec::new())],
+        false,
+    )
+    .await;
+    assert_eq!(decided, 1, "{answers:?}");
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+    // A Close the server makes frees the name for an allowed statement.
+    assert_eq!(raw.query("BEGIN").await.0, "CZT");
+    let (tags, _) = raw
+        .exchange(vec![
+            msg::bind("p", "r"),
+            (b'C', b"Pp\0".to_vec()),
+            msg::parse("one", "SELECT 1"),
+            msg::bind("p", "one"),
+            msg::execute("p", 0),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "2312DCZT");
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+
+    // SQL FETCH from a bound portal of a reviewed DELETE … RETURNING.
+    let returning = "DELETE FROM orders WHERE id = 1 RETURNING id /* fetched */";
+    assert_eq!(raw.query("BEGIN").await.0, "CZT");
+    let (tags, _) = raw
+        .exchange(vec![
+            msg::parse("f", returning),
+            msg::bind("f", "f"),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "12ZT");
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![(b'Q', msg::cstr("FETCH ALL FROM f"))],
+        false,
+    )
+    .await;
+    assert_eq!(decided, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
+        "{answers:?}"
+    );
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+    // FETCH from a cursor DECLARE made (judged then) runs unasked.
+    let (tags, codes) = raw
+        .query("BEGIN; DECLARE c CURSOR FOR SELECT id FROM orders ORDER BY id; FETCH ALL FROM c; COMMIT")
+        .await;
+    assert_eq!((tags.as_str(), codes), ("CCTDDCCZI", vec![]));
 }
 
 /// Sends `msgs` and decides each approval request they raise, checking

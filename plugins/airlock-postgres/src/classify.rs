@@ -112,6 +112,9 @@ pub struct Classified {
     /// `DEALLOCATE name` / `DEALLOCATE ALL` (None inside = ALL). `DISCARD ALL`,
     /// which also drops every prepared statement, sets `Some(None)` too.
     pub deallocate: Option<Option<String>>,
+    /// `FETCH … FROM name`: the portal it reads (which may be one a
+    /// protocol Bind made and has not run yet: fetching runs it).
+    pub fetch: Option<String>,
 }
 
 impl Classified {
@@ -122,6 +125,7 @@ impl Classified {
             prepare: None,
             execute: None,
             deallocate: None,
+            fetch: None,
         }
     }
 
@@ -227,6 +231,7 @@ impl Classifier {
                     prepare: c.prepare.clone(),
                     execute: c.execute.clone(),
                     deallocate: c.deallocate.clone(),
+                    fetch: c.fetch.clone(),
                 })
                 .collect();
         }

@@ -82,7 +82,7 @@ pub(crate) struct Wires {
 pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
     let actions = Arc::new(Actions::default());
     let param_types = Arc::new(Mutex::new(HashMap::new()));
-    let outcomes = Arc::new(ParseOutcomes::default());
+    let outcomes = Arc::new(Outcomes::default());
     let columns: ColumnsCache = Arc::new(Mutex::new(HashMap::new()));
     let mut client = ClientHalf {
         cx,
@@ -132,9 +132,11 @@ enum Pending {
     /// A simple query: answers until ReadyForQuery.
     Query(QueryTrack),
     /// A Parse; the statement's generation when the client half waits to
-    /// learn whether the server made it (see [`ParseOutcomes`]).
+    /// learn whether the server made it (see [`Outcomes`]).
     Parse(Option<u64>),
-    Bind,
+    /// A Bind; an id when the client half waits to learn whether it took
+    /// effect ([`Outcomes`]).
+    Bind(Option<u64>),
     /// Describe of a statement (ParameterDescription, then RowDescription or
     /// NoData), with its Parse generation when the gateway saw the Parse.
     DescribeStatement(Option<u64>),
@@ -151,8 +153,12 @@ enum Pending {
         portal: Bytes,
         track: Track,
     },
-    /// Close of a statement, or of the named portal.
-    Close(Option<Bytes>),
+    /// Close of a statement, or of the named portal; an id when the client
+    /// half waits to learn whether it took effect ([`Outcomes`]).
+    Close {
+        portal: Option<Bytes>,
+        watch: Option<u64>,
+    },
     /// A Sync, and how many COPY inputs the client had ended (CopyDone or
     /// CopyFail) before it. The server ignores a Sync that arrives while it
     /// is in copy-in mode, so a driver running `COPY FROM STDIN` through
@@ -171,6 +177,16 @@ enum Pending {
     /// The gateway's failing Parse ([`ROLLBACK_PARSE`]): its error is not
     /// the client's (the client gets the `Refused` error queued after it).
     Rollback,
+}
+
+impl Pending {
+    /// The id under which the client half waits for this message's outcome.
+    fn watch(&self) -> Option<u64> {
+        match self {
+            Pending::Parse(watch) | Pending::Bind(watch) | Pending::Close { watch, .. } => *watch,
+            _ => None,
+        }
+    }
 }
 
 /// Messages from the client half to the server half.
@@ -221,9 +237,15 @@ impl Actions {
             self.queued.store(true, Ordering::Release);
         }
         if wake {
-            self.attention.store(true, Ordering::Release);
-            self.waker.wake();
+            self.nudge();
         }
+    }
+
+    /// Has the server half look at its queue now, without a server answer
+    /// to wake it (one that only moves messages the server skipped).
+    fn nudge(&self) {
+        self.attention.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Completes once an action needs the server half's attention (at once
@@ -336,10 +358,10 @@ struct Statement {
     /// `DEALLOCATE`, `DISCARD`, or something the classifier could not see
     /// into (a `DO` block, say).
     changes_names: bool,
-    /// A statement that runs SQL `EXECUTE name`: what the name stands for
-    /// is known only when it runs (a later Parse or `PREPARE` may give it
-    /// another statement, even between a Bind and its Execute), so each
-    /// portal of it is judged again at its first Execute.
+    /// A statement that runs another by name — SQL `EXECUTE name`, or
+    /// `FETCH` from a portal: what the name stands for is known only when
+    /// it runs (a later Parse, `PREPARE` or Bind may give it another
+    /// statement), so each portal of it is judged at its Execute.
     executes: Option<Arc<[Classified]>>,
 }
 
@@ -348,20 +370,22 @@ struct Statement {
 /// client parsed another under the same name).
 type ParamTypes = Arc<Mutex<HashMap<u64, Vec<u32>>>>;
 
-/// Whether the server made the statements of watched Parses (by
-/// generation): filled by the server half, read by the client half.
+/// Whether watched messages took effect on the server (by an id from the
+/// Parse generation counter): filled by the server half, read by the
+/// client half.
 ///
-/// A Parse can fail on the server, or be skipped after an earlier error,
-/// and then the server keeps the statement it had under that name. When
-/// that one waits for review at each execution, a Bind of the name must
-/// know which of the two the server will run.
+/// A Parse, Bind or Close can fail on the server, or be skipped after an
+/// earlier error, and then the server keeps the statement or portal it had
+/// under that name. When that one still waits for a judgement (review at
+/// each execution, an `EXECUTE` judged when it runs), the gateway must know
+/// which of the two the server will run, so those messages are watched.
 #[derive(Default)]
-struct ParseOutcomes {
+struct Outcomes {
     made: Mutex<HashMap<u64, bool>>,
     answered: tokio::sync::Notify,
 }
 
-impl ParseOutcomes {
+impl Outcomes {
     fn set(&self, generation: u64, made: bool) {
         if let Ok(mut m) = self.made.lock() {
             m.insert(generation, made);
@@ -382,6 +406,10 @@ type ColumnsKey = (u64, Vec<i16>);
 /// (`None`: no rows), so every Execute of a prepared statement does not need
 /// a hidden Describe. Filled by the server half, read by the client half.
 type ColumnsCache = Arc<Mutex<HashMap<ColumnsKey, Option<Arc<Vec<Column>>>>>>;
+
+/// Portals followed through `FETCH` statements that fetch from portals
+/// before the rest is taken as opaque.
+const MAX_PORTALS_FOLLOWED: usize = 4;
 
 /// Parses of one name whose outcome is unknown, each keeping the one
 /// before, before a Parse waits for the server's answers.
@@ -425,12 +453,10 @@ struct Portal {
     /// portal is approved (a suspended portal's later executions continue
     /// that one).
     review: Option<Arc<[SqlOperation]>>,
-    /// Its statement runs SQL `EXECUTE name` ([`Statement::executes`]):
-    /// judged, as the names stand then, at the portal's first Execute
-    /// (the server looks the name up there and runs it to completion; a
-    /// suspended portal's later executions only fetch what it returned).
-    /// In place of `review`.
-    executes: Option<Arc<[Classified]>>,
+    /// Its statement runs another by name ([`Statement::executes`]):
+    /// judged at its Execute, where the server looks the name up. In
+    /// place of `review`.
+    executes: Option<Executes>,
     /// With `review` or `executes`: the parameters exactly as bound (formats, values and
     /// result formats), so the approval is for these values and not for
     /// any others that look the same masked.
@@ -439,6 +465,30 @@ struct Portal {
     /// the server half never learns them under the portal's name, so every
     /// Execute of the portal (a suspended one is executed again) carries them.
     columns: Option<Option<Arc<Vec<Column>>>>,
+}
+
+/// A portal whose statement runs another by name ([`Statement::executes`]).
+struct Executes {
+    classified: Arc<[Classified]>,
+    /// What it ran as at its Bind. The server describes the portal's
+    /// columns then, so an Execute that would run anything else is
+    /// refused: its rows would be masked by another statement's columns.
+    bound: Vec<SqlOperation>,
+    /// Its judgement at an Execute allowed it. (The server runs such a
+    /// portal to completion at its first Execute; one that an earlier
+    /// error made it skip runs at a later one, what `bound` says.)
+    judged: bool,
+}
+
+impl Portal {
+    /// Whether the portal still waits for a judgement that a Bind or
+    /// Close of its name the server skips must not lose: one under review,
+    /// or one that runs another statement by name (whatever it was judged
+    /// as, it runs what that name stands for when it runs). Not once its
+    /// transaction has ended (the server has dropped it).
+    fn awaits_judgement(&self, idle_through: u64) -> bool {
+        self.seq > idle_through && (self.review.is_some() || self.executes.is_some())
+    }
 }
 
 /// The client's portals. The server drops every portal when a transaction
@@ -603,7 +653,7 @@ struct ClientHalf<'a> {
     portal_epoch: u64,
     /// Parameter types the server described, by statement name.
     param_types: ParamTypes,
-    outcomes: Arc<ParseOutcomes>,
+    outcomes: Arc<Outcomes>,
     columns: ColumnsCache,
     /// The last Parse's generation (also the last [`Statement::columns_id`]).
     generation: u64,
@@ -824,7 +874,7 @@ impl ClientHalf<'_> {
         let changes_names = self.changes_names(&classified);
         let executes = classified
             .iter()
-            .any(|c| c.execute.is_some())
+            .any(|c| c.execute.is_some() || c.fetch.is_some())
             .then(|| Arc::clone(&classified));
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
@@ -870,7 +920,11 @@ impl ClientHalf<'_> {
                     self.settle(&name, false).await?;
                 }
                 let previous = match self.statements.remove(&name) {
-                    Some(old) if old.review.is_some() || old.previous.is_some() => {
+                    Some(old)
+                        if old.review.is_some()
+                            || old.executes.is_some()
+                            || old.previous.is_some() =>
+                    {
                         Some(Box::new(old))
                     }
                     Some(old) => {
@@ -922,7 +976,11 @@ impl ClientHalf<'_> {
                         .ok()
                         .and_then(|m| m.get(&s.generation).cloned())
                         .unwrap_or_else(|| s.types.clone()),
-                    Some((s.columns_id, bind.result_column_format_codes.clone())),
+                    // (Not for one that runs another by name: its columns
+                    // are those of whatever that name stands for.)
+                    s.executes
+                        .is_none()
+                        .then(|| (s.columns_id, bind.result_column_format_codes.clone())),
                     s.review.clone(),
                     // Not what SQL may have put under the name since its Parse.
                     (!s.sql_changed).then(|| Arc::clone(&s.text)),
@@ -969,7 +1027,20 @@ impl ClientHalf<'_> {
         }
         self.seq += 1;
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
-        self.portals.bind(
+        let executes = executes.map(|classified| Executes {
+            bound: self.runs(&classified, 0),
+            classified,
+            judged: false,
+        });
+        // A Bind the server skips (after an error in the pipeline), or
+        // refuses (a named portal that exists), leaves the portal it had.
+        let watch = self
+            .portals
+            .map
+            .get(&portal)
+            .is_some_and(|p| p.awaits_judgement(idle_through))
+            .then(|| self.watch_id());
+        let bound = (
             portal,
             Portal {
                 statement,
@@ -992,9 +1063,15 @@ impl ClientHalf<'_> {
                 executes,
                 columns: None,
             },
-            idle_through,
         );
-        self.forward(&frame, Some(Pending::Bind)).await
+        self.forward(&frame, Some(Pending::Bind(watch))).await?;
+        if let Some(id) = watch
+            && !self.outcome(id).await?
+        {
+            return Ok(());
+        }
+        self.portals.bind(bound.0, bound.1, idle_through);
+        Ok(())
     }
 
     async fn describe(&mut self, frame: Frame) -> Result<()> {
@@ -1031,19 +1108,21 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
+        let mut replaced = false;
         let judged = self.portals.map.get(&portal).and_then(|p| {
             let (ops, changes_names) = match (&p.executes, &p.review) {
-                // What the names it executes stand for now.
-                (Some(classified), _) => (
-                    classified
-                        .iter()
-                        .flat_map(|c| match c.execute.as_deref() {
-                            Some(name) => self.resolve_execute(&c.operation, name, &[]),
-                            None => vec![c.operation.clone()],
-                        })
-                        .collect(),
-                    self.changes_names(classified),
-                ),
+                // What the names it runs stand for now.
+                (Some(x), _) => {
+                    let now = self.runs(&x.classified, 0);
+                    if now != x.bound {
+                        replaced = true;
+                        return None;
+                    }
+                    if x.judged {
+                        return None;
+                    }
+                    (now, self.changes_names(&x.classified))
+                }
                 // The approver decides on this execution.
                 (None, Some(review)) => (review.to_vec(), false),
                 (None, None) => return None,
@@ -1052,12 +1131,17 @@ impl ClientHalf<'_> {
             let ops = with_parameters(ops, &p.params);
             Some((ops, p.exact_parameters.clone(), changes_names))
         });
+        if replaced {
+            return self.refuse(replaced_since_bind(), true).await;
+        }
         if let Some((ops, exact, changes_names)) = judged {
             match self.decide(ops, &exact, false, false).await? {
                 Verdict::Allow(..) => {
                     if let Some(p) = self.portals.map.get_mut(&portal) {
                         p.review = None;
-                        p.executes = None;
+                        if let Some(x) = &mut p.executes {
+                            x.judged = true;
+                        }
                         p.changes_names |= changes_names;
                     }
                 }
@@ -1191,27 +1275,15 @@ impl ClientHalf<'_> {
     /// chain of unknown outcomes grows long.
     async fn settle(&mut self, name: &Bytes, wait: bool) -> Result<()> {
         loop {
-            let Some(s) = self.statements.get_mut(name) else {
+            let Some(s) = self.statements.get(name) else {
                 return Ok(());
             };
             if s.previous.is_none() {
                 return Ok(());
             }
             let generation = s.generation;
-            match self.outcomes.take(generation) {
-                Some(true) => {
-                    s.previous = None;
-                    return Ok(());
-                }
-                Some(false) => {
-                    let previous = s.previous.take();
-                    if let Some(failed) = self.statements.remove(name) {
-                        self.forget(&failed);
-                    }
-                    if let Some(p) = previous {
-                        self.statements.insert(name.clone(), *p);
-                    }
-                }
+            let made = match self.outcomes.take(generation) {
+                Some(made) => made,
                 None => {
                     let mut depth = 0;
                     let mut at = s.previous.as_deref();
@@ -1222,23 +1294,58 @@ impl ClientHalf<'_> {
                     if !wait && depth < MAX_UNSETTLED_PARSES {
                         return Ok(());
                     }
-                    let outcomes = self.outcomes.clone();
-                    let answered = outcomes.answered.notified();
-                    tokio::pin!(answered);
-                    answered.as_mut().enable();
-                    if outcomes
-                        .made
-                        .lock()
-                        .is_ok_and(|m| m.contains_key(&generation))
-                    {
-                        continue;
-                    }
-                    self.write_server(&frame::raw(b'H', &[])).await?;
-                    self.flush_server().await?;
-                    answered.await;
+                    self.outcome(generation).await?
                 }
+            };
+            if made {
+                if let Some(s) = self.statements.get_mut(name) {
+                    s.previous = None;
+                }
+                return Ok(());
+            }
+            let previous = self
+                .statements
+                .get_mut(name)
+                .and_then(|s| s.previous.take());
+            if let Some(failed) = self.statements.remove(name) {
+                self.forget(&failed);
+            }
+            if let Some(p) = previous {
+                self.statements.insert(name.clone(), *p);
             }
         }
+    }
+
+    /// Whether the watched message `id` took effect on the server
+    /// ([`Outcomes`]), waiting for its answer: the server is asked to flush
+    /// its answers. (After an error the server skips everything until
+    /// Sync, and the server half tells that as soon as it has the error.)
+    async fn outcome(&mut self, id: u64) -> Result<bool> {
+        loop {
+            if let Some(made) = self.outcomes.take(id) {
+                return Ok(made);
+            }
+            let outcomes = self.outcomes.clone();
+            let answered = outcomes.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if outcomes.made.lock().is_ok_and(|m| m.contains_key(&id)) {
+                continue;
+            }
+            self.write_server(&frame::raw(b'H', &[])).await?;
+            self.flush_server().await?;
+            // The server answers nothing it skips: if its error came
+            // before the watched message was queued, only the server half
+            // looking at its queue again settles it.
+            self.actions.nudge();
+            answered.await;
+        }
+    }
+
+    /// A fresh id for a watched message ([`Outcomes`]).
+    fn watch_id(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
     }
 
     /// Drops what the server told about a statement that is gone: its
@@ -1257,19 +1364,41 @@ impl ClientHalf<'_> {
         frame::check_structure(b'C', frame.body(), Peer::Client)?;
         let kind = frame.body()[0];
         let name = cstr_at(&frame.body()[1..]);
-        let pending = if kind == b'S' {
+        let idle_through = self.actions.idle_through.load(Ordering::Acquire);
+        // A Close the server skips (after an error in the pipeline) leaves
+        // the statement or portal in place, and a Parse or Bind of the name
+        // then fails there: one that still waits for a judgement is
+        // forgotten only once the server has closed it.
+        let watched = if kind == b'S' {
+            self.statements
+                .get(&name)
+                .is_some_and(|s| s.review.is_some() || s.executes.is_some() || s.previous.is_some())
+        } else {
+            self.portals
+                .map
+                .get(&name)
+                .is_some_and(|p| p.awaits_judgement(idle_through))
+        };
+        let watch = watched.then(|| self.watch_id());
+        let portal = (kind != b'S').then(|| name.clone());
+        self.forward(&frame, Some(Pending::Close { portal, watch }))
+            .await?;
+        if let Some(id) = watch
+            && !self.outcome(id).await?
+        {
+            return Ok(());
+        }
+        if kind == b'S' {
             if let Some(old) = self.statements.remove(&name) {
                 self.forget(&old);
                 self.outcomes.take(old.generation);
             }
             // The statement stays a candidate for SQL EXECUTE of the name
             // ([`Prepared`]): a Close after an error is skipped.
-            Pending::Close(None)
         } else {
             self.portals.map.remove(&name);
-            Pending::Close(Some(name))
-        };
-        self.forward(&frame, Some(pending)).await
+        }
+        Ok(())
     }
 
     async fn function_call(&mut self, frame: Frame) -> Result<()> {
@@ -1377,6 +1506,50 @@ impl ClientHalf<'_> {
             .collect()
     }
 
+    /// What running `classified` runs now: each `EXECUTE name` as the
+    /// statements the name may stand for, each `FETCH` from a portal bound
+    /// here as what that portal runs while it awaits a judgement, and the
+    /// statement itself. `depth`: portals followed so far.
+    fn runs(&self, classified: &[Classified], depth: usize) -> Vec<SqlOperation> {
+        let mut ops = Vec::with_capacity(classified.len());
+        for c in classified {
+            match c.execute.as_deref() {
+                Some(name) => ops.extend(self.resolve_execute(&c.operation, name, &[])),
+                None => ops.push(c.operation.clone()),
+            }
+            if let Some(name) = c.fetch.as_deref() {
+                ops.extend(self.fetched(&c.operation, name, depth));
+            }
+        }
+        ops
+    }
+
+    /// What `FETCH` (written as `what`) from portal `name` runs: SQL
+    /// `FETCH` and `MOVE` reach the portals Bind made, and the server runs
+    /// one that has not run yet when it is fetched from. Nothing for a
+    /// portal whose statement was judged at its Parse and allowed (or a
+    /// cursor `DECLARE` made, judged then).
+    fn fetched(&self, what: &SqlOperation, name: &str, depth: usize) -> Vec<SqlOperation> {
+        let Some(p) = self.portals.map.get(name.as_bytes()) else {
+            return Vec::new();
+        };
+        let ops = match (&p.executes, &p.review) {
+            (Some(_), _) if depth >= MAX_PORTALS_FOLLOWED => vec![opaque(&format!(
+                "{} -- (a portal that fetches from portals, more than {MAX_PORTALS_FOLLOWED} deep)",
+                what.text
+            ))],
+            (Some(x), _) => self.runs(&x.classified, depth + 1),
+            (None, Some(review)) => review.to_vec(),
+            (None, None) => return Vec::new(),
+        };
+        ops.into_iter()
+            .map(|inner| SqlOperation {
+                text: format!("{} -- portal {name:?} runs: {}", what.text, inner.text),
+                ..inner
+            })
+            .collect()
+    }
+
     fn apply(&mut self, changes: Vec<PreparedChange>) {
         for change in changes {
             match change {
@@ -1431,6 +1604,10 @@ impl ClientHalf<'_> {
                 Some(None) => changes.push(PreparedChange::Clear),
                 None => {}
             }
+            let fetched = classified[i]
+                .fetch
+                .as_deref()
+                .map(|name| self.fetched(&classified[i].operation, name, 0));
             match executed {
                 Some(each) => ops.extend(each),
                 // A classification made for this text alone (a new text of a
@@ -1441,6 +1618,7 @@ impl ClientHalf<'_> {
                     None => classified[i].operation.clone(),
                 }),
             }
+            ops.extend(fetched.into_iter().flatten());
         }
         Ok(match self.decide(ops, &[], keep, defer_review).await? {
             Verdict::Allow(ops, _, review) => Verdict::Allow(ops, changes, review),
@@ -1726,6 +1904,18 @@ fn not_utf8() -> Bytes {
     )
 }
 
+fn replaced_since_bind() -> Bytes {
+    frame::error_response(
+        Severity::Error,
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "the portal runs a prepared statement or portal by name, and that name \
+         stands for another statement than when the portal was bound: its result \
+         columns would not be those described, so Airlock does not run it; bind the \
+         portal again",
+        None,
+    )
+}
+
 fn store_error(e: &Error) -> Bytes {
     let code = match e {
         Error::Store(_) | Error::Internal(_) => sqlstate::SYSTEM_ERROR,
@@ -1754,7 +1944,7 @@ struct ServerHalf<'a> {
     /// Columns of portals, from Describe (`None`: the portal returns no rows).
     portals: HashMap<Bytes, Option<Arc<Vec<Column>>>>,
     param_types: ParamTypes,
-    outcomes: Arc<ParseOutcomes>,
+    outcomes: Arc<Outcomes>,
     columns: ColumnsCache,
     /// The last RowDescription and its columns: a repeated query gets the
     /// same bytes back, and is not decoded again.
@@ -1990,8 +2180,11 @@ impl ServerHalf<'_> {
                     Some("not executed: an earlier message of the pipeline failed".into());
                 self.finish(track, None);
             }
-            Pending::Parse(Some(generation)) => self.outcomes.set(generation, false),
-            _ => {}
+            other => {
+                if let Some(id) = other.watch() {
+                    self.outcomes.set(id, false);
+                }
+            }
         }
     }
 
@@ -2164,16 +2357,18 @@ impl ServerHalf<'_> {
             b'1' | b'2' | b'3' => {
                 if matches!(
                     self.queue.front(),
-                    Some(Pending::Parse(_) | Pending::Bind | Pending::Close(_))
-                ) {
-                    match self.queue.pop_front() {
-                        Some(Pending::Close(Some(portal))) => {
-                            self.portals.remove(&portal);
-                        }
-                        Some(Pending::Parse(Some(generation))) => {
-                            self.outcomes.set(generation, true);
-                        }
-                        _ => {}
+                    Some(Pending::Parse(_) | Pending::Bind(_) | Pending::Close { .. })
+                ) && let Some(answered) = self.queue.pop_front()
+                {
+                    if let Pending::Close {
+                        portal: Some(portal),
+                        ..
+                    } = &answered
+                    {
+                        self.portals.remove(portal);
+                    }
+                    if let Some(id) = answered.watch() {
+                        self.outcomes.set(id, true);
                     }
                 }
                 self.write_client(&frame.bytes).await
@@ -2396,8 +2591,8 @@ impl ServerHalf<'_> {
                 self.skipping = true;
             }
             Some(_) => {
-                if let Some(Pending::Parse(Some(generation))) = self.queue.pop_front() {
-                    self.outcomes.set(generation, false);
+                if let Some(id) = self.queue.pop_front().and_then(|p| p.watch()) {
+                    self.outcomes.set(id, false);
                 }
                 self.skipping = true;
             }

@@ -127,6 +127,10 @@ pub(super) fn classify_statement(
                 ..Classified::plain(simple(text, SqlKind::Deallocate))
             }
         }
+        Statement::Fetch { name, .. } => Classified {
+            fetch: Some(ident_name(name)),
+            ..Classified::plain(simple(text, SqlKind::Select))
+        },
         Statement::Discard {
             object_type: DiscardObject::ALL,
         } => Classified {
@@ -462,7 +466,6 @@ fn base(stmt: &Statement, fx: &mut Effects) -> Base {
         Statement::Declare { stmts } if stmts.iter().all(|d| d.for_query.is_some()) => {
             Base::new(K::Select)
         }
-        Statement::Fetch { .. } => Base::new(K::Select),
         Statement::Close { .. } => Base::new(K::Other),
         Statement::ExplainTable { .. } => Base::new(K::Explain),
         // LOAD loads a shared library into the server; everything else here is

@@ -1005,3 +1005,26 @@ fn prepared_names_fold_and_truncate_as_postgresql_does() {
         vec![format!("r:{}", "b".repeat(62))]
     );
 }
+
+#[test]
+fn fetch_names_the_portal_it_reads_as_the_server_does() {
+    for (sql, portal) in [
+        ("FETCH ALL FROM p", "p"),
+        ("fetch next in P", "p"),
+        ("FETCH FORWARD 5 FROM \"Mixed\"", "Mixed"),
+        ("FETCH ALL IN p /* c */", "p"),
+    ] {
+        let c = one(sql);
+        assert_eq!(c.fetch.as_deref(), Some(portal), "{sql}");
+        assert_eq!(c.operation.kind, SqlKind::Select, "{sql}");
+    }
+    // Forms the parser does not take are opaque, never a plain read.
+    for sql in ["MOVE ALL IN p", "FETCH p"] {
+        let c = one(sql);
+        assert!(
+            c.fetch.is_some() || c.operation.kind == SqlKind::Opaque,
+            "{sql}: {c:?}"
+        );
+    }
+    assert_eq!(one("SELECT 1").fetch, None);
+}
