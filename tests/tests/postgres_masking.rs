@@ -742,6 +742,33 @@ async fn a_parsed_execute_is_masked_by_the_columns_of_what_it_runs() {
         String::from_utf8_lossy(&swapped[0])
     );
     assert!(contains(&swapped[0], plain.as_bytes()));
+
+    // v stood for both statements: the switch leaves its candidates as
+    // they were, but anything between the Bind (where the server describes
+    // the portal) and the Execute is refused.
+    let (tags, codes) = raw
+        .exchange(vec![
+            (b'C', b"Sv\0".to_vec()),
+            parse(
+                "v",
+                &format!("SELECT '{secret}' AS ssn, '{plain}' AS other"),
+            ),
+            bind("", "e"),
+            (b'C', b"Sv\0".to_vec()),
+            parse(
+                "v",
+                &format!("SELECT '{plain}' AS other, '{secret}' AS ssn"),
+            ),
+            execute("", 0),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(
+        (tags.as_str(), codes),
+        ("31231EZI", vec!["0A000".to_string()])
+    );
+    let again = data_rows(&mut raw, vec![bind("", "e"), execute("", 0)]).await;
+    assert_eq!(again, swapped);
 }
 
 /// A session's text stays UTF-8, so a rule for a column named outside

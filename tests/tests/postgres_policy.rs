@@ -812,6 +812,7 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
     )
     .await;
     assert_eq!(decided, 1, "{answers:?}");
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
     assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
     assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
     // A Close the server makes frees the name for an allowed statement.
@@ -855,6 +856,8 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
             .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
         "{answers:?}"
     );
+    // No row of the DELETE … RETURNING came back.
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
     assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
     assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
     // FETCH from a cursor DECLARE made (judged then) runs unasked.
@@ -862,6 +865,33 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
         .query("BEGIN; DECLARE c CURSOR FOR SELECT id FROM orders ORDER BY id; FETCH ALL FROM c; COMMIT")
         .await;
     assert_eq!((tags.as_str(), codes), ("CCTDDCCZI", vec![]));
+
+    // A Sync sent during COPY FROM STDIN data is ignored by the server, so
+    // a Close after the data could not be waited for: the session ends
+    // with a reason instead of hanging (or forgetting the review).
+    for (tag, body) in [
+        msg::parse("", "COPY victim FROM STDIN"),
+        msg::bind("", ""),
+        msg::execute("", 0),
+        (b'S', Vec::new()),
+        (b'd', b"9\n".to_vec()),
+        (b'c', Vec::new()),
+        (b'C', b"Sr\0".to_vec()),
+        (b'S', Vec::new()),
+    ] {
+        raw.send(tag, &body).await;
+    }
+    let mut fatal = None;
+    while let Some((tag, body)) = raw.read().await {
+        if tag == b'E' && contains(&body, b"SFATAL\0") {
+            fatal = Some(String::from_utf8_lossy(&body).into_owned());
+        }
+    }
+    let fatal = fatal.expect("the session ends with a FATAL error");
+    assert!(
+        fatal.contains("C08P01") && fatal.contains("send Sync only after the COPY data"),
+        "{fatal}"
+    );
 }
 
 /// Sends `msgs` and decides each approval request they raise, checking

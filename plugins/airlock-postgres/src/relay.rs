@@ -103,6 +103,9 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         copy_bytes: 0,
         copy_ends: 0,
         copy_armed: false,
+        sync_while_armed: false,
+        ignored_syncs: false,
+        acts: 0,
     };
     let mut server = ServerHalf {
         cx,
@@ -470,13 +473,14 @@ struct Portal {
 /// A portal whose statement runs another by name ([`Statement::executes`]).
 struct Executes {
     classified: Arc<[Classified]>,
-    /// What it ran as at its Bind. The server describes the portal's
-    /// columns then, so an Execute that would run anything else is
-    /// refused: its rows would be masked by another statement's columns.
-    bound: Vec<SqlOperation>,
-    /// Its judgement at an Execute allowed it. (The server runs such a
-    /// portal to completion at its first Execute; one that an earlier
-    /// error made it skip runs at a later one, what `bound` says.)
+    /// The place ([`ClientHalf::acts`]) of its Bind, or of its own latest
+    /// Execute. The server describes the portal's columns at its Bind and
+    /// looks the name up when it runs, so it runs only as the very next
+    /// message that acts: anything in between (a Parse, Close, Bind, query
+    /// or other execution) may give the name another statement, whose rows
+    /// would be masked by the columns described.
+    at: u64,
+    /// Its judgement at an Execute allowed it.
     judged: bool,
 }
 
@@ -665,6 +669,17 @@ struct ClientHalf<'a> {
     /// An Execute or a query went to the server since the last counted
     /// CopyDone or CopyFail.
     copy_armed: bool,
+    /// A Sync went to the server after the latest Execute or query, while
+    /// it may have started a COPY FROM STDIN.
+    sync_while_armed: bool,
+    /// The server ignored a Sync (one sent during COPY FROM STDIN data)
+    /// and nothing later has been answered yet: the answers to what
+    /// follows come behind a Sync the server half still expects, so the
+    /// gateway cannot wait for one ([`ClientHalf::outcome`]).
+    ignored_syncs: bool,
+    /// Counts the client's messages that act (all but Describe, Flush and
+    /// Sync): [`Executes::at`].
+    acts: u64,
 }
 
 /// How judging a message ended.
@@ -726,6 +741,9 @@ impl ClientHalf<'_> {
                 self.refuse(error, true).await?;
                 continue;
             }
+            if !matches!(frame.tag, b'D' | b'H' | b'S') {
+                self.acts += 1;
+            }
             match frame.tag {
                 b'Q' => self.query(frame).await?,
                 b'P' => self.parse(frame).await?,
@@ -734,6 +752,13 @@ impl ClientHalf<'_> {
                 b'E' => self.execute(frame).await?,
                 b'C' => self.close(frame).await?,
                 b'S' => {
+                    if self.copy_armed {
+                        self.sync_while_armed = true;
+                    } else {
+                        // Answered: the server half drops the ignored
+                        // Syncs before it at this one's ReadyForQuery.
+                        self.ignored_syncs = false;
+                    }
                     self.skipping = false;
                     self.seq += 1;
                     // A Sync ends a failed pipeline (whose Binds the server
@@ -758,6 +783,9 @@ impl ClientHalf<'_> {
                     // does not count as the end of one.
                     if std::mem::take(&mut self.copy_armed) {
                         self.copy_ends += 1;
+                        if std::mem::take(&mut self.sync_while_armed) {
+                            self.ignored_syncs = true;
+                        }
                     }
                     self.forward(&frame, None).await?;
                 }
@@ -851,6 +879,7 @@ impl ClientHalf<'_> {
                 self.seq += 1;
                 self.portal_epoch += 1;
                 self.copy_armed = true;
+                self.sync_while_armed = false;
                 let track = QueryTrack {
                     current: Track::new(),
                     seq: self.seq,
@@ -1028,8 +1057,8 @@ impl ClientHalf<'_> {
         self.seq += 1;
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
         let executes = executes.map(|classified| Executes {
-            bound: self.runs(&classified, 0),
             classified,
+            at: self.acts,
             judged: false,
         });
         // A Bind the server skips (after an error in the pipeline), or
@@ -1108,20 +1137,21 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
-        let mut replaced = false;
+        let (acts, mut replaced) = (self.acts, false);
         let judged = self.portals.map.get(&portal).and_then(|p| {
+            let mut exact = p.exact_parameters.to_vec();
             let (ops, changes_names) = match (&p.executes, &p.review) {
                 // What the names it runs stand for now.
                 (Some(x), _) => {
-                    let now = self.runs(&x.classified, 0);
-                    if now != x.bound {
+                    if x.at + 1 != acts {
                         replaced = true;
                         return None;
                     }
                     if x.judged {
                         return None;
                     }
-                    (now, self.changes_names(&x.classified))
+                    let ops = self.runs(&x.classified, 0, &mut exact);
+                    (ops, self.changes_names(&x.classified))
                 }
                 // The approver decides on this execution.
                 (None, Some(review)) => (review.to_vec(), false),
@@ -1129,8 +1159,16 @@ impl ClientHalf<'_> {
             };
             // With the parameters it runs with (masked).
             let ops = with_parameters(ops, &p.params);
-            Some((ops, p.exact_parameters.clone(), changes_names))
+            Some((ops, Bytes::from(exact), changes_names))
         });
+        if let Some(x) = self
+            .portals
+            .map
+            .get_mut(&portal)
+            .and_then(|p| p.executes.as_mut())
+        {
+            x.at = acts;
+        }
         if replaced {
             return self.refuse(replaced_since_bind(), true).await;
         }
@@ -1253,6 +1291,7 @@ impl ClientHalf<'_> {
             }
         }
         self.copy_armed = true;
+        self.sync_while_armed = false;
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -1321,6 +1360,15 @@ impl ClientHalf<'_> {
     /// its answers. (After an error the server skips everything until
     /// Sync, and the server half tells that as soon as it has the error.)
     async fn outcome(&mut self, id: u64) -> Result<bool> {
+        if self.ignored_syncs {
+            return Err(Error::Client(
+                "a Sync sent during COPY FROM STDIN data (which PostgreSQL ignores) was followed \
+                 by a message whose outcome Airlock must know before the next Sync (a Parse, \
+                 Close or Bind over a statement or portal under review); the session is ended \
+                 rather than lose that review: send Sync only after the COPY data"
+                    .into(),
+            ));
+        }
         loop {
             if let Some(made) = self.outcomes.take(id) {
                 return Ok(made);
@@ -1509,8 +1557,14 @@ impl ClientHalf<'_> {
     /// What running `classified` runs now: each `EXECUTE name` as the
     /// statements the name may stand for, each `FETCH` from a portal bound
     /// here as what that portal runs while it awaits a judgement, and the
-    /// statement itself. `depth`: portals followed so far.
-    fn runs(&self, classified: &[Classified], depth: usize) -> Vec<SqlOperation> {
+    /// statement itself. `depth`: portals followed so far; `exact`
+    /// gathers the exact parameters of the portals followed.
+    fn runs(
+        &self,
+        classified: &[Classified],
+        depth: usize,
+        exact: &mut Vec<u8>,
+    ) -> Vec<SqlOperation> {
         let mut ops = Vec::with_capacity(classified.len());
         for c in classified {
             match c.execute.as_deref() {
@@ -1518,7 +1572,7 @@ impl ClientHalf<'_> {
                 None => ops.push(c.operation.clone()),
             }
             if let Some(name) = c.fetch.as_deref() {
-                ops.extend(self.fetched(&c.operation, name, depth));
+                ops.extend(self.fetched(&c.operation, name, depth, exact));
             }
         }
         ops
@@ -1529,8 +1583,20 @@ impl ClientHalf<'_> {
     /// one that has not run yet when it is fetched from. Nothing for a
     /// portal whose statement was judged at its Parse and allowed (or a
     /// cursor `DECLARE` made, judged then).
-    fn fetched(&self, what: &SqlOperation, name: &str, depth: usize) -> Vec<SqlOperation> {
-        let Some(p) = self.portals.map.get(name.as_bytes()) else {
+    fn fetched(
+        &self,
+        what: &SqlOperation,
+        name: &str,
+        depth: usize,
+        exact: &mut Vec<u8>,
+    ) -> Vec<SqlOperation> {
+        let idle_through = self.actions.idle_through.load(Ordering::Acquire);
+        let Some(p) = self
+            .portals
+            .map
+            .get(name.as_bytes())
+            .filter(|p| p.seq > idle_through)
+        else {
             return Vec::new();
         };
         let ops = match (&p.executes, &p.review) {
@@ -1538,11 +1604,14 @@ impl ClientHalf<'_> {
                 "{} -- (a portal that fetches from portals, more than {MAX_PORTALS_FOLLOWED} deep)",
                 what.text
             ))],
-            (Some(x), _) => self.runs(&x.classified, depth + 1),
+            (Some(x), _) => self.runs(&x.classified, depth + 1, exact),
             (None, Some(review)) => review.to_vec(),
             (None, None) => return Vec::new(),
         };
-        ops.into_iter()
+        // The approver sees the values it runs with, and approves those.
+        exact.extend_from_slice(&p.exact_parameters);
+        with_parameters(ops, &p.params)
+            .into_iter()
             .map(|inner| SqlOperation {
                 text: format!("{} -- portal {name:?} runs: {}", what.text, inner.text),
                 ..inner
@@ -1590,6 +1659,8 @@ impl ClientHalf<'_> {
     ) -> Result<Verdict> {
         let mut ops = Vec::with_capacity(classified.len());
         let mut changes = Vec::new();
+        // The exact parameters of portals a `FETCH` runs.
+        let mut exact = Vec::new();
         for i in 0..classified.len() {
             let c = &classified[i];
             let executed = c
@@ -1607,7 +1678,7 @@ impl ClientHalf<'_> {
             let fetched = classified[i]
                 .fetch
                 .as_deref()
-                .map(|name| self.fetched(&classified[i].operation, name, 0));
+                .map(|name| self.fetched(&classified[i].operation, name, 0, &mut exact));
             match executed {
                 Some(each) => ops.extend(each),
                 // A classification made for this text alone (a new text of a
@@ -1620,7 +1691,7 @@ impl ClientHalf<'_> {
             }
             ops.extend(fetched.into_iter().flatten());
         }
-        Ok(match self.decide(ops, &[], keep, defer_review).await? {
+        Ok(match self.decide(ops, &exact, keep, defer_review).await? {
             Verdict::Allow(ops, _, review) => Verdict::Allow(ops, changes, review),
             other => other,
         })
@@ -1828,6 +1899,12 @@ impl ClientHalf<'_> {
                 || c.execute
                     .as_deref()
                     .is_some_and(|name| self.prepared.changes_names(name))
+                || c.fetch.as_deref().is_some_and(|name| {
+                    self.portals
+                        .map
+                        .get(name.as_bytes())
+                        .is_some_and(|p| p.changes_names)
+                })
         })
     }
 }
@@ -1908,10 +1985,11 @@ fn replaced_since_bind() -> Bytes {
     frame::error_response(
         Severity::Error,
         sqlstate::FEATURE_NOT_SUPPORTED,
-        "the portal runs a prepared statement or portal by name, and that name \
-         stands for another statement than when the portal was bound: its result \
-         columns would not be those described, so Airlock does not run it; bind the \
-         portal again",
+        "the portal runs a prepared statement or portal by name (EXECUTE or FETCH), \
+         and another message came between its Bind and this Execute: the name may \
+         stand for another statement now, whose rows would not match the columns \
+         described at the Bind, so Airlock does not run it; execute such a portal \
+         right after its Bind",
         None,
     )
 }
