@@ -716,6 +716,48 @@ async fn a_parsed_execute_is_judged_at_its_execute_with_one_approval() {
         raw.query("EXECUTE x").await,
         ("EZI".into(), vec!["42501".into()])
     );
+
+    // A portal of it that ran is only read from again: executing it once
+    // more after other messages is fine. One that has not run is not
+    // fetched from with SQL (its columns were described at its Bind).
+    let (tags, codes) = raw
+        .exchange(vec![
+            msg::parse("w", "SELECT generate_series(1, 3)"),
+            msg::parse("x2", "EXECUTE w"),
+            msg::bind("s", "x2"),
+            msg::execute("s", 1),
+            msg::parse("other", "SELECT 1"),
+            msg::bind("", "other"),
+            msg::execute("", 0),
+            msg::execute("s", 0),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("112Ds12DCDDCZI", vec![]));
+    assert_eq!(raw.query("BEGIN").await.0, "CZT");
+    let (tags, _) = raw
+        .exchange(vec![msg::bind("q", "x2"), (b'S', Vec::new())])
+        .await;
+    assert_eq!(tags, "2ZT");
+    assert_eq!(
+        raw.query("FETCH ALL FROM q").await,
+        ("EZE".into(), vec!["0A000".into()])
+    );
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+    assert_eq!(raw.query("BEGIN").await.0, "CZT");
+    let (tags, _) = raw
+        .exchange(vec![
+            msg::bind("q", "x2"),
+            msg::execute("q", 1),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "2DsZT");
+    assert_eq!(
+        raw.query("FETCH ALL FROM q").await,
+        ("TDDCZT".into(), vec![])
+    );
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
     assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "1");
     assert!(
         gw.runtime
@@ -865,6 +907,45 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
         .query("BEGIN; DECLARE c CURSOR FOR SELECT id FROM orders ORDER BY id; FETCH ALL FROM c; COMMIT")
         .await;
     assert_eq!((tags.as_str(), codes), ("CCTDDCCZI", vec![]));
+
+    // COPY through the extended protocol as drivers send it (a Sync before
+    // the data, which the server ignores, and one after): a Close that
+    // waits for its answer afterwards gets it.
+    let (tags, _) = raw
+        .exchange(vec![
+            msg::parse("r2", "DELETE FROM orders WHERE id = 2 /* closed */"),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "1ZI");
+    for (tag, body) in [
+        msg::parse("", "COPY victim FROM STDIN"),
+        msg::bind("", ""),
+        msg::execute("", 0),
+        (b'S', Vec::new()),
+    ] {
+        raw.send(tag, &body).await;
+    }
+    let mut tags = String::new();
+    while let Some((tag, _)) = raw.read().await {
+        tags.push(char::from(tag));
+        if tag == b'G' {
+            break;
+        }
+    }
+    assert_eq!(tags, "12G");
+    let (tags, codes) = raw
+        .exchange(vec![
+            (b'd', b"8\n".to_vec()),
+            (b'c', Vec::new()),
+            (b'S', Vec::new()),
+            (b'C', b"Sr2\0".to_vec()),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("CZI", vec![]));
+    let (tags, _) = raw.exchange(vec![]).await;
+    assert_eq!(tags, "3ZI");
 
     // A Sync sent during COPY FROM STDIN data is ignored by the server, so
     // a Close after the data could not be waited for: the session ends

@@ -410,10 +410,6 @@ type ColumnsKey = (u64, Vec<i16>);
 /// a hidden Describe. Filled by the server half, read by the client half.
 type ColumnsCache = Arc<Mutex<HashMap<ColumnsKey, Option<Arc<Vec<Column>>>>>>;
 
-/// Portals followed through `FETCH` statements that fetch from portals
-/// before the rest is taken as opaque.
-const MAX_PORTALS_FOLLOWED: usize = 4;
-
 /// Parses of one name whose outcome is unknown, each keeping the one
 /// before, before a Parse waits for the server's answers.
 const MAX_UNSETTLED_PARSES: usize = 32;
@@ -487,11 +483,14 @@ struct Executes {
 impl Portal {
     /// Whether the portal still waits for a judgement that a Bind or
     /// Close of its name the server skips must not lose: one under review,
-    /// or one that runs another statement by name (whatever it was judged
-    /// as, it runs what that name stands for when it runs). Not once its
-    /// transaction has ended (the server has dropped it).
+    /// or one that runs another statement by name and has not been judged.
+    /// (A judged one has run: its Execute came right after its Bind, and
+    /// only an error could have made the server skip it, after which the
+    /// portal is gone with its (sub)transaction.) Not once its transaction
+    /// has ended (the server has dropped it).
     fn awaits_judgement(&self, idle_through: u64) -> bool {
-        self.seq > idle_through && (self.review.is_some() || self.executes.is_some())
+        self.seq > idle_through
+            && (self.review.is_some() || self.executes.as_ref().is_some_and(|x| !x.judged))
     }
 }
 
@@ -752,12 +751,13 @@ impl ClientHalf<'_> {
                 b'E' => self.execute(frame).await?,
                 b'C' => self.close(frame).await?,
                 b'S' => {
+                    // After a COPY's end this Sync is answered, and the
+                    // server half drops the ignored ones before it at its
+                    // ReadyForQuery (one sent while a new COPY may have
+                    // started is noted again).
+                    self.ignored_syncs = false;
                     if self.copy_armed {
                         self.sync_while_armed = true;
-                    } else {
-                        // Answered: the server half drops the ignored
-                        // Syncs before it at this one's ReadyForQuery.
-                        self.ignored_syncs = false;
                     }
                     self.skipping = false;
                     self.seq += 1;
@@ -1142,15 +1142,17 @@ impl ClientHalf<'_> {
             let mut exact = p.exact_parameters.to_vec();
             let (ops, changes_names) = match (&p.executes, &p.review) {
                 // What the names it runs stand for now.
+                // (One that ran is only read from again: what it ran is
+                // not looked up again.)
+                (Some(x), _) if x.judged => return None,
                 (Some(x), _) => {
-                    if x.at + 1 != acts {
-                        replaced = true;
-                        return None;
-                    }
-                    if x.judged {
-                        return None;
-                    }
-                    let ops = self.runs(&x.classified, 0, &mut exact);
+                    let ops = match self.runs(&x.classified, &mut exact) {
+                        Some(ops) if x.at + 1 == acts => ops,
+                        _ => {
+                            replaced = true;
+                            return None;
+                        }
+                    };
                     (ops, self.changes_names(&x.classified))
                 }
                 // The approver decides on this execution.
@@ -1161,14 +1163,6 @@ impl ClientHalf<'_> {
             let ops = with_parameters(ops, &p.params);
             Some((ops, Bytes::from(exact), changes_names))
         });
-        if let Some(x) = self
-            .portals
-            .map
-            .get_mut(&portal)
-            .and_then(|p| p.executes.as_mut())
-        {
-            x.at = acts;
-        }
         if replaced {
             return self.refuse(replaced_since_bind(), true).await;
         }
@@ -1557,14 +1551,10 @@ impl ClientHalf<'_> {
     /// What running `classified` runs now: each `EXECUTE name` as the
     /// statements the name may stand for, each `FETCH` from a portal bound
     /// here as what that portal runs while it awaits a judgement, and the
-    /// statement itself. `depth`: portals followed so far; `exact`
-    /// gathers the exact parameters of the portals followed.
-    fn runs(
-        &self,
-        classified: &[Classified],
-        depth: usize,
-        exact: &mut Vec<u8>,
-    ) -> Vec<SqlOperation> {
+    /// statement itself; `None` when it fetches from a portal it must not
+    /// ([`Self::fetched`]). `exact` gathers the exact parameters of the
+    /// portals fetched from.
+    fn runs(&self, classified: &[Classified], exact: &mut Vec<u8>) -> Option<Vec<SqlOperation>> {
         let mut ops = Vec::with_capacity(classified.len());
         for c in classified {
             match c.execute.as_deref() {
@@ -1572,24 +1562,25 @@ impl ClientHalf<'_> {
                 None => ops.push(c.operation.clone()),
             }
             if let Some(name) = c.fetch.as_deref() {
-                ops.extend(self.fetched(&c.operation, name, depth, exact));
+                ops.extend(self.fetched(&c.operation, name, exact)?);
             }
         }
-        ops
+        Some(ops)
     }
 
     /// What `FETCH` (written as `what`) from portal `name` runs: SQL
     /// `FETCH` and `MOVE` reach the portals Bind made, and the server runs
     /// one that has not run yet when it is fetched from. Nothing for a
     /// portal whose statement was judged at its Parse and allowed (or a
-    /// cursor `DECLARE` made, judged then).
+    /// cursor `DECLARE` made, judged then). `None` for one that runs
+    /// another by name and has not run: the server described its columns
+    /// at its Bind, and the name may stand for another statement now.
     fn fetched(
         &self,
         what: &SqlOperation,
         name: &str,
-        depth: usize,
         exact: &mut Vec<u8>,
-    ) -> Vec<SqlOperation> {
+    ) -> Option<Vec<SqlOperation>> {
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
         let Some(p) = self
             .portals
@@ -1597,26 +1588,24 @@ impl ClientHalf<'_> {
             .get(name.as_bytes())
             .filter(|p| p.seq > idle_through)
         else {
-            return Vec::new();
+            return Some(Vec::new());
         };
         let ops = match (&p.executes, &p.review) {
-            (Some(_), _) if depth >= MAX_PORTALS_FOLLOWED => vec![opaque(&format!(
-                "{} -- (a portal that fetches from portals, more than {MAX_PORTALS_FOLLOWED} deep)",
-                what.text
-            ))],
-            (Some(x), _) => self.runs(&x.classified, depth + 1, exact),
+            (Some(x), _) if x.judged => return Some(Vec::new()),
+            (Some(_), _) => return None,
             (None, Some(review)) => review.to_vec(),
-            (None, None) => return Vec::new(),
+            (None, None) => return Some(Vec::new()),
         };
         // The approver sees the values it runs with, and approves those.
         exact.extend_from_slice(&p.exact_parameters);
-        with_parameters(ops, &p.params)
+        let ops = with_parameters(ops, &p.params)
             .into_iter()
             .map(|inner| SqlOperation {
                 text: format!("{} -- portal {name:?} runs: {}", what.text, inner.text),
                 ..inner
             })
-            .collect()
+            .collect();
+        Some(ops)
     }
 
     fn apply(&mut self, changes: Vec<PreparedChange>) {
@@ -1675,10 +1664,13 @@ impl ClientHalf<'_> {
                 Some(None) => changes.push(PreparedChange::Clear),
                 None => {}
             }
-            let fetched = classified[i]
-                .fetch
-                .as_deref()
-                .map(|name| self.fetched(&classified[i].operation, name, 0, &mut exact));
+            let fetched = match classified[i].fetch.as_deref() {
+                Some(name) => match self.fetched(&classified[i].operation, name, &mut exact) {
+                    Some(ops) => Some(ops),
+                    None => return Ok(Verdict::Refuse(replaced_since_bind())),
+                },
+                None => None,
+            };
             match executed {
                 Some(each) => ops.extend(each),
                 // A classification made for this text alone (a new text of a
@@ -1985,11 +1977,11 @@ fn replaced_since_bind() -> Bytes {
     frame::error_response(
         Severity::Error,
         sqlstate::FEATURE_NOT_SUPPORTED,
-        "the portal runs a prepared statement or portal by name (EXECUTE or FETCH), \
-         and another message came between its Bind and this Execute: the name may \
-         stand for another statement now, whose rows would not match the columns \
-         described at the Bind, so Airlock does not run it; execute such a portal \
-         right after its Bind",
+        "the statement runs a prepared statement or portal by name (EXECUTE, or FETCH \
+         from a portal that does), and another message came between that portal's \
+         Bind and its first execution: the name may stand for another statement now, \
+         whose rows would not match the columns described at the Bind, so Airlock does \
+         not run it; execute such a portal right after its Bind",
         None,
     )
 }
