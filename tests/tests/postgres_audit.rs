@@ -453,3 +453,50 @@ async fn a_full_audit_store_refuses_statements_with_58000() {
     .unwrap();
     assert!(report.is_clean(), "{:?}", report.problem);
 }
+
+/// A server-side cursor as psycopg fetches from it (each FETCH a Parse of
+/// the unnamed statement, Bind, Describe, Execute, Sync): each FETCH is
+/// judged and recorded once, at its Parse (it reads a cursor DECLARE made,
+/// judged then), not again at its Execute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_loop_over_a_cursor_is_judged_once_per_fetch() {
+    use airlock_tests::postgres::{Raw, msg};
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+
+    let declare = "BEGIN; DECLARE c CURSOR FOR SELECT generate_series(1, 3)";
+    assert_eq!(raw.query(declare).await, ("CCZT".into(), vec![]));
+    let fetch = "FETCH FORWARD 1 FROM c /* loop */";
+    for _ in 0..3 {
+        let (tags, codes) = raw
+            .exchange(vec![
+                msg::parse("", fetch),
+                msg::bind("", ""),
+                (b'D', [b"P".to_vec(), msg::cstr("")].concat()),
+                msg::execute("", 0),
+                (b'S', Vec::new()),
+            ])
+            .await;
+        assert_eq!((tags.as_str(), codes), ("12TDCZT", vec![]));
+    }
+    assert_eq!(raw.query("COMMIT").await, ("CZI".into(), vec![]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let events = gw.events().await.unwrap();
+    let judged = of_type(&events, "operation")
+        .into_iter()
+        .filter(|o| o["operation"]["text"] == fetch)
+        .count();
+    assert_eq!(judged, 3);
+    let executed = of_type(&events, "input")
+        .into_iter()
+        .filter(|i| i["data"] == format!("execute: {fetch}"))
+        .count();
+    assert_eq!(executed, 3);
+}

@@ -106,6 +106,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         sync_while_armed: false,
         ignored_syncs: false,
         acts: 0,
+        acts_at_sync: 0,
     };
     let mut server = ServerHalf {
         cx,
@@ -368,6 +369,29 @@ struct Statement {
     executes: Option<Arc<[Classified]>>,
 }
 
+impl Statement {
+    /// This statement and the ones the server may hold instead of it, while
+    /// that is unknown.
+    fn chain(&self) -> impl Iterator<Item = &Statement> {
+        std::iter::successors(Some(self), |s| s.previous.as_deref())
+    }
+
+    /// What this statement, or one the server may hold instead of it,
+    /// runs by name ([`Statement::executes`]).
+    fn runs_by_name(&self) -> Option<Arc<[Classified]>> {
+        if self.previous.is_none() {
+            return self.executes.clone();
+        }
+        let all: Vec<Classified> = self
+            .chain()
+            .filter_map(|s| s.executes.as_deref())
+            .flatten()
+            .cloned()
+            .collect();
+        (!all.is_empty()).then(|| Arc::from(all))
+    }
+}
+
 /// Parameter types the server described, by statement (Parse generation,
 /// not name: a pipelined Describe of a statement may be answered after the
 /// client parsed another under the same name).
@@ -469,8 +493,7 @@ struct Portal {
 /// A portal whose statement runs another by name ([`Statement::executes`]).
 struct Executes {
     classified: Arc<[Classified]>,
-    /// The place ([`ClientHalf::acts`]) of its Bind, or of its own latest
-    /// Execute. The server describes the portal's columns at its Bind and
+    /// The place ([`ClientHalf::acts`]) of its Bind. The server describes the portal's columns at its Bind and
     /// looks the name up when it runs, so it runs only as the very next
     /// message that acts: anything in between (a Parse, Close, Bind, query
     /// or other execution) may give the name another statement, whose rows
@@ -679,6 +702,8 @@ struct ClientHalf<'a> {
     /// Counts the client's messages that act (all but Describe, Flush and
     /// Sync): [`Executes::at`].
     acts: u64,
+    /// `acts` at the latest Sync.
+    acts_at_sync: u64,
 }
 
 /// How judging a message ended.
@@ -751,6 +776,7 @@ impl ClientHalf<'_> {
                 b'E' => self.execute(frame).await?,
                 b'C' => self.close(frame).await?,
                 b'S' => {
+                    self.acts_at_sync = self.acts;
                     // After a COPY's end this Sync is answered, and the
                     // server half drops the ignored ones before it at its
                     // ReadyForQuery (one sent while a new COPY may have
@@ -994,7 +1020,16 @@ impl ClientHalf<'_> {
         let names_end = 5 + portal.len() + 1 + statement.len() + 1;
         let exact_parameters = || frame.bytes.slice(names_end.min(frame.bytes.len())..);
         if self.unsettled(&statement) {
-            self.settle(&statement, true).await?;
+            // Which statement the server holds matters for a review; for
+            // one that runs another by name the portal is judged at its
+            // Execute as any of them could run (no wait: a driver's
+            // server-side cursor sends each FETCH with a Parse of the
+            // unnamed statement).
+            let review = self
+                .statements
+                .get(&statement)
+                .is_some_and(|s| s.chain().any(|s| s.review.is_some()));
+            self.settle(&statement, review).await?;
         }
         // One lookup of the statement for everything the portal needs.
         let (types, key, review, text, changes_names, executes) =
@@ -1007,8 +1042,8 @@ impl ClientHalf<'_> {
                         .unwrap_or_else(|| s.types.clone()),
                     // (Not for one that runs another by name: its columns
                     // are those of whatever that name stands for.)
-                    s.executes
-                        .is_none()
+                    s.chain()
+                        .all(|s| s.executes.is_none())
                         .then(|| (s.columns_id, bind.result_column_format_codes.clone())),
                     s.review.clone(),
                     // Not what SQL may have put under the name since its Parse.
@@ -1019,8 +1054,8 @@ impl ClientHalf<'_> {
                     // taken as changing names. (A function or trigger of the
                     // database's own can, through its own `EXECUTE`, as it can
                     // from any statement: a known limit, docs/postgres.md.)
-                    s.changes_names,
-                    s.executes.clone(),
+                    s.chain().any(|s| s.changes_names),
+                    s.runs_by_name(),
                 ),
                 None => (Vec::new(), None, None, None, true, None),
             };
@@ -1137,7 +1172,7 @@ impl ClientHalf<'_> {
     async fn execute(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'E', frame.body(), Peer::Client)?;
         let portal = cstr_at(frame.body());
-        let (acts, mut replaced) = (self.acts, false);
+        let (acts, mut replaced, mut direct) = (self.acts, false, false);
         let judged = self.portals.map.get(&portal).and_then(|p| {
             let mut exact = p.exact_parameters.to_vec();
             let (ops, changes_names) = match (&p.executes, &p.review) {
@@ -1147,7 +1182,13 @@ impl ClientHalf<'_> {
                 (Some(x), _) if x.judged => return None,
                 (Some(x), _) => {
                     let ops = match self.runs(&x.classified, &mut exact) {
-                        Some(ops) if x.at + 1 == acts => ops,
+                        Some((_, false)) if x.at + 1 == acts => {
+                            // Nothing but what its Parse judged (a FETCH
+                            // from a cursor DECLARE made, say).
+                            direct = true;
+                            return None;
+                        }
+                        Some((ops, true)) if x.at + 1 == acts => ops,
                         _ => {
                             replaced = true;
                             return None;
@@ -1165,6 +1206,15 @@ impl ClientHalf<'_> {
         });
         if replaced {
             return self.refuse(replaced_since_bind(), true).await;
+        }
+        if direct
+            && let Some(x) = self
+                .portals
+                .map
+                .get_mut(&portal)
+                .and_then(|p| p.executes.as_mut())
+        {
+            x.judged = true;
         }
         if let Some((ops, exact, changes_names)) = judged {
             match self.decide(ops, &exact, false, false).await? {
@@ -1411,16 +1461,20 @@ impl ClientHalf<'_> {
         // the statement or portal in place, and a Parse or Bind of the name
         // then fails there: one that still waits for a judgement is
         // forgotten only once the server has closed it.
-        let watched = if kind == b'S' {
-            self.statements
-                .get(&name)
-                .is_some_and(|s| s.review.is_some() || s.executes.is_some() || s.previous.is_some())
-        } else {
-            self.portals
-                .map
-                .get(&name)
-                .is_some_and(|p| p.awaits_judgement(idle_through))
-        };
+        // Only an error before it since the last Sync makes the server
+        // skip a Close (closing what does not exist is no error).
+        let first = self.acts == self.acts_at_sync + 1;
+        let watched = !first
+            && if kind == b'S' {
+                self.statements.get(&name).is_some_and(|s| {
+                    s.review.is_some() || s.executes.is_some() || s.previous.is_some()
+                })
+            } else {
+                self.portals
+                    .map
+                    .get(&name)
+                    .is_some_and(|p| p.awaits_judgement(idle_through))
+            };
         let watch = watched.then(|| self.watch_id());
         let portal = (kind != b'S').then(|| name.clone());
         self.forward(&frame, Some(Pending::Close { portal, watch }))
@@ -1554,18 +1608,30 @@ impl ClientHalf<'_> {
     /// statement itself; `None` when it fetches from a portal it must not
     /// ([`Self::fetched`]). `exact` gathers the exact parameters of the
     /// portals fetched from.
-    fn runs(&self, classified: &[Classified], exact: &mut Vec<u8>) -> Option<Vec<SqlOperation>> {
+    /// With the operations: whether any came from another statement (an
+    /// `EXECUTE`, a fetched portal); if none did, its Parse judged them all.
+    fn runs(
+        &self,
+        classified: &[Classified],
+        exact: &mut Vec<u8>,
+    ) -> Option<(Vec<SqlOperation>, bool)> {
         let mut ops = Vec::with_capacity(classified.len());
+        let mut indirect = false;
         for c in classified {
             match c.execute.as_deref() {
-                Some(name) => ops.extend(self.resolve_execute(&c.operation, name, &[])),
+                Some(name) => {
+                    indirect = true;
+                    ops.extend(self.resolve_execute(&c.operation, name, &[]));
+                }
                 None => ops.push(c.operation.clone()),
             }
             if let Some(name) = c.fetch.as_deref() {
-                ops.extend(self.fetched(&c.operation, name, exact)?);
+                let fetched = self.fetched(&c.operation, name, exact)?;
+                indirect |= !fetched.is_empty();
+                ops.extend(fetched);
             }
         }
-        Some(ops)
+        Some((ops, indirect))
     }
 
     /// What `FETCH` (written as `what`) from portal `name` runs: SQL
