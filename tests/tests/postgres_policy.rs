@@ -31,6 +31,14 @@ kinds = ["delete"]
 tables = ["orders"]
 
 [[rules]]
+name = "audited-cursor-reads-need-approval"
+action = "review"
+approvers = ["dba"]
+message = "reading the audited cursor needs a DBA's approval"
+[rules.sql]
+text = ['(?i)^fetch\b.*\baudited_cursor']
+
+[[rules]]
 name = "payroll-is-read-only"
 action = "deny"
 message = "зарплата is read-only through Airlock"
@@ -973,6 +981,93 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
         fatal.contains("C08P01") && fatal.contains("send Sync only after the COPY data"),
         "{fatal}"
     );
+}
+
+/// A Close sent during COPY FROM STDIN data (after a Sync the server
+/// ignores there) fails the COPY on the server and is never made: the
+/// statement it names, under review, stays. The gateway cannot wait for
+/// that Close's answer, so the session ends with a reason; before, it took
+/// the statement as closed and a later Bind of it ran the DELETE unasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_during_copy_data_ends_the_session_instead_of_a_review() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    for (tag, body) in [
+        msg::parse("", "DELETE FROM orders WHERE id = 1 /* copy-close */"),
+        msg::parse("c", "COPY victim FROM STDIN"),
+        msg::bind("p", "c"),
+        msg::execute("p", 0),
+        (b'S', Vec::new()),
+    ] {
+        raw.send(tag, &body).await;
+    }
+    let mut tags = String::new();
+    while let Some((tag, _)) = raw.read().await {
+        tags.push(char::from(tag));
+        if tag == b'G' {
+            break;
+        }
+    }
+    assert_eq!(tags, "112G");
+    for (tag, body) in [
+        (b'C', b"S\0".to_vec()),
+        (b'S', Vec::new()),
+        msg::bind("", ""),
+        msg::execute("", 0),
+        (b'S', Vec::new()),
+    ] {
+        raw.send(tag, &body).await;
+    }
+    let mut answers = Vec::new();
+    while let Some((tag, body)) = raw.read().await {
+        answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+    }
+    assert!(
+        answers.iter().any(|(tag, body)| *tag == b'E'
+            && body.contains("SFATAL")
+            && body.contains("send Sync only after the COPY data")),
+        "{answers:?}"
+    );
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+}
+
+/// A protocol-level FETCH from a cursor, which a rule puts under review,
+/// waits for its approval at its Execute like any reviewed statement
+/// (before, its portal was taken as judged at its Parse and ran unasked);
+/// a FETCH from another cursor runs unasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewed_fetch_from_a_cursor_waits_for_its_approval() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let declare = "BEGIN; DECLARE audited_cursor CURSOR FOR SELECT 1; \
+                   DECLARE plain_cursor CURSOR FOR SELECT 2";
+    assert_eq!(raw.query(declare).await, ("CCCZT".into(), vec![]));
+    let fetch = |cursor: &str| {
+        vec![
+            msg::parse("", &format!("FETCH ALL FROM {cursor}")),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+        ]
+    };
+    assert_eq!(
+        raw.exchange(fetch("plain_cursor")).await,
+        ("12DCZT".into(), vec![])
+    );
+    let (answers, decided) =
+        through_approvals(&mut raw, &gw, &pg, fetch("audited_cursor"), false).await;
+    assert_eq!(decided, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
+        "{answers:?}"
+    );
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
 }
 
 /// Sends `msgs` and decides each approval request they raise, checking

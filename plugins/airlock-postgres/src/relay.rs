@@ -103,10 +103,10 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         copy_bytes: 0,
         copy_ends: 0,
         copy_armed: false,
-        sync_while_armed: false,
         ignored_syncs: false,
         acts: 0,
         acts_at_sync: 0,
+        copy_in_until: None,
     };
     let mut server = ServerHalf {
         cx,
@@ -226,6 +226,9 @@ struct Actions {
     /// answered out of any transaction: the portals of every message before
     /// it are gone on the server.
     idle_through: AtomicU64,
+    /// The place of the latest Sync or query the server answered with a
+    /// ReadyForQuery.
+    ready_through: AtomicU64,
 }
 
 impl Actions {
@@ -362,6 +365,8 @@ struct Statement {
     /// `DEALLOCATE`, `DISCARD`, or something the classifier could not see
     /// into (a `DO` block, say).
     changes_names: bool,
+    /// Running it may start a COPY FROM STDIN (or it is opaque).
+    copies_in: bool,
     /// A statement that runs another by name — SQL `EXECUTE name`, or
     /// `FETCH` from a portal: what the name stands for is known only when
     /// it runs (a later Parse, `PREPARE` or Bind may give it another
@@ -472,13 +477,17 @@ struct Portal {
     /// Running it may prepare or deallocate statements
     /// ([`Statement::changes_names`]; true for a statement not parsed here).
     changes_names: bool,
+    /// Running it may start a COPY FROM STDIN ([`Statement::copies_in`];
+    /// true for a statement not parsed here).
+    copies_in: bool,
     /// Its statement's operations under review, until an execution of the
     /// portal is approved (a suspended portal's later executions continue
     /// that one).
     review: Option<Arc<[SqlOperation]>>,
     /// Its statement runs another by name ([`Statement::executes`]):
-    /// judged at its Execute, where the server looks the name up. In
-    /// place of `review`.
+    /// judged at its Execute, where the server looks the name up. When
+    /// that runs another statement, its judgement takes the place of
+    /// `review`; otherwise `review` holds as for any portal.
     executes: Option<Executes>,
     /// With `review` or `executes`: the parameters exactly as bound (formats, values and
     /// result formats), so the approval is for these values and not for
@@ -691,19 +700,23 @@ struct ClientHalf<'a> {
     /// An Execute or a query went to the server since the last counted
     /// CopyDone or CopyFail.
     copy_armed: bool,
-    /// A Sync went to the server after the latest Execute or query, while
-    /// it may have started a COPY FROM STDIN.
-    sync_while_armed: bool,
-    /// The server ignored a Sync (one sent during COPY FROM STDIN data)
-    /// and nothing later has been answered yet: the answers to what
-    /// follows come behind a Sync the server half still expects, so the
-    /// gateway cannot wait for one ([`ClientHalf::outcome`]).
+    /// A Sync went to the server while a COPY FROM STDIN may have been
+    /// running, which the server then ignored, and no Sync has gone since
+    /// the COPY ended: the answers to what follows come behind a Sync the
+    /// server half still expects, so the gateway cannot wait for one
+    /// ([`ClientHalf::outcome`]).
     ignored_syncs: bool,
     /// Counts the client's messages that act (all but Describe, Flush and
     /// Sync): [`Executes::at`].
     acts: u64,
-    /// `acts` at the latest Sync.
+    /// `acts` at the latest Sync the server cannot have ignored.
     acts_at_sync: u64,
+    /// Something that may start a COPY FROM STDIN went to the server
+    /// since the latest CopyDone or CopyFail: the place ([`Self::seq`]) of
+    /// the query, or of the Sync after the Execute, whose ReadyForQuery
+    /// shows it did not (or that it ended); until then a Sync may be one
+    /// the server ignores (in copy-in mode).
+    copy_in_until: Option<u64>,
 }
 
 /// How judging a message ended.
@@ -776,14 +789,13 @@ impl ClientHalf<'_> {
                 b'E' => self.execute(frame).await?,
                 b'C' => self.close(frame).await?,
                 b'S' => {
-                    self.acts_at_sync = self.acts;
-                    // After a COPY's end this Sync is answered, and the
-                    // server half drops the ignored ones before it at its
-                    // ReadyForQuery (one sent while a new COPY may have
-                    // started is noted again).
-                    self.ignored_syncs = false;
-                    if self.copy_armed {
-                        self.sync_while_armed = true;
+                    if self.copy_in_possible() {
+                        self.ignored_syncs = true;
+                    } else {
+                        // Answered: the server half drops the ignored
+                        // Syncs before it at its ReadyForQuery.
+                        self.ignored_syncs = false;
+                        self.acts_at_sync = self.acts;
                     }
                     self.skipping = false;
                     self.seq += 1;
@@ -807,11 +819,9 @@ impl ClientHalf<'_> {
                     // Only an Execute or a query can have started a COPY:
                     // a CopyDone without one (which the server ignores)
                     // does not count as the end of one.
+                    self.copy_in_until = None;
                     if std::mem::take(&mut self.copy_armed) {
                         self.copy_ends += 1;
-                        if std::mem::take(&mut self.sync_while_armed) {
-                            self.ignored_syncs = true;
-                        }
                     }
                     self.forward(&frame, None).await?;
                 }
@@ -896,6 +906,7 @@ impl ClientHalf<'_> {
         };
         let classified = self.cx.classifier.classify(text);
         let opaque = self.changes_names(&classified);
+        let copies_in = copies_in(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
@@ -905,7 +916,9 @@ impl ClientHalf<'_> {
                 self.seq += 1;
                 self.portal_epoch += 1;
                 self.copy_armed = true;
-                self.sync_while_armed = false;
+                if copies_in {
+                    self.copy_in_until = Some(self.seq);
+                }
                 let track = QueryTrack {
                     current: Track::new(),
                     seq: self.seq,
@@ -931,6 +944,7 @@ impl ClientHalf<'_> {
             .iter()
             .any(|c| c.execute.is_some() || c.fetch.is_some())
             .then(|| Arc::clone(&classified));
+        let copies_in = copies_in(&classified);
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -1000,6 +1014,7 @@ impl ClientHalf<'_> {
                         previous,
                         sql_changed: false,
                         changes_names,
+                        copies_in,
                         executes,
                     },
                 );
@@ -1032,7 +1047,7 @@ impl ClientHalf<'_> {
             self.settle(&statement, review).await?;
         }
         // One lookup of the statement for everything the portal needs.
-        let (types, key, review, text, changes_names, executes) =
+        let (types, key, review, text, changes_names, copies_in, executes) =
             match self.statements.get(&statement) {
                 Some(s) => (
                     self.param_types
@@ -1055,9 +1070,10 @@ impl ClientHalf<'_> {
                     // database's own can, through its own `EXECUTE`, as it can
                     // from any statement: a known limit, docs/postgres.md.)
                     s.chain().any(|s| s.changes_names),
+                    s.chain().any(|s| s.copies_in),
                     s.runs_by_name(),
                 ),
-                None => (Vec::new(), None, None, None, true, None),
+                None => (Vec::new(), None, None, None, true, true, None),
             };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -1115,15 +1131,16 @@ impl ClientHalf<'_> {
                 epoch: self.portal_epoch,
                 text,
                 changes_names,
+                copies_in,
                 exact_parameters: if review.is_some() || executes.is_some() {
                     exact_parameters()
                 } else {
                     Bytes::new()
                 },
-                // A parsed `EXECUTE` is judged afresh at its Execute, and
-                // that judgement replaces the one made at its Parse (one
-                // approval per execution, not two).
-                review: if executes.is_some() { None } else { review },
+                // (A parsed `EXECUTE` is judged afresh at its Execute, and
+                // that judgement replaces the review its Parse put off: one
+                // approval per execution, not two.)
+                review,
                 executes,
                 columns: None,
             },
@@ -1180,22 +1197,25 @@ impl ClientHalf<'_> {
                 // (One that ran is only read from again: what it ran is
                 // not looked up again.)
                 (Some(x), _) if x.judged => return None,
-                (Some(x), _) => {
-                    let ops = match self.runs(&x.classified, &mut exact) {
-                        Some((_, false)) if x.at + 1 == acts => {
-                            // Nothing but what its Parse judged (a FETCH
-                            // from a cursor DECLARE made, say).
+                (Some(x), review) => match self.runs(&x.classified, &mut exact) {
+                    Some((ops, true)) if x.at + 1 == acts => {
+                        (ops, self.changes_names(&x.classified))
+                    }
+                    // Nothing but what its Parse judged (a FETCH from a
+                    // cursor DECLARE made, say): the review it put off, if
+                    // any, as for any statement.
+                    Some((_, false)) if x.at + 1 == acts => match review {
+                        Some(review) => (review.to_vec(), false),
+                        None => {
                             direct = true;
                             return None;
                         }
-                        Some((ops, true)) if x.at + 1 == acts => ops,
-                        _ => {
-                            replaced = true;
-                            return None;
-                        }
-                    };
-                    (ops, self.changes_names(&x.classified))
-                }
+                    },
+                    _ => {
+                        replaced = true;
+                        return None;
+                    }
+                },
                 // The approver decides on this execution.
                 (None, Some(review)) => (review.to_vec(), false),
                 (None, None) => return None,
@@ -1335,7 +1355,9 @@ impl ClientHalf<'_> {
             }
         }
         self.copy_armed = true;
-        self.sync_while_armed = false;
+        if self.portals.map.get(&portal).is_none_or(|p| p.copies_in) {
+            self.copy_in_until = Some(self.seq + 1);
+        }
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -1404,12 +1426,16 @@ impl ClientHalf<'_> {
     /// its answers. (After an error the server skips everything until
     /// Sync, and the server half tells that as soon as it has the error.)
     async fn outcome(&mut self, id: u64) -> Result<bool> {
-        if self.ignored_syncs {
+        // While a COPY FROM STDIN may be running, the server takes any
+        // other message as an error in the COPY and answers nothing for it;
+        // after a Sync it ignored there, answers come behind that Sync.
+        if self.copy_in_possible() || (self.ignored_syncs && self.copy_in_until.is_none()) {
             return Err(Error::Client(
-                "a Sync sent during COPY FROM STDIN data (which PostgreSQL ignores) was followed \
-                 by a message whose outcome Airlock must know before the next Sync (a Parse, \
-                 Close or Bind over a statement or portal under review); the session is ended \
-                 rather than lose that review: send Sync only after the COPY data"
+                "a message whose outcome Airlock must know (a Close or Bind over a statement \
+                 or portal under review) came while a COPY FROM STDIN may be running, or after \
+                 a Sync sent during one (which PostgreSQL ignores) and before the next Sync; \
+                 the session is ended rather than lose that review: send Sync only after the \
+                 COPY data, and such a message after the COPY's ReadyForQuery"
                     .into(),
             ));
         }
@@ -1432,6 +1458,12 @@ impl ClientHalf<'_> {
             self.actions.nudge();
             answered.await;
         }
+    }
+
+    /// Whether a COPY FROM STDIN may be running ([`Self::copy_in_until`]).
+    fn copy_in_possible(&self) -> bool {
+        self.copy_in_until
+            .is_some_and(|until| self.actions.ready_through.load(Ordering::Acquire) < until)
     }
 
     /// A fresh id for a watched message ([`Outcomes`]).
@@ -1967,6 +1999,14 @@ impl ClientHalf<'_> {
     }
 }
 
+/// Whether running the statements may start a COPY FROM STDIN (or they
+/// are opaque).
+fn copies_in(classified: &[Classified]) -> bool {
+    classified
+        .iter()
+        .any(|c| matches!(c.operation.kind, SqlKind::CopyIn | SqlKind::Opaque))
+}
+
 /// The operations with the parameters they run with (rendered, masked)
 /// appended, for their records and approvers.
 fn with_parameters(mut ops: Vec<SqlOperation>, params: &str) -> Vec<SqlOperation> {
@@ -2457,6 +2497,9 @@ impl ServerHalf<'_> {
                 match self.queue.front() {
                     Some(Pending::Query(_)) => {
                         if let Some(Pending::Query(q)) = self.queue.pop_front() {
+                            self.actions
+                                .ready_through
+                                .fetch_max(q.seq, Ordering::Release);
                             if idle {
                                 self.actions
                                     .idle_through
@@ -2471,10 +2514,11 @@ impl ServerHalf<'_> {
                         }
                     }
                     Some(Pending::Sync { .. }) => {
-                        if let Some(Pending::Sync { seq, .. }) = self.queue.pop_front()
-                            && idle
-                        {
-                            self.actions.idle_through.fetch_max(seq, Ordering::Release);
+                        if let Some(Pending::Sync { seq, .. }) = self.queue.pop_front() {
+                            self.actions.ready_through.fetch_max(seq, Ordering::Release);
+                            if idle {
+                                self.actions.idle_through.fetch_max(seq, Ordering::Release);
+                            }
                         }
                     }
                     Some(Pending::FunctionCall(_)) => {
@@ -2807,6 +2851,7 @@ mod tests {
             epoch: 0,
             text: None,
             changes_names: false,
+            copies_in: false,
             review: None,
             executes: None,
             exact_parameters: Bytes::new(),
