@@ -992,45 +992,54 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
 async fn a_close_during_copy_data_ends_the_session_instead_of_a_review() {
     let (_dir, pg, gw) = setup().await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
-    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
-    for (tag, body) in [
-        msg::parse("", "DELETE FROM orders WHERE id = 1 /* copy-close */"),
-        msg::parse("c", "COPY victim FROM STDIN"),
-        msg::bind("p", "c"),
-        msg::execute("p", 0),
-        (b'S', Vec::new()),
-    ] {
-        raw.send(tag, &body).await;
-    }
-    let mut tags = String::new();
-    while let Some((tag, _)) = raw.read().await {
-        tags.push(char::from(tag));
-        if tag == b'G' {
-            break;
+    // The COPY run by its own portal, and by SQL EXECUTE of it.
+    for (copy, answers) in [(None, "112G"), (Some("EXECUTE c"), "1112G")] {
+        let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+        let mut msgs = vec![
+            msg::parse("", "DELETE FROM orders WHERE id = 1 /* copy-close */"),
+            msg::parse("c", "COPY victim FROM STDIN"),
+        ];
+        if let Some(execute) = copy {
+            msgs.push(msg::parse("e", execute));
         }
+        msgs.extend([
+            msg::bind("p", if copy.is_some() { "e" } else { "c" }),
+            msg::execute("p", 0),
+            (b'S', Vec::new()),
+        ]);
+        for (tag, body) in msgs {
+            raw.send(tag, &body).await;
+        }
+        let mut tags = String::new();
+        while let Some((tag, _)) = raw.read().await {
+            tags.push(char::from(tag));
+            if tag == b'G' {
+                break;
+            }
+        }
+        assert_eq!(tags, answers);
+        for (tag, body) in [
+            (b'C', b"S\0".to_vec()),
+            (b'S', Vec::new()),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+        ] {
+            raw.send(tag, &body).await;
+        }
+        let mut answers = Vec::new();
+        while let Some((tag, body)) = raw.read().await {
+            answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+        }
+        assert!(
+            answers.iter().any(|(tag, body)| *tag == b'E'
+                && body.contains("SFATAL")
+                && body.contains("send Sync only after the COPY data")),
+            "{answers:?}"
+        );
+        assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
+        assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
     }
-    assert_eq!(tags, "112G");
-    for (tag, body) in [
-        (b'C', b"S\0".to_vec()),
-        (b'S', Vec::new()),
-        msg::bind("", ""),
-        msg::execute("", 0),
-        (b'S', Vec::new()),
-    ] {
-        raw.send(tag, &body).await;
-    }
-    let mut answers = Vec::new();
-    while let Some((tag, body)) = raw.read().await {
-        answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
-    }
-    assert!(
-        answers.iter().any(|(tag, body)| *tag == b'E'
-            && body.contains("SFATAL")
-            && body.contains("send Sync only after the COPY data")),
-        "{answers:?}"
-    );
-    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
-    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
 }
 
 /// A protocol-level FETCH from a cursor, which a rule puts under review,

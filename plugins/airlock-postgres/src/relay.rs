@@ -107,6 +107,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         acts: 0,
         acts_at_sync: 0,
         copy_in_until: None,
+        copy_in_by_query: false,
     };
     let mut server = ServerHalf {
         cx,
@@ -717,6 +718,8 @@ struct ClientHalf<'a> {
     /// shows it did not (or that it ended); until then a Sync may be one
     /// the server ignores (in copy-in mode).
     copy_in_until: Option<u64>,
+    /// `copy_in_until` is a query's.
+    copy_in_by_query: bool,
 }
 
 /// How judging a message ended.
@@ -819,7 +822,11 @@ impl ClientHalf<'_> {
                     // Only an Execute or a query can have started a COPY:
                     // a CopyDone without one (which the server ignores)
                     // does not count as the end of one.
-                    self.copy_in_until = None;
+                    // (A query may run another COPY after this one: its
+                    // own ReadyForQuery ends them all.)
+                    if !self.copy_in_by_query {
+                        self.copy_in_until = None;
+                    }
                     if std::mem::take(&mut self.copy_armed) {
                         self.copy_ends += 1;
                     }
@@ -918,6 +925,7 @@ impl ClientHalf<'_> {
                 self.copy_armed = true;
                 if copies_in {
                     self.copy_in_until = Some(self.seq);
+                    self.copy_in_by_query = true;
                 }
                 let track = QueryTrack {
                     current: Track::new(),
@@ -1357,6 +1365,7 @@ impl ClientHalf<'_> {
         self.copy_armed = true;
         if self.portals.map.get(&portal).is_none_or(|p| p.copies_in) {
             self.copy_in_until = Some(self.seq + 1);
+            self.copy_in_by_query = false;
         }
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
@@ -1999,12 +2008,13 @@ impl ClientHalf<'_> {
     }
 }
 
-/// Whether running the statements may start a COPY FROM STDIN (or they
-/// are opaque).
+/// Whether running the statements may start a COPY FROM STDIN: a COPY
+/// FROM, anything opaque, or an `EXECUTE` (of a statement Parse made, which
+/// may be one).
 fn copies_in(classified: &[Classified]) -> bool {
-    classified
-        .iter()
-        .any(|c| matches!(c.operation.kind, SqlKind::CopyIn | SqlKind::Opaque))
+    classified.iter().any(|c| {
+        c.execute.is_some() || matches!(c.operation.kind, SqlKind::CopyIn | SqlKind::Opaque)
+    })
 }
 
 /// The operations with the parameters they run with (rendered, masked)
