@@ -992,21 +992,40 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
 async fn a_close_during_copy_data_ends_the_session_instead_of_a_review() {
     let (_dir, pg, gw) = setup().await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
-    // The COPY run by its own portal, and by SQL EXECUTE of it.
-    for (copy, answers) in [(None, "112G"), (Some("EXECUTE c"), "1112G")] {
+    // The COPY run by its own portal, by SQL EXECUTE of it, and by a
+    // portal of a name whose re-Parse the server refused (it keeps the
+    // COPY under the name).
+    for (copy, answers) in [(0, "112G"), (1, "1112G"), (2, "12G")] {
         let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
-        let mut msgs = vec![
-            msg::parse("", "DELETE FROM orders WHERE id = 1 /* copy-close */"),
-            msg::parse("c", "COPY victim FROM STDIN"),
-        ];
-        if let Some(execute) = copy {
-            msgs.push(msg::parse("e", execute));
-        }
-        msgs.extend([
-            msg::bind("p", if copy.is_some() { "e" } else { "c" }),
-            msg::execute("p", 0),
-            (b'S', Vec::new()),
-        ]);
+        let delete = msg::parse("", "DELETE FROM orders WHERE id = 1 /* copy-close */");
+        let msgs = match copy {
+            0 => vec![
+                delete,
+                msg::parse("c", "COPY victim FROM STDIN"),
+                msg::bind("p", "c"),
+            ],
+            1 => vec![
+                delete,
+                msg::parse("c", "COPY victim FROM STDIN"),
+                msg::parse("e", "EXECUTE c"),
+                msg::bind("p", "e"),
+            ],
+            _ => {
+                let copy = vec![
+                    msg::parse("c", "COPY victim FROM STDIN"),
+                    (b'S', Vec::new()),
+                ];
+                assert_eq!(raw.exchange(copy).await.0, "1ZI");
+                let refused = vec![msg::parse("c", "SELECT 1"), (b'S', Vec::new())];
+                assert_eq!(
+                    raw.exchange(refused).await,
+                    ("EZI".into(), vec!["42P05".into()])
+                );
+                vec![delete, msg::bind("p", "c")]
+            }
+        };
+        let mut msgs = msgs;
+        msgs.extend([msg::execute("p", 0), (b'S', Vec::new())]);
         for (tag, body) in msgs {
             raw.send(tag, &body).await;
         }
@@ -1040,6 +1059,42 @@ async fn a_close_during_copy_data_ends_the_session_instead_of_a_review() {
         assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
         assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
     }
+}
+
+/// A pipeline with an `EXECUTE` (which might run a COPY) before a reviewed
+/// statement and a Parse of the unnamed statement after it runs through:
+/// nothing waits on a COPY that never started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_with_an_execute_and_an_approval_runs_through() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![
+            msg::parse("x", "SELECT 1"),
+            msg::parse("", "EXECUTE x"),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            msg::parse("", "DELETE FROM orders WHERE id = 1 /* pipelined */"),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            msg::parse("", "SELECT 2"),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(decided, 1, "{answers:?}");
+    // (The approval notice may pass the BindComplete before it.)
+    let mut tags: Vec<char> = answers.iter().map(|(tag, _)| char::from(*tag)).collect();
+    tags.sort_unstable();
+    assert_eq!(String::from_iter(tags), "1111222CCCDDNZ", "{answers:?}");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "1");
 }
 
 /// A protocol-level FETCH from a cursor, which a rule puts under review,

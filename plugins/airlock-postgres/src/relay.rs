@@ -655,13 +655,15 @@ impl Prepared {
     /// Whether a Bind of this statement must be judged: its name was
     /// prepared with SQL, or no Parse of this session made it.
     fn bind_needs_judging(&self, name: &[u8], parsed: bool) -> bool {
-        !name.is_empty()
-            && (!parsed
-                || self.too_many_sql_names
-                || (!self.sql_names.is_empty()
-                    && self
-                        .sql_names
-                        .contains(String::from_utf8_lossy(name).as_ref())))
+        // (The unnamed statement too, when no Parse here made it: the
+        // server has none then, or one the gateway lost track of.)
+        !parsed
+            || (!name.is_empty()
+                && (self.too_many_sql_names
+                    || (!self.sql_names.is_empty()
+                        && self
+                            .sql_names
+                            .contains(String::from_utf8_lossy(name).as_ref()))))
     }
 }
 
@@ -1000,6 +1002,7 @@ impl ClientHalf<'_> {
                     Some(old)
                         if old.review.is_some()
                             || old.executes.is_some()
+                            || old.copies_in
                             || old.previous.is_some() =>
                     {
                         Some(Box::new(old))
@@ -1436,9 +1439,14 @@ impl ClientHalf<'_> {
     /// Sync, and the server half tells that as soon as it has the error.)
     async fn outcome(&mut self, id: u64) -> Result<bool> {
         // While a COPY FROM STDIN may be running, the server takes any
-        // other message as an error in the COPY and answers nothing for it;
-        // after a Sync it ignored there, answers come behind that Sync.
-        if self.copy_in_possible() || (self.ignored_syncs && self.copy_in_until.is_none()) {
+        // other message as an error in the COPY and answers nothing for it:
+        // after a Sync it ignored there, the answers come behind that Sync,
+        // and after a query nothing is skipped to tell it.
+        // Otherwise a message the COPY took as its error is skipped with
+        // everything up to the next Sync, which the server half tells.
+        let ignored_ahead =
+            self.ignored_syncs && (self.copy_in_until.is_none() || self.copy_in_possible());
+        if ignored_ahead || (self.copy_in_by_query && self.copy_in_possible()) {
             return Err(Error::Client(
                 "a message whose outcome Airlock must know (a Close or Bind over a statement \
                  or portal under review) came while a COPY FROM STDIN may be running, or after \
