@@ -7,9 +7,25 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use airlock_tests::postgres::{PgGateway, TestPostgres, events_in, mint, pg_config, psql_stdin};
+use airlock_tests::postgres::{
+    PgGateway, Raw, TestPostgres, events_in, mint, msg, pg_config, psql_stdin,
+};
 use serde_json::Value;
 use tokio_postgres::NoTls;
+
+/// A gateway with default rules before a fresh PostgreSQL, and a raw
+/// wire session through it.
+async fn raw_session() -> (tempfile::TempDir, TestPostgres, PgGateway, Raw) {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    (dir, pg, gw, raw)
+}
 
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == t).collect()
@@ -163,15 +179,7 @@ async fn statements_parameters_rows_and_results_are_recorded_masked() {
 /// as unmasked hex.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_are_rendered_by_their_own_statements_types() {
-    use airlock_tests::postgres::{Raw, msg};
-    let dir = tempfile::tempdir().unwrap();
-    let pg = TestPostgres::start().await.unwrap();
-    let pw = pg.password_file(dir.path()).unwrap();
-    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
-        .await
-        .unwrap();
-    let token = gw.token("agent-1", &["agents"]).unwrap();
-    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let (_dir, _pg, gw, mut raw) = raw_session().await;
 
     let describe = (b'D', [b"S".to_vec(), msg::cstr("")].concat());
     let sync = (b'S', Vec::new());
@@ -460,15 +468,7 @@ async fn a_full_audit_store_refuses_statements_with_58000() {
 /// judged then), not again at its Execute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_loop_over_a_cursor_is_judged_once_per_fetch() {
-    use airlock_tests::postgres::{Raw, msg};
-    let dir = tempfile::tempdir().unwrap();
-    let pg = TestPostgres::start().await.unwrap();
-    let pw = pg.password_file(dir.path()).unwrap();
-    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
-        .await
-        .unwrap();
-    let token = gw.token("agent-1", &["agents"]).unwrap();
-    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+    let (_dir, _pg, gw, mut raw) = raw_session().await;
 
     let declare = "BEGIN; DECLARE c CURSOR FOR SELECT generate_series(1, 3)";
     assert_eq!(raw.query(declare).await, ("CCZT".into(), vec![]));

@@ -620,13 +620,7 @@ async fn a_parsed_execute_is_judged_as_what_it_runs_when_it_runs() {
         false,
     )
     .await;
-    assert_eq!(decided, 1);
-    assert!(
-        answers
-            .iter()
-            .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
-        "{answers:?}"
-    );
+    assert_denied_once(&answers, decided);
     assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
 }
 
@@ -665,13 +659,7 @@ async fn a_parsed_execute_is_judged_at_its_execute_with_one_approval() {
         false,
     )
     .await;
-    assert_eq!(decided, 1, "{answers:?}");
-    assert!(
-        answers
-            .iter()
-            .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
-        "{answers:?}"
-    );
+    assert_denied_once(&answers, decided);
     assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
 
     // Approved: it runs, after one approval (not one at the Bind and
@@ -899,13 +887,7 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
         false,
     )
     .await;
-    assert_eq!(decided, 1, "{answers:?}");
-    assert!(
-        answers
-            .iter()
-            .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
-        "{answers:?}"
-    );
+    assert_denied_once(&answers, decided);
     // No row of the DELETE … RETURNING came back.
     assert!(!answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
     assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
@@ -926,21 +908,13 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
         ])
         .await;
     assert_eq!(tags, "1ZI");
-    for (tag, body) in [
+    let copy = vec![
         msg::parse("", "COPY victim FROM STDIN"),
         msg::bind("", ""),
         msg::execute("", 0),
         (b'S', Vec::new()),
-    ] {
-        raw.send(tag, &body).await;
-    }
-    let mut tags = String::new();
-    while let Some((tag, _)) = raw.read().await {
-        tags.push(char::from(tag));
-        if tag == b'G' {
-            break;
-        }
-    }
+    ];
+    let tags = until_copy_in(&mut raw, copy).await;
     assert_eq!(tags, "12G");
     let (tags, codes) = raw
         .exchange(vec![
@@ -958,29 +932,21 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
     // A Sync sent during COPY FROM STDIN data is ignored by the server, so
     // a Close after the data could not be waited for: the session ends
     // with a reason instead of hanging (or forgetting the review).
-    for (tag, body) in [
-        msg::parse("", "COPY victim FROM STDIN"),
-        msg::bind("", ""),
-        msg::execute("", 0),
-        (b'S', Vec::new()),
-        (b'd', b"9\n".to_vec()),
-        (b'c', Vec::new()),
-        (b'C', b"Sr\0".to_vec()),
-        (b'S', Vec::new()),
-    ] {
-        raw.send(tag, &body).await;
-    }
-    let mut fatal = None;
-    while let Some((tag, body)) = raw.read().await {
-        if tag == b'E' && contains(&body, b"SFATAL\0") {
-            fatal = Some(String::from_utf8_lossy(&body).into_owned());
-        }
-    }
-    let fatal = fatal.expect("the session ends with a FATAL error");
-    assert!(
-        fatal.contains("C08P01") && fatal.contains("send Sync only after the COPY data"),
-        "{fatal}"
-    );
+    let answers = until_closed(
+        &mut raw,
+        vec![
+            msg::parse("", "COPY victim FROM STDIN"),
+            msg::bind("", ""),
+            msg::execute("", 0),
+            (b'S', Vec::new()),
+            (b'd', b"9\n".to_vec()),
+            (b'c', Vec::new()),
+            (b'C', b"Sr\0".to_vec()),
+            (b'S', Vec::new()),
+        ],
+    )
+    .await;
+    assert_ended_for_copy(&answers);
 }
 
 /// A Close sent during COPY FROM STDIN data (after a Sync the server
@@ -1026,36 +992,20 @@ async fn a_close_during_copy_data_ends_the_session_instead_of_a_review() {
         };
         let mut msgs = msgs;
         msgs.extend([msg::execute("p", 0), (b'S', Vec::new())]);
-        for (tag, body) in msgs {
-            raw.send(tag, &body).await;
-        }
-        let mut tags = String::new();
-        while let Some((tag, _)) = raw.read().await {
-            tags.push(char::from(tag));
-            if tag == b'G' {
-                break;
-            }
-        }
+        let tags = until_copy_in(&mut raw, msgs).await;
         assert_eq!(tags, answers);
-        for (tag, body) in [
-            (b'C', b"S\0".to_vec()),
-            (b'S', Vec::new()),
-            msg::bind("", ""),
-            msg::execute("", 0),
-            (b'S', Vec::new()),
-        ] {
-            raw.send(tag, &body).await;
-        }
-        let mut answers = Vec::new();
-        while let Some((tag, body)) = raw.read().await {
-            answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
-        }
-        assert!(
-            answers.iter().any(|(tag, body)| *tag == b'E'
-                && body.contains("SFATAL")
-                && body.contains("send Sync only after the COPY data")),
-            "{answers:?}"
-        );
+        let answers = until_closed(
+            &mut raw,
+            vec![
+                (b'C', b"S\0".to_vec()),
+                (b'S', Vec::new()),
+                msg::bind("", ""),
+                msg::execute("", 0),
+                (b'S', Vec::new()),
+            ],
+        )
+        .await;
+        assert_ended_for_copy(&answers);
         assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
         assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
     }
@@ -1123,6 +1073,13 @@ async fn a_reviewed_fetch_from_a_cursor_waits_for_its_approval() {
     );
     let (answers, decided) =
         through_approvals(&mut raw, &gw, &pg, fetch("audited_cursor"), false).await;
+    assert_denied_once(&answers, decided);
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+}
+
+/// One approval request was raised and denied, and the client was told.
+fn assert_denied_once(answers: &[(u8, String)], decided: usize) {
     assert_eq!(decided, 1, "{answers:?}");
     assert!(
         answers
@@ -1130,8 +1087,44 @@ async fn a_reviewed_fetch_from_a_cursor_waits_for_its_approval() {
             .any(|(tag, body)| *tag == b'E' && body.contains("not today")),
         "{answers:?}"
     );
-    assert!(!answers.iter().any(|(tag, _)| *tag == b'D'), "{answers:?}");
-    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+}
+
+/// Sends `msgs`; the answers' tags up to the CopyInResponse.
+async fn until_copy_in(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> String {
+    for (tag, body) in msgs {
+        raw.send(tag, &body).await;
+    }
+    let mut tags = String::new();
+    while let Some((tag, _)) = raw.read().await {
+        tags.push(char::from(tag));
+        if tag == b'G' {
+            break;
+        }
+    }
+    tags
+}
+
+/// Sends `msgs`; every answer until the gateway closes the connection.
+async fn until_closed(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> Vec<(u8, String)> {
+    for (tag, body) in msgs {
+        raw.send(tag, &body).await;
+    }
+    let mut answers = Vec::new();
+    while let Some((tag, body)) = raw.read().await {
+        answers.push((tag, String::from_utf8_lossy(&body).into_owned()));
+    }
+    answers
+}
+
+/// The session ended with the gateway's FATAL error about COPY.
+fn assert_ended_for_copy(answers: &[(u8, String)]) {
+    assert!(
+        answers.iter().any(|(tag, body)| *tag == b'E'
+            && body.contains("SFATAL")
+            && body.contains("C08P01")
+            && body.contains("send Sync only after the COPY data")),
+        "{answers:?}"
+    );
 }
 
 /// Sends `msgs` and decides each approval request they raise, checking

@@ -884,6 +884,18 @@ impl ClientHalf<'_> {
         self.write_server(&frame.bytes).await
     }
 
+    /// Forwards a message and, when it is watched ([`Pending::watch`]),
+    /// waits for its answer: whether it took effect on the server (an
+    /// unwatched one is taken to).
+    async fn forward_watched(&mut self, frame: &Frame, pending: Pending) -> Result<bool> {
+        let watch = pending.watch();
+        self.forward(frame, Some(pending)).await?;
+        match watch {
+            Some(id) => self.outcome(id).await,
+            None => Ok(true),
+        }
+    }
+
     /// Refuses the current message as if it had failed on the server: the
     /// server is made to fail in its place ([`ROLLBACK_PARSE`]), so what an
     /// error there does happens (a pipeline is all or nothing and rolls
@@ -1156,13 +1168,9 @@ impl ClientHalf<'_> {
                 columns: None,
             },
         );
-        self.forward(&frame, Some(Pending::Bind(watch))).await?;
-        if let Some(id) = watch
-            && !self.outcome(id).await?
-        {
-            return Ok(());
+        if self.forward_watched(&frame, Pending::Bind(watch)).await? {
+            self.portals.bind(bound.0, bound.1, idle_through);
         }
-        self.portals.bind(bound.0, bound.1, idle_through);
         Ok(())
     }
 
@@ -1298,25 +1306,31 @@ impl ClientHalf<'_> {
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
         self.portal_epoch += 1;
-        let (key, carried, described, changes_names) = match self.portals.map.get_mut(&portal) {
-            Some(p) if p.epoch == epoch => {
-                p.epoch = self.portal_epoch;
-                (
-                    p.key.as_ref(),
-                    p.columns.clone(),
-                    described,
-                    p.changes_names,
-                )
-            }
-            Some(p) => {
-                // What was known of the name is forgotten, not only
-                // skipped now: the fresh Describe below is what holds.
-                p.key = None;
-                p.columns = None;
-                (None, None, false, p.changes_names)
-            }
-            None => (None, None, false, true),
-        };
+        let (key, carried, described, changes_names, copies_in) =
+            match self.portals.map.get_mut(&portal) {
+                Some(p) if p.epoch == epoch => {
+                    p.epoch = self.portal_epoch;
+                    (
+                        p.key.as_ref(),
+                        p.columns.clone(),
+                        described,
+                        p.changes_names,
+                        p.copies_in,
+                    )
+                }
+                Some(p) => {
+                    // What was known of the name is forgotten, not only
+                    // skipped now: the fresh Describe below is what holds.
+                    p.key = None;
+                    p.columns = None;
+                    (None, None, false, p.changes_names, p.copies_in)
+                }
+                None => (None, None, false, true, true),
+            };
+        if copies_in {
+            self.copy_in_until = Some(self.seq + 1);
+            self.copy_in_by_query = false;
+        }
         // What the portal runs may give statement names other meanings
         // (it takes effect now, not when it was parsed).
         if changes_names {
@@ -1366,10 +1380,6 @@ impl ClientHalf<'_> {
             }
         }
         self.copy_armed = true;
-        if self.portals.map.get(&portal).is_none_or(|p| p.copies_in) {
-            self.copy_in_until = Some(self.seq + 1);
-            self.copy_in_by_query = false;
-        }
         self.forward(&frame, Some(Pending::Execute { portal, track }))
             .await
     }
@@ -1526,10 +1536,9 @@ impl ClientHalf<'_> {
             };
         let watch = watched.then(|| self.watch_id());
         let portal = (kind != b'S').then(|| name.clone());
-        self.forward(&frame, Some(Pending::Close { portal, watch }))
-            .await?;
-        if let Some(id) = watch
-            && !self.outcome(id).await?
+        if !self
+            .forward_watched(&frame, Pending::Close { portal, watch })
+            .await?
         {
             return Ok(());
         }
