@@ -79,6 +79,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 429: one address holds as many API connections as it may.
+    pub fn too_many_connections(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_connections",
+            message: message.into(),
+        }
+    }
     /// 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError {
