@@ -26,6 +26,7 @@ mod oid {
     pub(super) const XML: u32 = 142;
     pub(super) const FLOAT4: u32 = 700;
     pub(super) const FLOAT8: u32 = 701;
+    pub(super) const NUMERIC: u32 = 1700;
     pub(super) const UNKNOWN: u32 = 705;
     pub(super) const BPCHAR: u32 = 1042;
     pub(super) const VARCHAR: u32 = 1043;
@@ -45,7 +46,9 @@ static NO_FIELD: FieldPlan = FieldPlan::NONE;
 enum TextLike {
     /// The bytes are the text.
     Plain,
-    /// A version byte (1), then the text (jsonb).
+    /// The bytes are a JSON document's text (json).
+    Json,
+    /// A version byte (1), then a JSON document's text (jsonb).
     Jsonb,
 }
 
@@ -55,10 +58,10 @@ fn text_like(type_oid: u32) -> Option<TextLike> {
         | oid::VARCHAR
         | oid::BPCHAR
         | oid::NAME
-        | oid::JSON
         | oid::XML
         | oid::UNKNOWN
         | oid::BYTEA => Some(TextLike::Plain),
+        oid::JSON => Some(TextLike::Json),
         oid::JSONB => Some(TextLike::Jsonb),
         _ => None,
     }
@@ -282,7 +285,12 @@ fn mask_value<'a>(
     let field = col.map_or(&NO_FIELD, |c| &c.plan);
     let binary = col.is_some_and(|c| c.format == 1);
     if !binary {
-        let (masked, text) = mask_text(masker, field, value, counts);
+        let json = col.is_some_and(|c| matches!(c.type_oid, oid::JSON | oid::JSONB));
+        let (masked, text) = if json {
+            mask_json_text(masker, field, value, counts)
+        } else {
+            mask_text(masker, field, value, counts)
+        };
         return (Some(masked), Rendered::Text(text));
     }
     let Some(col) = col else {
@@ -300,7 +308,7 @@ fn mask_value<'a>(
     {
         return (Some(masked), Rendered::Text(Cow::Owned(text)));
     }
-    match mask_opaque_binary(masker, field, value, counts) {
+    match mask_binary_value(masker, field, col.type_oid, value, counts) {
         Some(masked) => (None, Rendered::Text(Cow::Owned(masked))),
         None if render => (
             Some(Cow::Borrowed(value)),
@@ -315,21 +323,93 @@ fn mask_value<'a>(
 }
 
 /// A binary value the gateway cannot rewrite in its own format (numbers,
-/// composites, other types). When masking its bytes read as text finds
-/// something (a field rule on its column, a detector or a held credential
-/// inside), the value is withheld: the client gets NULL, which is valid for
-/// every type, and the record gets the masked text.
-fn mask_opaque_binary(
+/// composites, other types). It is withheld (the client gets NULL, which is
+/// valid for every type, and the record gets the masked text) when a field
+/// rule covers its column, or when masking finds something in its text: a
+/// number's decimal digits (a card number kept as `bigint`), else its bytes
+/// read as text (a detector or a held credential inside a composite).
+fn mask_binary_value(
     masker: &Masker,
     field: &FieldPlan,
+    type_oid: u32,
     value: &[u8],
     counts: &mut MaskCounts,
 ) -> Option<String> {
-    let text = frame::lossy(value);
+    let text = match render_number(type_oid, value) {
+        Some(digits) => Cow::Owned(digits),
+        None => frame::lossy(value),
+    };
     match masker.mask_field(field, &text, counts) {
-        Cow::Owned(masked) if masked != *text => Some(masked),
+        // A rule's replacement can equal the value (a partial mask of a
+        // number whose bytes hold no letter or digit): withheld all the same.
+        Cow::Owned(masked) if field.has_rule() || masked != *text => Some(masked),
         _ => None,
     }
+}
+
+/// A number's decimal text, for the binary formats of PostgreSQL's number
+/// types (`None` for other types or a malformed value).
+fn render_number(type_oid: u32, v: &[u8]) -> Option<String> {
+    match type_oid {
+        oid::NUMERIC => render_numeric(v),
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::FLOAT4 | oid::FLOAT8 => {
+            let text = render_binary(type_oid, v);
+            (!text.starts_with("\\x")).then_some(text)
+        }
+        _ => None,
+    }
+}
+
+/// `numeric`'s binary format: digit count, weight of the first digit, sign,
+/// display scale, then base-10000 digits.
+fn render_numeric(v: &[u8]) -> Option<String> {
+    let word = |i: usize| {
+        v.get(2 * i..2 * i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let ndigits = usize::from(word(0)?);
+    let weight = i32::from(word(1)? as i16);
+    let sign = word(2)?;
+    let dscale = usize::from(word(3)?);
+    if v.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    let digit = |i: i32| -> Option<u16> {
+        if i < 0 || i as usize >= ndigits {
+            Some(0)
+        } else {
+            word(4 + i as usize)
+        }
+    };
+    let mut s = String::new();
+    match sign {
+        0x0000 => {}
+        0x4000 => s.push('-'),
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        _ => return None,
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        let _ = write!(s, "{}", digit(0)?);
+        for i in 1..=weight {
+            let _ = write!(s, "{:04}", digit(i)?);
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::new();
+        let mut i = weight + 1;
+        while frac.len() < dscale {
+            let _ = write!(frac, "{:04}", digit(i)?);
+            i += 1;
+        }
+        frac.truncate(dscale);
+        s.push('.');
+        s.push_str(&frac);
+    }
+    Some(s)
 }
 
 /// Masks a text value. Invalid UTF-8 (a client encoding other than UTF-8)
@@ -357,8 +437,9 @@ fn mask_text_like<'a>(
 ) -> (Cow<'a, [u8]>, Cow<'a, str>) {
     match kind {
         TextLike::Plain => mask_text(masker, field, value, counts),
+        TextLike::Json => mask_json_text(masker, field, value, counts),
         TextLike::Jsonb => match value.split_first() {
-            Some((&version, json)) => match mask_text(masker, field, json, counts) {
+            Some((&version, json)) => match mask_json_text(masker, field, json, counts) {
                 (Cow::Borrowed(_), text) => (Cow::Borrowed(value), text),
                 (Cow::Owned(masked), text) => {
                     let mut v = Vec::with_capacity(masked.len() + 1);
@@ -370,6 +451,30 @@ fn mask_text_like<'a>(
             None => (Cow::Borrowed(value), Cow::Borrowed("")),
         },
     }
+}
+
+/// Masks a JSON document's text (a json or jsonb value): the field rules by
+/// key and path inside it (`ssn`, `$..ssn`) and the detectors on its keys,
+/// strings and numbers. A document in which nothing is masked goes out as
+/// the server wrote it; one in which something is, re-serialised. A rule on
+/// the column itself, or text that is not JSON, is masked as text.
+fn mask_json_text<'a>(
+    masker: &Masker,
+    field: &FieldPlan,
+    value: &'a [u8],
+    counts: &mut MaskCounts,
+) -> (Cow<'a, [u8]>, Cow<'a, str>) {
+    if !field.has_rule()
+        && let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(value)
+    {
+        let masked_before: u64 = counts.values().sum();
+        masker.mask_json(&mut doc, counts);
+        if counts.values().sum::<u64>() != masked_before {
+            let text = doc.to_string();
+            return (Cow::Owned(text.clone().into_bytes()), Cow::Owned(text));
+        }
+    }
+    mask_text(masker, field, value, counts)
 }
 
 /// Masks the elements of a binary array of a text-like type. `None` when
@@ -446,6 +551,7 @@ pub(crate) fn render_binary(type_oid: u32, v: &[u8]) -> String {
         (oid::FLOAT8, 8) => {
             f64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]).to_string()
         }
+        (oid::NUMERIC, _) => render_numeric(v).unwrap_or_else(|| hex(v)),
         (oid::UUID, 16) => {
             let h = hex_digits(v);
             format!(
@@ -505,12 +611,21 @@ pub(crate) fn render_params(
         };
         let type_oid = types.get(i).copied().unwrap_or(0);
         let text = if format == 1 {
-            match text_like(type_oid) {
-                Some(kind) => mask_text_like(masker, &NO_FIELD, v, kind, counts).1,
-                None if type_oid == 0 && std::str::from_utf8(v).is_ok_and(printable) => {
+            match (text_like(type_oid), array_element(type_oid)) {
+                (Some(kind), _) => mask_text_like(masker, &NO_FIELD, v, kind, counts).1,
+                (None, Some(kind)) => match mask_array(masker, &NO_FIELD, v, kind, counts) {
+                    Some((_, text)) => Cow::Owned(text),
+                    None => Cow::Borrowed("<malformed array>"),
+                },
+                (None, None) if type_oid == 0 && std::str::from_utf8(v).is_ok_and(printable) => {
                     mask_text(masker, &NO_FIELD, v, counts).1
                 }
-                None => Cow::Owned(render_binary(type_oid, v)),
+                // A number or an opaque value: its masked text when masking
+                // finds something in it, never its bytes in hex.
+                (None, None) => Cow::Owned(
+                    mask_binary_value(masker, &NO_FIELD, type_oid, v, counts)
+                        .unwrap_or_else(|| render_binary(type_oid, v)),
+                ),
             }
         } else {
             mask_text(masker, &NO_FIELD, v, counts).1
@@ -546,22 +661,25 @@ pub(crate) fn mask_plain(masker: &Masker, text: &str, counts: &mut MaskCounts) -
     }
 }
 
-/// Masks a COPY OUT row: returns the new bytes when something changed and
-/// the row for the record. Binary COPY data is not text and is forwarded as is.
+/// Masks a text-format COPY OUT row: returns the new bytes when something
+/// changed and the row for the record.
+///
+/// A row that is not UTF-8 (a `SQL_ASCII` database holding other bytes;
+/// `COPY … ENCODING` is judged as opaque before it runs) is masked by its
+/// lossy reading: its original bytes go out only when that reading holds
+/// nothing to mask, else the masked reading replaces them.
 pub(crate) fn mask_copy_line(
     masker: &Masker,
     data: &[u8],
     counts: &mut MaskCounts,
 ) -> (Option<Bytes>, Option<String>) {
-    match std::str::from_utf8(data) {
-        Ok(text) => match mask_plain(masker, text, counts) {
-            Some(m) => {
-                let line = m.trim_end_matches('\n').to_string();
-                (Some(Bytes::from(m.into_bytes())), Some(line))
-            }
-            None => (None, Some(text.trim_end_matches('\n').to_string())),
-        },
-        Err(_) => (None, None),
+    let text = frame::lossy(data);
+    match mask_plain(masker, &text, counts) {
+        Some(m) => {
+            let line = m.trim_end_matches('\n').to_string();
+            (Some(Bytes::from(m.into_bytes())), Some(line))
+        }
+        None => (None, Some(text.trim_end_matches('\n').to_string())),
     }
 }
 
@@ -583,7 +701,7 @@ pub(crate) fn mask_function_result(
             out.extend_from_slice(masked.as_bytes());
         }
         Err(_) => {
-            mask_opaque_binary(masker, &NO_FIELD, value, counts)?;
+            mask_binary_value(masker, &NO_FIELD, 0, value, counts)?;
             out.extend_from_slice(&(-1i32).to_be_bytes());
         }
     }
@@ -707,7 +825,7 @@ impl BinaryCopy {
                     out.put_slice(value.as_bytes());
                     line.push_str(value);
                 }
-                Err(_) => match mask_opaque_binary(masker, &NO_FIELD, v, counts) {
+                Err(_) => match mask_binary_value(masker, &NO_FIELD, 0, v, counts) {
                     Some(masked) => {
                         out.put_i32(-1);
                         line.push_str(&masked);
@@ -732,7 +850,10 @@ mod tests {
     use airlock_core::mask::{MaskConfig, MaskEngine};
 
     fn masker() -> Masker {
-        let config: MaskConfig = toml::from_str("[[fields]]\nname = \"ssn\"").unwrap();
+        let config: MaskConfig = toml::from_str(
+            "[[fields]]\nname = \"ssn\"\n[[fields]]\nname = \"salary\"\nstyle = \"partial\"",
+        )
+        .unwrap();
         let engine = MaskEngine::new(&config, vec!["hunter2-held".into()], [7; 32]).unwrap();
         engine.masker(
             "app",
@@ -949,6 +1070,126 @@ mod tests {
         let mut long = body.clone();
         long.push(0);
         assert!(mask_row(&m, &cols, &long, &mut counts, false).is_err());
+    }
+
+    /// `numeric`'s binary format from its parts.
+    fn numeric(weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [digits.len() as u16, weight as u16, sign, dscale] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn numerics_render_as_postgresql_prints_them() {
+        let cases: [(Vec<u8>, &str); 7] = [
+            (
+                numeric(3, 0, 0, &[4111, 1111, 1111, 1111]),
+                "4111111111111111",
+            ),
+            (numeric(0, 0, 2, &[12, 5000]), "12.50"),
+            (numeric(-1, 0, 4, &[1]), "0.0001"),
+            (numeric(0, 0x4000, 1, &[3, 1000]), "-3.1"),
+            (numeric(1, 0, 0, &[1]), "10000"),
+            (numeric(0, 0, 0, &[]), "0"),
+            (numeric(0, 0xC000, 0, &[]), "NaN"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(render_numeric(&bytes).as_deref(), Some(text));
+        }
+        // A length that does not match the digit count is no number.
+        assert_eq!(render_numeric(&numeric(0, 0, 0, &[1])[..9]), None);
+    }
+
+    #[test]
+    fn binary_numbers_are_masked_by_their_digits() {
+        let m = masker();
+        let card = 4111111111111111i64;
+        let cols = [
+            col("card", oid::INT8, 1),
+            col("total", oid::NUMERIC, 1),
+            col("salary", oid::INT4, 1),
+            col("n", oid::INT8, 1),
+            col("price", oid::NUMERIC, 1),
+        ];
+        let total = numeric(3, 0, 0, &[4111, 1111, 1111, 1111]);
+        let price = numeric(0, 0, 2, &[12, 5000]);
+        // 10000's bytes (00 00 27 10) hold no letter or digit: a partial
+        // mask of them would change nothing.
+        let body = row(&[
+            Some(&card.to_be_bytes()),
+            Some(&total),
+            Some(&10000i32.to_be_bytes()),
+            Some(&42i64.to_be_bytes()),
+            Some(&price),
+        ]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(cells[0], None, "a card number kept as bigint is withheld");
+        assert_eq!(cells[1], None, "and as numeric");
+        assert_eq!(cells[2], None, "a partial rule withholds every value");
+        assert_eq!(cells[3].as_deref(), Some(&42i64.to_be_bytes()[..]));
+        assert_eq!(cells[4].as_deref(), Some(&price[..]));
+        let line = line.unwrap();
+        assert!(!line.contains("4111111111111111"), "{line}");
+        assert!(!line.contains("10000"), "{line}");
+        assert!(line.ends_with(" | 42 | 12.50"), "{line}");
+        // Bind parameters are recorded the same way.
+        let params = [
+            Some(Bytes::copy_from_slice(&card.to_be_bytes())),
+            Some(Bytes::copy_from_slice(&42i64.to_be_bytes())),
+        ];
+        let text = render_params(&m, &params, &[1], &[oid::INT8, oid::INT8], &mut counts);
+        assert!(!text.contains("4111111111111111"), "{text}");
+        assert!(text.ends_with("$2 = '42'"), "{text}");
+    }
+
+    #[test]
+    fn field_rules_reach_inside_json_documents() {
+        let m = masker();
+        let cols = [
+            col("profile", oid::JSONB, 1),
+            col("raw", oid::JSON, 0),
+            col("other", oid::JSONB, 1),
+        ];
+        // Nine digits without separators: no detector would take them.
+        let mut jsonb = vec![1u8];
+        jsonb.extend_from_slice(br#"{"name": "x", "ids": {"ssn": "078051120"}}"#);
+        let mut plain = vec![1u8];
+        plain.extend_from_slice(br#"{"ssn_note":  "078051120"}"#);
+        let body = row(&[Some(&jsonb), Some(br#"[{"ssn": 78051120}]"#), Some(&plain)]);
+        let mut counts = MaskCounts::new();
+        let (frame, _) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        let doc = cells[0].clone().unwrap();
+        assert_eq!(doc[0], 1, "jsonb keeps its version byte");
+        assert_eq!(
+            std::str::from_utf8(&doc[1..]).unwrap(),
+            r#"{"ids":{"ssn":"<REDACTED>"},"name":"x"}"#
+        );
+        assert_eq!(cells[1].as_deref(), Some(&br#"[{"ssn":"<REDACTED>"}]"#[..]));
+        // A document with nothing to mask goes out byte for byte.
+        assert_eq!(cells[2].as_deref(), Some(&plain[..]));
+    }
+
+    #[test]
+    fn copy_rows_that_are_not_utf8_are_masked_by_their_lossy_reading() {
+        let m = masker();
+        let mut counts = MaskCounts::new();
+        // LATIN1 "José" beside an email.
+        let (out, line) = mask_copy_line(&m, b"bob@example.org\tJos\xe9\n", &mut counts);
+        let out = out.unwrap();
+        assert!(!contains(&out, b"bob@"), "{out:?}");
+        assert!(line.unwrap().starts_with("<EMAIL>\tJos"));
+        // Nothing to mask: the row goes out byte for byte.
+        let (out, line) = mask_copy_line(&m, b"7\tJos\xe9\n", &mut counts);
+        assert_eq!(out, None);
+        assert_eq!(line.as_deref(), Some("7\tJos\u{fffd}"));
     }
 
     #[test]

@@ -498,6 +498,12 @@ impl FieldPlan {
         rule: None,
         secrets: Vec::new(),
     };
+
+    /// Whether a field rule covers every value of the field, whatever it
+    /// holds.
+    pub fn has_rule(&self) -> bool {
+        self.rule.is_some()
+    }
 }
 
 /// Masks values for one session. Cheap to clone.
@@ -717,7 +723,8 @@ fn into_string(out: Vec<u8>) -> String {
 }
 
 /// The forms a held credential travels in: as is, percent-encoded (in URLs
-/// and form bodies), JSON-escaped (in JSON seen as text), and encoded the
+/// and form bodies), JSON-escaped (in JSON seen as text), with its quotes
+/// doubled (CSV, composite values, SQL literals), and encoded the
 /// ways a query can hand it back: hex (PostgreSQL's `bytea` output,
 /// `encode(…, 'hex')`) and base64 (`encode(…, 'base64')`, HTTP Basic).
 fn credential_forms(s: &str) -> Vec<Vec<u8>> {
@@ -734,6 +741,15 @@ fn credential_forms(s: &str) -> Vec<Vec<u8>> {
     if let Ok(j) = serde_json::to_string(s) {
         let inner = j.as_bytes()[1..j.len() - 1].to_vec();
         forms.push(inner);
+    }
+    // Quoted by doubling: CSV fields and composite values double `"`
+    // (`COPY … (FORMAT csv)`, a whole row as text), SQL literals `'`
+    // (`quote_literal`, `format('%L')`, an error's statement text).
+    for quote in ['"', '\''] {
+        if s.contains(quote) {
+            let doubled: String = s.replace(quote, &format!("{quote}{quote}"));
+            forms.push(doubled.into_bytes());
+        }
     }
     // Under four bytes the hex would be an ordinary short number.
     if s.len() >= 4 {

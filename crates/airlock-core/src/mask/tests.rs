@@ -384,6 +384,21 @@ fn a_held_credential_is_masked_in_hex_and_base64_at_any_offset() {
 }
 
 #[test]
+fn a_held_credential_with_quotes_is_masked_where_they_are_doubled() {
+    let quoted = r#"pa"ss'w0rd-held"#;
+    let e = engine("", &[quoted]);
+    let m = e.masker("prod", &who("agent", &["agents"]));
+    let mask = |text: &str| m.mask_str(None, text, &mut MaskCounts::new()).into_owned();
+    // As is, and in a CSV field or a composite value ("" for "), and in
+    // an SQL literal ('' for ').
+    assert_eq!(mask(quoted), "<SECRET>");
+    assert_eq!(mask(r#"7,"pa""ss'w0rd-held",x"#), r#"7,"<SECRET>",x"#);
+    assert_eq!(mask("'pa\"ss''w0rd-held'"), "'<SECRET>'");
+    // The same text with one quote less is not the credential.
+    assert_eq!(mask(r#"pa"sw0rd-held"#), r#"pa"sw0rd-held"#);
+}
+
+#[test]
 fn profiles_pick_by_group_subject_and_target() {
     let e = engine(
         r#"

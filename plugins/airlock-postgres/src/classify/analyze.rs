@@ -9,9 +9,9 @@ use std::ops::ControlFlow;
 
 use airlock_core::{Access, SqlKind, SqlOperation, TableAccess};
 use sqlparser::ast::{
-    CopySource, CopyTarget, DiscardObject, Expr, FromTable, GrantObjects, Ident, ObjectName,
-    ObjectNamePart, ObjectType, Query, Select, Set, SetExpr, Statement, TableFactor, TableObject,
-    Visit, Visitor,
+    CopyOption, CopySource, CopyTarget, DiscardObject, Expr, FromTable, GrantObjects, Ident,
+    ObjectName, ObjectNamePart, ObjectType, Query, Select, Set, SetExpr, Statement, TableFactor,
+    TableObject, Visit, Visitor,
 };
 
 use super::Classified;
@@ -256,7 +256,11 @@ fn base(stmt: &Statement, fx: &mut Effects) -> Base {
             Base::new(K::Truncate)
         }
         Statement::Copy {
-            source, to, target, ..
+            source,
+            to,
+            target,
+            options,
+            ..
         } => {
             if let CopySource::Table { table_name, .. } = source {
                 if *to {
@@ -265,10 +269,17 @@ fn base(stmt: &Statement, fx: &mut Effects) -> Base {
                     fx.write(table_name);
                 }
             }
+            // Data in another encoding cannot be masked as UTF-8 (a held
+            // credential with a non-ASCII character, say, would not be
+            // found in it).
+            let foreign = options
+                .iter()
+                .any(|o| matches!(o, CopyOption::Encoding(name) if !crate::startup::is_utf8(name)));
             match target {
                 // Server-side files and programs: outside the table model, and a
                 // program runs a shell command on the database host.
                 CopyTarget::File { .. } | CopyTarget::Program { .. } => Base::new(K::Opaque),
+                _ if foreign => Base::new(K::Opaque),
                 _ if *to => Base::new(K::CopyOut),
                 _ => Base::new(K::CopyIn),
             }

