@@ -20,6 +20,10 @@ use crate::error::{Error, Result, io};
 /// Bytes before a frame's body.
 pub(crate) const HEADER: u64 = 36;
 
+/// Frames longer than this are checked against the file's size before their
+/// body is read.
+const LARGE_FRAME: u32 = 1 << 20;
+
 /// Where a frame starts: its segment (named by first sequence number) and
 /// byte offset in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -169,6 +173,17 @@ pub(crate) fn read_frame(file: &File, offset: u64) -> Result<Option<Frame>> {
     let Some(hash) = Hash::from_slice(&header[4..]) else {
         return Ok(None);
     };
+    // A damaged length must not allocate gigabytes for a body that is not
+    // there.
+    if len > LARGE_FRAME {
+        let size = file
+            .metadata()
+            .map_err(io("cannot read the audit log"))?
+            .len();
+        if offset + HEADER + u64::from(len) > size {
+            return Ok(None);
+        }
+    }
     let mut body = vec![0u8; len as usize];
     match file.read_exact_at(&mut body, offset + HEADER) {
         Ok(()) => {}
@@ -207,4 +222,23 @@ pub(crate) fn write_batch(
         let _ = file.set_len(len);
     }
     written
+}
+
+/// The offset of the first whole frame whose body matches its hash at or
+/// after `from` in `tail` (the segment's bytes from `base` on), if any.
+///
+/// A write interrupted by a crash leaves at most one batch at the end of
+/// the log, after which nothing is valid; a record altered in place leaves
+/// valid records after it. Every offset is tried, since an altered length
+/// would lead a frame-by-frame walk astray. Bodies are JSON objects, so
+/// only an offset whose body would start with `{` is hashed.
+pub(crate) fn valid_frame_in(tail: &[u8], base: u64, from: u64) -> Option<u64> {
+    let header = HEADER as usize;
+    let start = usize::try_from(from.checked_sub(base)?).ok()?;
+    (start..tail.len().saturating_sub(header)).find_map(|at| {
+        let len = u32::from_le_bytes(tail[at..at + 4].try_into().ok()?) as usize;
+        let body = tail.get(at + header..(at + header).checked_add(len)?)?;
+        let hash = Hash::from_slice(&tail[at + 4..at + header])?;
+        (body.first() == Some(&b'{') && Hash::of(body) == hash).then_some(base + at as u64)
+    })
 }

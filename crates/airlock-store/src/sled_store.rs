@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 // session ids the gateway made, not client input).
 use foldhash::{HashMap, HashMapExt};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -402,6 +403,15 @@ impl Inner {
                 if pos.segment != last {
                     return Err(Error::Corrupt(format!(
                         "audit log segment {} is damaged at byte {} (of {size}); run `airlock audit verify`",
+                        pos.segment, pos.offset
+                    )));
+                }
+                // Only a torn end is cut: bytes after which no record is
+                // whole. A record altered in the middle is evidence, and
+                // cutting there would destroy every record after it.
+                if let Some(at) = altered_before(&file, pos.offset, size)? {
+                    return Err(Error::Corrupt(format!(
+                        "audit log segment {} does not hold a valid record at byte {} but holds one at byte {at}: the log was altered there, it is not the torn end of a crash; nothing was changed, run `airlock audit verify`",
                         pos.segment, pos.offset
                     )));
                 }
@@ -874,6 +884,17 @@ struct StoredSummary {
 }
 
 /// The store refuses appends and reads once indexing has failed.
+/// Where a valid record follows the invalid bytes at `from` in the newest
+/// segment (of `size` bytes), if one does.
+fn altered_before(file: &File, from: u64, size: u64) -> Result<Option<u64>> {
+    let mut tail = vec![0u8; usize::try_from(size - from).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut tail, from)
+        .map_err(io("cannot read the audit log"))?;
+    // The first frame is the invalid one; a valid frame starts after its
+    // first byte at the earliest.
+    Ok(crate::log::valid_frame_in(&tail, from, from + 1))
+}
+
 fn index_failed(why: &str) -> Error {
     Error::Corrupt(format!(
         "the audit index failed ({why}); restart the gateway to re-index the log"

@@ -194,6 +194,58 @@ async fn log_frames_missing_from_the_index_are_indexed_on_open_and_a_torn_tail_c
     assert_eq!(store.raw_records(0, 10).await.unwrap().len(), 4);
 }
 
+/// Only a torn end is cut on open. A record altered in the newest segment,
+/// with valid records after it, is evidence: the store refuses to open and
+/// changes nothing (cutting there would delete every record after it). The
+/// same log with a torn end instead (one whose length claims 4 GiB, too)
+/// opens with the end cut.
+#[tokio::test]
+async fn an_altered_record_is_refused_where_a_torn_end_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = chain(ops(40, SessionId::new()), None);
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        for part in batch.chunks(4) {
+            store.append(part.to_vec(), Durability::Os).await.unwrap();
+        }
+    }
+    let log = dir.path().join("log");
+    let mut segments: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let newest = segments.pop().unwrap();
+    let original = std::fs::read(&newest).unwrap();
+    let first_len = u32::from_le_bytes(original[..4].try_into().unwrap()) as usize;
+    assert!(
+        original.len() > 36 + first_len,
+        "the newest segment holds two records or more"
+    );
+    // The marker gone (as when the index is rebuilt), the whole log is read.
+    let reread = || std::fs::remove_file(log.join("indexed")).unwrap();
+
+    // One byte of the newest segment's first record changed.
+    let mut altered = original.clone();
+    altered[36 + first_len / 2] ^= 0x01;
+    std::fs::write(&newest, &altered).unwrap();
+    reread();
+    let Err(e) = SledStore::open(dir.path()) else {
+        panic!("a log with an altered record opened");
+    };
+    assert!(e.to_string().contains("the log was altered there"), "{e}");
+    assert_eq!(std::fs::read(&newest).unwrap(), altered, "nothing was cut");
+
+    // The same log with a torn end opens, and loses only that end.
+    let mut torn = original.clone();
+    torn.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
+    std::fs::write(&newest, &torn).unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.head().await.unwrap().unwrap().seq, 40);
+    assert_eq!(std::fs::read(&newest).unwrap(), original);
+}
+
 #[tokio::test]
 async fn reindexing_the_whole_log_leaves_the_same_index() {
     let dir = tempfile::tempdir().unwrap();
