@@ -157,6 +157,67 @@ async fn undecided_request_expires() {
     assert!(target.received().is_empty());
 }
 
+/// A vote that comes after a request's time ran out, with nobody left
+/// waiting to mark it expired (the gateway that asked restarted, say), is
+/// refused as for any decided request, not answered as if it had been
+/// recorded; the same vote in time counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_after_the_request_timed_out_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
+    let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
+    let (recorder, _task) = Recorder::start(store.clone(), signer, RecorderOptions::default())
+        .await
+        .unwrap();
+    let approvals =
+        Approvals::new(store.clone(), recorder, None, "http://127.0.0.1", &[7; 32]).unwrap();
+    let requester = person("agent-1", &["agents"]);
+    let settings = ReviewSettings {
+        timeout: Duration::from_secs(1),
+        ..ReviewSettings::default()
+    };
+    let ask = async |line: &str| {
+        let operation = Operation::Command(CommandOperation {
+            line: line.into(),
+            interactive: false,
+        });
+        approvals
+            .request(ReviewRequest {
+                requester: &requester,
+                target: "echo",
+                protocol: "line",
+                session: SessionId::new(),
+                operation: operation.clone(),
+                exact: &operation,
+                exact_parameters: &[],
+                rule: "deploys-need-approval",
+                approvers: &["dba".to_string()],
+                settings: &settings,
+            })
+            .await
+            .unwrap()
+            .id
+    };
+    let dana = person("dana", &["dba"]);
+    let late = ask("deploy v6").await;
+    let in_time = ask("deploy v7").await;
+    let approved = approvals.decide(&in_time, &dana, true, None).await.unwrap();
+    assert_eq!(approved.unwrap().status, ApprovalStatus::Approved);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        approvals.decide(&late, &dana, true, None).await.unwrap(),
+        Err(DecideError::NotPending {
+            id: late.clone(),
+            status: ApprovalStatus::Expired
+        })
+    );
+    assert_eq!(
+        approvals.get(&late).await.unwrap().unwrap().status,
+        ApprovalStatus::Expired
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requester_cannot_approve_their_own_request_and_non_approvers_cannot_either() {
     let (_dir, target, gw) = gateway("").await;

@@ -475,7 +475,14 @@ impl Approvals {
                 return Ok(Err(DecideError::NotFound(id.to_string())));
             };
             let a = match self.expire_if_due(a.clone()).await? {
-                Some(expired) => expired,
+                // A vote on a request whose time ran out counts for nothing:
+                // the voter is told so, as for any decided request.
+                Some(expired) => {
+                    return Ok(Err(DecideError::NotPending {
+                        id: expired.id,
+                        status: expired.status,
+                    }));
+                }
                 None => {
                     if a.status != ApprovalStatus::Pending {
                         return Ok(Err(DecideError::NotPending {
