@@ -160,7 +160,8 @@ async fn undecided_request_expires() {
 /// A vote that comes after a request's time ran out, with nobody left
 /// waiting to mark it expired (the gateway that asked restarted, say), is
 /// refused as for any decided request, not answered as if it had been
-/// recorded; the same vote in time counts.
+/// recorded; the same vote in time counts. And an approval that nobody used
+/// lapses as long after it was given as the request could wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_after_the_request_timed_out_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,6 +204,10 @@ async fn a_vote_after_the_request_timed_out_is_refused() {
     let in_time = ask("deploy v7").await;
     let approved = approvals.decide(&in_time, &dana, true, None).await.unwrap();
     assert_eq!(approved.unwrap().status, ApprovalStatus::Approved);
+    // An approval given but not used (its client had gone) lets the same
+    // operation through when it comes back soon...
+    let soon = ask("deploy v7").await;
+    assert_eq!(soon, in_time, "the approved request is found again");
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -215,6 +220,15 @@ async fn a_vote_after_the_request_timed_out_is_refused() {
     assert_eq!(
         approvals.get(&late).await.unwrap().unwrap().status,
         ApprovalStatus::Expired
+    );
+
+    // ...but not once as long has passed as the request could wait: the
+    // operation then asks anew.
+    let anew = ask("deploy v7").await;
+    assert_ne!(anew, in_time);
+    assert_eq!(
+        approvals.get(&anew).await.unwrap().unwrap().status,
+        ApprovalStatus::Pending
     );
 }
 

@@ -190,6 +190,24 @@ impl Approval {
     pub fn approvals(&self) -> usize {
         self.votes.iter().filter(|v| v.approve).count()
     }
+
+    /// Until when an approved one-operation request may be used: as long
+    /// after the decision as the request could wait for it. A client that
+    /// left (or a gateway that restarted) can run the approved operation
+    /// when it comes back soon, not weeks later. `None` while undecided, and
+    /// for a grant, which has its own end.
+    pub fn usable_until(&self) -> Option<OffsetDateTime> {
+        if self.status != ApprovalStatus::Approved || self.grant_until.is_some() {
+            return None;
+        }
+        let decided = self
+            .votes
+            .iter()
+            .filter(|v| v.approve)
+            .map(|v| v.at)
+            .max()?;
+        Some(decided + (self.expires - self.created))
+    }
 }
 
 /// The HKDF salt that makes the fingerprint key from the masking key. The
@@ -410,7 +428,8 @@ impl Approvals {
                 && ((a.status == ApprovalStatus::Pending && a.expires > now)
                     || (a.status == ApprovalStatus::Approved
                         && !a.executed
-                        && a.grant_until.is_none_or(|t| t > now)))
+                        && a.grant_until.is_none_or(|t| t > now)
+                        && a.usable_until().is_none_or(|t| t > now)))
         });
         if let Some(a) = existing {
             return Ok(a);
@@ -644,6 +663,15 @@ impl Approvals {
                     rule: a.rule.clone(),
                     message: format!(
                         "approval {} was for one operation and another one used it; run the operation again to ask for a new approval",
+                        a.id
+                    ),
+                });
+            }
+            if a.usable_until().is_some_and(|t| t <= crate::now()) {
+                return Ok(Decision::Deny {
+                    rule: a.rule.clone(),
+                    message: format!(
+                        "approval {} was not used in time after it was given; run the operation again to ask for a new approval",
                         a.id
                     ),
                 });
