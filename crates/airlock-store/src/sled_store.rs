@@ -411,7 +411,7 @@ impl Inner {
                 // cutting there would destroy every record after it.
                 if let Some(at) = altered_before(&file, pos.offset, size)? {
                     return Err(Error::Corrupt(format!(
-                        "audit log segment {} does not hold a valid record at byte {} but holds one at byte {at}: the log was altered there, it is not the torn end of a crash; nothing was changed, run `airlock audit verify`",
+                        "audit log segment {} does not hold a valid record at byte {} but holds one at byte {at}: the log was altered there, it is not the torn end of a crash (or a machine crash lost part of its last write); nothing was changed: keep a copy of the segment and see \"The log does not open\" in docs/operations.md",
                         pos.segment, pos.offset
                     )));
                 }
@@ -883,7 +883,6 @@ struct StoredSummary {
     last_seq: u64,
 }
 
-/// The store refuses appends and reads once indexing has failed.
 /// Where a valid record follows the invalid bytes at `from` in the newest
 /// segment (of `size` bytes), if one does.
 fn altered_before(file: &File, from: u64, size: u64) -> Result<Option<u64>> {
@@ -895,6 +894,7 @@ fn altered_before(file: &File, from: u64, size: u64) -> Result<Option<u64>> {
     Ok(crate::log::valid_frame_in(&tail, from, from + 1))
 }
 
+/// The store refuses appends and reads once indexing has failed.
 fn index_failed(why: &str) -> Error {
     Error::Corrupt(format!(
         "the audit index failed ({why}); restart the gateway to re-index the log"

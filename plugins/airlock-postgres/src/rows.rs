@@ -33,8 +33,19 @@ mod oid {
     pub(super) const UUID: u32 = 2950;
     pub(super) const JSONB: u32 = 3802;
     pub(super) const JSONB_ARRAY: u32 = 3807;
+    pub(super) const JSON_ARRAY: u32 = 199;
     /// Arrays of text-like element types.
-    pub(super) const TEXT_ARRAYS: [u32; 6] = [1009, 1015, 1014, 1003, 199, 143];
+    pub(super) const TEXT_ARRAYS: [u32; 5] = [1009, 1015, 1014, 1003, 143];
+    /// Arrays of number types, with their element types.
+    pub(super) const NUMBER_ARRAYS: [(u32, u32); 7] = [
+        (1005, INT2),
+        (1007, INT4),
+        (1016, INT8),
+        (1028, OID),
+        (1021, FLOAT4),
+        (1022, FLOAT8),
+        (1231, NUMERIC),
+    ];
 }
 
 /// The plan of a value from no named field (parameters, COPY data, a
@@ -67,13 +78,24 @@ fn text_like(type_oid: u32) -> Option<TextLike> {
     }
 }
 
-fn array_element(type_oid: u32) -> Option<TextLike> {
-    if oid::TEXT_ARRAYS.contains(&type_oid) {
-        Some(TextLike::Plain)
-    } else if type_oid == oid::JSONB_ARRAY {
-        Some(TextLike::Jsonb)
-    } else {
-        None
+/// What the elements of a binary array are, for the array types whose
+/// elements the gateway masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Element {
+    Text(TextLike),
+    /// A number type, by its OID.
+    Number(u32),
+}
+
+fn array_element(type_oid: u32) -> Option<Element> {
+    match type_oid {
+        oid::JSON_ARRAY => Some(Element::Text(TextLike::Json)),
+        oid::JSONB_ARRAY => Some(Element::Text(TextLike::Jsonb)),
+        t if oid::TEXT_ARRAYS.contains(&t) => Some(Element::Text(TextLike::Plain)),
+        t => oid::NUMBER_ARRAYS
+            .iter()
+            .find(|(array, _)| *array == t)
+            .map(|(_, elem)| Element::Number(*elem)),
     }
 }
 
@@ -286,12 +308,15 @@ fn mask_value<'a>(
     let binary = col.is_some_and(|c| c.format == 1);
     if !binary {
         let json = col.is_some_and(|c| matches!(c.type_oid, oid::JSON | oid::JSONB));
-        let (masked, text) = if json {
+        let masked = if json {
             mask_json_text(masker, field, value, counts)
         } else {
-            mask_text(masker, field, value, counts)
+            Some(mask_text(masker, field, value, counts))
         };
-        return (Some(masked), Rendered::Text(text));
+        return match masked {
+            Some((masked, text)) => (Some(masked), Rendered::Text(text)),
+            None => (None, Rendered::Text(Cow::Borrowed(WITHHELD))),
+        };
     }
     let Some(col) = col else {
         return (
@@ -300,8 +325,10 @@ fn mask_value<'a>(
         );
     };
     if let Some(kind) = text_like(col.type_oid) {
-        let (masked, text) = mask_text_like(masker, field, value, kind, counts);
-        return (Some(masked), Rendered::Text(text));
+        return match mask_text_like(masker, field, value, kind, counts) {
+            Some((masked, text)) => (Some(masked), Rendered::Text(text)),
+            None => (None, Rendered::Text(Cow::Borrowed(WITHHELD))),
+        };
     }
     if let Some(kind) = array_element(col.type_oid)
         && let Some((masked, text)) = mask_array(masker, field, value, kind, counts)
@@ -434,12 +461,12 @@ fn mask_text_like<'a>(
     value: &'a [u8],
     kind: TextLike,
     counts: &mut MaskCounts,
-) -> (Cow<'a, [u8]>, Cow<'a, str>) {
+) -> Option<(Cow<'a, [u8]>, Cow<'a, str>)> {
     match kind {
-        TextLike::Plain => mask_text(masker, field, value, counts),
+        TextLike::Plain => Some(mask_text(masker, field, value, counts)),
         TextLike::Json => mask_json_text(masker, field, value, counts),
         TextLike::Jsonb => match value.split_first() {
-            Some((&version, json)) => match mask_json_text(masker, field, json, counts) {
+            Some((&version, json)) => Some(match mask_json_text(masker, field, json, counts)? {
                 (Cow::Borrowed(_), text) => (Cow::Borrowed(value), text),
                 (Cow::Owned(masked), text) => {
                     let mut v = Vec::with_capacity(masked.len() + 1);
@@ -447,43 +474,68 @@ fn mask_text_like<'a>(
                     v.extend_from_slice(&masked);
                     (Cow::Owned(v), text)
                 }
-            },
-            None => (Cow::Borrowed(value), Cow::Borrowed("")),
+            }),
+            None => Some((Cow::Borrowed(value), Cow::Borrowed(""))),
         },
     }
 }
 
+/// How a withheld value whose masked text is not known is recorded.
+const WITHHELD: &str = "<WITHHELD>";
+
 /// Masks a JSON document's text (a json or jsonb value): the field rules by
 /// key and path inside it (`ssn`, `$..ssn`) and the detectors on its keys,
 /// strings and numbers. A document in which nothing is masked goes out as
-/// the server wrote it; one in which something is, re-serialised. A rule on
-/// the column itself, or text that is not JSON, is masked as text.
+/// the server wrote it; one in which something is, re-serialised (keys in
+/// order, numbers in their shortest form). A column whose name decides its
+/// masking (a rule; a secret-like name, when the value looks like a secret)
+/// is masked as a whole first.
+///
+/// `None` withholds the value: a document that cannot be read here (deeper
+/// than 128 levels, a number beyond a double) while field rules are on,
+/// since one of them could match a key inside it.
 fn mask_json_text<'a>(
     masker: &Masker,
     field: &FieldPlan,
     value: &'a [u8],
     counts: &mut MaskCounts,
-) -> (Cow<'a, [u8]>, Cow<'a, str>) {
-    if !field.has_rule()
-        && let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(value)
-    {
-        let masked_before: u64 = counts.values().sum();
-        masker.mask_json(&mut doc, counts);
-        if counts.values().sum::<u64>() != masked_before {
-            let text = doc.to_string();
-            return (Cow::Owned(text.clone().into_bytes()), Cow::Owned(text));
-        }
+) -> Option<(Cow<'a, [u8]>, Cow<'a, str>)> {
+    if let Some(whole) = masker.mask_whole(field, &frame::lossy(value), counts) {
+        // As a JSON string, so that the value stays a document.
+        let json = serde_json::Value::String(whole).to_string();
+        return Some((Cow::Owned(json.clone().into_bytes()), Cow::Owned(json)));
     }
-    mask_text(masker, field, value, counts)
+    match serde_json::from_slice::<serde_json::Value>(value) {
+        Ok(mut doc) => {
+            let masked_before: u64 = counts.values().sum();
+            masker.mask_json(&mut doc, counts);
+            if counts.values().sum::<u64>() != masked_before {
+                let text = doc.to_string();
+                return Some((Cow::Owned(text.clone().into_bytes()), Cow::Owned(text)));
+            }
+            Some(mask_text(masker, field, value, counts))
+        }
+        Err(_) if masker.has_field_rules() => {
+            *counts.entry(UNREADABLE_JSON.to_string()).or_default() += 1;
+            None
+        }
+        Err(_) => Some(mask_text(masker, field, value, counts)),
+    }
 }
 
-/// Masks the elements of a binary array of a text-like type. `None` when
-/// the array is malformed (it is then forwarded as it is).
+/// The masking count of JSON documents withheld because they could not be
+/// read for field rules.
+const UNREADABLE_JSON: &str = "field:unreadable-json";
+
+/// Masks the elements of a binary array of a text-like or number type: a
+/// text element is rewritten, an element to withhold becomes NULL (and the
+/// array says it holds NULLs). `None` when the array is malformed (it is
+/// then masked as any other binary value).
 fn mask_array<'a>(
     masker: &Masker,
     field: &FieldPlan,
     value: &'a [u8],
-    kind: TextLike,
+    kind: Element,
     counts: &mut MaskCounts,
 ) -> Option<(Cow<'a, [u8]>, String)> {
     let i32_at = |b: &[u8], at: usize| -> Option<i32> {
@@ -518,13 +570,33 @@ fn mask_array<'a>(
         }
         let elem = rest.get(..len as usize)?;
         rest = &rest[len as usize..];
-        let (masked, t) = mask_text_like(masker, field, elem, kind, counts);
-        if let Cow::Owned(_) = masked {
-            changed = true;
+        let masked = match kind {
+            Element::Text(kind) => mask_text_like(masker, field, elem, kind, counts)
+                .map(|(masked, t)| (masked, t.into_owned())),
+            Element::Number(type_oid) => {
+                match mask_binary_value(masker, field, type_oid, elem, counts) {
+                    Some(_) => None,
+                    None => Some((Cow::Borrowed(elem), render_binary(type_oid, elem))),
+                }
+            }
+        };
+        match masked {
+            Some((masked, t)) => {
+                if let Cow::Owned(_) = masked {
+                    changed = true;
+                }
+                out.put_i32(masked.len() as i32);
+                out.put_slice(&masked);
+                text.push_str(&t);
+            }
+            None => {
+                changed = true;
+                out.put_i32(-1);
+                text.push_str(WITHHELD);
+                // The header's "has NULLs" flag.
+                out[4..8].copy_from_slice(&1i32.to_be_bytes());
+            }
         }
-        out.put_i32(masked.len() as i32);
-        out.put_slice(&masked);
-        text.push_str(&t);
     }
     text.push('}');
     Some((
@@ -612,7 +684,8 @@ pub(crate) fn render_params(
         let type_oid = types.get(i).copied().unwrap_or(0);
         let text = if format == 1 {
             match (text_like(type_oid), array_element(type_oid)) {
-                (Some(kind), _) => mask_text_like(masker, &NO_FIELD, v, kind, counts).1,
+                (Some(kind), _) => mask_text_like(masker, &NO_FIELD, v, kind, counts)
+                    .map_or(Cow::Borrowed(WITHHELD), |(_, text)| text),
                 (None, Some(kind)) => match mask_array(masker, &NO_FIELD, v, kind, counts) {
                     Some((_, text)) => Cow::Owned(text),
                     None => Cow::Borrowed("<malformed array>"),
@@ -1175,6 +1248,88 @@ mod tests {
         assert_eq!(cells[1].as_deref(), Some(&br#"[{"ssn":"<REDACTED>"}]"#[..]));
         // A document with nothing to mask goes out byte for byte.
         assert_eq!(cells[2].as_deref(), Some(&plain[..]));
+    }
+
+    /// A binary array: one dimension, `elements` of type `elem` (None: NULL).
+    fn array(elem: u32, elements: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [1i32, 0, elem as i32, elements.len() as i32, 1] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                Some(e) => {
+                    v.extend_from_slice(&(e.len() as i32).to_be_bytes());
+                    v.extend_from_slice(e);
+                }
+                None => v.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn json_under_a_secret_name_unreadable_json_and_arrays_of_numbers_or_json() {
+        let m = masker();
+        let cols = [
+            col("api_token", oid::JSONB, 1),
+            col("deep", oid::JSONB, 1),
+            col("cards", 1016, 1),
+            col("docs", oid::JSON_ARRAY, 1),
+        ];
+        // A JSON string under a secret-like column name is masked whole, as
+        // the same text in a text column is.
+        let mut token = vec![1u8];
+        token.extend_from_slice(br#""bob@example.org 9f8e7d6c5b4a3921aa""#);
+        // Deeper than the JSON reader goes: it cannot show that no rule's
+        // key is inside.
+        let mut deep = vec![1u8];
+        deep.extend_from_slice(br#"{"ssn":"078051120","p":"#);
+        deep.extend_from_slice(&[b'['; 200]);
+        deep.extend_from_slice(&[b']'; 200]);
+        deep.push(b'}');
+        let card = 4111111111111111i64.to_be_bytes();
+        let cards = array(oid::INT8, &[Some(&card), Some(&42i64.to_be_bytes())]);
+        let docs = array(oid::JSON, &[Some(br#"{"ssn":"078051120"}"#), Some(b"{}")]);
+        let body = row(&[Some(&token), Some(&deep), Some(&cards), Some(&docs)]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        let token = cells[0].clone().unwrap_or_default();
+        assert_eq!(token, b"\x01\"<SECRET>\"", "a document still");
+        assert_eq!(cells[1], None, "unreadable JSON is withheld");
+        let cards = cells[2].clone().unwrap();
+        assert_eq!(
+            &cards[4..8],
+            &1i32.to_be_bytes(),
+            "the array says it holds NULLs"
+        );
+        assert_eq!(cards, {
+            let mut want = array(oid::INT8, &[None, Some(&42i64.to_be_bytes())]);
+            want[4..8].copy_from_slice(&1i32.to_be_bytes());
+            want
+        });
+        assert_eq!(
+            cells[3].clone().unwrap(),
+            array(oid::JSON, &[Some(br#"{"ssn":"<REDACTED>"}"#), Some(b"{}")])
+        );
+        let line = line.unwrap();
+        assert!(line.contains("{<WITHHELD>,42}"), "{line}");
+        assert!(!line.contains("078051120"), "{line}");
+        // Without field rules, unreadable JSON is masked as text.
+        let config: MaskConfig = toml::from_str("").unwrap();
+        let plain = MaskEngine::new(&config, vec![], [7; 32]).unwrap().masker(
+            "app",
+            &Identity {
+                subject: "t".into(),
+                groups: vec![],
+                issuer: "test".into(),
+            },
+        );
+        let cols = [Column::new(&plain, "deep".into(), None, oid::JSONB, 1)];
+        let body = row(&[Some(&deep)]);
+        let (frame, _) = mask_row(&plain, &cols, &body, &mut counts, false).unwrap();
+        assert_eq!(frame, None, "forwarded as it is");
     }
 
     #[test]

@@ -496,12 +496,15 @@ impl Approvals {
             let a = match self.expire_if_due(a.clone()).await? {
                 // A vote on a request whose time ran out counts for nothing:
                 // the voter is told so, as for any decided request.
-                Some(expired) => {
+                Some(expired) if expired.status == ApprovalStatus::Expired => {
                     return Ok(Err(DecideError::NotPending {
                         id: expired.id,
                         status: expired.status,
                     }));
                 }
+                // It changed before it could be marked expired (another
+                // gateway's vote): judge the vote on what is stored now.
+                Some(_) => continue,
                 None => {
                     if a.status != ApprovalStatus::Pending {
                         return Ok(Err(DecideError::NotPending {

@@ -575,6 +575,27 @@ impl Masker {
         }
     }
 
+    /// The value masked as a whole when its field's name decides it: by the
+    /// field's rule, or because the field is named like a secret and the
+    /// value looks like one. `None` when only what is inside the value can
+    /// decide (the detectors, or the keys of a JSON document).
+    pub fn mask_whole(&self, plan: &FieldPlan, s: &str, counts: &mut MaskCounts) -> Option<String> {
+        if let Some(rule) = plan.rule {
+            return Some(self.whole(Label::Field(rule), s.as_bytes(), counts));
+        }
+        let det = plan.secrets.iter().find_map(|(ident, kind)| {
+            detect::secret_det(&self.profile.plan, ident.as_bytes(), *kind, s.as_bytes())
+        })?;
+        Some(self.whole(Label::Det(det), s.as_bytes(), counts))
+    }
+
+    /// Whether any field rule is on for this masker: inside a JSON document
+    /// a rule can match a key or a path, so a document that cannot be read
+    /// cannot be shown to hold none of them.
+    pub fn has_field_rules(&self) -> bool {
+        self.profile.fields_on.iter().any(|on| *on)
+    }
+
     /// Masks one value of a field by its [`Masker::field_plan`] (which must
     /// come from this masker): its field rule, else its secret-like name,
     /// else the detectors and dictionaries.
@@ -584,13 +605,8 @@ impl Masker {
         s: &'a str,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        if let Some(rule) = plan.rule {
-            return Cow::Owned(self.whole(Label::Field(rule), s.as_bytes(), counts));
-        }
-        if let Some(det) = plan.secrets.iter().find_map(|(ident, kind)| {
-            detect::secret_det(&self.profile.plan, ident.as_bytes(), *kind, s.as_bytes())
-        }) {
-            return Cow::Owned(self.whole(Label::Det(det), s.as_bytes(), counts));
+        if let Some(whole) = self.mask_whole(plan, s, counts) {
+            return Cow::Owned(whole);
         }
         match self.mask_bytes(s.as_bytes(), counts) {
             None => Cow::Borrowed(s),
