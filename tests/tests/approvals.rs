@@ -14,7 +14,7 @@ use airlock_core::audit::{ChainHead, Checkpoint, CheckpointSigner, Record, Seale
 use airlock_core::config::Durability;
 use airlock_core::recorder::{Recorder, RecorderOptions};
 use airlock_core::store::{RawRecord, SessionFilter, SessionSummary, Store};
-use airlock_core::{CommandOperation, Identity, Operation, SessionId};
+use airlock_core::{CommandOperation, Event, Identity, Operation, SessionId};
 use airlock_tests::postgres::events_in;
 use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
 
@@ -296,6 +296,34 @@ async fn two_approver_rule_needs_both() {
     assert_eq!(client.next().await.unwrap(), "deploy v6");
 }
 
+/// The approval steps in one session's trail: `(approval id, status)`.
+async fn approval_steps(gw: &TestGateway, session: SessionId) -> Vec<(String, String)> {
+    gw.runtime
+        .store
+        .session_records(session)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Approval { id, status, .. } => Some((id, status)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every session of the gateway but `except`.
+async fn other_sessions(gw: &TestGateway, except: SessionId) -> Vec<SessionId> {
+    gw.runtime
+        .store
+        .sessions(&SessionFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| *id != except)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_boxed_grant_covers_later_operations() {
     let (_dir, target, gw) = gateway("grant_minutes = 30").await;
@@ -314,6 +342,22 @@ async fn time_boxed_grant_covers_later_operations() {
         target.received(),
         vec!["deploy v7".to_string(), "deploy v8".to_string()]
     );
+    // The session's trail names the grant for each operation it let through.
+    let session = gw
+        .runtime
+        .gateway
+        .approvals()
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .session;
+    let steps = approval_steps(&gw, session).await;
+    let granted = steps
+        .iter()
+        .filter(|(a, s)| *a == id && s == "granted")
+        .count();
+    assert_eq!(granted, 2, "{steps:?}");
 }
 
 /// A grant ends: afterwards the same operation waits for a new approval,
@@ -410,6 +454,20 @@ async fn pending_approval_survives_restart_and_is_honored_after_it() {
         .unwrap();
     assert_eq!(client.next().await.unwrap(), "deploy v9");
     assert_eq!(target.received(), vec!["deploy v9".to_string()]);
+    // The use is in the trail of the session that ran the operation, not
+    // of the one that asked before the restart.
+    let asked = approvals.get(&id).await.unwrap().unwrap().session;
+    let executed =
+        |steps: &[(String, String)]| steps.iter().any(|(a, s)| *a == id && s == "executed");
+    assert!(!executed(&approval_steps(&gw, asked).await));
+    let others = other_sessions(&gw, asked).await;
+    let mut ran = Vec::new();
+    for session in others {
+        if executed(&approval_steps(&gw, session).await) {
+            ran.push(session);
+        }
+    }
+    assert_eq!(ran.len(), 1, "one other session used it");
 }
 
 /// Approvers see an operation masked, but an approval is for the operation

@@ -286,6 +286,7 @@ impl Session {
             url: approvals.url(&approval.id),
             approval,
             approvals: approvals.clone(),
+            session: self.id,
         })
     }
 
@@ -360,6 +361,8 @@ pub struct PendingApproval {
     approval: Approval,
     url: String,
     approvals: Approvals,
+    /// The session that waits: its trail records the approval's use.
+    session: SessionId,
 }
 
 impl PendingApproval {
@@ -383,10 +386,11 @@ impl PendingApproval {
         self.approval.status != ApprovalStatus::Pending
     }
 
-    /// Waits for the decision: `Allow` once approved (recorded as executed
-    /// before it returns), `Deny` with the approver's reason, or `Deny` when
-    /// the request expired. Bounded by the rule's timeout.
+    /// Waits for the decision: `Allow` once approved (its use recorded in
+    /// the waiting session before it returns), `Deny` with the approver's
+    /// reason, or `Deny` when the request expired. Bounded by the rule's
+    /// timeout.
     pub async fn wait(self) -> Result<Decision> {
-        self.approvals.wait(&self.approval.id).await
+        self.approvals.wait(&self.approval.id, self.session).await
     }
 }

@@ -405,9 +405,11 @@ pub enum Event {
     Approval {
         /// The approval's id.
         id: String,
-        /// requested, approved, denied, expired, cancelled, executed, or
-        /// vote_void (a vote recorded just before the approval changed
-        /// under it, which did not count).
+        /// requested, approved, denied, expired, cancelled, executed (in
+        /// the session that ran the operation), granted (an operation a
+        /// grant let through, in its session), or vote_void (a vote
+        /// recorded just before the approval changed under it, which did
+        /// not count).
         status: String,
         /// Who acted, if anyone.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -610,8 +610,10 @@ impl Approvals {
     }
 
     /// Waits until `id` is decided or expires, and turns the outcome into a
-    /// decision for the connector. On `Allow` the approval is marked executed.
-    pub async fn wait(&self, id: &str) -> Result<Decision> {
+    /// decision for the connector. On `Allow` the approval is marked executed
+    /// (a grant: used), recorded in `session`, the one that runs the
+    /// operation (which need not be the one that asked).
+    pub async fn wait(&self, id: &str, session: SessionId) -> Result<Decision> {
         let mut changes = self.store.subscribe_approvals();
         loop {
             let Some(a) = self.store.approval(id).await? else {
@@ -619,7 +621,7 @@ impl Approvals {
             };
             match a.status {
                 ApprovalStatus::Pending => {}
-                ApprovalStatus::Approved => return self.execute(a).await,
+                ApprovalStatus::Approved => return self.execute(a, session).await,
                 _ => return Ok(outcome(&a)),
             }
             let left = (a.expires - crate::now())
@@ -647,10 +649,15 @@ impl Approvals {
     /// (several sessions can wait on one request, since the same operation
     /// from the same identity finds the same request). A grant lets
     /// operations through until it ends, and none after.
-    async fn execute(&self, mut a: Approval) -> Result<Decision> {
+    async fn execute(&self, mut a: Approval, session: SessionId) -> Result<Decision> {
         loop {
             if let Some(until) = a.grant_until {
                 if until > crate::now() {
+                    // Each operation the grant lets through names it in its
+                    // own session's trail.
+                    self.recorder
+                        .record(Some(session), approval_event(&a, "granted", None, None))
+                        .await?;
                     return Ok(Decision::Allow);
                 }
                 return Ok(Decision::Deny {
@@ -684,7 +691,7 @@ impl Approvals {
             a.version += 1;
             if self.store.put_approval(&a, Some(expected)).await? {
                 self.recorder
-                    .record(Some(a.session), approval_event(&a, "executed", None, None))
+                    .record(Some(session), approval_event(&a, "executed", None, None))
                     .await?;
                 return Ok(Decision::Allow);
             }
