@@ -295,3 +295,105 @@ kinds = ["drop"]
     assert!(log.contains("first-in-batch") && log.contains("next-batch"));
     assert!(!log.contains("nothing_here") && !log.contains("after-refusal-in-batch"));
 }
+
+/// Connections that send nothing count against the listener: past twice
+/// `max_connections` a new one is closed at once (not held until its
+/// startup deadline), and once they go, a client logs in as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_pile_up_past_twice_the_cap() {
+    use tokio::io::AsyncReadExt;
+    let (_dir, _pg, gw) = setup("max_connections = 1", "").await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    // The gateway counts a connection when its worker takes it up: the
+    // third is closed at once as soon as both are counted.
+    let closed_at_once = async {
+        for _ in 0..10 {
+            let mut third = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let mut buf = [0u8; 1];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(2), third.read(&mut buf)).await;
+            if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(closed_at_once.await, "a third silent connection was held");
+    drop(silent);
+    let mut last = String::new();
+    for _ in 0..100 {
+        let (ok, out, err) = psql(
+            &conninfo(gw.addr, "agent-1", ""),
+            &token,
+            &["-At", "-c", "SELECT 7"],
+        )
+        .await
+        .unwrap();
+        if ok {
+            assert_eq!(out.trim(), "7");
+            return;
+        }
+        last = err;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no login after the silent connections left: {last}");
+}
+
+/// A target that accepts the connection and then says nothing (here to the
+/// TLS request) is given up on after the listener's `connect_timeout_secs`
+/// in all, with 08001, instead of holding the session for ever; the target
+/// that answers is reached as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_accepts_and_stays_silent_is_given_up_on_in_time() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let extra = format!(
+        r#"
+[targets.silent]
+protocol = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "app"
+user = "nobody"
+sslmode = "require"
+
+[[grants]]
+groups = ["agents"]
+targets = ["silent"]
+"#
+    );
+    let (_dir, _pg, gw) = setup("connect_timeout_secs = 1", &extra).await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let to_silent = conninfo(gw.addr, "agent-1", "").replace("dbname=app", "dbname=silent");
+    let attempt = psql(&to_silent, &token, &["-c", "SELECT 1"]);
+    let (ok, _, err) = tokio::time::timeout(std::time::Duration::from_secs(20), attempt)
+        .await
+        .expect("the session was held")
+        .unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains("target silent unreachable")
+            && err.contains("did not accept the connection and finish the login within 1s"),
+        "{err}"
+    );
+    let (ok, out, err) = psql(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-At", "-c", "SELECT 8"],
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "8");
+    held.abort();
+}

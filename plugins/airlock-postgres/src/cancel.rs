@@ -23,6 +23,8 @@ pub(crate) struct Entry {
     /// The server session's own key.
     pub(crate) pid: i32,
     pub(crate) secret: Bytes,
+    /// The server's address the session is connected to.
+    pub(crate) addr: std::net::SocketAddr,
     /// Reaches a statement that waits for approval in the gateway.
     pub(crate) local: Arc<Local>,
 }

@@ -158,8 +158,19 @@ impl Connector for PostgresConnector {
 
     async fn serve(&self, client: ClientStream, info: ClientInfo, gateway: Gateway) -> Result<()> {
         let slot = Slot::take(&self.open);
-        let startup_time = Duration::from_secs(self.listener.startup_timeout_secs.max(1));
-        let opened = tokio::time::timeout(startup_time, startup::open(client, self.tls.as_ref()))
+        // Clients still logging in count too, and are told "too many" only
+        // after their startup message. Past twice the cap (connections that
+        // send nothing, say) they are closed at once, unread, as
+        // PostgreSQL's postmaster does: otherwise silent connections hold a
+        // task and a file descriptor each until their startup deadline.
+        if slot.over(self.listener.max_connections.saturating_mul(2)) {
+            self.note_full(&info);
+            return Ok(());
+        }
+        // One deadline for TLS, the startup message and the password.
+        let login_by = tokio::time::Instant::now()
+            + Duration::from_secs(self.listener.startup_timeout_secs.max(1));
+        let opened = tokio::time::timeout_at(login_by, startup::open(client, self.tls.as_ref()))
             .await
             .map_err(|_| Error::Client("the client did not finish its startup in time".into()))??;
         match opened {
@@ -170,7 +181,7 @@ impl Connector for PostgresConnector {
             }
             startup::Opening::Startup(hello) => {
                 let full = slot.over(self.listener.max_connections);
-                self.session(hello, info, gateway, full).await
+                self.session(hello, info, gateway, full, login_by).await
             }
         }
     }
@@ -247,7 +258,11 @@ impl PostgresConnector {
             return;
         }
         let timeout = Duration::from_secs(self.listener.connect_timeout_secs.max(1));
-        if let Err(e) = entry.target.cancel(entry.pid, &entry.secret, timeout).await {
+        if let Err(e) = entry
+            .target
+            .cancel(entry.pid, &entry.secret, entry.addr, timeout)
+            .await
+        {
             tracing::info!(target = %entry.target.name, error = %e, "forwarding a cancel request failed");
         }
     }
@@ -258,6 +273,7 @@ impl PostgresConnector {
         mut info: ClientInfo,
         gateway: Gateway,
         full: bool,
+        login_by: tokio::time::Instant,
     ) -> Result<()> {
         let startup::Hello {
             stream,
@@ -313,12 +329,11 @@ impl PostgresConnector {
 
         // The password field carries the access token. SCRAM cannot be used:
         // it needs a verifier of a password the gateway knows in advance.
-        let startup_time = Duration::from_secs(self.listener.startup_timeout_secs.max(1));
         client
             .send(&frame::encode(&Authentication::CleartextPassword))
             .await?;
         client.flush().await?;
-        let token = match tokio::time::timeout(startup_time, client.reader.next()).await {
+        let token = match tokio::time::timeout_at(login_by, client.reader.next()).await {
             Err(_) => return Err(Error::Client("no password message in time".into())),
             Ok(Err(e)) if frame::is_too_large(&e) => {
                 return client
@@ -436,6 +451,7 @@ impl PostgresConnector {
             target: target.clone(),
             pid: upstream.pid,
             secret: upstream.secret.clone(),
+            addr: upstream.addr,
             local: local.clone(),
         });
         client.send(&frame::encode(&Authentication::Ok)).await?;

@@ -3,6 +3,7 @@
 //! md5, password or trust), and forwarding cancel requests.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ use crate::frame::{self, Frame, FrameReader, Peer};
 /// The largest message accepted from a server (PostgreSQL's own limit for a
 /// row is 1 GB).
 pub(crate) const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// Notices of the server's login kept to pass on to the client.
+const MAX_LOGIN_NOTICES: usize = 64;
 
 /// A boxed upstream stream (TCP, or TLS over TCP).
 pub(crate) type UpstreamStream = Box<dyn ClientIo>;
@@ -139,21 +143,19 @@ impl Target {
         ))
     }
 
-    /// Opens TCP (and TLS by `sslmode`) to the server.
-    async fn open(&self, timeout: Duration) -> Result<(UpstreamStream, Link)> {
-        let addr = (self.host.as_str(), self.port);
-        let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(
-                    self.unreachable(format!("no connection within {}s", timeout.as_secs()))
-                );
-            }
-            Ok(Err(e)) => return Err(self.unreachable(e)),
-            Ok(Ok(tcp)) => tcp,
+    /// Opens TCP (and TLS by `sslmode`) to the server: to `at`, the address
+    /// a session is connected to, when given, else to the target's host.
+    /// The caller bounds the whole of it in time.
+    async fn open(&self, at: Option<SocketAddr>) -> Result<(UpstreamStream, Link, SocketAddr)> {
+        let connected = match at {
+            Some(at) => TcpStream::connect(at).await,
+            None => TcpStream::connect((self.host.as_str(), self.port)).await,
         };
+        let mut tcp = connected.map_err(|e| self.unreachable(e))?;
         let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr().map_err(|e| self.unreachable(e))?;
         let Some((config, server_name)) = &self.tls else {
-            return Ok((Box::new(tcp), Link::Plain));
+            return Ok((Box::new(tcp), Link::Plain, peer));
         };
         let mut request = BytesMut::with_capacity(8);
         request.put_i32(8);
@@ -183,9 +185,9 @@ impl Target {
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(|leaf| tls_server_end_point(leaf.as_ref()));
-                Ok((Box::new(tls), Link::Tls { end_point }))
+                Ok((Box::new(tls), Link::Tls { end_point }, peer))
             }
-            b'N' if self.sslmode == SslMode::Prefer => Ok((Box::new(tcp), Link::Plain)),
+            b'N' if self.sslmode == SslMode::Prefer => Ok((Box::new(tcp), Link::Plain, peer)),
             b'N' => Err(self.unreachable(format!(
                 "the server does not support TLS, which targets.{}.sslmode requires",
                 self.name
@@ -200,12 +202,32 @@ impl Target {
     /// parameters other than user and database (application_name,
     /// client_encoding, options, ...): they shape the session as the client
     /// asked.
+    ///
+    /// `timeout` bounds all of it, TCP, TLS and the login: a server that
+    /// accepts and then stays silent, or drips notices, must not hold the
+    /// session (and its place under the listener's cap) for ever.
     pub(crate) async fn connect(
         &self,
         client_params: &BTreeMap<String, String>,
         timeout: Duration,
     ) -> std::result::Result<Connected, LoginError> {
-        let (stream, link) = self.open(timeout).await?;
+        match tokio::time::timeout(timeout, self.connect_and_login(client_params, timeout)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(self
+                .unreachable(format!(
+                    "the server did not accept the connection and finish the login within {}s",
+                    timeout.as_secs()
+                ))
+                .into()),
+        }
+    }
+
+    async fn connect_and_login(
+        &self,
+        client_params: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> std::result::Result<Connected, LoginError> {
+        let (stream, link, addr) = self.open(None).await?;
         let (read, mut write) = tokio::io::split(stream);
         let mut reader = FrameReader::new(read, MAX_SERVER_MESSAGE, Peer::Upstream);
 
@@ -264,7 +286,10 @@ impl Target {
                     // pgwire's type is decoded only to check the structure.
                     let _ = frame.decode::<BackendKeyData>(Peer::Upstream);
                 }
-                b'N' => notices.push(frame),
+                // Kept for the client up to a limit: a server must not
+                // grow the gateway's memory before the session starts.
+                b'N' if notices.len() < MAX_LOGIN_NOTICES => notices.push(frame),
+                b'N' => {}
                 b'v' => {}
                 b'E' => {
                     let e: ErrorResponse = frame.decode(Peer::Upstream)?;
@@ -282,6 +307,7 @@ impl Target {
                         pid,
                         secret,
                         status,
+                        addr,
                     });
                 }
                 other => {
@@ -536,7 +562,31 @@ impl Target {
     }
 
     /// Forwards a cancel request for the server session `pid`/`secret`.
-    pub(crate) async fn cancel(&self, pid: i32, secret: &[u8], timeout: Duration) -> Result<()> {
+    /// Sends a cancel request for the server session `pid`/`secret` to
+    /// `addr`, the address that session is connected to (a host name may
+    /// stand for several servers).
+    pub(crate) async fn cancel(
+        &self,
+        pid: i32,
+        secret: &[u8],
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut stream = tokio::time::timeout(timeout, self.send_cancel(pid, secret, addr))
+            .await
+            .map_err(|_| self.unreachable("the cancel request could not be sent in time"))??;
+        // The server closes the connection once it has read the request.
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(timeout, stream.read(&mut sink)).await;
+        Ok(())
+    }
+
+    async fn send_cancel(
+        &self,
+        pid: i32,
+        secret: &[u8],
+        addr: SocketAddr,
+    ) -> Result<UpstreamStream> {
         let mut packet = BytesMut::with_capacity(12 + secret.len());
         packet.put_i32(12 + secret.len() as i32);
         packet.put_i32(frame::CANCEL_REQUEST);
@@ -545,27 +595,19 @@ impl Target {
         // A cancel request needs no login; TLS is used only when the target
         // demands it (PostgreSQL accepts plain cancel requests otherwise).
         let mut stream: UpstreamStream = match self.sslmode {
-            SslMode::Require | SslMode::VerifyFull => self.open(timeout).await?.0,
-            SslMode::Disable | SslMode::Prefer => {
-                let tcp = tokio::time::timeout(
-                    timeout,
-                    TcpStream::connect((self.host.as_str(), self.port)),
-                )
-                .await
-                .map_err(|_| self.unreachable("no connection in time"))?
-                .map_err(|e| self.unreachable(e))?;
-                Box::new(tcp)
-            }
+            SslMode::Require | SslMode::VerifyFull => self.open(Some(addr)).await?.0,
+            SslMode::Disable | SslMode::Prefer => Box::new(
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| self.unreachable(e))?,
+            ),
         };
         stream
             .write_all(&packet)
             .await
             .map_err(|e| self.unreachable(e))?;
         stream.flush().await.map_err(|e| self.unreachable(e))?;
-        // The server closes the connection once it has read the request.
-        let mut sink = [0u8; 64];
-        let _ = tokio::time::timeout(timeout, stream.read(&mut sink)).await;
-        Ok(())
+        Ok(stream)
     }
 }
 
@@ -667,6 +709,8 @@ pub(crate) struct Connected {
     pub(crate) secret: Bytes,
     /// Transaction status of the first ReadyForQuery.
     pub(crate) status: u8,
+    /// The server's address (where its cancel requests go).
+    pub(crate) addr: SocketAddr,
 }
 
 #[cfg(test)]
