@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::audit::{ChainHead, CheckpointSigner, Hash, Record, SealedRecord};
 use crate::config::Durability;
 use crate::store::Store;
-use crate::{Error, Event, Result, SessionId};
+use crate::{Error, Event, Result, SessionId, Side};
 
 /// How long a record nobody waits for may sit in the queue before the
 /// background task writes it (unless a waited-for record takes it along).
@@ -158,12 +158,25 @@ impl Recorder {
         options: RecorderOptions,
     ) -> Result<(Recorder, JoinHandle<()>)> {
         let head = store.head().await?;
+        // Records after the newest checkpoint were written by a gateway that
+        // stopped without its shutdown checkpoint (a crash). The next
+        // checkpoint signs them as they are found now; the chain says so
+        // first, so that an auditor knows which records no signature
+        // covered while the gateway was down.
+        let sealed = store
+            .checkpoints()
+            .await?
+            .iter()
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or(0);
+        let head_seq = head.map_or(0, |h| h.seq);
         let writer = Writer {
             store,
             signer,
             options,
             head,
-            sealed_seq: head.map_or(0, |h| h.seq),
+            sealed_seq: sealed.min(head_seq),
             stale: false,
             orphan: None,
         };
@@ -173,7 +186,22 @@ impl Recorder {
             later: Notify::new(),
         });
         let task = tokio::spawn(background(shared.clone(), options.checkpoint_interval));
-        Ok((Recorder { shared }, task))
+        let recorder = Recorder { shared };
+        if head_seq > sealed {
+            recorder
+                .record(
+                    None,
+                    Event::Error {
+                        side: Side::Internal,
+                        message: format!(
+                            "the gateway started again after records {}..={head_seq}, which no signed checkpoint covers (it stopped without its shutdown checkpoint); the next checkpoint signs them as found: if in doubt, compare them with a copy kept elsewhere",
+                            sealed + 1
+                        ),
+                    },
+                )
+                .await?;
+        }
+        Ok((recorder, task))
     }
 
     /// Records an event and returns its sequence number once it is durable.

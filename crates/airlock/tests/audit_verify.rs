@@ -162,6 +162,41 @@ async fn records_after_the_last_checkpoint_are_named() {
     );
 }
 
+/// The bodies of the chain's records that tell of a restart over records
+/// no checkpoint covered.
+async fn restarts_told(dir: &Path) -> Vec<String> {
+    let store = airlock_store::SledStore::open(dir).unwrap();
+    let raw = airlock_core::store::Store::raw_records(&store, 0, 1000)
+        .await
+        .unwrap();
+    raw.iter()
+        .map(|r| String::from_utf8(r.body.clone()).unwrap())
+        .filter(|b| b.contains("started again after records"))
+        .collect()
+}
+
+/// A gateway that starts again after a crash says in the chain which
+/// records no signature covered before its next checkpoint signs them; one
+/// that had shut down cleanly has nothing to say.
+#[tokio::test]
+async fn a_restart_over_unsealed_records_is_told_in_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    record(dir.path(), 20, false).await;
+    record(dir.path(), 3, true).await;
+    let told = restarts_told(dir.path()).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("records 17..=20"), "{}", told[0]);
+    assert!(told[0].contains("\"seq\":21"), "{}", told[0]);
+    let (ok, out) = verify(dir.path());
+    assert!(ok, "{out}");
+    assert!(out.contains("audit chain OK: 24 records"), "{out}");
+
+    let clean = tempfile::tempdir().unwrap();
+    populate(clean.path()).await;
+    record(clean.path(), 3, true).await;
+    assert!(restarts_told(clean.path()).await.is_empty());
+}
+
 #[tokio::test]
 async fn altered_record_is_named() {
     let (ok, out) = tampered(|frames| replace_in(&mut frames[6], "echo 6", "echo X")).await;
