@@ -371,6 +371,17 @@ async fn values_in_numbers_json_documents_or_another_encoding_are_masked() {
     assert!(row.get::<_, Option<Raw>>(1).is_none(), "withheld");
     assert_eq!(row.get::<_, i64>(2), 42);
     assert!(row.get::<_, Option<Raw>>(3).is_some());
+    // Inside a row value, and in an array, the same.
+    let row = client
+        .query_one(
+            "SELECT ROW(4111111111111111::int8, 'x'), ROW(42::int8, 'x'), ARRAY[4111111111111111::int8, 42]",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, Option<Raw>>(0).is_none(), "withheld");
+    assert!(row.get::<_, Option<Raw>>(1).is_some());
+    assert_eq!(row.get::<_, Vec<Option<i64>>>(2), vec![None, Some(42)]);
     let row = client
         .query_one("SELECT $1::int8 > $2", &[&4111111111111111i64, &7i64])
         .await
@@ -424,6 +435,8 @@ COPY (SELECT id, 'José' FROM customers) TO STDOUT (ENCODING 'LATIN1');
     let events = serde_json::to_string(&gw.events().await.unwrap()).unwrap();
     assert!(!events.contains("4111111111111111"), "{events}");
     assert!(events.contains("<CARD> | <CARD> | 42 | 12.50"), "{events}");
+    assert!(events.contains("\\n<WITHHELD> | \\\\x"), "{events}");
+    assert!(events.contains(" | {<WITHHELD>,42}"), "{events}");
     assert!(events.contains("$1 = '<CARD>', $2 = '7'"), "{events}");
 }
 

@@ -362,7 +362,9 @@ fn mask_binary_value(
     value: &[u8],
     counts: &mut MaskCounts,
 ) -> Option<String> {
-    let text = match render_number(type_oid, value) {
+    let number = render_number(type_oid, value);
+    let is_number = number.is_some();
+    let text = match number {
         Some(digits) => Cow::Owned(digits),
         None => frame::lossy(value),
     };
@@ -370,8 +372,49 @@ fn mask_binary_value(
         // A rule's replacement can equal the value (a partial mask of a
         // number whose bytes hold no letter or digit): withheld all the same.
         Cow::Owned(masked) if field.has_rule() || masked != *text => Some(masked),
-        _ => None,
+        // A composite (a row value, `ROW(…)`) carries its fields' types:
+        // a number inside is judged by its digits too.
+        _ if is_number => None,
+        _ => composite_fields(value)?.into_iter().find_map(|(oid, v)| {
+            let v = v?;
+            mask_binary_value(masker, &NO_FIELD, oid, v, counts).map(|_| WITHHELD.to_string())
+        }),
     }
+}
+
+/// A field of a binary composite value: its type OID and its value (`None`:
+/// NULL).
+type Field<'a> = (u32, Option<&'a [u8]>);
+
+/// The fields of a binary composite value (`record_send`: a count, then
+/// each field's type OID and length-prefixed value), if `value` is exactly
+/// one; `None` for anything else.
+fn composite_fields(value: &[u8]) -> Option<Vec<Field<'_>>> {
+    let int = |at: usize| -> Option<i32> {
+        value
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let n = usize::try_from(int(0)?).ok()?;
+    // A field takes at least eight bytes: a count beyond that is not one.
+    if n > value.len() / 8 {
+        return None;
+    }
+    let mut at = 4;
+    let mut fields = Vec::with_capacity(n);
+    for _ in 0..n {
+        let oid = int(at)? as u32;
+        let len = int(at + 4)?;
+        at += 8;
+        if len < 0 {
+            fields.push((oid, None));
+            continue;
+        }
+        let v = value.get(at..at + len as usize)?;
+        at += v.len();
+        fields.push((oid, Some(v)));
+    }
+    (at == value.len()).then_some(fields)
 }
 
 /// A number's decimal text, for the binary formats of PostgreSQL's number
@@ -1330,6 +1373,32 @@ mod tests {
         let body = row(&[Some(&deep)]);
         let (frame, _) = mask_row(&plain, &cols, &body, &mut counts, false).unwrap();
         assert_eq!(frame, None, "forwarded as it is");
+    }
+
+    #[test]
+    fn numbers_inside_a_binary_composite_are_judged_by_their_digits() {
+        let m = masker();
+        // ROW(4111111111111111::int8, 'x') and ROW(42::int8, 'x').
+        let composite = |n: i64| {
+            let mut v = 2i32.to_be_bytes().to_vec();
+            v.extend_from_slice(&oid::INT8.to_be_bytes());
+            v.extend_from_slice(&8i32.to_be_bytes());
+            v.extend_from_slice(&n.to_be_bytes());
+            v.extend_from_slice(&oid::TEXT.to_be_bytes());
+            v.extend_from_slice(&1i32.to_be_bytes());
+            v.push(b'x');
+            v
+        };
+        let cols = [col("r", 2249, 1), col("s", 2249, 1)];
+        let (card, plain) = (composite(4111111111111111), composite(42));
+        let body = row(&[Some(&card), Some(&plain)]);
+        let mut counts = MaskCounts::new();
+        let (frame, _) = mask_row(&m, &cols, &body, &mut counts, false).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(cells[0], None, "withheld");
+        assert_eq!(cells[1].as_deref(), Some(&plain[..]));
+        // Bytes that are not exactly a composite are not read as one.
+        assert_eq!(composite_fields(&card[..card.len() - 1]), None);
     }
 
     #[test]

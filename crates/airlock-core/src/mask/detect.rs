@@ -1533,20 +1533,23 @@ impl Scanner<'_> {
             g.sep[g.n] = sep_code(&b[ss..i]);
         }
         let on = |d: Det| self.plan.is_on(d);
-        let m = (if on(Det::Ssn) && !plus && !paren {
+        // After `(` the digits may still be a card or an SSN: a row value's
+        // text `(4111111111111111,x)`, a call `f(123-45-6789)`. Only a phone
+        // number takes the parenthesis (an area code) into its match.
+        let m = (if on(Det::Ssn) && !plus {
             self.ssn(&g)
         } else {
             None
         })
         .or_else(|| {
-            if on(Det::Card) && !plus && !paren {
+            if on(Det::Card) && !plus {
                 self.card(&g)
             } else {
                 None
             }
         })
         .or_else(|| {
-            if on(Det::Ipv4) && !plus && !paren {
+            if on(Det::Ipv4) && !plus {
                 self.ipv4(&g, p)
             } else {
                 None
@@ -1561,7 +1564,7 @@ impl Scanner<'_> {
         });
         match m {
             Some((det, end)) => {
-                self.hit(start, end, det);
+                self.hit(if det == Det::Phone { start } else { p }, end, det);
                 Some(end)
             }
             None => None,

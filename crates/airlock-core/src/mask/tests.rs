@@ -78,6 +78,11 @@ fn card_numbers_need_luhn_and_a_card_prefix() {
     check("4111111111111111", "<CARD>");
     check("amex 3782 822463 10005", "amex <CARD>");
     check("17,5555555555554444,ok", "17,<CARD>,ok");
+    // Inside parentheses and brackets: a row value's text, a SQL call.
+    check("(4111111111111111,x)", "(<CARD>,x)");
+    check("ROW(4111111111111111::int8)", "ROW(<CARD>::int8)");
+    check("[4111111111111111]", "[<CARD>]");
+    check("f(123-45-6789)", "f(<SSN>)");
     // A 16-digit order id that fails Luhn.
     untouched("order 4111111111111112 shipped");
     // Luhn-valid but not a card prefix (starts with 1) or part of a longer number.
@@ -134,6 +139,7 @@ fn ipv4_needs_four_octets_and_is_not_a_version() {
     check("from 10.0.0.1:5432", "from <IPV4>:5432");
     check("ip=192.168.1.254/24", "ip=<IPV4>/24");
     check("range 10.0.0.1-10.0.0.9", "range <IPV4>-<IPV4>");
+    check("peer (10.0.0.1)", "peer (<IPV4>)");
     untouched("release 1.2.3.4-beta");
     untouched("version 10.0.19045");
     untouched("Version 1.2.3.4");
