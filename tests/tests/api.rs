@@ -441,3 +441,47 @@ async fn an_https_api_decides_approvals_and_tells_a_plain_http_caller_why_not() 
     assert_eq!(client.next().await.unwrap(), "deploy v9");
     assert_eq!(target.received(), vec!["deploy v9".to_string()]);
 }
+
+/// `max_connections_per_address` reaches the API: with 1, a connection held
+/// open makes the next one from the same address get 429 with a JSON
+/// error, and once it closes the same request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_connection_limit_is_configurable() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let target = EchoTarget::start().await.unwrap();
+    let rules = RULES.replace(
+        "auditors = [\"audit\"]\n",
+        "auditors = [\"audit\"]\nmax_connections_per_address = 1\n",
+    );
+    assert!(rules.contains("max_connections_per_address"));
+    let gw = TestGateway::start(&line_config(target.addr, &rules), dir.path())
+        .await
+        .unwrap();
+    let api = gw.runtime.api.unwrap();
+    let mut held = tokio::net::TcpStream::connect(api).await.unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\nHost: api\r\n")
+        .await
+        .unwrap();
+    let url = format!("http://{api}/healthz");
+    let mut refused = (0, Value::Null);
+    for _ in 0..50 {
+        refused = curl(&url, "none", "GET", None);
+        if refused.0 == 429 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    assert_eq!(refused.1["error"]["code"], "too_many_connections");
+    drop(held);
+    let mut answered = (0, Value::Null);
+    for _ in 0..50 {
+        answered = curl(&url, "none", "GET", None);
+        if answered.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered.0, 200, "{}", answered.1);
+}

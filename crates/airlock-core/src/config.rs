@@ -139,6 +139,21 @@ pub struct ApiConfig {
     /// PEM private key for `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Connections served at once.
+    #[serde(default = "default_api_connections")]
+    pub max_connections: usize,
+    /// Connections one address (an IPv6 /64) may hold; raise it when many
+    /// people reach the API through one proxy.
+    #[serde(default = "default_api_connections_per_address")]
+    pub max_connections_per_address: usize,
+}
+
+fn default_api_connections() -> usize {
+    512
+}
+
+fn default_api_connections_per_address() -> usize {
+    64
 }
 
 impl ApiConfig {

@@ -221,8 +221,14 @@ impl Runtime {
                     audit_key: airlock_core::audit::public_key_in(data_dir)?,
                 };
                 tracing::info!(%addr, scheme = api.scheme(), "API listening");
+                let limits = airlock_api::Limits {
+                    max_connections: api.max_connections.max(1),
+                    per_peer: api.max_connections_per_address.max(1),
+                    ..airlock_api::Limits::default()
+                };
                 tasks.spawn(async move {
-                    if let Err(e) = airlock_api::serve(socket, state, api_tls).await {
+                    let app = airlock_api::router(state);
+                    if let Err(e) = airlock_api::serve_with(socket, app, api_tls, limits).await {
                         tracing::error!(error = %e, "the API server stopped");
                     }
                 });
