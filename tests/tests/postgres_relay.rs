@@ -397,3 +397,63 @@ targets = ["silent"]
     assert_eq!(out.trim(), "8");
     held.abort();
 }
+
+/// `startup_timeout_secs` bounds TLS, the startup message and the password
+/// all in all: a client that takes most of it before its startup message
+/// and most of it again before its password is refused, while the same
+/// login sent at once gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_startup_deadline_covers_the_startup_message_and_the_password() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, _pg, gw) = setup("startup_timeout_secs = 2", "").await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    // Logs in, pausing `pause` before the startup message and again before
+    // the password; true when the server says ReadyForQuery.
+    let login = async |pause: std::time::Duration| -> bool {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tokio::time::sleep(pause).await;
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for part in ["user", "agent-1", "database", "app", ""] {
+            body.extend_from_slice(part.as_bytes());
+            body.push(0);
+        }
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        s.write_all(&packet).await.unwrap();
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], b'R', "asked for the password");
+        tokio::time::sleep(pause).await;
+        let mut pw = vec![b'p'];
+        pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
+        pw.extend_from_slice(token.as_bytes());
+        pw.push(0);
+        if s.write_all(&pw).await.is_err() {
+            return false;
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                rest.extend_from_slice(&buf[..n]);
+                // ReadyForQuery: 'Z', length 5, status.
+                if rest.windows(5).any(|w| w == [b'Z', 0, 0, 0, 5]) {
+                    break;
+                }
+            }
+        })
+        .await;
+        rest.windows(5).any(|w| w == [b'Z', 0, 0, 0, 5])
+    };
+    assert!(
+        login(std::time::Duration::ZERO).await,
+        "a prompt login gets in"
+    );
+    assert!(
+        !login(std::time::Duration::from_millis(1300)).await,
+        "2.6 s in all is past the 2 s deadline"
+    );
+}
