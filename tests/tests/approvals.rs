@@ -157,6 +157,40 @@ async fn undecided_request_expires() {
     assert!(target.received().is_empty());
 }
 
+/// Approvals over `store`, with a recorder of their own (no gateway).
+async fn approvals_on(store: Arc<dyn Store>, dir: &std::path::Path) -> Approvals {
+    let signer = CheckpointSigner::load_or_create(dir).unwrap();
+    let (recorder, _task) = Recorder::start(store.clone(), signer, RecorderOptions::default())
+        .await
+        .unwrap();
+    Approvals::new(store, recorder, None, "http://127.0.0.1", &[7; 32]).unwrap()
+}
+
+/// agent-1 asks `approvals` directly to run `line` on the echo target
+/// under the deploy rule; returns the request's id.
+async fn ask_directly(approvals: &Approvals, line: &str, settings: &ReviewSettings) -> String {
+    let operation = Operation::Command(CommandOperation {
+        line: line.into(),
+        interactive: false,
+    });
+    approvals
+        .request(ReviewRequest {
+            requester: &person("agent-1", &["agents"]),
+            target: "echo",
+            protocol: "line",
+            session: SessionId::new(),
+            operation: operation.clone(),
+            exact: &operation,
+            exact_parameters: &[],
+            rule: "deploys-need-approval",
+            approvers: &["dba".to_string()],
+            settings,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
 /// A vote that comes after a request's time ran out, with nobody left
 /// waiting to mark it expired (the gateway that asked restarted, say), is
 /// refused as for any decided request, not answered as if it had been
@@ -165,40 +199,13 @@ async fn undecided_request_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_after_the_request_timed_out_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
-    let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
-    let (recorder, _task) = Recorder::start(store.clone(), signer, RecorderOptions::default())
-        .await
-        .unwrap();
-    let approvals =
-        Approvals::new(store.clone(), recorder, None, "http://127.0.0.1", &[7; 32]).unwrap();
-    let requester = person("agent-1", &["agents"]);
+    let store = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
+    let approvals = approvals_on(store, dir.path()).await;
     let settings = ReviewSettings {
         timeout: Duration::from_secs(1),
         ..ReviewSettings::default()
     };
-    let ask = async |line: &str| {
-        let operation = Operation::Command(CommandOperation {
-            line: line.into(),
-            interactive: false,
-        });
-        approvals
-            .request(ReviewRequest {
-                requester: &requester,
-                target: "echo",
-                protocol: "line",
-                session: SessionId::new(),
-                operation: operation.clone(),
-                exact: &operation,
-                exact_parameters: &[],
-                rule: "deploys-need-approval",
-                approvers: &["dba".to_string()],
-                settings: &settings,
-            })
-            .await
-            .unwrap()
-            .id
-    };
+    let ask = async |line: &str| ask_directly(&approvals, line, &settings).await;
     let dana = person("dana", &["dba"]);
     let late = ask("deploy v6").await;
     let in_time = ask("deploy v7").await;
@@ -601,35 +608,9 @@ async fn a_vote_that_lost_to_a_change_is_marked_void_in_the_chain() {
         inner: Arc::new(airlock_store::SledStore::open(dir.path()).unwrap()),
         armed: AtomicBool::new(true),
     });
-    let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
-    let (recorder, _task) = Recorder::start(store.clone(), signer, RecorderOptions::default())
-        .await
-        .unwrap();
-    let approvals =
-        Approvals::new(store.clone(), recorder, None, "http://127.0.0.1", &[7; 32]).unwrap();
-    let requester = person("agent-1", &["agents"]);
-    let ask = async |line: &str| {
-        let operation = Operation::Command(CommandOperation {
-            line: line.into(),
-            interactive: false,
-        });
-        approvals
-            .request(ReviewRequest {
-                requester: &requester,
-                target: "echo",
-                protocol: "line",
-                session: SessionId::new(),
-                operation: operation.clone(),
-                exact: &operation,
-                exact_parameters: &[],
-                rule: "deploys-need-approval",
-                approvers: &["dba".to_string()],
-                settings: &ReviewSettings::default(),
-            })
-            .await
-            .unwrap()
-            .id
-    };
+    let approvals = approvals_on(store.clone(), dir.path()).await;
+    let settings = ReviewSettings::default();
+    let ask = async |line: &str| ask_directly(&approvals, line, &settings).await;
     let dana = person("dana", &["dba"]);
     let lost = ask("deploy v1").await;
     assert_eq!(

@@ -194,6 +194,17 @@ async fn log_frames_missing_from_the_index_are_indexed_on_open_and_a_torn_tail_c
     assert_eq!(store.raw_records(0, 10).await.unwrap().len(), 4);
 }
 
+/// The log's segment files, oldest first.
+fn segment_files(log: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    segments
+}
+
 /// Only a torn end is cut on open. A record altered in the newest segment,
 /// with valid records after it, is evidence: the store refuses to open and
 /// changes nothing (cutting there would delete every record after it). The
@@ -210,12 +221,7 @@ async fn an_altered_record_is_refused_where_a_torn_end_is_cut() {
         }
     }
     let log = dir.path().join("log");
-    let mut segments: Vec<_> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
+    let mut segments = segment_files(&log);
     let newest = segments.pop().unwrap();
     let original = std::fs::read(&newest).unwrap();
     let first_len = u32::from_le_bytes(original[..4].try_into().unwrap()) as usize;
@@ -319,12 +325,7 @@ async fn a_missing_newest_segment_is_refused_and_nothing_is_cut() {
         }
     }
     let log = dir.path().join("log");
-    let mut segments: Vec<_> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
+    let mut segments = segment_files(&log);
     assert!(segments.len() > 2, "{segments:?}");
     std::fs::remove_file(segments.pop().unwrap()).unwrap();
     let sizes = |paths: &[std::path::PathBuf]| -> Vec<u64> {
