@@ -217,6 +217,17 @@ async fn the_client_holds_the_gateways_cancel_secret_not_the_servers() {
     cancel_request(gw.addr, &pid, &wrong).await;
     let (mut raw, (tags, _)) = sleeper.await.unwrap();
     assert_eq!(tags, b"TDCZ", "the statement ran to its end");
+    let cancels = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "cancel")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        cancels(&gw.events().await.unwrap()).is_empty(),
+        "a request with a wrong key names no session and is recorded in none"
+    );
     // The key the client was given, sent to the gateway, cancels.
     let sleeper =
         tokio::spawn(async move { run(&mut raw, "SELECT pg_sleep(30) -- right-key").await });
@@ -227,6 +238,27 @@ async fn the_client_holds_the_gateways_cancel_secret_not_the_servers() {
         .expect("the cancel ended the statement")
         .unwrap();
     assert_eq!(tags, b"TEZ", "the statement was cancelled");
+    // The request that acted is in the session's record, before the
+    // server's error that it caused.
+    let events = gw.events().await.unwrap();
+    let recorded = cancels(&events);
+    assert_eq!(recorded.len(), 1, "{events:#?}");
+    assert_eq!(recorded[0]["client"]["listener"], "pg");
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(pred).unwrap();
+    let cancel = at(&|e| e["type"] == "cancel");
+    let statement = at(&|e| {
+        e["type"] == "operation"
+            && e["operation"]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("right-key"))
+    });
+    let cancelled = at(&|e| {
+        e["type"] == "result"
+            && e["error"]
+                .as_str()
+                .is_some_and(|t| t.contains("canceling statement"))
+    });
+    assert!(statement < cancel && cancel < cancelled, "{events:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -418,6 +418,13 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// The client asked to stop what the session is running (PostgreSQL's
+    /// `CancelRequest`, which arrives on a connection of its own and names
+    /// the session by its cancel key). Recorded before the gateway acts on it.
+    Cancel {
+        /// Where the request came from.
+        client: ClientInfo,
+    },
     /// Something failed in the session.
     Error {
         /// Which side failed.
@@ -444,6 +451,7 @@ impl Event {
             Event::Result { .. } => "result",
             Event::Masked { .. } => "masked",
             Event::Approval { .. } => "approval",
+            Event::Cancel { .. } => "cancel",
             Event::Error { .. } => "error",
             Event::SessionEnd { .. } => "session_end",
         }

@@ -681,6 +681,7 @@ fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
             by.as_ref().map_or(String::new(), |b| format!(" by {b}")),
             reason.as_ref().map_or(String::new(), |r| format!(": {r}"))
         ),
+        Event::Cancel { client } => format!("cancel    requested from {}", client.addr),
         Event::Error { side, message } => format!("error     ({side:?}) {message}"),
         Event::SessionEnd { reason } => format!("end       {reason}"),
         other => format!(
@@ -725,6 +726,19 @@ mod tests {
         assert_eq!(
             replay_lines(&failed),
             ["result    error after 90µs: division by zero"]
+        );
+    }
+
+    #[test]
+    fn a_cancel_request_replays_with_where_it_came_from() {
+        let client = airlock_core::ClientInfo {
+            addr: "127.0.0.1:50123".parse().unwrap(),
+            listener: "pg".into(),
+            login: None,
+        };
+        assert_eq!(
+            replay_lines(&Event::Cancel { client }),
+            ["cancel    requested from 127.0.0.1:50123"]
         );
     }
 }

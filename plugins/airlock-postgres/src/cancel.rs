@@ -5,6 +5,7 @@
 //! waiting for approval is cancelled in the gateway, and then the request is
 //! not forwarded: the server runs nothing of that statement, and a forwarded
 //! request, arriving late, would cancel the client's *next* statement.
+//! Either way the request is first recorded in the session it names.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::Notify;
+
+use airlock_core::{Gateway, SessionId};
 
 use crate::upstream::Target;
 
@@ -27,6 +30,9 @@ pub(crate) struct Entry {
     pub(crate) addr: std::net::SocketAddr,
     /// Reaches a statement that waits for approval in the gateway.
     pub(crate) local: Arc<Local>,
+    /// Where a request for this session is recorded.
+    pub(crate) gateway: Gateway,
+    pub(crate) session: SessionId,
 }
 
 /// Where a cancel request reaches a statement that waits in the gateway (for

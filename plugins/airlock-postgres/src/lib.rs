@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use airlock_core::config::Secret;
 use airlock_core::{
-    ClientInfo, ClientStream, Connector, Error, Event, Gateway, MaskCounts, Result,
+    ClientInfo, ClientStream, Connector, Error, Event, Gateway, MaskCounts, Result, Side,
 };
 use async_trait::async_trait;
 use pgwire::messages::startup::{
@@ -176,7 +176,7 @@ impl Connector for PostgresConnector {
         match opened {
             startup::Opening::Done => Ok(()),
             startup::Opening::Cancel { pid, secret } => {
-                self.cancel(pid, secret).await;
+                self.cancel(pid, secret, info).await;
                 Ok(())
             }
             startup::Opening::Startup(hello) => {
@@ -246,12 +246,23 @@ impl PostgresConnector {
         }
     }
 
-    async fn cancel(&self, pid: i32, secret: i32) {
+    async fn cancel(&self, pid: i32, secret: i32, info: ClientInfo) {
         // Like PostgreSQL, a cancel request gets no answer either way.
         let Some(entry) = self.cancels.find(pid, secret) else {
             tracing::debug!(pid, "cancel request with an unknown key");
             return;
         };
+        // Stopping a statement acts on the target too, so it is recorded
+        // first, and not acted on when it cannot be (fail closed).
+        let recorded = entry
+            .gateway
+            .recorder()
+            .record(Some(entry.session), Event::Cancel { client: info })
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(target = %entry.target.name, error = %e, "a cancel request was not recorded, so not acted on");
+            return;
+        }
         if entry.local.cancel() {
             // The statement waited in the gateway; the server runs nothing
             // of it.
@@ -264,6 +275,13 @@ impl PostgresConnector {
             .await
         {
             tracing::info!(target = %entry.target.name, error = %e, "forwarding a cancel request failed");
+            entry.gateway.recorder().record_later(
+                Some(entry.session),
+                Event::Error {
+                    side: Side::Upstream,
+                    message: format!("forwarding a cancel request failed: {e}"),
+                },
+            );
         }
     }
 
@@ -453,6 +471,8 @@ impl PostgresConnector {
             secret: upstream.secret.clone(),
             addr: upstream.addr,
             local: local.clone(),
+            gateway: gateway.clone(),
+            session: session.id(),
         });
         client.send(&frame::encode(&Authentication::Ok)).await?;
         let masker = session.masker();
