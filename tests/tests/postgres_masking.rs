@@ -409,6 +409,23 @@ async fn values_in_numbers_json_documents_or_another_encoding_are_masked() {
         out.trim(),
         r#"{"ids":{"ssn":"<REDACTED>"}}|[{"ssn":"<REDACTED>"}]|{"id": 78051120}"#
     );
+    // Arrays of documents in text format (as psql gets them), each
+    // document by itself.
+    let arrays =
+        r#"SELECT ARRAY['{"ssn": "078051120"}'::jsonb, NULL], ARRAY['{"id": 78051120}'::json]"#;
+    let (ok, out, err) = psql_stdin(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-At", "-c", arrays],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        r#"{"{\"ssn\":\"<REDACTED>\"}",NULL}|{"{\"id\": 78051120}"}"#
+    );
 
     // COPY in LATIN1: a row that is not UTF-8 is masked by its lossy
     // reading; one with nothing to mask goes out as the server sent it.

@@ -307,11 +307,12 @@ fn mask_value<'a>(
     let field = col.map_or(&NO_FIELD, |c| &c.plan);
     let binary = col.is_some_and(|c| c.format == 1);
     if !binary {
-        let json = col.is_some_and(|c| matches!(c.type_oid, oid::JSON | oid::JSONB));
-        let masked = if json {
-            mask_json_text(masker, field, value, counts)
-        } else {
-            Some(mask_text(masker, field, value, counts))
+        let masked = match col.map(|c| c.type_oid) {
+            Some(oid::JSON | oid::JSONB) => mask_json_text(masker, field, value, counts),
+            Some(oid::JSON_ARRAY | oid::JSONB_ARRAY) => {
+                mask_json_array_text(masker, field, value, counts)
+            }
+            _ => Some(mask_text(masker, field, value, counts)),
         };
         return match masked {
             Some((masked, text)) => (Some(masked), Rendered::Text(text)),
@@ -569,6 +570,143 @@ fn mask_json_text<'a>(
 /// The masking count of JSON documents withheld because they could not be
 /// read for field rules.
 const UNREADABLE_JSON: &str = "field:unreadable-json";
+
+/// Masks a json[] or jsonb[] value in text format (`{"{\"ssn\": 1}",NULL}`)
+/// document by document, as [`mask_json_text`] masks one: field rules reach
+/// keys inside the elements too. A document to withhold becomes `NULL`;
+/// masked ones are written back quoted. An array literal that cannot be
+/// read is treated as an unreadable document.
+fn mask_json_array_text<'a>(
+    masker: &Masker,
+    field: &FieldPlan,
+    value: &'a [u8],
+    counts: &mut MaskCounts,
+) -> Option<(Cow<'a, [u8]>, Cow<'a, str>)> {
+    let masked = std::str::from_utf8(value).ok().and_then(|literal| {
+        mask_array_literal(literal, |doc| {
+            mask_json_text(masker, field, doc.as_bytes(), counts).map(|(m, _)| m)
+        })
+    });
+    match masked {
+        Some(None) => Some((Cow::Borrowed(value), frame::lossy(value))),
+        Some(Some(out)) => Some((Cow::Owned(out.clone().into_bytes()), Cow::Owned(out))),
+        None if masker.has_field_rules() => {
+            *counts.entry(UNREADABLE_JSON.to_string()).or_default() += 1;
+            None
+        }
+        None => Some(mask_text(masker, field, value, counts)),
+    }
+}
+
+/// Rewrites each element of an array literal in PostgreSQL's text format
+/// (`{a,"b \"c\"",NULL}`, nested for more dimensions, with an optional
+/// `[1:2]=` bounds prefix; `,` between elements) through `mask`, which
+/// returns the element's new bytes (borrowed when unchanged) or `None` to
+/// make it NULL. `Some(None)` when nothing changed; `None` when the literal
+/// is malformed.
+fn mask_array_literal(
+    literal: &str,
+    mut mask: impl FnMut(&str) -> Option<Cow<'_, [u8]>>,
+) -> Option<Option<String>> {
+    let start = if literal.starts_with('[') {
+        literal.find('=')? + 1
+    } else {
+        0
+    };
+    let mut out = String::with_capacity(literal.len() + 16);
+    out.push_str(&literal[..start]);
+    let bytes = literal.as_bytes();
+    let (mut i, mut depth, mut changed) = (start, 0usize, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                depth += 1;
+                out.push('{');
+                i += 1;
+                continue;
+            }
+            b'}' => {
+                depth = depth.checked_sub(1)?;
+                out.push('}');
+                i += 1;
+                continue;
+            }
+            b',' if depth > 0 => {
+                out.push(',');
+                i += 1;
+                continue;
+            }
+            c if c.is_ascii_whitespace() => {
+                out.push(c as char);
+                i += 1;
+                continue;
+            }
+            _ if depth == 0 => return None,
+            _ => {}
+        }
+        // An element: quoted (backslash escapes) or bare up to `,` or `}`.
+        let element = if bytes[i] == b'"' {
+            let mut e = String::new();
+            i += 1;
+            loop {
+                match *bytes.get(i)? {
+                    b'"' => break,
+                    b'\\' => {
+                        i += 1;
+                        let c = literal.get(i..)?.chars().next()?;
+                        e.push(c);
+                        i += c.len_utf8();
+                    }
+                    _ => {
+                        let c = literal.get(i..)?.chars().next()?;
+                        e.push(c);
+                        i += c.len_utf8();
+                    }
+                }
+            }
+            i += 1;
+            e
+        } else {
+            let end = literal[i..]
+                .find([',', '}'])
+                .map_or(literal.len(), |n| i + n);
+            let bare = literal[i..end].trim_end();
+            i = end;
+            if bare.eq_ignore_ascii_case("NULL") {
+                out.push_str("NULL");
+                continue;
+            }
+            bare.to_string()
+        };
+        match mask(&element) {
+            Some(Cow::Borrowed(_)) => push_quoted(&mut out, &element),
+            Some(Cow::Owned(masked)) => {
+                changed = true;
+                push_quoted(&mut out, &String::from_utf8_lossy(&masked));
+            }
+            None => {
+                changed = true;
+                out.push_str("NULL");
+            }
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    Some(changed.then_some(out))
+}
+
+/// Writes an array element quoted, as PostgreSQL's array output does.
+fn push_quoted(out: &mut String, element: &str) {
+    out.push('"');
+    for c in element.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
 
 /// Masks the elements of a binary array of a text-like or number type: a
 /// text element is rewritten, an element to withhold becomes NULL (and the
@@ -1373,6 +1511,42 @@ mod tests {
         let body = row(&[Some(&deep)]);
         let (frame, _) = mask_row(&plain, &cols, &body, &mut counts, false).unwrap();
         assert_eq!(frame, None, "forwarded as it is");
+    }
+
+    #[test]
+    fn text_arrays_of_json_are_masked_document_by_document() {
+        let m = masker();
+        let cols = [
+            col("docs", oid::JSON_ARRAY, 0),
+            col("bdocs", oid::JSONB_ARRAY, 0),
+        ];
+        // As psql receives them: each document quoted, its quotes escaped.
+        let docs: &[u8] = br#"{"{\"ssn\": \"078051120\", \"n\": 1}",NULL,"{}"}"#;
+        let nested: &[u8] = br#"[0:1]={{"{\"a\": \"x\\\\y\"}"},{"{\"ssn\": 7}"}}"#;
+        let body = row(&[Some(docs), Some(nested)]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(
+            String::from_utf8(cells[0].clone().unwrap()).unwrap(),
+            r#"{"{\"n\":1,\"ssn\":\"<REDACTED>\"}",NULL,"{}"}"#
+        );
+        assert_eq!(
+            String::from_utf8(cells[1].clone().unwrap()).unwrap(),
+            r#"[0:1]={{"{\"a\": \"x\\\\y\"}"},{"{\"ssn\":\"<REDACTED>\"}"}}"#,
+            "bounds, nesting and escapes kept"
+        );
+        assert!(!line.unwrap().contains("078051120"));
+        // Nothing to mask: the value goes out as the server wrote it.
+        let plain: &[u8] = br#"{"{\"n\": 1}",NULL}"#;
+        let (frame, _) =
+            mask_row(&m, &cols[..1], &row(&[Some(plain)]), &mut counts, false).unwrap();
+        assert_eq!(frame, None);
+        // A literal that cannot be read could hide a key: withheld.
+        let broken: &[u8] = br#"{"{\"ssn\": \"078051120\"}""#;
+        let (frame, _) =
+            mask_row(&m, &cols[..1], &row(&[Some(broken)]), &mut counts, false).unwrap();
+        assert_eq!(cells_of(&frame.unwrap()), [None]);
     }
 
     #[test]
