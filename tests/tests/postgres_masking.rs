@@ -1161,3 +1161,55 @@ async fn a_stray_copy_done_does_not_move_the_gateway_off_its_place() {
         "the ssn column is masked: {rows:?}"
     );
 }
+
+/// A Sync sent during a COPY FROM STDIN that a simple query started is
+/// ignored by the server, so the gateway can no longer tell which answer is
+/// whose. A COPY OUT after it must not reach the client unmasked: the
+/// session ends instead. Without the stray Sync, the same messages run and
+/// the COPY OUT rows arrive masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_out_the_gateway_cannot_place_is_not_sent_unmasked() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    for stray_sync in [false, true] {
+        let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+        let mut msgs = vec![(b'Q', b"COPY staff (id) FROM STDIN\0".to_vec())];
+        if stray_sync {
+            msgs.push((b'S', Vec::new()));
+        }
+        msgs.extend([
+            (b'c', Vec::new()),
+            (b'Q', b"COPY customers (email) TO STDOUT\0".to_vec()),
+        ]);
+        for (tag, body) in msgs {
+            raw.send(tag, &body).await;
+        }
+        let (mut tags, mut received, mut ready) = (String::new(), Vec::new(), 0);
+        while ready < 2 {
+            let Some((tag, body)) = raw.read().await else {
+                break;
+            };
+            tags.push(char::from(tag));
+            received.extend_from_slice(&body);
+            if tag == b'Z' {
+                ready += 1;
+            }
+        }
+        assert!(!contains(&received, b"alice@"), "{tags}");
+        if stray_sync {
+            assert!(
+                tags.ends_with('E'),
+                "the session ended with an error: {tags}"
+            );
+            assert!(
+                contains(&received, b"CopyOutResponse that answers no request"),
+                "{tags}: {}",
+                String::from_utf8_lossy(&received)
+            );
+            assert!(!tags.contains('d'), "{tags}");
+        } else {
+            assert_eq!(tags, "GCZHdcCZ", "the COPY OUT ran");
+            assert!(contains(&received, b"<EMAIL>"), "{tags}");
+        }
+    }
+}

@@ -2658,23 +2658,29 @@ impl ServerHalf<'_> {
             b'H' => {
                 // The overall format: 0 text, 1 binary.
                 let binary = frame.body().first() == Some(&1);
-                if let Some(t) = self.track() {
-                    t.copy_out = Some(if binary {
-                        CopyOut::Binary(rows::BinaryCopy::default())
-                    } else {
-                        CopyOut::Text
-                    });
-                }
+                // A COPY OUT that no statement of the gateway's is running
+                // (the gateway has lost its place, say after messages the
+                // server ignored during a COPY) would send its rows
+                // unmasked: the session ends instead, as for any answer out
+                // of step.
+                let Some(t) = self.track() else {
+                    return Err(out_of_step("CopyOutResponse"));
+                };
+                t.copy_out = Some(if binary {
+                    CopyOut::Binary(rows::BinaryCopy::default())
+                } else {
+                    CopyOut::Text
+                });
                 self.write_client(&frame.bytes).await
             }
             b'd' => {
                 let record_rows = self.cx.record_rows;
                 let mut counts = MaskCounts::new();
                 let Some(t) = self.track() else {
-                    return self.write_client(&frame.bytes).await;
+                    return Err(out_of_step("CopyData"));
                 };
                 let (out, lines) = match &mut t.copy_out {
-                    None => return self.write_client(&frame.bytes).await,
+                    None => return Err(out_of_step("CopyData")),
                     Some(CopyOut::Text) => {
                         let (masked, line) =
                             rows::mask_copy_line(masker, frame.body(), &mut counts);
