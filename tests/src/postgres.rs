@@ -411,6 +411,16 @@ impl Raw {
         self.stream.write_all(&m).await.unwrap();
     }
 
+    /// Sends one message; false when the connection is already gone (the
+    /// gateway may end a session before it has read everything sent).
+    pub async fn try_send(&mut self, tag: u8, body: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.stream.write_all(&m).await.is_ok()
+    }
+
     /// Sends one message.
     pub async fn send(&mut self, tag: u8, body: &[u8]) {
         use tokio::io::AsyncWriteExt;

@@ -500,3 +500,75 @@ async fn a_fetch_loop_over_a_cursor_is_judged_once_per_fetch() {
         .count();
     assert_eq!(executed, 3);
 }
+
+/// COPY FROM STDIN data is recorded by rows, not by the messages the client
+/// cuts it into: a card number and an email split across CopyData messages
+/// are masked in the record all the same, and a binary COPY is recorded as
+/// its rows. The server gets the data as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_cut_anywhere_is_recorded_masked_by_rows() {
+    let (_dir, pg, gw, mut raw) = raw_session().await;
+    pg.psql(
+        "CREATE TABLE cards (id int, card text); ALTER TABLE cards OWNER TO airlock_app;
+         CREATE TABLE notes (note text); ALTER TABLE notes OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    // Each piece is its own message, sent after the gateway has passed on
+    // the one before.
+    let copy = async |raw: &mut Raw, sql: &str, pieces: &[&[u8]]| {
+        raw.send(b'Q', &msg::cstr(sql)).await;
+        let (tag, _) = raw.read().await.unwrap();
+        assert_eq!(tag, b'G', "copy-in starts");
+        for piece in pieces {
+            raw.send(b'd', piece).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        raw.exchange(vec![(b'c', Vec::new())]).await
+    };
+    let (tags, codes) = copy(
+        &mut raw,
+        "COPY cards FROM STDIN",
+        &[b"1\t41111111", b"11111111\n2\tann@exa", b"mple.com\n"],
+    )
+    .await;
+    assert_eq!(tags, "CZI", "{codes:?}");
+    let mut binary = b"PGCOPY\n\xff\r\n\0".to_vec();
+    binary.extend_from_slice(&[0; 8]);
+    binary.extend_from_slice(&1i16.to_be_bytes());
+    binary.extend_from_slice(&15i32.to_be_bytes());
+    binary.extend_from_slice(b"bob@example.org");
+    binary.extend_from_slice(&(-1i16).to_be_bytes());
+    let (tags, codes) = copy(
+        &mut raw,
+        "COPY notes FROM STDIN (FORMAT binary)",
+        &[&binary[..5], &binary[5..30], &binary[30..]],
+    )
+    .await;
+    assert_eq!(tags, "CZI", "{codes:?}");
+    assert_eq!(
+        pg.psql("SELECT string_agg(card, ',' ORDER BY id) FROM cards")
+            .await
+            .unwrap(),
+        "4111111111111111,ann@example.com"
+    );
+    assert_eq!(
+        pg.psql("SELECT note FROM notes").await.unwrap(),
+        "bob@example.org"
+    );
+
+    let events = gw.events().await.unwrap();
+    let inputs: String = of_type(&events, "input")
+        .iter()
+        .filter_map(|i| i["data"].as_str())
+        .collect();
+    for raw in ["41111111", "ann@", "bob@"] {
+        assert!(
+            !inputs.contains(raw),
+            "{raw} is recorded unmasked: {inputs}"
+        );
+    }
+    assert!(inputs.contains("1\t<CARD>\n2\t<EMAIL>\n"), "{inputs}");
+    assert!(inputs.contains("<EMAIL>\n"), "the binary row: {inputs}");
+    assert!(!inputs.contains("bytes of binary"), "{inputs}");
+}

@@ -1107,7 +1107,10 @@ async fn until_copy_in(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> String {
 /// Sends `msgs`; every answer until the gateway closes the connection.
 async fn until_closed(raw: &mut Raw, msgs: Vec<(u8, Vec<u8>)>) -> Vec<(u8, String)> {
     for (tag, body) in msgs {
-        raw.send(tag, &body).await;
+        // The gateway may end the session before it has read them all.
+        if !raw.try_send(tag, &body).await {
+            break;
+        }
     }
     let mut answers = Vec::new();
     while let Some((tag, body)) = raw.read().await {

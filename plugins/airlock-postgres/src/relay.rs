@@ -30,7 +30,7 @@ use std::time::Instant;
 use airlock_core::{
     Decision, Error, Event, MaskCounts, Operation, Result, Session, SqlKind, SqlOperation,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use pgwire::messages::data::{ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{Bind, Parse};
@@ -101,6 +101,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         generation: 0,
         copy: Vec::new(),
         copy_bytes: 0,
+        copy_record: rows::CopyInRecord::default(),
         copy_ends: 0,
         copy_armed: false,
         ignored_syncs: false,
@@ -698,6 +699,8 @@ struct ClientHalf<'a> {
     /// CopyData held until its record is durable.
     copy: Vec<Frame>,
     copy_bytes: usize,
+    /// What of the current COPY's data is not yet recorded.
+    copy_record: rows::CopyInRecord,
     /// CopyDone and CopyFail messages forwarded so far that could end a COPY.
     copy_ends: u64,
     /// An Execute or a query went to the server since the last counted
@@ -766,7 +769,7 @@ impl ClientHalf<'_> {
     async fn relay(&mut self) -> Result<String> {
         loop {
             if !self.reader.has_frame() {
-                self.flush_copy().await?;
+                self.flush_copy(false).await?;
                 self.flush_server().await?;
             }
             let Some(frame) = self.reader.next().await? else {
@@ -785,6 +788,12 @@ impl ClientHalf<'_> {
             }
             if !matches!(frame.tag, b'D' | b'H' | b'S') {
                 self.acts += 1;
+            }
+            if matches!(frame.tag, b'Q' | b'E') {
+                // A new statement: a COPY the client left without CopyDone
+                // or CopyFail (which the server ends with an error) is
+                // recorded to its end, and its data goes first.
+                self.flush_copy(true).await?;
             }
             match frame.tag {
                 b'Q' => self.query(frame).await?,
@@ -816,11 +825,11 @@ impl ClientHalf<'_> {
                     self.copy_bytes += frame.bytes.len();
                     self.copy.push(frame);
                     if self.copy_bytes >= COPY_RECORD_CHUNK {
-                        self.flush_copy().await?;
+                        self.flush_copy(false).await?;
                     }
                 }
                 b'c' | b'f' => {
-                    self.flush_copy().await?;
+                    self.flush_copy(true).await?;
                     // Only an Execute or a query can have started a COPY:
                     // a CopyDone without one (which the server ignores)
                     // does not count as the end of one.
@@ -1590,26 +1599,36 @@ impl ClientHalf<'_> {
     /// Records the CopyData held so far (masked) and then forwards it. If the
     /// record cannot be written the COPY is failed toward the server, so no
     /// unrecorded data reaches it.
-    async fn flush_copy(&mut self) -> Result<()> {
-        if self.copy.is_empty() {
+    /// Records the CopyData held (the rows it completes; at the `end` of a
+    /// COPY, everything not yet recorded) and, once that is durable,
+    /// forwards it. When the record cannot be written the COPY is failed
+    /// instead.
+    async fn flush_copy(&mut self, end: bool) -> Result<()> {
+        if self.copy.is_empty() && (!end || self.copy_record.is_empty()) {
             return Ok(());
         }
         let frames = std::mem::take(&mut self.copy);
         self.copy_bytes = 0;
-        let mut data = BytesMut::new();
-        for f in &frames {
-            data.extend_from_slice(f.body());
-        }
+        let masker = self.cx.session.masker();
         let mut counts = MaskCounts::new();
-        let text = match std::str::from_utf8(&data) {
-            Ok(text) => rows::mask_plain(self.cx.session.masker(), text, &mut counts)
-                .unwrap_or_else(|| text.to_string()),
-            Err(_) => format!("<{} bytes of binary COPY data>", data.len()),
-        };
+        let mut text = String::new();
+        for f in &frames {
+            text.push_str(&self.copy_record.push(masker, f.body(), &mut counts));
+        }
+        if end {
+            text.push_str(&self.copy_record.finish(masker, &mut counts));
+        }
         if !counts.is_empty() {
             self.cx.session.record_later(Event::Masked { counts });
         }
-        match self.cx.session.record(Event::Input { data: text }).await {
+        // Data that completes no row yet is not acted on by the server
+        // before the rest arrives, which is recorded first.
+        let recorded = if text.is_empty() {
+            Ok(())
+        } else {
+            self.cx.session.record(Event::Input { data: text }).await
+        };
+        match recorded {
             Ok(()) => {
                 for f in frames {
                     self.write_server(&f.bytes).await?;
@@ -1617,6 +1636,7 @@ impl ClientHalf<'_> {
                 Ok(())
             }
             Err(e) => {
+                self.copy_record = rows::CopyInRecord::default();
                 let mut body = e.to_string().into_bytes();
                 body.push(0);
                 self.write_server(&frame::raw(b'f', &body)).await

@@ -937,6 +937,96 @@ pub(crate) fn mask_copy_line(
     }
 }
 
+/// A text line of COPY FROM STDIN data longer than this is recorded in
+/// pieces (a value split across two pieces may then be masked in neither).
+const COPY_LINE_MAX: usize = 1 << 20;
+
+/// COPY FROM STDIN data as it is recorded. The client cuts its data into
+/// messages wherever it likes; the record is cut at rows instead, so that a
+/// value (a card number, the held credential) is never masked in two halves.
+/// Each row is recorded when its last byte arrives, which is before that
+/// byte goes to the server: the server acts on a row only once it is whole.
+/// The binary format (data that begins with its signature) is recorded as
+/// rows of values, as a binary COPY TO STDOUT is.
+#[derive(Debug, Default)]
+pub(crate) struct CopyInRecord {
+    /// Bytes not yet recorded: the start of a text line still arriving, or
+    /// the first bytes of the data while its format is not yet known.
+    pending: BytesMut,
+    /// The binary format's reader, once the signature has been seen.
+    binary: Option<BinaryCopy>,
+    /// Whether the format is known.
+    decided: bool,
+}
+
+impl CopyInRecord {
+    /// Nothing is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty() && !self.decided
+    }
+
+    /// Adds data on its way to the server; returns the masked text of the
+    /// rows it completes.
+    pub(crate) fn push(&mut self, masker: &Masker, data: &[u8], counts: &mut MaskCounts) -> String {
+        if let Some(binary) = &mut self.binary {
+            return rows_text(binary.push(masker, data, counts).1);
+        }
+        self.pending.extend_from_slice(data);
+        if !self.decided {
+            if self.pending.len() < COPY_SIGNATURE.len()
+                && COPY_SIGNATURE.starts_with(&self.pending)
+            {
+                return String::new();
+            }
+            self.decided = true;
+            if self.pending.starts_with(COPY_SIGNATURE) {
+                let mut binary = BinaryCopy::default();
+                let first = self.pending.split();
+                let text = rows_text(binary.push(masker, &first, counts).1);
+                self.binary = Some(binary);
+                return text;
+            }
+        }
+        let whole = match self.pending.iter().rposition(|&b| b == b'\n') {
+            Some(nl) => nl + 1,
+            None if self.pending.len() > COPY_LINE_MAX => self.pending.len(),
+            None => return String::new(),
+        };
+        let lines = self.pending.split_to(whole);
+        masked_lossy(masker, &lines, counts)
+    }
+
+    /// The COPY ends: returns the masked text of everything not yet
+    /// recorded, and starts afresh for the next one.
+    pub(crate) fn finish(&mut self, masker: &Masker, counts: &mut MaskCounts) -> String {
+        let text = match self.binary.take() {
+            Some(mut binary) => match binary.finish().len() {
+                0 => String::new(),
+                n => format!("<{n} bytes of an incomplete binary COPY row>"),
+            },
+            None => masked_lossy(masker, &self.pending, counts),
+        };
+        *self = CopyInRecord::default();
+        text
+    }
+}
+
+/// Rows for the record, one per line.
+fn rows_text(lines: Vec<String>) -> String {
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Text for the record, masked: read as UTF-8, lossily when it is not.
+fn masked_lossy(masker: &Masker, data: &[u8], counts: &mut MaskCounts) -> String {
+    let text = frame::lossy(data);
+    mask_plain(masker, &text, counts).unwrap_or_else(|| text.into_owned())
+}
+
 /// Masks the value of a `FunctionCallResponse` body (length, then bytes):
 /// text is masked, other bytes holding something to mask are withheld.
 /// Returns the new body when something changed.
@@ -1547,6 +1637,57 @@ mod tests {
         let (frame, _) =
             mask_row(&m, &cols[..1], &row(&[Some(broken)]), &mut counts, false).unwrap();
         assert_eq!(cells_of(&frame.unwrap()), [None]);
+    }
+
+    #[test]
+    fn copy_in_data_is_recorded_by_rows_wherever_the_client_cuts_it() {
+        let m = masker();
+        let mut counts = MaskCounts::new();
+        let mut rec = CopyInRecord::default();
+        // A card number and an email split across messages, and a
+        // two-byte character cut in half.
+        let mut texts = Vec::new();
+        for piece in [
+            &b"1\t41111111"[..],
+            b"11111111\tJos\xc3",
+            b"\xa9\n2\tbob@exa",
+            b"mple.org\n3\tlast",
+        ] {
+            texts.push(rec.push(&m, piece, &mut counts));
+        }
+        texts.push(rec.finish(&m, &mut counts));
+        assert_eq!(texts[0], "", "no row is complete yet");
+        assert_eq!(texts[1], "");
+        assert!(
+            texts[2].starts_with("1\t") && texts[2].ends_with("\tJosé\n"),
+            "{texts:?}"
+        );
+        assert!(!texts.concat().contains("4111"), "{texts:?}");
+        assert!(!texts.concat().contains("bob@"), "{texts:?}");
+        assert_eq!(texts[4], "3\tlast", "the rest at the end");
+        assert!(rec.is_empty());
+
+        // The binary format, its signature and a value cut across messages.
+        let mut data = COPY_SIGNATURE.to_vec();
+        data.extend_from_slice(&[0; 8]);
+        data.extend_from_slice(&2i16.to_be_bytes());
+        data.extend_from_slice(&15i32.to_be_bytes());
+        data.extend_from_slice(b"bob@example.org");
+        data.extend_from_slice(&(-1i32).to_be_bytes());
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        let mut text = String::new();
+        for piece in [&data[..5], &data[5..30], &data[30..]] {
+            text.push_str(&rec.push(&m, piece, &mut counts));
+        }
+        text.push_str(&rec.finish(&m, &mut counts));
+        assert!(!text.contains("bob@"), "{text}");
+        assert!(text.ends_with(" | NULL\n"), "{text}");
+        // A binary COPY cut short is said to be.
+        rec.push(&m, &data[..25], &mut counts);
+        assert_eq!(
+            rec.finish(&m, &mut counts),
+            "<6 bytes of an incomplete binary COPY row>"
+        );
     }
 
     #[test]
