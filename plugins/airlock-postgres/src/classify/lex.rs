@@ -119,8 +119,10 @@ pub(super) fn split(sql: &str) -> Result<Vec<Piece<'_>>, LexError> {
             return;
         }
         let raw = &sql[start..end];
-        let lead = raw.len() - raw.trim_start().len();
-        let text = raw.trim();
+        // Only what PostgreSQL takes for white space: a non-breaking space
+        // starts a name there, and is the first token here too.
+        let lead = raw.len() - raw.trim_start_matches(pg_space).len();
+        let text = raw.trim_matches(pg_space);
         let offset = start + lead;
         let tokens = tokens
             .iter()
@@ -208,7 +210,7 @@ pub(super) fn prepare_body(piece: &Piece<'_>) -> Option<String> {
                 return piece
                     .text
                     .get(token.span.end..)
-                    .map(|rest| rest.trim().to_owned());
+                    .map(|rest| rest.trim_matches(pg_space).to_owned());
             }
             _ => {}
         }
@@ -226,6 +228,13 @@ fn ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
+/// PostgreSQL's white space (`[ \t\n\r\f\v]`; the vertical tab since
+/// PostgreSQL 17, a syntax error before, so taking it for white space is
+/// right for both).
+fn pg_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b')
+}
+
 fn tokenize(sql: &str) -> Result<Vec<Token>, LexError> {
     let b = sql.as_bytes();
     // About one token per six bytes of SQL: one allocation for most strings.
@@ -235,7 +244,7 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, LexError> {
         let c = b[i];
         let start = i;
         let kind = match c {
-            c if c.is_ascii_whitespace() => {
+            c if pg_space(char::from(c)) => {
                 i += 1;
                 continue;
             }

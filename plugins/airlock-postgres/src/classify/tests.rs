@@ -875,6 +875,23 @@ fn statements_differing_only_in_literals_share_a_shape_and_keep_their_own_text()
             "COPY t TO STDOUT (ENCODING 'UTF8')",
             "COPY t TO STDOUT (ENCODING 'LATIN1')",
         ],
+        // A vertical tab is white space to PostgreSQL 17: it does not hide
+        // the EXPLAIN or COPY behind it.
+        &[
+            "\x0bEXPLAIN (ANALYZE 0) DELETE FROM t",
+            "\x0bEXPLAIN (ANALYZE 1) DELETE FROM t",
+        ],
+        &[
+            "\x0b\x0cCOPY t TO STDOUT (ENCODING 'UTF8')",
+            "\x0b\x0cCOPY t TO STDOUT (ENCODING 'LATIN1')",
+        ],
+        // Non-breaking spaces are not white space to PostgreSQL (they start
+        // a name): they neither hide nor shift anything.
+        &[
+            "\u{a0}SELECT 1 FROM t WHERE id = 1",
+            "\u{a0}SELECT 1 FROM t WHERE id = 2",
+            "\u{a0} DELETE FROM t\u{2003}",
+        ],
         // `1from` is not a number: `SELECT 1from secret` must not borrow the
         // result of `SELECT 5 t`.
         &["SELECT 5 t", "SELECT 1from secret", "SELECT 1 from secret"],
@@ -897,6 +914,10 @@ fn statements_differing_only_in_literals_share_a_shape_and_keep_their_own_text()
     assert_ne!(
         kind("COPY t TO STDOUT (ENCODING 'UTF8')"),
         kind("COPY t TO STDOUT (ENCODING 'LATIN1')")
+    );
+    assert_eq!(
+        kind("\x0bEXPLAIN (ANALYZE 1) DELETE FROM t"),
+        kind("EXPLAIN (ANALYZE 1) DELETE FROM t")
     );
     // A shape hit does not fill the exact-text cache with one-off strings.
     let fill = Classifier::new(4);
