@@ -985,6 +985,18 @@ fn sql_pack_blocks_drops_truncates_unbounded_writes_and_opaque_sql() {
         on(ddl(SqlKind::Drop, "database", "DROP DATABASE app")),
         "sql-guardrails/no-drop",
     );
+    // A type, domain or extension takes the columns and tables that use it
+    // along with CASCADE.
+    for (object, sql) in [
+        ("type", "DROP TYPE order_status CASCADE"),
+        ("domain", "DROP DOMAIN email CASCADE"),
+        ("extension", "DROP EXTENSION citext CASCADE"),
+    ] {
+        assert_denied_by(
+            on(ddl(SqlKind::Drop, object, sql)),
+            "sql-guardrails/no-drop",
+        );
+    }
     assert_allowed(on(ddl(
         SqlKind::Drop,
         "index",

@@ -9,9 +9,9 @@ use std::ops::ControlFlow;
 
 use airlock_core::{Access, SqlKind, SqlOperation, TableAccess};
 use sqlparser::ast::{
-    CopyOption, CopySource, CopyTarget, DiscardObject, Expr, FromTable, GrantObjects, Ident,
-    ObjectName, ObjectNamePart, ObjectType, Query, Select, Set, SetExpr, Statement, TableFactor,
-    TableObject, Visit, Visitor,
+    CopyOption, CopySource, CopyTarget, DiscardObject, Expr, FromTable, FunctionArg,
+    FunctionArgExpr, GrantObjects, Ident, MergeClauseKind, ObjectName, ObjectNamePart, ObjectType,
+    Query, Select, Set, SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
 };
 
 use super::Classified;
@@ -618,8 +618,16 @@ impl Effects {
             }
             Statement::Merge(m) => {
                 self.write_factor(&m.table);
-                // Its ON condition picks the target rows it may change.
-                (SqlKind::Merge, Some(limits_rows(Some(&m.on))))
+                // Its ON condition picks the target rows it may change,
+                // except for `WHEN NOT MATCHED BY SOURCE` (PostgreSQL 17),
+                // which changes the target rows it does *not* pick: only
+                // that clause's own condition bounds them.
+                let by_source = m
+                    .clauses
+                    .iter()
+                    .filter(|c| c.clause_kind == MergeClauseKind::NotMatchedBySource)
+                    .all(|c| limits_rows(c.predicate.as_ref()));
+                (SqlKind::Merge, Some(limits_rows(Some(&m.on)) && by_source))
             }
             _ => (SqlKind::Other, None),
         }
@@ -675,17 +683,28 @@ impl Effects {
         let mut object = base.object;
         let mut has_where = base.has_where;
 
-        // Data-modifying CTEs: a statement is judged as its strongest write.
+        // Data-modifying CTEs: a statement is judged as its strongest write,
+        // and as unbounded when any of its UPDATE, DELETE or MERGE parts is
+        // (`WITH u AS (UPDATE t SET x = 0) DELETE FROM s WHERE id = 1`
+        // updates every row). A table created from such a query
+        // (`CREATE TABLE x AS WITH d AS (DELETE …) SELECT …`) is judged as
+        // the write inside it too: PostgreSQL runs it.
         let top_is_dml = dml_rank(kind) > 0;
-        if top_is_dml || !kind.is_write() {
+        let created_from_dml = kind == SqlKind::Create && !self.nested_dml.is_empty();
+        if top_is_dml || !kind.is_write() || created_from_dml {
             let top = top_is_dml.then_some((kind, has_where));
             let all: Vec<_> = top.into_iter().chain(self.nested_dml).collect();
             if let Some(best) = all.iter().map(|(k, _)| *k).max_by_key(|k| dml_rank(*k)) {
+                if created_from_dml {
+                    object = None;
+                }
                 kind = best;
                 has_where = match best {
                     SqlKind::Update | SqlKind::Delete | SqlKind::Merge => Some(
                         all.iter()
-                            .filter(|(k, _)| *k == best)
+                            .filter(|(k, _)| {
+                                matches!(k, SqlKind::Update | SqlKind::Delete | SqlKind::Merge)
+                            })
                             .all(|(_, w)| *w == Some(true)),
                     ),
                     _ => None,
@@ -842,25 +861,35 @@ impl Visitor for Effects {
 }
 
 /// `FROM ONLY t` / `UPDATE ONLY t` / `DELETE FROM ONLY t`: sqlparser reads a
-/// table named `ONLY` with the alias `t`. Returns the misread name and the real table.
+/// table named `ONLY` with the alias `t`; and `FROM ONLY (t)` (or
+/// `ONLY (s.t)`), a call of a table function `ONLY`. Returns the misread
+/// name and the real table.
 fn only_table(factor: &TableFactor) -> Option<(&ObjectName, String)> {
     let TableFactor::Table {
-        name,
-        alias: Some(alias),
-        args: None,
-        ..
+        name, alias, args, ..
     } = factor
     else {
         return None;
     };
-    match name.0.as_slice() {
-        [ObjectNamePart::Identifier(only)]
-            if only.quote_style.is_none()
-                && only.value.eq_ignore_ascii_case("only")
-                && alias.columns.is_empty() =>
-        {
+    let [ObjectNamePart::Identifier(only)] = name.0.as_slice() else {
+        return None;
+    };
+    if only.quote_style.is_some() || !only.value.eq_ignore_ascii_case("only") {
+        return None;
+    }
+    match (alias, args) {
+        (Some(alias), None) if alias.columns.is_empty() => {
             Some((name, alias.name.value.to_lowercase()))
         }
+        (_, Some(args)) => match args.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(t)))] => {
+                Some((name, table_name(&ObjectName::from(vec![t.clone()]))))
+            }
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] => {
+                Some((name, table_name(&ObjectName::from(parts.clone()))))
+            }
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -977,7 +1006,14 @@ fn is_reserved(word: &str) -> bool {
 /// A table name as policy sees it: lower-cased, parts joined with dots,
 /// each part cut where PostgreSQL cuts it.
 fn table_name(name: &ObjectName) -> String {
-    name.0
+    // `database.schema.table`: PostgreSQL accepts only the current
+    // database's name there, so the table is `schema.table`, and rules
+    // written for that must match it.
+    let parts = match name.0.as_slice() {
+        [_, rest @ .., _] if rest.len() == 1 => &name.0[1..],
+        all => all,
+    };
+    parts
         .iter()
         .map(|part| match part.as_ident() {
             Some(ident) => truncated(ident.value.to_lowercase()),

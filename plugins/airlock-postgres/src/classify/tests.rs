@@ -215,6 +215,33 @@ fn only_is_not_taken_for_a_table_name() {
     );
     assert_eq!(tables("SELECT * FROM ONLY secrets"), ["r:secrets"]);
     assert_eq!(tables("SELECT * FROM secrets"), ["r:secrets"]);
+    // `ONLY (t)`, which sqlparser reads as a call of a function `ONLY`.
+    assert_eq!(tables("SELECT * FROM ONLY (secrets)"), ["r:secrets"]);
+    assert_eq!(
+        tables("SELECT * FROM ONLY (hr.secrets) s"),
+        ["r:hr.secrets"]
+    );
+    assert_eq!(
+        tables("SELECT * FROM t WHERE id IN (SELECT id FROM ONLY (secrets))"),
+        ["r:t", "r:secrets"]
+    );
+    let op = self::op("UPDATE ONLY (secrets) SET a = 1 WHERE id = 2");
+    assert!(
+        op.kind == SqlKind::Opaque || tables_of(&op) == ["w:secrets"],
+        "{op:?}"
+    );
+}
+
+#[test]
+fn a_name_qualified_by_the_database_is_the_schema_qualified_table() {
+    // PostgreSQL takes `db.schema.table` for the current database only.
+    assert_eq!(
+        tables("SELECT * FROM app.payroll.wages"),
+        ["r:payroll.wages"]
+    );
+    let op = op("DELETE FROM app.audit.log WHERE id = 1");
+    assert_eq!(tables_of(&op), ["w:audit.log"]);
+    assert_eq!(tables("SELECT * FROM payroll.wages"), ["r:payroll.wages"]);
 }
 
 #[test]
@@ -281,6 +308,47 @@ fn data_modifying_ctes_make_the_statement_a_write() {
         kind("WITH x AS (SELECT * FROM t) SELECT * FROM x"),
         SqlKind::Select
     );
+
+    // An unbounded write is not hidden behind a bounded one of a stronger
+    // kind: PostgreSQL runs every data-modifying CTE to its end.
+    for sql in [
+        "WITH u AS (UPDATE accounts SET balance = 0 RETURNING 1) DELETE FROM t WHERE id = -1",
+        "WITH m AS (MERGE INTO accounts a USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE RETURNING 1) DELETE FROM t WHERE id = -1",
+    ] {
+        let op = self::op(sql);
+        assert_eq!(
+            (op.kind, op.has_where),
+            (SqlKind::Delete, Some(false)),
+            "{sql}"
+        );
+    }
+    let op = self::op(
+        "WITH u AS (UPDATE accounts SET balance = 0 WHERE id = 7 RETURNING 1) DELETE FROM t WHERE id = -1",
+    );
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(true)));
+
+    // A table created from a query that deletes is the delete.
+    let op = self::op(
+        "CREATE TEMP TABLE x AS WITH d AS (DELETE FROM payments RETURNING 1) SELECT count(*) FROM d",
+    );
+    assert_eq!((op.kind, op.has_where), (SqlKind::Delete, Some(false)));
+    assert!(tables_of(&op).contains(&"w:payments".to_string()), "{op:?}");
+    let op = self::op("CREATE TEMP TABLE x AS SELECT count(*) FROM payments");
+    assert_eq!(
+        (op.kind, op.object),
+        (SqlKind::Create, Some("table".into()))
+    );
+}
+
+#[test]
+fn merge_when_not_matched_by_source_is_bounded_only_by_its_own_condition() {
+    let unbounded = "MERGE INTO orders o USING (SELECT 0 AS id) s ON o.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE";
+    assert_eq!(op(unbounded).has_where, Some(false));
+    let bounded = "MERGE INTO orders o USING (SELECT 0 AS id) s ON o.id = s.id WHEN NOT MATCHED BY SOURCE AND o.id = 3 THEN DELETE";
+    assert_eq!(op(bounded).has_where, Some(true));
+    let matched =
+        "MERGE INTO orders o USING (SELECT 0 AS id) s ON o.id = s.id WHEN MATCHED THEN DELETE";
+    assert_eq!(op(matched).has_where, Some(true));
 }
 
 #[test]
