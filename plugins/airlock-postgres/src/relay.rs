@@ -2171,18 +2171,26 @@ struct ServerHalf<'a> {
     columns: ColumnsCache,
     /// The last RowDescription and its columns: a repeated query gets the
     /// same bytes back, and is not decoded again.
-    last_description: Option<(Bytes, Arc<Vec<Column>>)>,
+    last_description: Option<(Bytes, Arc<Vec<Column>>, Option<Bytes>)>,
 }
 
 impl ServerHalf<'_> {
     /// The columns a RowDescription describes, and whether the catalog
     /// named all of those that come from a table (if not, they are not
     /// worth remembering beyond this result).
-    async fn described(&mut self, frame: &Frame) -> Result<(Arc<Vec<Column>>, bool)> {
-        if let Some((bytes, cols)) = &self.last_description
+    /// The columns a `RowDescription` describes, whether they could be
+    /// named completely, and the frame to send the client when a column
+    /// name had something to mask (a name can carry data: `SELECT 1 AS
+    /// "4111111111111111"`, or a view whose column a function named after a
+    /// value).
+    async fn described(
+        &mut self,
+        frame: &Frame,
+    ) -> Result<(Arc<Vec<Column>>, bool, Option<Bytes>)> {
+        if let Some((bytes, cols, masked)) = &self.last_description
             && *bytes == frame.bytes
         {
-            return Ok((cols.clone(), true));
+            return Ok((cols.clone(), true, masked.clone()));
         }
         if !frame::column_names_are_utf8(frame.body()) {
             // SQL changed client_encoding earlier in this query or
@@ -2212,22 +2220,44 @@ impl ServerHalf<'_> {
                 catalog.all_named(&origins)
             };
         }
-        let cols = Arc::new(rows::columns(
-            self.cx.session.masker(),
-            &desc,
-            |table, attnum| {
-                self.cx
-                    .catalog
-                    .as_ref()
-                    .and_then(|c| c.column(table, attnum))
-            },
-        ));
+        let masker = self.cx.session.masker();
+        let mut cols = rows::columns(masker, &desc, |table, attnum| {
+            self.cx
+                .catalog
+                .as_ref()
+                .and_then(|c| c.column(table, attnum))
+        });
+        // Rules were matched on the names as the server gave them; the
+        // client and the record get them masked.
+        let mut counts = MaskCounts::new();
+        let mut desc = desc;
+        let mut renamed = false;
+        for (field, col) in desc.fields.iter_mut().zip(cols.iter_mut()) {
+            if let Some(name) = rows::mask_plain(masker, &field.name, &mut counts) {
+                field.name.clone_from(&name);
+                col.name = name;
+                renamed = true;
+            }
+        }
+        self.record_counts(counts);
+        let masked = renamed.then(|| frame::encode(&desc));
+        if masked.as_ref().is_some_and(Bytes::is_empty) {
+            return Err(Error::Upstream(
+                "a result's description could not be written back with its column names masked"
+                    .into(),
+            ));
+        }
+        let cols = Arc::new(cols);
         // A copy: holding the frame itself would pin the read buffer. Not
         // kept when the catalog could not be asked, so it is asked again.
         if complete {
-            self.last_description = Some((Bytes::copy_from_slice(&frame.bytes), cols.clone()));
+            self.last_description = Some((
+                Bytes::copy_from_slice(&frame.bytes),
+                cols.clone(),
+                masked.clone(),
+            ));
         }
-        Ok((cols, complete))
+        Ok((cols, complete, masked))
     }
 
     /// Ends the session because its text is no longer UTF-8: the session
@@ -2611,7 +2641,7 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'T' => {
-                let (cols, complete) = self.described(&frame).await?;
+                let (cols, complete, masked) = self.described(&frame).await?;
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
                     Some(Pending::DescribePortal { name, hidden, key }) => {
@@ -2631,7 +2661,8 @@ impl ServerHalf<'_> {
                     }
                     _ => return Err(out_of_step("RowDescription")),
                 }
-                self.write_client(&frame.bytes).await
+                self.write_client(masked.as_deref().unwrap_or(&frame.bytes))
+                    .await
             }
             b'n' => {
                 match self.queue.front_mut() {
