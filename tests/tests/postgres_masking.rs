@@ -1252,3 +1252,43 @@ async fn column_names_are_masked_like_values() {
     assert!(!events.contains("4111111111111111"), "{events}");
     assert!(!events.contains("bob@example.org"), "{events}");
 }
+
+/// A fast-path function call's arguments are recorded with it, masked: what
+/// `\lo_import` writes through `lowrite` is in the record as COPY data is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_arguments_are_recorded_masked() {
+    let (dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let file = dir.path().join("import.txt");
+    std::fs::write(&file, "note for zed@example.com: large-object-marker").unwrap();
+    let (ok, out, err) = psql_stdin(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-v", "ON_ERROR_STOP=1", "-f", "-"],
+        Some(&format!("\\lo_import '{}'\n", file.display())),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_largeobject_metadata")
+            .await
+            .unwrap(),
+        "1",
+        "the import reached the server"
+    );
+    let events = gw.events().await.unwrap();
+    let calls: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["operation"]["text"].as_str())
+        .filter(|t| t.starts_with("-- fast-path function call"))
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .any(|t| t.contains("large-object-marker") && t.contains("<EMAIL>")),
+        "{calls:#?}"
+    );
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains("zed@example.com"), "{all}");
+}

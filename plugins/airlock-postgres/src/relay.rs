@@ -1571,9 +1571,25 @@ impl ClientHalf<'_> {
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             .unwrap_or(0);
         // A fast-path call runs any function by OID, outside SQL: it is
-        // judged as a statement the classifier cannot see into.
+        // judged as a statement the classifier cannot see into. Its
+        // arguments (the data `lowrite` writes, say) are recorded with it,
+        // masked, and shown to approvers.
+        let mut counts = MaskCounts::new();
+        let arguments = match rows::function_call_arguments(frame.body()) {
+            Some((formats, values)) => rows::render_params(
+                self.cx.session.masker(),
+                &values,
+                &formats,
+                &[],
+                &mut counts,
+            ),
+            None => "<malformed arguments>".to_string(),
+        };
+        if !counts.is_empty() {
+            self.cx.session.record_later(Event::Masked { counts });
+        }
         let op = SqlOperation {
-            text: format!("-- fast-path function call of function OID {function}"),
+            text: format!("-- fast-path function call of function OID {function}: {arguments}"),
             kind: SqlKind::Opaque,
             object: None,
             tables: Vec::new(),
@@ -1596,9 +1612,6 @@ impl ClientHalf<'_> {
         }
     }
 
-    /// Records the CopyData held so far (masked) and then forwards it. If the
-    /// record cannot be written the COPY is failed toward the server, so no
-    /// unrecorded data reaches it.
     /// Records the CopyData held (the rows it completes; at the `end` of a
     /// COPY, everything not yet recorded) and, once that is durable,
     /// forwards it. When the record cannot be written the COPY is failed

@@ -838,6 +838,34 @@ fn hex(v: &[u8]) -> String {
     s
 }
 
+/// The argument format codes and values of a `FunctionCall` body (function
+/// OID; format codes; arguments, each a length and bytes; result format).
+/// `None` when it is malformed.
+pub(crate) fn function_call_arguments(body: &[u8]) -> Option<(Vec<i16>, Vec<Option<Bytes>>)> {
+    let mut b = body.get(4..)?;
+    let i16_of = |b: &mut &[u8]| -> Option<i16> {
+        let v = i16::from_be_bytes(b.get(..2)?.try_into().ok()?);
+        *b = &b[2..];
+        Some(v)
+    };
+    let n = usize::try_from(i16_of(&mut b)?).ok()?;
+    let formats = (0..n).map(|_| i16_of(&mut b)).collect::<Option<Vec<_>>>()?;
+    let n = usize::try_from(i16_of(&mut b)?).ok()?;
+    let mut values = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+        b = &b[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        values.push(Some(Bytes::copy_from_slice(b.get(..len)?)));
+        b = &b[len..];
+    }
+    Some((formats, values))
+}
+
 /// Renders (and masks) bind parameters for the record: `$1 = 'x', $2 = NULL`.
 pub(crate) fn render_params(
     masker: &Masker,
@@ -1688,6 +1716,31 @@ mod tests {
             rec.finish(&m, &mut counts),
             "<6 bytes of an incomplete binary COPY row>"
         );
+    }
+
+    #[test]
+    fn function_call_arguments_are_read_or_refused_when_malformed() {
+        let mut body = 955u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&2i16.to_be_bytes());
+        body.extend_from_slice(&4i32.to_be_bytes());
+        body.extend_from_slice(&7i32.to_be_bytes());
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        let (formats, values) = function_call_arguments(&body).unwrap();
+        assert_eq!(formats, [1]);
+        assert_eq!(
+            values,
+            [Some(Bytes::from(7i32.to_be_bytes().to_vec())), None]
+        );
+        // An argument longer than the message, a negative count.
+        let mut long = body.clone();
+        long[10..14].copy_from_slice(&400i32.to_be_bytes());
+        assert_eq!(function_call_arguments(&long), None);
+        let mut negative = body.clone();
+        negative[4..6].copy_from_slice(&(-1i16).to_be_bytes());
+        assert_eq!(function_call_arguments(&negative), None);
     }
 
     #[test]
