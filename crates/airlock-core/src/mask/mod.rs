@@ -745,15 +745,55 @@ fn into_string(out: Vec<u8>) -> String {
 /// `encode(…, 'hex')`) and base64 (`encode(…, 'base64')`, HTTP Basic).
 fn credential_forms(s: &str) -> Vec<Vec<u8>> {
     let mut forms = vec![s.as_bytes().to_vec()];
-    let mut pct = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            pct.push(char::from(b));
-        } else {
-            pct.push_str(&format!("%{b:02X}"));
+    // Percent-encoded as RFC 3986 says (upper-case digits), as some
+    // encoders write it (lower-case), and as JavaScript's
+    // `encodeURIComponent` leaves `!'()*` alone.
+    for (unreserved, upper) in [(&b"-._~"[..], true), (b"-._~", false), (b"-._~!'()*", true)] {
+        let mut pct = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || unreserved.contains(&b) {
+                pct.push(char::from(b));
+            } else if upper {
+                pct.push_str(&format!("%{b:02X}"));
+            } else {
+                pct.push_str(&format!("%{b:02x}"));
+            }
+        }
+        forms.push(pct.into_bytes());
+    }
+    // PostgreSQL's own escapes: COPY's text format (`\` and control
+    // characters), a composite value's quoted field (`"` and `\` doubled),
+    // an `E''` literal (`quote_literal` of a value with a backslash: `\`
+    // and `'` doubled).
+    if s.contains(['\\', '\t', '\n', '\r']) {
+        let copy = s
+            .replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
+        forms.push(copy.into_bytes());
+    }
+    // `bytea` in the escape output format: octal for bytes outside
+    // printable ASCII, `\` doubled.
+    if s.bytes().any(|b| b == b'\\' || !(0x20..0x7f).contains(&b)) {
+        let mut escaped = String::new();
+        for b in s.bytes() {
+            match b {
+                b'\\' => escaped.push_str("\\\\"),
+                0x20..0x7f => escaped.push(char::from(b)),
+                _ => escaped.push_str(&format!("\\{b:03o}")),
+            }
+        }
+        forms.push(escaped.into_bytes());
+    }
+    if s.contains('\\') {
+        for quote in ['"', '\''] {
+            let doubled = s
+                .replace('\\', "\\\\")
+                .replace(quote, &format!("{quote}{quote}"));
+            forms.push(doubled.into_bytes());
         }
     }
-    forms.push(pct.into_bytes());
     if let Ok(j) = serde_json::to_string(s) {
         let inner = j.as_bytes()[1..j.len() - 1].to_vec();
         forms.push(inner);

@@ -405,6 +405,26 @@ fn a_held_credential_with_quotes_is_masked_where_they_are_doubled() {
 }
 
 #[test]
+fn a_held_credential_is_masked_in_postgresqls_output_escapes_and_other_url_encodings() {
+    let held = "a\\b\"c'd/é!x-held";
+    let e = engine("", &[held]);
+    let m = e.masker("prod", &who("agent", &["agents"]));
+    let mask = |text: &str| m.mask_str(None, text, &mut MaskCounts::new()).into_owned();
+    for (how, form) in [
+        ("COPY text", "a\\\\b\"c'd/é!x-held"),
+        ("composite field", "a\\\\b\"\"c'd/é!x-held"),
+        ("E'' literal", "a\\\\b\"c''d/é!x-held"),
+        ("bytea escape", "a\\\\b\"c'd/\\303\\251!x-held"),
+        ("lower-case percent", "a%5cb%22c%27d%2f%c3%a9%21x-held"),
+        ("encodeURIComponent", "a%5Cb%22c'd%2F%C3%A9!x-held"),
+    ] {
+        assert_eq!(mask(&format!("<{form}>")), "<<SECRET>>", "{how}: {form}");
+    }
+    // One escape too few is another text.
+    assert_eq!(mask("a\\b\"\"c''d"), "a\\b\"\"c''d");
+}
+
+#[test]
 fn profiles_pick_by_group_subject_and_target() {
     let e = engine(
         r#"
