@@ -19,4 +19,4 @@ mod log;
 mod sled_store;
 
 pub use error::{Error, Result};
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, TornEnd};

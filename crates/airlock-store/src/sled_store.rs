@@ -65,6 +65,9 @@ const MARKER: &str = "indexed";
 #[derive(Clone)]
 pub struct SledStore {
     inner: Arc<Inner>,
+    /// Bytes at the end of the log that hold no whole record, left in
+    /// place by [`SledStore::open_to_verify`].
+    torn_end: Option<TornEnd>,
     // Stops and joins the indexer when the last clone is dropped, so the
     // database (and its file lock) is released.
     _indexer: Arc<Indexer>,
@@ -150,10 +153,42 @@ impl Drop for Indexer {
     }
 }
 
+/// Bytes at the end of the audit log that hold no whole record: the torn
+/// end of a write a crash interrupted (never acknowledged), or an altered
+/// last record, which the log cannot tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornEnd {
+    /// The log segment.
+    pub segment: u64,
+    /// Where the bytes start in it.
+    pub offset: u64,
+    /// How many there are.
+    pub bytes: u64,
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `data_dir`, re-indexing the part of
-    /// the log the index may not hold.
+    /// the log the index may not hold, and cutting a torn end off the log
+    /// (so that the next record follows the last whole one).
     pub fn open(data_dir: &Path) -> Result<SledStore> {
+        SledStore::open_with(data_dir, true)
+    }
+
+    /// Opens the store to verify it: a torn end is left as it is and
+    /// reported by [`SledStore::torn_end`], since it may be an altered last
+    /// record, which is evidence. Nothing may be appended to a store opened
+    /// this way.
+    pub fn open_to_verify(data_dir: &Path) -> Result<SledStore> {
+        SledStore::open_with(data_dir, false)
+    }
+
+    /// Bytes at the end of the log that hold no whole record, when the
+    /// store was opened with [`SledStore::open_to_verify`].
+    pub fn torn_end(&self) -> Option<TornEnd> {
+        self.torn_end
+    }
+
+    fn open_with(data_dir: &Path, cut_torn_end: bool) -> Result<SledStore> {
         airlock_core::create_private_dir(data_dir).map_err(io(format!(
             "cannot create data directory {}",
             data_dir.display()
@@ -207,6 +242,7 @@ impl SledStore {
             log,
         };
         let end = inner.reindex()?;
+        let mut torn_end = None;
         {
             let mut journal = inner.journal()?;
             // The log ends in the segment appended to. If the index points
@@ -220,12 +256,28 @@ impl SledStore {
                 )));
             }
             journal.len = end.offset;
-            // Cut off a torn frame (never acknowledged) and anything after it.
-            let len = journal.len;
-            journal
+            let size = journal
                 .file
-                .set_len(len)
-                .map_err(io("cannot cut the torn end of the audit log"))?;
+                .metadata()
+                .map_err(io("cannot read the audit log"))?
+                .len();
+            if size > end.offset {
+                torn_end = Some(TornEnd {
+                    segment: end.segment,
+                    offset: end.offset,
+                    bytes: size - end.offset,
+                });
+            }
+            if cut_torn_end {
+                // Cut off a torn frame (never acknowledged) and anything
+                // after it.
+                let len = journal.len;
+                journal
+                    .file
+                    .set_len(len)
+                    .map_err(io("cannot cut the torn end of the audit log"))?;
+                torn_end = None;
+            }
         }
         let head = inner.head()?;
         {
@@ -243,6 +295,7 @@ impl SledStore {
             })
             .map_err(io("cannot start the audit indexer thread"))?;
         Ok(SledStore {
+            torn_end,
             _indexer: Arc::new(Indexer {
                 inner: inner.clone(),
                 thread: Mutex::new(Some(thread)),
@@ -417,7 +470,7 @@ impl Inner {
                 }
                 tracing::warn!(
                     bytes = size - pos.offset,
-                    "cutting a torn end off the audit log (a write interrupted by a crash; it was never acknowledged)"
+                    "the audit log ends in bytes that hold no whole record (a write interrupted by a crash, never acknowledged); opening the store for the gateway cuts them"
                 );
             }
             match segments.iter().find(|s| **s > pos.segment) {

@@ -254,3 +254,45 @@ async fn truncated_tail_is_detected() {
     assert!(!ok, "{out}");
     assert!(out.contains("BROKEN at record 35: the chain was truncated: it ends at record 34, but a signed checkpoint covers record 40"), "{out}");
 }
+
+/// Bytes after the last whole record look like the torn end of a crash,
+/// and so does a last record altered before the index read it. `verify`
+/// does not cut them (the gateway does, when it starts): it says the chain
+/// is not fully verified, names the bytes, and leaves them as they are for
+/// whoever investigates.
+#[tokio::test]
+async fn bytes_after_the_last_whole_record_are_reported_and_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    record(dir.path(), 40, false).await;
+    let path = segment(dir.path());
+    let whole = std::fs::read(&path).unwrap();
+    let untouched = verify(dir.path());
+    assert!(untouched.0, "{}", untouched.1);
+    // Half of a record appended, as a write cut short (or an altered record
+    // whose length no longer fits) leaves it.
+    let mut torn = whole.clone();
+    torn.extend_from_slice(&whole[..whole.len() / 80]);
+    std::fs::write(&path, &torn).unwrap();
+    let (ok, out) = verify(dir.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains("audit chain NOT fully verified"), "{out}");
+    assert!(out.contains("hold no whole record"), "{out}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        torn,
+        "verify changed nothing"
+    );
+    // The gateway's own open cuts them; then the chain verifies.
+    drop(airlock_store::SledStore::open(dir.path()).unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), whole);
+    let (ok, out) = verify(dir.path());
+    assert!(ok, "{out}");
+
+    // A last record altered after the index read it is named.
+    let mut frames = read_frames(&whole);
+    replace_in(frames.last_mut().unwrap(), "echo 39", "echo 42");
+    std::fs::write(&path, write_frames(&frames)).unwrap();
+    let (ok, out) = verify(dir.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains("BROKEN at record 40"), "{out}");
+}
