@@ -572,3 +572,46 @@ async fn copy_data_cut_anywhere_is_recorded_masked_by_rows() {
     assert!(inputs.contains("<EMAIL>\n"), "the binary row: {inputs}");
     assert!(!inputs.contains("bytes of binary"), "{inputs}");
 }
+
+/// The settings a client gives at startup reach the server with the
+/// gateway's login (`search_path` decides which table a name is), so the
+/// session records them before they go, and replay shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_settings_are_recorded_before_the_login() {
+    let (_dir, _pg, gw, mut plain) = raw_session().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(
+        gw.addr,
+        &token,
+        0,
+        &[
+            ("search_path", "audit_x, public"),
+            ("application_name", "o'brien"),
+        ],
+    )
+    .await;
+    // The session works with them, and one without any too.
+    assert_eq!(raw.query("SHOW search_path").await.0, "TDCZI");
+    assert_eq!(plain.query("SELECT 1").await.0, "TDCZI");
+    let events = gw.events().await.unwrap();
+    let settings: Vec<&str> = of_type(&events, "input")
+        .iter()
+        .filter_map(|i| i["data"].as_str())
+        .filter(|d| d.starts_with("startup settings: "))
+        .collect();
+    assert!(
+        settings.contains(
+            &"startup settings: application_name = 'o''brien', search_path = 'audit_x, public'"
+        ),
+        "{settings:?}"
+    );
+    let start = events
+        .iter()
+        .rposition(|e| e["type"] == "session_start")
+        .unwrap();
+    let at = events
+        .iter()
+        .rposition(|e| e["data"].as_str().is_some_and(|d| d.contains("audit_x")))
+        .unwrap();
+    assert!(start < at, "recorded in the session it starts");
+}

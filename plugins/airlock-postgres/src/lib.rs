@@ -444,6 +444,34 @@ impl PostgresConnector {
                 .await;
         };
 
+        // The settings the client asked for at startup reach the server
+        // with the gateway's login (`search_path` decides which table a
+        // statement's name is): recorded first, as statements are.
+        if !params.is_empty() {
+            let mut counts = MaskCounts::new();
+            let settings = params
+                .iter()
+                .map(|(name, value)| {
+                    let value = session.masker().mask_str(None, value, &mut counts);
+                    format!("{name} = '{}'", value.replace('\'', "''"))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            if !counts.is_empty() {
+                session.record_later(Event::Masked { counts });
+            }
+            let recorded = session
+                .record(Event::Input {
+                    data: format!("startup settings: {settings}"),
+                })
+                .await;
+            if let Err(e) = recorded {
+                let _ = session.end("the audit record could not be written").await;
+                return client
+                    .fatal(sqlstate::SYSTEM_ERROR, &e.to_string(), None)
+                    .await;
+            }
+        }
         let connect_time = Duration::from_secs(self.listener.connect_timeout_secs.max(1));
         let upstream = match target.connect(&params, connect_time).await {
             Ok(u) => u,
