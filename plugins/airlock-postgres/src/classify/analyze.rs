@@ -687,17 +687,19 @@ impl Effects {
         // and as unbounded when any of its UPDATE, DELETE or MERGE parts is
         // (`WITH u AS (UPDATE t SET x = 0) DELETE FROM s WHERE id = 1`
         // updates every row). A table created from such a query
-        // (`CREATE TABLE x AS WITH d AS (DELETE …) SELECT …`) is judged as
-        // the write inside it too: PostgreSQL runs it.
+        // (`CREATE TABLE x AS WITH d AS (DELETE …) SELECT …`, `SELECT …
+        // INTO x` over one) is both a create and that write, which no one
+        // kind says: it is opaque, so that neither the rules for creating
+        // tables nor those for the write are passed by.
         let top_is_dml = dml_rank(kind) > 0;
-        let created_from_dml = kind == SqlKind::Create && !self.nested_dml.is_empty();
-        if top_is_dml || !kind.is_write() || created_from_dml {
+        let creates = kind == SqlKind::Create || self.select_into;
+        if creates && !self.nested_dml.is_empty() {
+            kind = SqlKind::Opaque;
+        }
+        if top_is_dml || !kind.is_write() {
             let top = top_is_dml.then_some((kind, has_where));
             let all: Vec<_> = top.into_iter().chain(self.nested_dml).collect();
             if let Some(best) = all.iter().map(|(k, _)| *k).max_by_key(|k| dml_rank(*k)) {
-                if created_from_dml {
-                    object = None;
-                }
                 kind = best;
                 has_where = match best {
                     SqlKind::Update | SqlKind::Delete | SqlKind::Merge => Some(
