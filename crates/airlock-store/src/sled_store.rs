@@ -66,7 +66,7 @@ const MARKER: &str = "indexed";
 pub struct SledStore {
     inner: Arc<Inner>,
     /// Bytes at the end of the log that hold no whole record, left in
-    /// place by [`SledStore::open_to_verify`].
+    /// place by [`SledStore::open_to_read`].
     torn_end: Option<TornEnd>,
     // Stops and joins the indexer when the last clone is dropped, so the
     // database (and its file lock) is released.
@@ -174,16 +174,17 @@ impl SledStore {
         SledStore::open_with(data_dir, true)
     }
 
-    /// Opens the store to verify it: a torn end is left as it is and
-    /// reported by [`SledStore::torn_end`], since it may be an altered last
-    /// record, which is evidence. Nothing may be appended to a store opened
-    /// this way.
-    pub fn open_to_verify(data_dir: &Path) -> Result<SledStore> {
+    /// Opens the store to read it (`airlock sessions`, `replay`, `audit
+    /// verify`): a torn end is left as it is and reported by
+    /// [`SledStore::torn_end`], since it may be an altered last record,
+    /// which is evidence. Nothing may be appended to a store opened this
+    /// way.
+    pub fn open_to_read(data_dir: &Path) -> Result<SledStore> {
         SledStore::open_with(data_dir, false)
     }
 
     /// Bytes at the end of the log that hold no whole record, when the
-    /// store was opened with [`SledStore::open_to_verify`].
+    /// store was opened with [`SledStore::open_to_read`].
     pub fn torn_end(&self) -> Option<TornEnd> {
         self.torn_end
     }

@@ -390,14 +390,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify { public_key, json },
         } => {
-            let store = open_store_with(&data_dir, airlock_store::SledStore::open_to_verify)?;
+            let store = open_store(&data_dir)?;
             let key = match public_key {
                 Some(hex) => airlock_core::audit::decode_public_key(&hex)?,
                 None => airlock_core::audit::public_key_in(&data_dir)?,
             };
             let report = airlock_core::audit::verify(&store, &key).await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                // With the torn end, so that a monitor reading only the
+                // JSON sees what the exit status says.
+                let mut value = serde_json::to_value(&report)?;
+                value["torn_end"] = match store.torn_end() {
+                    Some(t) => serde_json::json!({
+                        "segment": t.segment,
+                        "offset": t.offset,
+                        "bytes": t.bytes,
+                    }),
+                    None => serde_json::Value::Null,
+                };
+                println!("{value}");
             }
             // Left in place: it may be an altered last record.
             let torn = store.torn_end().map(|t| {
@@ -520,21 +531,16 @@ async fn approvals(client: &ApiClient, command: ApprovalsCommand) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store, for the commands that read it. A torn end is left in place
+/// for `audit verify` to report (the gateway cuts it when it starts).
 fn open_store(data_dir: &Path) -> anyhow::Result<airlock_store::SledStore> {
-    open_store_with(data_dir, airlock_store::SledStore::open)
-}
-
-fn open_store_with(
-    data_dir: &Path,
-    open: fn(&Path) -> airlock_store::Result<airlock_store::SledStore>,
-) -> anyhow::Result<airlock_store::SledStore> {
     if !data_dir.join("store").exists() {
         bail!(
             "no audit store in {} (start the gateway first, or pass --data-dir / --config)",
             data_dir.display()
         );
     }
-    open(data_dir).with_context(|| {
+    airlock_store::SledStore::open_to_read(data_dir).with_context(|| {
         format!(
             "cannot open the audit store in {} (a running gateway holds it; stop it or query its API)",
             data_dir.display()

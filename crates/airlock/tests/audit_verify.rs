@@ -277,16 +277,33 @@ async fn bytes_after_the_last_whole_record_are_reported_and_left_in_place() {
     assert!(!ok, "{out}");
     assert!(out.contains("audit chain NOT fully verified"), "{out}");
     assert!(out.contains("hold no whole record"), "{out}");
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        torn,
-        "verify changed nothing"
-    );
+    // The other commands that read the store leave them too, and the JSON
+    // report names them.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("AIRLOCK_CONFIG")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let sessions = run(&["sessions"]);
+    assert!(sessions.status.success(), "{sessions:?}");
+    let json = run(&["audit", "verify", "--json"]);
+    assert!(!json.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["torn_end"]["offset"], whole.len() as u64, "{report}");
+    assert_eq!(std::fs::read(&path).unwrap(), torn, "nothing was changed");
     // The gateway's own open cuts them; then the chain verifies.
     drop(airlock_store::SledStore::open(dir.path()).unwrap());
     assert_eq!(std::fs::read(&path).unwrap(), whole);
     let (ok, out) = verify(dir.path());
     assert!(ok, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&run(&["audit", "verify", "--json"]).stdout).unwrap();
+    assert_eq!(report["torn_end"], serde_json::Value::Null, "{report}");
 
     // A last record altered after the index read it is named.
     let mut frames = read_frames(&whole);
