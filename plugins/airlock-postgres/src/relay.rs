@@ -2182,9 +2182,10 @@ struct ServerHalf<'a> {
     param_types: ParamTypes,
     outcomes: Arc<Outcomes>,
     columns: ColumnsCache,
-    /// The last RowDescription and its columns: a repeated query gets the
-    /// same bytes back, and is not decoded again.
-    last_description: Option<(Bytes, Arc<Vec<Column>>, Option<Bytes>)>,
+    /// The last `RowDescription` and what was made of it (its columns, the
+    /// frame with masked names, what was masked in them): a repeated query
+    /// gets the same bytes back, and is not decoded again.
+    last_description: Option<(Bytes, Arc<Vec<Column>>, Option<Bytes>, MaskCounts)>,
 }
 
 impl ServerHalf<'_> {
@@ -2200,10 +2201,12 @@ impl ServerHalf<'_> {
         &mut self,
         frame: &Frame,
     ) -> Result<(Arc<Vec<Column>>, bool, Option<Bytes>)> {
-        if let Some((bytes, cols, masked)) = &self.last_description
+        if let Some((bytes, cols, masked, counts)) = &self.last_description
             && *bytes == frame.bytes
         {
-            return Ok((cols.clone(), true, masked.clone()));
+            let (cols, masked) = (cols.clone(), masked.clone());
+            self.record_counts(counts.clone());
+            return Ok((cols, true, masked));
         }
         if !frame::column_names_are_utf8(frame.body()) {
             // SQL changed client_encoding earlier in this query or
@@ -2252,7 +2255,7 @@ impl ServerHalf<'_> {
                 renamed = true;
             }
         }
-        self.record_counts(counts);
+        self.record_counts(counts.clone());
         let masked = renamed.then(|| frame::encode(&desc));
         if masked.as_ref().is_some_and(Bytes::is_empty) {
             return Err(Error::Upstream(
@@ -2268,6 +2271,7 @@ impl ServerHalf<'_> {
                 Bytes::copy_from_slice(&frame.bytes),
                 cols.clone(),
                 masked.clone(),
+                counts,
             ));
         }
         Ok((cols, complete, masked))

@@ -902,6 +902,17 @@ pub(crate) fn render_params(
                 (None, None) if type_oid == 0 && std::str::from_utf8(v).is_ok_and(printable) => {
                     mask_text(masker, &NO_FIELD, v, counts).1
                 }
+                // A value of no known type (a fast-path argument, an
+                // untyped parameter) may be an integer: judged by the digits
+                // it would have too (a card number sent as an int8).
+                (None, None)
+                    if type_oid == 0
+                        && untyped_integer(v.len()).is_some_and(|t| {
+                            mask_binary_value(masker, &NO_FIELD, t, v, counts).is_some()
+                        }) =>
+                {
+                    Cow::Borrowed(WITHHELD)
+                }
                 // A number or an opaque value: its masked text when masking
                 // finds something in it, never its bytes in hex.
                 (None, None) => Cow::Owned(
@@ -915,6 +926,16 @@ pub(crate) fn render_params(
         let _ = write!(s, "'{}'", text.replace('\'', "''"));
     }
     s
+}
+
+/// The integer type a binary value of no known type would be, by its size.
+fn untyped_integer(len: usize) -> Option<u32> {
+    match len {
+        2 => Some(oid::INT2),
+        4 => Some(oid::INT4),
+        8 => Some(oid::INT8),
+        _ => None,
+    }
 }
 
 fn printable(s: &str) -> bool {
@@ -985,6 +1006,10 @@ pub(crate) struct CopyInRecord {
     binary: Option<BinaryCopy>,
     /// Whether the format is known.
     decided: bool,
+    /// A binary row (or header) grew past [`COPY_LINE_MAX`]: the rest of
+    /// this COPY is recorded as byte counts, so that a huge value is not
+    /// held in memory for the record.
+    counting: bool,
 }
 
 impl CopyInRecord {
@@ -996,11 +1021,26 @@ impl CopyInRecord {
     /// Adds data on its way to the server; returns the masked text of the
     /// rows it completes.
     pub(crate) fn push(&mut self, masker: &Masker, data: &[u8], counts: &mut MaskCounts) -> String {
-        if let Some(binary) = &mut self.binary {
-            return rows_text(binary.push(masker, data, counts).1);
+        if self.counting {
+            return format!("<{} more bytes of binary COPY data>\n", data.len());
         }
+        if let Some(binary) = &mut self.binary {
+            let text = rows_text(binary.push(masker, data, counts).1);
+            if binary.held() > COPY_LINE_MAX {
+                let held = binary.held();
+                self.binary = None;
+                self.counting = true;
+                return format!(
+                    "{text}<a binary COPY row over {COPY_LINE_MAX} bytes: this row and the rest of the COPY are recorded as byte counts; {held} bytes so far>\n"
+                );
+            }
+            return text;
+        }
+        // Only the new bytes can hold the line end not yet seen.
+        let mut seen = self.pending.len();
         self.pending.extend_from_slice(data);
         if !self.decided {
+            seen = 0;
             if self.pending.len() < COPY_SIGNATURE.len()
                 && COPY_SIGNATURE.starts_with(&self.pending)
             {
@@ -1008,15 +1048,13 @@ impl CopyInRecord {
             }
             self.decided = true;
             if self.pending.starts_with(COPY_SIGNATURE) {
-                let mut binary = BinaryCopy::default();
+                self.binary = Some(BinaryCopy::default());
                 let first = self.pending.split();
-                let text = rows_text(binary.push(masker, &first, counts).1);
-                self.binary = Some(binary);
-                return text;
+                return self.push(masker, &first, counts);
             }
         }
-        let whole = match self.pending.iter().rposition(|&b| b == b'\n') {
-            Some(nl) => nl + 1,
+        let whole = match self.pending[seen..].iter().rposition(|&b| b == b'\n') {
+            Some(nl) => seen + nl + 1,
             None if self.pending.len() > COPY_LINE_MAX => self.pending.len(),
             None => return String::new(),
         };
@@ -1028,6 +1066,7 @@ impl CopyInRecord {
     /// recorded, and starts afresh for the next one.
     pub(crate) fn finish(&mut self, masker: &Masker, counts: &mut MaskCounts) -> String {
         let text = match self.binary.take() {
+            _ if self.counting => String::new(),
             Some(mut binary) => match binary.finish().len() {
                 0 => String::new(),
                 n => format!("<{n} bytes of an incomplete binary COPY row>"),
@@ -1142,6 +1181,11 @@ impl BinaryCopy {
             }
         }
         (out.freeze(), lines)
+    }
+
+    /// How many bytes are held: an incomplete tuple (or header).
+    pub(crate) fn held(&self) -> usize {
+        self.buf.len()
     }
 
     /// What is left when the COPY ends (an incomplete tuple, sent as it is).
@@ -1379,6 +1423,15 @@ mod tests {
             &mut counts,
         );
         assert_eq!(s, "$1 = '<EMAIL>', $2 = NULL, $3 = '7', $4 = 'it''s'");
+        // Of no known type (a fast-path argument): an int8 holding a card
+        // number is withheld, a small one is shown.
+        let params = vec![
+            Some(Bytes::copy_from_slice(&4111111111111111i64.to_be_bytes())),
+            Some(Bytes::copy_from_slice(&42i64.to_be_bytes())),
+        ];
+        let s = render_params(&m, &params, &[1], &[], &mut counts);
+        assert!(s.starts_with("$1 = '<WITHHELD>', $2 = '"), "{s}");
+        assert!(!s.contains("000e9a"), "{s}");
     }
 
     fn row(cells: &[Option<&[u8]>]) -> Vec<u8> {
@@ -1716,6 +1769,30 @@ mod tests {
             rec.finish(&m, &mut counts),
             "<6 bytes of an incomplete binary COPY row>"
         );
+        // A value too large to hold for the record: from there on, byte
+        // counts (a header claiming a huge extension is the same).
+        let mut huge = data[..19].to_vec();
+        huge.extend_from_slice(&1i16.to_be_bytes());
+        huge.extend_from_slice(&(3i32 << 20).to_be_bytes());
+        let mut texts = vec![rec.push(&m, &huge, &mut counts)];
+        for _ in 0..3 {
+            texts.push(rec.push(&m, &[b'x'; 1 << 19], &mut counts));
+        }
+        assert_eq!(texts[..2], ["", ""]);
+        assert!(
+            texts[2].starts_with("<a binary COPY row over 1048576 bytes"),
+            "{}",
+            texts[2]
+        );
+        assert_eq!(texts[3], "<524288 more bytes of binary COPY data>\n");
+        assert_eq!(rec.finish(&m, &mut counts), "");
+        assert!(rec.is_empty());
+        let mut ext = data[..15].to_vec();
+        ext.extend_from_slice(&i32::MAX.to_be_bytes());
+        rec.push(&m, &ext, &mut counts);
+        let text = rec.push(&m, &vec![0; (1 << 20) + 1], &mut counts);
+        assert!(text.starts_with("<a binary COPY row over"), "{text}");
+        rec.finish(&m, &mut counts);
     }
 
     #[test]
