@@ -2092,6 +2092,17 @@ fn mark_sql_changed(statement: &mut Statement, ids: &mut u64) {
 }
 
 /// An answer from the server that matches no request the gateway knows of.
+/// A `RowDescription` and what was made of it.
+#[derive(Debug)]
+struct Described {
+    frame: Bytes,
+    cols: Arc<Vec<Column>>,
+    /// The frame with its column names masked, when any was.
+    masked: Option<Bytes>,
+    /// What was masked in the names.
+    counts: MaskCounts,
+}
+
 fn out_of_step(what: &str) -> Error {
     Error::Upstream(format!(
         "the server sent a {what} that answers no request Airlock knows of; the session is ended rather than risk passing on results unmasked"
@@ -2185,7 +2196,7 @@ struct ServerHalf<'a> {
     /// The last `RowDescription` and what was made of it (its columns, the
     /// frame with masked names, what was masked in them): a repeated query
     /// gets the same bytes back, and is not decoded again.
-    last_description: Option<(Bytes, Arc<Vec<Column>>, Option<Bytes>, MaskCounts)>,
+    last_description: Option<Described>,
 }
 
 impl ServerHalf<'_> {
@@ -2201,11 +2212,11 @@ impl ServerHalf<'_> {
         &mut self,
         frame: &Frame,
     ) -> Result<(Arc<Vec<Column>>, bool, Option<Bytes>)> {
-        if let Some((bytes, cols, masked, counts)) = &self.last_description
-            && *bytes == frame.bytes
+        if let Some(last) = &self.last_description
+            && last.frame == frame.bytes
         {
-            let (cols, masked) = (cols.clone(), masked.clone());
-            self.record_counts(counts.clone());
+            let (cols, masked) = (last.cols.clone(), last.masked.clone());
+            self.record_counts(last.counts.clone());
             return Ok((cols, true, masked));
         }
         if !frame::column_names_are_utf8(frame.body()) {
@@ -2267,12 +2278,12 @@ impl ServerHalf<'_> {
         // A copy: holding the frame itself would pin the read buffer. Not
         // kept when the catalog could not be asked, so it is asked again.
         if complete {
-            self.last_description = Some((
-                Bytes::copy_from_slice(&frame.bytes),
-                cols.clone(),
-                masked.clone(),
+            self.last_description = Some(Described {
+                frame: Bytes::copy_from_slice(&frame.bytes),
+                cols: cols.clone(),
+                masked: masked.clone(),
                 counts,
-            ));
+            });
         }
         Ok((cols, complete, masked))
     }
