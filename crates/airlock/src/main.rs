@@ -634,6 +634,24 @@ fn print_replay(detail: &SessionDetail, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Recorded text on one line of a replay: line breaks, tabs, backslashes
+/// and other control characters escaped (quotes, which SQL is full of, as
+/// they are).
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// How one record reads in a replay: one line, or for a result that carries
 /// the rows and masking counts of its statement, one line for each.
 fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
@@ -673,8 +691,8 @@ fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
                 operation.summary()
             )
         }
-        Event::Input { data } => format!("input     {}", data.escape_debug()),
-        Event::Output { data } => format!("output    {}", data.escape_debug()),
+        Event::Input { data } => format!("input     {}", one_line(data)),
+        Event::Output { data } => format!("output    {}", one_line(data)),
         Event::Result {
             rows,
             error,
@@ -684,7 +702,7 @@ fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
         } => {
             let mut lines = Vec::new();
             if let Some(data) = output {
-                lines.push(format!("output    {}", data.escape_debug()));
+                lines.push(format!("output    {}", one_line(data)));
             }
             if !masked.is_empty() {
                 lines.push(masked_line(masked));
@@ -754,6 +772,17 @@ mod tests {
         assert_eq!(
             replay_lines(&failed),
             ["result    error after 90µs: division by zero"]
+        );
+    }
+
+    #[test]
+    fn recorded_text_replays_on_one_line_with_its_quotes_as_they_are() {
+        let input = Event::Input {
+            data: "startup settings: application_name = 'o''brien'\n1\t\\x\u{7}".into(),
+        };
+        assert_eq!(
+            replay_lines(&input),
+            ["input     startup settings: application_name = 'o''brien'\\n1\\t\\\\x\\u{7}"]
         );
     }
 
