@@ -434,8 +434,15 @@ impl Approvals {
         if let Some(a) = existing {
             return Ok(a);
         }
-        let timeout = time::Duration::try_from(settings.timeout)
-            .map_err(|e| Error::Internal(format!("review timeout: {e}")))?;
+        let expires = time::Duration::try_from(settings.timeout)
+            .ok()
+            .and_then(|timeout| now.checked_add(timeout))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "rule {rule:?}: its review timeout ({} s) is out of range",
+                    settings.timeout.as_secs()
+                ))
+            })?;
         let approval = Approval {
             id: uuid::Uuid::now_v7().to_string(),
             version: 0,
@@ -451,7 +458,7 @@ impl Approvals {
             self_approval: settings.self_approval,
             grant_secs: settings.grant.as_secs(),
             created: now,
-            expires: now + timeout,
+            expires,
             status: ApprovalStatus::Pending,
             votes: Vec::new(),
             grant_until: None,
@@ -543,8 +550,11 @@ impl Approvals {
                     } else if a.approvals() as u32 >= a.approvals_required {
                         a.status = ApprovalStatus::Approved;
                         if a.grant_secs > 0 {
-                            a.grant_until =
-                                Some(now + time::Duration::seconds(a.grant_secs as i64));
+                            // Out of range (a grant of an older, unchecked
+                            // configuration): no grant rather than a panic.
+                            a.grant_until = i64::try_from(a.grant_secs)
+                                .ok()
+                                .and_then(|secs| now.checked_add(time::Duration::seconds(secs)));
                         }
                     }
                     let expected = a.version;

@@ -18,6 +18,11 @@ use super::{
 use crate::config::Source;
 use crate::{Error, Result};
 
+/// The longest a review may wait for its decision: a year.
+const MAX_REVIEW_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+/// The longest a grant may last: a year.
+const MAX_GRANT_MINUTES: u64 = 365 * 24 * 60;
+
 /// A pack's file: only `[[rules]]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +247,21 @@ fn compile_rule(
         }
         if rule.timeout_secs == Some(0) {
             return Err(fail("timeout_secs must be at least 1".into()));
+        }
+        // Beyond a year an approval's deadline is no deadline, and far
+        // beyond it the time arithmetic overflows.
+        if rule
+            .timeout_secs
+            .is_some_and(|t| t > MAX_REVIEW_TIMEOUT_SECS)
+        {
+            return Err(fail(format!(
+                "timeout_secs must be at most {MAX_REVIEW_TIMEOUT_SECS} (one year)"
+            )));
+        }
+        if rule.grant_minutes.is_some_and(|m| m > MAX_GRANT_MINUTES) {
+            return Err(fail(format!(
+                "grant_minutes must be at most {MAX_GRANT_MINUTES} (one year)"
+            )));
         }
     } else {
         let review_only = [

@@ -910,6 +910,12 @@ grant_minutes = 30
     );
     assert!(p.rule("nope").is_none());
     assert_eq!(p.rules().count(), 2);
+    // The longest allowed: a year each.
+    let year = policy(
+        "[[rules]]\nname = \"y\"\naction = \"review\"\napprovers = [\"dba\"]\nmessage = \"m\"\ntimeout_secs = 31536000\ngrant_minutes = 525600\n",
+    );
+    let y = year.rule("y").unwrap();
+    assert_eq!((y.timeout_secs, y.grant_minutes), (31_536_000, 525_600));
 }
 
 #[test]
@@ -1338,6 +1344,18 @@ fn compile_errors_name_the_position_and_the_fix() {
         "\n[[rules]]\nname = \"a\"\naction = \"review\"\napprovers = \"x\"\nmessage = \"m\"\napprovals_required = 0\n",
         "[[rules]]",
         "approvals_required must be at least 1",
+    );
+    // Beyond a year: refused before the time arithmetic could overflow; a
+    // year is accepted.
+    assert_error_at(
+        "\n[[rules]]\nname = \"a\"\naction = \"review\"\napprovers = \"x\"\nmessage = \"m\"\ntimeout_secs = 1000000000000\n",
+        "[[rules]]",
+        "timeout_secs must be at most 31536000 (one year)",
+    );
+    assert_error_at(
+        "\n[[rules]]\nname = \"a\"\naction = \"review\"\napprovers = \"x\"\nmessage = \"m\"\ngrant_minutes = 10000000000\n",
+        "[[rules]]",
+        "grant_minutes must be at most 525600 (one year)",
     );
     assert_error_at(
         "\n[[rules]]\nname = \"a\"\naction = \"allow\"\n\n[[rules]] # here\nname = \"bad-re\"\naction = \"deny\"\nmessage = \"m\"\n[rules.command]\nline = '(unclosed'\n",
