@@ -70,6 +70,9 @@ async fn receiver(failures: usize) -> (String, Arc<Mutex<Vec<(u16, serde_json::V
 fn rules(url: &str, format: &str, attempts: u32) -> String {
     format!(
         r#"
+[api]
+listen = "127.0.0.1:0"
+
 [[rules]]
 name = "deploys-need-approval"
 action = "review"
@@ -157,13 +160,18 @@ async fn slack_webhook_is_retried_until_the_receiver_accepts() {
     );
     let body = &seen[2].1;
     assert_eq!(body["text"], "Approval needed: agent-1 on echo");
+    // The buttons lead to the request's page, at how to approve or deny
+    // (a link that decided by itself would be followed by link previews),
+    // and that page is there.
     let buttons = body["blocks"][1]["elements"].as_array().unwrap();
-    assert!(
-        buttons[0]["url"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("/approvals/{id}/approve"))
-    );
+    for (button, anchor) in [(0, "approve"), (1, "deny")] {
+        let url = buttons[button]["url"].as_str().unwrap();
+        assert!(url.ends_with(&format!("/approvals/{id}#{anchor}")), "{url}");
+        let page = reqwest::get(url.split('#').next().unwrap()).await.unwrap();
+        assert_eq!(page.status(), 200, "{url}");
+        let html = page.text().await.unwrap();
+        assert!(html.contains(&format!("id=\"{anchor}\"")), "{html}");
+    }
     assert!(
         body["blocks"][0]["text"]["text"]
             .as_str()

@@ -163,10 +163,16 @@ pub(crate) async fn page(Path(id): Path<String>) -> Html<String> {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Airlock approval {id}</title></head>\
          <body style=\"font-family: sans-serif; max-width: 46em; margin: 2em auto\">\
          <h1>Approval {id}</h1>\
-         <p>Decide it with the Airlock CLI (it asks the API with your token):</p>\
-         <pre>airlock approvals show {id}\nairlock approvals approve {id}\nairlock approvals deny {id} --reason \"...\"</pre>\
-         <p>or with any HTTP client: <code>POST /api/v1/approvals/{id}/approve</code> with \
-         <code>Authorization: Bearer &lt;token&gt;</code>. The API is described at \
+         <p>Look at it with the Airlock CLI (it asks the API with your token):</p>\
+         <pre>airlock approvals show {id}</pre>\
+         <h2 id=\"approve\">Approve</h2>\
+         <pre>airlock approvals approve {id}</pre>\
+         <p>or <code>POST /api/v1/approvals/{id}/approve</code> with \
+         <code>Authorization: Bearer &lt;token&gt;</code>.</p>\
+         <h2 id=\"deny\">Deny</h2>\
+         <pre>airlock approvals deny {id} --reason \"...\"</pre>\
+         <p>or <code>POST /api/v1/approvals/{id}/deny</code> with the token and \
+         <code>{{\"reason\": \"...\"}}</code>. The API is described at \
          <a href=\"/api/v1/openapi.json\">/api/v1/openapi.json</a>.</p></body></html>"
     ))
 }

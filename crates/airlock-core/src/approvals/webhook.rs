@@ -106,7 +106,9 @@ impl Notifier for WebhookNotifier {
     }
 }
 
-/// The body posted for a new request.
+/// The body posted for a new request. Its approve and deny links lead to
+/// the request's page, at how to approve or deny it: a link that decided by
+/// itself would be followed by every chat client that previews links.
 pub fn payload(format: WebhookFormat, a: &Approval, url: &str) -> serde_json::Value {
     let what = a.operation.summary();
     match format {
@@ -115,8 +117,8 @@ pub fn payload(format: WebhookFormat, a: &Approval, url: &str) -> serde_json::Va
             "approval": a,
             "summary": what,
             "url": url,
-            "approve_url": format!("{url}/approve"),
-            "deny_url": format!("{url}/deny"),
+            "approve_url": format!("{url}#approve"),
+            "deny_url": format!("{url}#deny"),
         }),
         WebhookFormat::Slack => {
             let text = format!(
@@ -134,8 +136,8 @@ pub fn payload(format: WebhookFormat, a: &Approval, url: &str) -> serde_json::Va
                 "blocks": [
                     {"type": "section", "text": {"type": "mrkdwn", "text": text}},
                     {"type": "actions", "elements": [
-                        {"type": "button", "text": {"type": "plain_text", "text": "Approve"}, "style": "primary", "url": format!("{url}/approve")},
-                        {"type": "button", "text": {"type": "plain_text", "text": "Deny"}, "style": "danger", "url": format!("{url}/deny")},
+                        {"type": "button", "text": {"type": "plain_text", "text": "Approve"}, "style": "primary", "url": format!("{url}#approve")},
+                        {"type": "button", "text": {"type": "plain_text", "text": "Deny"}, "style": "danger", "url": format!("{url}#deny")},
                         {"type": "button", "text": {"type": "plain_text", "text": "Details"}, "url": url},
                     ]}
                 ]
