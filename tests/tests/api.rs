@@ -143,14 +143,32 @@ async fn denial_over_the_api_reaches_the_client_with_its_reason() {
         (400, Some("bad_request")),
         "a denial needs a reason: {e}"
     );
-    let (status, _) = api
-        .post(
-            &format!("/api/v1/approvals/{id}/deny"),
-            &dana,
-            json!({"reason": "not during the incident"}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    // A body that is not JSON gets the API's JSON error, not plain text.
+    let raw = |content_type: Option<&str>, body: &'static str| {
+        let mut req = api
+            .http
+            .post(format!("{}/api/v1/approvals/{id}/deny", api.base))
+            .bearer_auth(&dana)
+            .body(body);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        req.send()
+    };
+    let resp = raw(
+        Some("application/x-www-form-urlencoded"),
+        "reason=not+during+the+incident",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "bad_request", "{e}");
+    // A JSON body without its content type keeps its reason.
+    let resp = raw(None, r#"{"reason": "not during the incident"}"#)
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(
         client.next().await.unwrap(),
         format!(
@@ -232,6 +250,19 @@ async fn roles_are_enforced() {
         .get("/api/v1/sessions?q=no-such-command", Some(&auditor))
         .await;
     assert_eq!((status, found.as_array().unwrap().len()), (200, 0));
+    // A limit that is not a number, or is 0, is a JSON 400; 1 is one.
+    for bad in ["ten", "0"] {
+        let (status, e) = api
+            .get(&format!("/api/v1/sessions?limit={bad}"), Some(&auditor))
+            .await;
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}: {e}"
+        );
+    }
+    let (status, found) = api.get("/api/v1/sessions?limit=1", Some(&auditor)).await;
+    assert_eq!((status, found.as_array().unwrap().len()), (200, 1));
     let (status, _) = api
         .get(&format!("/api/v1/approvals/{id}"), Some(&auditor))
         .await;

@@ -2,11 +2,11 @@
 
 use airlock_core::approvals::{ApprovalStatus, DecideError};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Html;
 
 use crate::auth::{Caller, Role};
-use crate::error::ErrorBody;
+use crate::error::{ApiBody, ApiQuery, ErrorBody};
 use crate::views::{ApprovalQuery, ApprovalView, DecideBody};
 use crate::{ApiError, ApiState, Result};
 
@@ -22,7 +22,7 @@ use crate::{ApiError, ApiState, Result};
 pub(crate) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    Query(q): Query<ApprovalQuery>,
+    ApiQuery(q): ApiQuery<ApprovalQuery>,
 ) -> Result<Json<Vec<ApprovalView>>> {
     caller.require(
         &[Role::Approver, Role::Auditor, Role::Admin],
@@ -112,16 +112,9 @@ pub(crate) async fn approve(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Option<Json<DecideBody>>,
+    ApiBody(body): ApiBody<DecideBody>,
 ) -> Result<Json<ApprovalView>> {
-    decide(
-        &state,
-        &caller,
-        &id,
-        true,
-        body.map(|b| b.0).unwrap_or_default(),
-    )
-    .await
+    decide(&state, &caller, &id, true, body).await
 }
 
 /// Denies a request with a reason, which the requester's client receives.
@@ -141,16 +134,9 @@ pub(crate) async fn deny(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Option<Json<DecideBody>>,
+    ApiBody(body): ApiBody<DecideBody>,
 ) -> Result<Json<ApprovalView>> {
-    decide(
-        &state,
-        &caller,
-        &id,
-        false,
-        body.map(|b| b.0).unwrap_or_default(),
-    )
-    .await
+    decide(&state, &caller, &id, false, body).await
 }
 
 /// The page approval links point to: how to decide, for people without a UI client.

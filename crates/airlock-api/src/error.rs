@@ -135,3 +135,63 @@ impl IntoResponse for ApiError {
 pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; the API is described at /api/v1/openapi.json")
 }
+
+/// A query string, read into `T`; one that does not fit is a 400 with the
+/// API's JSON error body (axum's own rejection is plain text).
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| ApiQuery(q))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the query string does not fit this endpoint: {}; see /api/v1/openapi.json",
+                    e.body_text()
+                ))
+            })
+    }
+}
+
+/// An optional JSON body, read into `T` whatever its content type says (a
+/// client that left the header out must not lose, say, an approver's
+/// reason); an empty body is `T::default()`, one that is not JSON a 400
+/// with the API's JSON error body.
+pub(crate) struct ApiBody<T>(pub(crate) T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiBody<T>
+where
+    T: serde::de::DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the request body could not be read: {}",
+                    e.body_text()
+                ))
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ApiBody(T::default()));
+        }
+        serde_json::from_slice(&bytes).map(ApiBody).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body must be JSON such as {{\"reason\": \"...\"}}: {e}"
+            ))
+        })
+    }
+}

@@ -3,12 +3,12 @@
 use airlock_core::store::SessionFilter;
 use airlock_core::{Event, SessionId};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{Caller, Role};
-use crate::error::ErrorBody;
+use crate::error::{ApiQuery, ErrorBody};
 use crate::views::{RecordView, SessionDetail, SessionQuery, SessionView, VerifyView};
 use crate::{ApiError, ApiState, Result};
 
@@ -37,10 +37,15 @@ fn time_param(name: &str, value: &Option<String>) -> Result<Option<OffsetDateTim
 pub(crate) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
-    Query(q): Query<SessionQuery>,
+    ApiQuery(q): ApiQuery<SessionQuery>,
 ) -> Result<Json<Vec<SessionView>>> {
     caller.require(&[Role::Auditor, Role::Admin], "read sessions")?;
     let limit = q.limit.unwrap_or(100).min(10_000);
+    if limit == 0 {
+        return Err(ApiError::bad_request(
+            "`limit` must be at least 1 (at most 10000 sessions are listed)",
+        ));
+    }
     let filter = SessionFilter {
         user: q.user.clone(),
         target: q.target.clone(),
