@@ -238,6 +238,27 @@ async fn roles_are_enforced() {
             .iter()
             .any(|e| e["type"] == "operation")
     );
+    assert_eq!(detail["next_after"], Value::Null, "all of it in one page");
+    // Page by page, the same records in the same order.
+    let all: Vec<Value> = detail["events"].as_array().unwrap().clone();
+    assert!(all.len() >= 3, "{all:?}");
+    let (mut paged, mut after) = (Vec::new(), None::<u64>);
+    loop {
+        let path = match after {
+            Some(a) => format!("/api/v1/sessions/{sid}?limit=2&after={a}"),
+            None => format!("/api/v1/sessions/{sid}?limit=2"),
+        };
+        let (status, page) = api.get(&path, Some(&auditor)).await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        assert!(events.len() <= 2);
+        paged.extend(events.iter().cloned());
+        match page["next_after"].as_u64() {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
     let (status, found) = api
         .get("/api/v1/sessions?q=DEPLOY%20v3", Some(&auditor))
         .await;

@@ -307,7 +307,7 @@ async fn two_approver_rule_needs_both() {
 async fn approval_steps(gw: &TestGateway, session: SessionId) -> Vec<(String, String)> {
     gw.runtime
         .store
-        .session_records(session)
+        .session_records(session, 0, 0)
         .await
         .unwrap()
         .into_iter()
@@ -564,8 +564,13 @@ impl Store for ExpiresUnderTheVote {
     async fn session(&self, id: SessionId) -> airlock_core::Result<Option<SessionSummary>> {
         self.inner.session(id).await
     }
-    async fn session_records(&self, id: SessionId) -> airlock_core::Result<Vec<Record>> {
-        self.inner.session_records(id).await
+    async fn session_records(
+        &self,
+        id: SessionId,
+        after: u64,
+        limit: usize,
+    ) -> airlock_core::Result<Vec<Record>> {
+        self.inner.session_records(id, after, limit).await
     }
     async fn flush(&self) -> airlock_core::Result<()> {
         self.inner.flush().await

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{Caller, Role};
 use crate::error::{ApiQuery, ErrorBody};
-use crate::views::{RecordView, SessionDetail, SessionQuery, SessionView, VerifyView};
+use crate::views::{EventsQuery, RecordView, SessionDetail, SessionQuery, SessionView, VerifyView};
 use crate::{ApiError, ApiState, Result};
 
 fn time_param(name: &str, value: &Option<String>) -> Result<Option<OffsetDateTime>> {
@@ -57,18 +57,10 @@ pub(crate) async fn list(
     };
     let mut out = Vec::new();
     for s in state.store.sessions(&filter).await? {
-        if let Some(text) = &q.q {
-            let needle = text.to_lowercase();
-            let records = state.store.session_records(s.id).await?;
-            let hit = records.iter().any(|r| match &r.event {
-                Event::Operation { operation, .. } => {
-                    operation.summary().to_lowercase().contains(&needle)
-                }
-                _ => false,
-            });
-            if !hit {
-                continue;
-            }
+        if let Some(text) = &q.q
+            && !mentions(&state, s.id, &text.to_lowercase()).await?
+        {
+            continue;
         }
         out.push(SessionView::from(&s));
         if out.len() >= limit {
@@ -78,9 +70,35 @@ pub(crate) async fn list(
     Ok(Json(out))
 }
 
-/// One session with its events (a replayable timeline).
+/// Whether an operation of the session mentions `needle` (lower case). Read
+/// a page at a time, up to the first mention.
+async fn mentions(state: &ApiState, id: SessionId, needle: &str) -> Result<bool> {
+    let mut after = 0;
+    loop {
+        let page = state
+            .store
+            .session_records(id, after, EVENTS_PAGE_MAX)
+            .await?;
+        let hit = page.iter().any(|r| match &r.event {
+            Event::Operation { operation, .. } => {
+                operation.summary().to_lowercase().contains(needle)
+            }
+            _ => false,
+        });
+        match page.last() {
+            _ if hit => return Ok(true),
+            Some(last) if page.len() == EVENTS_PAGE_MAX => after = last.seq,
+            _ => return Ok(false),
+        }
+    }
+}
+
+/// The most records of a session one request returns.
+const EVENTS_PAGE_MAX: usize = 10_000;
+
+/// One session with its events (a replayable timeline), a page at a time.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", operation_id = "getSession", tag = "sessions",
-    params(("id" = String, Path, description = "Session id")),
+    params(("id" = String, Path, description = "Session id"), EventsQuery),
     responses(
         (status = 200, description = "The session and its events", body = SessionDetail),
         (status = 404, description = "No such session", body = ErrorBody),
@@ -92,18 +110,32 @@ pub(crate) async fn get(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiQuery(page): ApiQuery<EventsQuery>,
 ) -> Result<Json<SessionDetail>> {
     caller.require(&[Role::Auditor, Role::Admin], "read sessions")?;
+    let limit = page.limit.unwrap_or(EVENTS_PAGE_MAX).min(EVENTS_PAGE_MAX);
+    if limit == 0 {
+        return Err(ApiError::bad_request(format!(
+            "`limit` must be at least 1 (at most {EVENTS_PAGE_MAX} records are returned at once)"
+        )));
+    }
     let sid: SessionId = id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{id:?} is not a session id (a UUID)")))?;
     let Some(summary) = state.store.session(sid).await? else {
         return Err(ApiError::not_found(format!("there is no session {id}")));
     };
-    let records = state.store.session_records(sid).await?;
+    let records = state
+        .store
+        .session_records(sid, page.after.unwrap_or(0), limit)
+        .await?;
+    let next_after = (records.len() == limit)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
     Ok(Json(SessionDetail {
         session: SessionView::from(&summary),
         events: records.iter().map(RecordView::from).collect(),
+        next_after,
     }))
 }
 

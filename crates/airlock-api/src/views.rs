@@ -89,8 +89,21 @@ impl From<&Record> for RecordView {
 pub struct SessionDetail {
     /// The session.
     pub session: SessionView,
-    /// Its records, in order.
+    /// Its records, in order (one page of them).
     pub events: Vec<RecordView>,
+    /// When the page is full: pass this as `after` for the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
+/// Which of a session's records to return.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only records after this one (its `seq`; default: from the start).
+    pub after: Option<u64>,
+    /// At most this many (default and most 10000).
+    pub limit: Option<usize>,
 }
 
 /// Filters for listing sessions.

@@ -116,8 +116,11 @@ pub trait Store: Send + Sync + 'static {
     /// One session's summary.
     async fn session(&self, id: SessionId) -> Result<Option<SessionSummary>>;
 
-    /// One session's records, in order.
-    async fn session_records(&self, id: SessionId) -> Result<Vec<Record>>;
+    /// One session's records after record `after` (by chain sequence; 0:
+    /// from its start), in order, at most `limit` of them (0: all). A long
+    /// session is read page by page, so that no caller holds it whole.
+    async fn session_records(&self, id: SessionId, after: u64, limit: usize)
+    -> Result<Vec<Record>>;
 
     /// Makes everything written so far durable on disk (called at shutdown).
     async fn flush(&self) -> Result<()>;

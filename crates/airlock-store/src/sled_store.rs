@@ -861,7 +861,7 @@ impl Inner {
         Ok(out)
     }
 
-    fn session_records(&self, id: SessionId) -> Result<Vec<Record>> {
+    fn session_records(&self, id: SessionId, after: u64, limit: usize) -> Result<Vec<Record>> {
         // Re-indexing may have written a record's entry twice: key by seq.
         let mut places = BTreeMap::new();
         for kv in self.session_records.scan_prefix(id.0.as_bytes()) {
@@ -880,6 +880,12 @@ impl Inner {
                 }
             }
         }
+        let take = if limit == 0 { usize::MAX } else { limit };
+        let places: Vec<_> = places
+            .range(after.saturating_add(1)..)
+            .take(take)
+            .map(|(seq, at)| (*seq, *at))
+            .collect();
         let mut out = Vec::with_capacity(places.len());
         let mut open: Option<(u64, File)> = None;
         for (seq, at) in places {
@@ -1150,8 +1156,14 @@ impl Store for SledStore {
         self.indexed(move |s| s.summary(id)).await
     }
 
-    async fn session_records(&self, id: SessionId) -> airlock_core::Result<Vec<Record>> {
-        self.indexed(move |s| s.session_records(id)).await
+    async fn session_records(
+        &self,
+        id: SessionId,
+        after: u64,
+        limit: usize,
+    ) -> airlock_core::Result<Vec<Record>> {
+        self.indexed(move |s| s.session_records(id, after, limit))
+            .await
     }
 
     async fn flush(&self) -> airlock_core::Result<()> {

@@ -326,7 +326,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay { session, json } => {
             let detail: SessionDetail = if let Some(api) = &cli.api {
                 let client = ApiClient::new(api, cli.token.clone(), cli.api_ca.as_deref())?;
-                client.get(&format!("/api/v1/sessions/{session}")).await?
+                // Page by page: the API returns at most 10000 records at once.
+                let path = format!("/api/v1/sessions/{session}");
+                let mut detail: SessionDetail = client.get(&path).await?;
+                while let Some(after) = detail.next_after.take() {
+                    let next: SessionDetail = client.get(&format!("{path}?after={after}")).await?;
+                    detail.events.extend(next.events);
+                    detail.next_after = next.next_after;
+                }
+                detail
             } else {
                 let store = open_store(&data_dir)?;
                 let Some(summary) = store.session(session).await? else {
@@ -335,10 +343,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         data_dir.display()
                     );
                 };
-                let records = store.session_records(session).await?;
+                let records = store.session_records(session, 0, 0).await?;
                 SessionDetail {
                     session: SessionView::from(&summary),
                     events: records.iter().map(RecordView::from).collect(),
+                    next_after: None,
                 }
             };
             print_replay(&detail, json)?;

@@ -125,11 +125,20 @@ async fn appends_index_sessions_and_survive_reopen() {
         .await
         .unwrap();
     assert!(none.is_empty());
-    let records = store.session_records(a).await.unwrap();
+    let records = store.session_records(a, 0, 0).await.unwrap();
     assert_eq!(
         records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![1, 3, 4, 5]
     );
+    // A page: after record 1 (the session's first), at most two.
+    let seqs = |r: Vec<airlock_core::audit::Record>| r.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.session_records(a, 1, 2).await.unwrap()), [3, 4]);
+    assert_eq!(seqs(store.session_records(a, 4, 2).await.unwrap()), [5]);
+    assert_eq!(
+        seqs(store.session_records(a, 2, 0).await.unwrap()),
+        [3, 4, 5]
+    );
+    assert!(store.session_records(a, 5, 2).await.unwrap().is_empty());
     let raw = store.raw_records(2, 2).await.unwrap();
     assert_eq!(raw.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
     assert_eq!(raw[0].hash, Hash::of(&raw[0].body));
@@ -273,7 +282,7 @@ async fn reindexing_the_whole_log_leaves_the_same_index() {
     std::fs::remove_file(dir.path().join("log").join("indexed")).unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.session(session).await.unwrap().unwrap(), before);
-    let records = store.session_records(session).await.unwrap();
+    let records = store.session_records(session, 0, 0).await.unwrap();
     assert_eq!(
         records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=50).collect::<Vec<_>>(),
@@ -302,7 +311,7 @@ async fn a_lost_index_is_rebuilt_from_the_whole_log_and_the_chain_goes_on() {
     );
     let more = chain(ops(3, session), Some((last.seq, last.hash)));
     store.append(more, Durability::Os).await.unwrap();
-    let records = store.session_records(session).await.unwrap();
+    let records = store.session_records(session, 0, 0).await.unwrap();
     assert_eq!(
         records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=23).collect::<Vec<_>>(),
@@ -381,7 +390,7 @@ async fn records_span_segments_and_read_back_in_order() {
         }
     }
     assert_eq!(seen, (1..=200).collect::<Vec<_>>());
-    let records = store.session_records(session).await.unwrap();
+    let records = store.session_records(session, 0, 0).await.unwrap();
     assert_eq!(records.len(), 200);
     assert_eq!(store.head().await.unwrap().unwrap().seq, 200);
 }
