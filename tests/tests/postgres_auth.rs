@@ -74,6 +74,23 @@ targets = ["closed"]
         .unwrap_err();
     assert_eq!(code(&e), "3D000", "{e}");
     assert!(message(&e).contains("no target named \"nosuchdb\""), "{e}");
+    // A name longer than any PostgreSQL name is refused before the token
+    // is looked at, and nothing of it is recorded.
+    let long = "d".repeat(4000);
+    let e = connect(gw.addr, &long, "agent-1", "not-a-token")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "3D000", "{e}");
+    assert!(
+        message(&e).contains("longer than PostgreSQL's 63 bytes"),
+        "{e}"
+    );
+    let events = serde_json::to_string(&gw.events().await.unwrap()).unwrap();
+    assert!(!events.contains(&long[..64]), "recorded");
+    assert!(
+        events.contains("nosuchdb"),
+        "a short name is recorded: {events}"
+    );
 
     let outsider = gw.token("visitor", &["visitors"]).unwrap();
     let e = connect(gw.addr, "app", "visitor", &outsider)

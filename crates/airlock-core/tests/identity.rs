@@ -406,6 +406,34 @@ async fn unknown_kid_flood_is_rate_limited() {
     good_token_passes(&issuer, &verifier).await;
 }
 
+/// A verification dropped while its refresh is under way (an API client that
+/// closes its connection) still counts that refresh: the next unknown key
+/// within the interval does not start another.
+#[tokio::test]
+async fn a_refresh_whose_caller_went_away_still_counts() {
+    let (issuer, verifier, _dir) = setup("min_refresh_interval_secs = 30").await;
+    issuer.set_jwks_delay(Duration::from_millis(300));
+    let token = issuer.token_signed_by_unpublished_key("mallory", &["admin"]);
+    for i in 0..5 {
+        // Given up on after 50 ms: the first mid-fetch; the later ones are
+        // answered at once from the rate limit (with the defect, each
+        // started a fetch of its own and was given up on too).
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), verifier.verify(&token)).await;
+        assert_eq!(gave_up.is_err(), i == 0, "verification {i}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        issuer.jwks_fetches(),
+        1,
+        "one refresh for five abandoned verifications"
+    );
+    // What that refresh fetched is in use: a good token verifies without
+    // another.
+    good_token_passes(&issuer, &verifier).await;
+    assert_eq!(issuer.jwks_fetches(), 1);
+}
+
 #[tokio::test]
 async fn ill_typed_or_missing_time_claims_are_refused() {
     let (issuer, verifier, _dir) = setup("").await;

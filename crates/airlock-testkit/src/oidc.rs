@@ -116,6 +116,8 @@ struct Shared {
     state: Mutex<State>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
+    /// Milliseconds the JWKS answer waits (a slow identity provider).
+    jwks_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -190,6 +192,7 @@ impl OidcIssuer {
             }),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
+            jwks_delay_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let (shutdown, stop) = oneshot::channel();
         let server = tokio::spawn(serve(listener, shared.clone(), stop));
@@ -347,6 +350,14 @@ impl OidcIssuer {
         state.published.retain(|&i| i == signing);
     }
 
+    /// Makes every JWKS answer wait `delay` (counted when asked).
+    pub fn set_jwks_delay(&self, delay: std::time::Duration) {
+        self.shared.jwks_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
     /// Stops the server: the listener is closed and open connections are
     /// dropped, so the issuer is unreachable from now on.
     pub async fn stop(&mut self) {
@@ -414,7 +425,15 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Re
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+                        async move {
+                            // Counted when asked, answered after the delay.
+                            let response = respond(&shared, &req);
+                            if req.uri().path() == JWKS_PATH {
+                                let ms = shared.jwks_delay_ms.load(Ordering::SeqCst);
+                                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                            }
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)

@@ -380,6 +380,18 @@ impl PostgresConnector {
         };
         client.reader.set_max(self.listener.max_message_bytes);
         let target_exists = self.targets.contains_key(&target_name);
+        if !target_exists && target_name.len() > 63 {
+            // Not recorded: an unauthenticated client would otherwise write
+            // up to the startup packet's size into the audit trail per
+            // connection. No target can be asked for by such a name.
+            return client
+                .fatal(
+                    sqlstate::INVALID_CATALOG_NAME,
+                    "the database name is longer than PostgreSQL's 63 bytes and names no target of this listener; use the target's name as the database name",
+                    None,
+                )
+                .await;
+        }
         if token.is_empty() {
             return client
                 .fatal(

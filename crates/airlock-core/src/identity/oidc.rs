@@ -150,14 +150,24 @@ impl OidcIssuer {
         };
         let me = self.clone();
         runtime.spawn(async move {
-            me.refresh(generation).await;
+            me.refresh_now(generation).await;
             me.background_refresh.store(false, Ordering::Release);
         });
     }
 
+    /// [`Self::refresh_now`] in a task of its own, which the caller awaits:
+    /// a caller that goes away mid-fetch (an API client closing its
+    /// connection) would otherwise cancel the fetch before it is counted,
+    /// and the next unknown `kid` would start another at once, past the
+    /// rate limit.
+    async fn refresh(self: &Arc<Self>, seen_generation: u64) {
+        let me = self.clone();
+        let _ = tokio::spawn(async move { me.refresh_now(seen_generation).await }).await;
+    }
+
     /// Fetches the key set unless a fetch ended since the caller looked
     /// (`seen_generation`) or one ended less than the minimum interval ago.
-    async fn refresh(&self, seen_generation: u64) {
+    async fn refresh_now(&self, seen_generation: u64) {
         let mut discovered = self.fetch.lock().await;
         {
             let cache = self.read_cache();
