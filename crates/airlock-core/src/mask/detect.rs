@@ -1374,7 +1374,13 @@ impl Scanner<'_> {
     fn digit(&mut self, p: usize) -> usize {
         let b = self.buf;
         let run_end = digits_end(b, p, b.len());
-        let prev = if p > 0 { b[p - 1] } else { b' ' };
+        let mut prev = if p > 0 { b[p - 1] } else { b' ' };
+        // `\n4111…`: a line break or tab written as an escape (COPY's text
+        // format, JSON kept in a text column) separates as the byte it
+        // stands for does.
+        if p >= 2 && b[p - 2] == b'\\' && matches!(prev, b'n' | b't' | b'r' | b'b' | b'f' | b'v') {
+            prev = b' ';
+        }
         if prev.is_ascii_digit() {
             return run_end;
         }

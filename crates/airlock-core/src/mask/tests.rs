@@ -83,6 +83,19 @@ fn card_numbers_need_luhn_and_a_card_prefix() {
     check("ROW(4111111111111111::int8)", "ROW(<CARD>::int8)");
     check("[4111111111111111]", "[<CARD>]");
     check("f(123-45-6789)", "f(<SSN>)");
+    // After a line break or tab written as an escape (COPY's text format,
+    // JSON in a text column, doubled in a jsonb COPY), as after the byte.
+    check(
+        r"Card on file:\n4111 1111 1111 1111",
+        r"Card on file:\n<CARD>",
+    );
+    check(r"SSN:\t123-45-6789", r"SSN:\t<SSN>");
+    check(
+        r#"{"note":"Card:\\n4111111111111111"}"#,
+        r#"{"note":"Card:\\n<CARD>"}"#,
+    );
+    // A letter that escapes nothing still joins the number.
+    untouched(r"ref:q4111111111111111");
     // A 16-digit order id that fails Luhn.
     untouched("order 4111111111111112 shipped");
     // Luhn-valid but not a card prefix (starts with 1) or part of a longer number.
