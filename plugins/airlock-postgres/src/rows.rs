@@ -31,6 +31,8 @@ mod oid {
     pub(super) const BPCHAR: u32 = 1042;
     pub(super) const VARCHAR: u32 = 1043;
     pub(super) const UUID: u32 = 2950;
+    pub(super) const INET: u32 = 869;
+    pub(super) const CIDR: u32 = 650;
     pub(super) const JSONB: u32 = 3802;
     pub(super) const JSONB_ARRAY: u32 = 3807;
     pub(super) const JSON_ARRAY: u32 = 199;
@@ -363,7 +365,7 @@ fn mask_binary_value(
     value: &[u8],
     counts: &mut MaskCounts,
 ) -> Option<String> {
-    let number = render_number(type_oid, value);
+    let number = render_number(type_oid, value).or_else(|| render_inet(type_oid, value));
     let is_number = number.is_some();
     let text = match number {
         Some(digits) => Cow::Owned(digits),
@@ -376,11 +378,58 @@ fn mask_binary_value(
         // A composite (a row value, `ROW(…)`) carries its fields' types:
         // a number inside is judged by its digits too.
         _ if is_number => None,
-        _ => composite_fields(value)?.into_iter().find_map(|(oid, v)| {
-            let v = v?;
-            mask_binary_value(masker, &NO_FIELD, oid, v, counts).map(|_| WITHHELD.to_string())
-        }),
+        // So does an array of any type (its header names the element
+        // type): each element is judged by itself, not run together with
+        // the length words between them (a length's low byte can be a
+        // letter, which hides the number after it).
+        _ => composite_fields(value)
+            .or_else(|| array_items(value))?
+            .into_iter()
+            .find_map(|(oid, v)| {
+                let v = v?;
+                mask_binary_value(masker, &NO_FIELD, oid, v, counts).map(|_| WITHHELD.to_string())
+            }),
     }
+}
+
+/// The elements of a binary array value (`array_send`: dimensions, a
+/// has-NULLs flag, the element type, each dimension's size and lower bound,
+/// then each element length-prefixed), with the element type, if `value`
+/// is exactly one; `None` for anything else.
+fn array_items(value: &[u8]) -> Option<Vec<Field<'_>>> {
+    let int = |at: usize| -> Option<i32> {
+        value
+            .get(at..at + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let ndim = usize::try_from(int(0)?).ok().filter(|n| *n <= 6)?;
+    let elem = int(8)? as u32;
+    let mut count = 1usize;
+    for d in 0..ndim {
+        let size = usize::try_from(int(12 + 8 * d)?).ok()?;
+        count = count.checked_mul(size)?;
+    }
+    if ndim == 0 {
+        count = 0;
+    }
+    // An element takes at least four bytes: a count beyond that is not one.
+    let mut at = 12 + 8 * ndim;
+    if count > value.len().saturating_sub(at) / 4 {
+        return None;
+    }
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = int(at)?;
+        at += 4;
+        if len < 0 {
+            items.push((elem, None));
+            continue;
+        }
+        let v = value.get(at..at + len as usize)?;
+        at += v.len();
+        items.push((elem, Some(v)));
+    }
+    (at == value.len()).then_some(items)
 }
 
 /// A field of a binary composite value: its type OID and its value (`None`:
@@ -429,6 +478,27 @@ fn render_number(type_oid: u32, v: &[u8]) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// An `inet` or `cidr` value's text (`192.168.0.1`, `10.0.0.0/8`), from
+/// its binary format: family, prefix bits, is-cidr flag, address length,
+/// address.
+fn render_inet(type_oid: u32, v: &[u8]) -> Option<String> {
+    if !matches!(type_oid, oid::INET | oid::CIDR) {
+        return None;
+    }
+    let [family, bits, _, len] = <[u8; 4]>::try_from(v.get(..4)?).ok()?;
+    let address = v.get(4..)?;
+    let (ip, full): (std::net::IpAddr, u8) = match (family, len, address.len()) {
+        (2, 4, 4) => (<[u8; 4]>::try_from(address).ok()?.into(), 32),
+        (3, 16, 16) => (<[u8; 16]>::try_from(address).ok()?.into(), 128),
+        _ => return None,
+    };
+    Some(if bits == full && type_oid == oid::INET {
+        ip.to_string()
+    } else {
+        format!("{ip}/{bits}")
+    })
 }
 
 /// `numeric`'s binary format: digit count, weight of the first digit, sign,
@@ -1233,15 +1303,19 @@ impl BinaryCopy {
                 line.push_str("NULL");
                 continue;
             };
-            match std::str::from_utf8(v) {
-                Ok(text) => {
+            // PostgreSQL's text never holds a NUL byte: a value that does
+            // is binary (a number, a composite, an array) whatever it reads
+            // as.
+            let text = std::str::from_utf8(v).ok().filter(|_| !v.contains(&0));
+            match text {
+                Some(text) => {
                     let masked = mask_plain(masker, text, counts);
                     let value = masked.as_deref().unwrap_or(text);
                     out.put_i32(value.len() as i32);
                     out.put_slice(value.as_bytes());
                     line.push_str(value);
                 }
-                Err(_) => match mask_binary_value(masker, &NO_FIELD, 0, v, counts) {
+                None => match mask_binary_value(masker, &NO_FIELD, 0, v, counts) {
                     Some(masked) => {
                         out.put_i32(-1);
                         line.push_str(&masked);
@@ -1844,6 +1918,87 @@ mod tests {
         assert_eq!(cells[1].as_deref(), Some(&plain[..]));
         // Bytes that are not exactly a composite are not read as one.
         assert_eq!(composite_fields(&card[..card.len() - 1]), None);
+    }
+
+    #[test]
+    fn arrays_of_any_type_are_judged_element_by_element() {
+        let m = masker();
+        // A 70-byte note: its length word ends in `F`, which read together
+        // with the text hides the SSN after it.
+        let note = b"123-45-6789 was provided by the applicant on the intake form, verified";
+        assert_eq!(note.len(), 70);
+        let plain = b"nothing to see in this note at all, it is just long enough to matter";
+        let record = |text: &[u8]| {
+            let mut v = 1i32.to_be_bytes().to_vec();
+            v.extend_from_slice(&oid::TEXT.to_be_bytes());
+            v.extend_from_slice(&(text.len() as i32).to_be_bytes());
+            v.extend_from_slice(text);
+            v
+        };
+        // record[] (not a type the gateway lists), and a composite holding
+        // a text[].
+        let records = array(2249, &[Some(&record(note)), Some(&record(plain))]);
+        let quiet = array(2249, &[Some(&record(plain))]);
+        let tags = array(oid::TEXT, &[Some(note)]);
+        let mut holder = 1i32.to_be_bytes().to_vec();
+        holder.extend_from_slice(&1009u32.to_be_bytes());
+        holder.extend_from_slice(&(tags.len() as i32).to_be_bytes());
+        holder.extend_from_slice(&tags);
+        let cols = [col("a", 2287, 1), col("b", 2287, 1), col("c", 2249, 1)];
+        let body = row(&[Some(&records), Some(&quiet), Some(&holder)]);
+        let mut counts = MaskCounts::new();
+        let (frame, _) = mask_row(&m, &cols, &body, &mut counts, false).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(cells[0], None, "withheld");
+        assert_eq!(cells[1].as_deref(), Some(&quiet[..]), "nothing to hide");
+        assert_eq!(cells[2], None, "withheld");
+        // Binary COPY: values holding a NUL byte are binary, not text.
+        let mut copy = BinaryCopy::default();
+        let mut data = COPY_SIGNATURE.to_vec();
+        data.extend_from_slice(&[0; 8]);
+        data.extend_from_slice(&1i16.to_be_bytes());
+        data.extend_from_slice(&(tags.len() as i32).to_be_bytes());
+        data.extend_from_slice(&tags);
+        let (out, lines) = copy.push(&m, &data, &mut counts);
+        assert!(!lines.concat().contains("6789"), "{lines:?}");
+        assert!(!contains(&out, b"6789"));
+        // Bytes that are not exactly an array are not read as one.
+        assert_eq!(array_items(&tags[..tags.len() - 1]), None);
+    }
+
+    #[test]
+    fn binary_addresses_are_judged_by_their_text() {
+        let m = masker();
+        let v4 = [2u8, 32, 0, 4, 203, 0, 113, 9];
+        let mut v6 = vec![3u8, 128, 0, 16];
+        v6.extend_from_slice(
+            &"2001:db8::17"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        assert_eq!(render_inet(oid::INET, &v4).as_deref(), Some("203.0.113.9"));
+        assert_eq!(
+            render_inet(oid::CIDR, &[2, 8, 1, 4, 10, 0, 0, 0]).as_deref(),
+            Some("10.0.0.0/8")
+        );
+        assert_eq!(render_inet(oid::INET, &v4[..7]), None, "malformed");
+        let cols = [
+            col("a", oid::INET, 1),
+            col("b", oid::INET, 1),
+            col("n", oid::INT4, 1),
+        ];
+        let body = row(&[Some(&v4), Some(&v6), Some(&7i32.to_be_bytes())]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(cells[..2], [None, None], "withheld");
+        assert_eq!(cells[2].as_deref(), Some(&7i32.to_be_bytes()[..]));
+        let line = line.unwrap();
+        assert!(
+            !line.contains("203.0.113.9") && !line.contains("2001:db8"),
+            "{line}"
+        );
     }
 
     #[test]
