@@ -314,6 +314,7 @@ fn mask_value<'a>(
             Some(oid::JSON_ARRAY | oid::JSONB_ARRAY) => {
                 mask_json_array_text(masker, field, value, counts)
             }
+            Some(oid::BYTEA) => Some(mask_bytea_text(masker, field, value, counts)),
             _ => Some(mask_text(masker, field, value, counts)),
         };
         return match masked {
@@ -592,6 +593,35 @@ fn mask_text_like<'a>(
             None => Some((Cow::Borrowed(value), Cow::Borrowed(""))),
         },
     }
+}
+
+/// Masks a `bytea` value in text format. In the hex format (`\x616c…`, the
+/// default) the client decodes the bytes, so they are what is judged, as
+/// text; masked ones go out encoded again. Otherwise (and when the bytes
+/// hold nothing) the text as sent is judged, which finds a held credential
+/// in its hex form too.
+fn mask_bytea_text<'a>(
+    masker: &Masker,
+    field: &FieldPlan,
+    value: &'a [u8],
+    counts: &mut MaskCounts,
+) -> (Cow<'a, [u8]>, Cow<'a, str>) {
+    let decoded = value
+        .strip_prefix(b"\\x")
+        .and_then(|digits| hex::decode(digits).ok());
+    if let Some(bytes) = decoded {
+        let text = frame::lossy(&bytes);
+        if let Cow::Owned(masked) = masker.mask_field(field, &text, counts)
+            && masked != *text
+        {
+            let encoded = format!("\\x{}", hex::encode(masked.as_bytes()));
+            return (
+                Cow::Owned(encoded.clone().into_bytes()),
+                Cow::Owned(encoded),
+            );
+        }
+    }
+    mask_text(masker, field, value, counts)
 }
 
 /// How a withheld value whose masked text is not known is recorded.
@@ -1964,6 +1994,22 @@ mod tests {
         assert!(!contains(&out, b"6789"));
         // Bytes that are not exactly an array are not read as one.
         assert_eq!(array_items(&tags[..tags.len() - 1]), None);
+    }
+
+    #[test]
+    fn bytea_in_text_format_is_judged_by_its_bytes() {
+        let m = masker();
+        let hexed = |text: &str| format!("\\x{}", hex::encode(text));
+        let mail = hexed("from bob@example.org");
+        let plain = hexed("nothing here");
+        let cols = [col("a", oid::BYTEA, 0), col("b", oid::BYTEA, 0)];
+        let body = row(&[Some(mail.as_bytes()), Some(plain.as_bytes())]);
+        let mut counts = MaskCounts::new();
+        let (frame, line) = mask_row(&m, &cols, &body, &mut counts, true).unwrap();
+        let cells = cells_of(&frame.unwrap());
+        assert_eq!(cells[0].as_deref(), Some(hexed("from <EMAIL>").as_bytes()));
+        assert_eq!(cells[1].as_deref(), Some(plain.as_bytes()), "as sent");
+        assert!(!line.unwrap().contains(&hex::encode("bob@")));
     }
 
     #[test]
