@@ -218,6 +218,27 @@ async fn an_alias_does_not_take_a_column_out_of_its_rule() {
     assert_eq!(row.get::<_, String>(1), "<REDACTED>");
     assert_ne!(row.get::<_, String>(2), "platform");
     assert_eq!(row.get::<_, String>(3), "platform");
+    // A whole row of the table names no column: it is covered whole, in
+    // both formats, and a row built of the columns one by one shows the
+    // rest (the control).
+    let rows = text(client.simple_query("SELECT s FROM staff s").await.unwrap());
+    assert_eq!(rows.len(), 1);
+    assert!(!rows[0][0].contains("E7-band-3"), "{rows:?}");
+    let row = client
+        .query_one("SELECT s FROM staff s", &[])
+        .await
+        .unwrap();
+    assert!(
+        row.try_get::<_, Option<Raw>>(0).unwrap().is_none(),
+        "withheld"
+    );
+    let rows = text(
+        client
+            .simple_query("SELECT ROW(s.id, s.team) FROM staff s")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows, vec![vec!["(7,platform)"]]);
 }
 
 /// Catalog lookups are rate-limited per target, and a lookup right after

@@ -2237,7 +2237,8 @@ impl ServerHalf<'_> {
                 .fields
                 .iter()
                 .map(|f| (f.table_id.cast_unsigned(), f.column_id))
-                .filter(|&(table, _)| table != 0)
+                // A whole row (column 0) has no name to look up.
+                .filter(|&(table, column)| table != 0 && column != 0)
                 .collect();
             complete = if catalog.needs(&origins) {
                 catalog.learn(&origins).await

@@ -158,6 +158,17 @@ pub(crate) fn columns(
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
             let origin = match f.table_id.cast_unsigned() {
                 0 => None,
+                // A whole row of the table (`SELECT t FROM t`): every
+                // column rule may have a column in it.
+                _ if f.column_id == 0 => {
+                    return Column {
+                        name: f.name.clone(),
+                        origin: None,
+                        type_oid: f.type_id,
+                        format: f.format_code,
+                        plan: masker.whole_row_plan(&f.name),
+                    };
+                }
                 table => table_column(table, f.column_id).map(|q| q.to_string()),
             };
             Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)

@@ -589,6 +589,24 @@ impl Masker {
         Some(self.whole(Label::Det(det), s.as_bytes(), counts))
     }
 
+    /// The plan of a value that holds a whole row of a table (PostgreSQL's
+    /// `SELECT t FROM t`, which names no column): the rules of the columns
+    /// inside it cannot be told apart there, so the first column rule on
+    /// for this masker covers the value whole. Without one, the plan of
+    /// `name` alone.
+    pub fn whole_row_plan(&self, name: &str) -> FieldPlan {
+        let rule = self
+            .shared
+            .fields
+            .iter()
+            .zip(&self.profile.fields_on)
+            .position(|(f, on)| *on && matches!(f.pat, json::FieldPat::Column { .. }))
+            .and_then(|i| u16::try_from(i).ok());
+        let mut plan = self.field_plan(&[name]);
+        plan.rule = plan.rule.or(rule);
+        plan
+    }
+
     /// Whether any field rule is on for this masker: inside a JSON document
     /// a rule can match a key or a path, so a document that cannot be read
     /// cannot be shown to hold none of them.
