@@ -1313,3 +1313,48 @@ async fn fast_path_arguments_are_recorded_masked() {
     let all = serde_json::to_string(&events).unwrap();
     assert!(!all.contains("zed@example.com"), "{all}");
 }
+
+/// PostgreSQL re-plans a prepared statement after `SET search_path`: the
+/// same text may then read another table, under another rule. The columns
+/// the gateway learned for the statement are learned again after such a
+/// statement, so the rule of the table now read applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_is_described_again_after_its_search_path_changes() {
+    let (dir, pg) = seeded().await;
+    pg.psql(
+        "CREATE SCHEMA hr AUTHORIZATION airlock_app;
+         CREATE TABLE hr.emp (salary text); INSERT INTO hr.emp VALUES ('hr-salary-91000');
+         ALTER TABLE hr.emp OWNER TO airlock_app;
+         CREATE TABLE public.emp (salary text); INSERT INTO public.emp VALUES ('public-value');
+         ALTER TABLE public.emp OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let rules = "[[masking.fields]]\nname = \"hr.emp.salary\"\n";
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", rules), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let statement = client.prepare("SELECT salary AS s FROM emp").await.unwrap();
+    let value = async |client: &tokio_postgres::Client| -> String {
+        client.query_one(&statement, &[]).await.unwrap().get(0)
+    };
+    // public.emp: no rule.
+    assert_eq!(value(&client).await, "public-value");
+    assert_eq!(value(&client).await, "public-value");
+    // The same statement now reads hr.emp, in both protocols' SET.
+    client
+        .execute("SET search_path = hr, public", &[])
+        .await
+        .unwrap();
+    assert_eq!(value(&client).await, "<REDACTED>");
+    client
+        .batch_execute("SET search_path = public")
+        .await
+        .unwrap();
+    assert_eq!(value(&client).await, "public-value");
+    client.batch_execute("SET search_path = hr").await.unwrap();
+    assert_eq!(value(&client).await, "<REDACTED>");
+}

@@ -367,6 +367,9 @@ struct Statement {
     /// `DEALLOCATE`, `DISCARD`, or something the classifier could not see
     /// into (a `DO` block, say).
     changes_names: bool,
+    /// Running it may change what the server's prepared statements return
+    /// ([`changes_columns`]).
+    changes_columns: bool,
     /// Running it may start a COPY FROM STDIN (or it is opaque).
     copies_in: bool,
     /// A statement that runs another by name — SQL `EXECUTE name`, or
@@ -479,6 +482,8 @@ struct Portal {
     /// Running it may prepare or deallocate statements
     /// ([`Statement::changes_names`]; true for a statement not parsed here).
     changes_names: bool,
+    /// ([`Statement::changes_columns`]; true for a statement not parsed here).
+    changes_columns: bool,
     /// Running it may start a COPY FROM STDIN ([`Statement::copies_in`];
     /// true for a statement not parsed here).
     copies_in: bool,
@@ -936,12 +941,17 @@ impl ClientHalf<'_> {
         };
         let classified = self.cx.classifier.classify(text);
         let opaque = self.changes_names(&classified);
+        let columns_changed = changes_columns(&classified);
         let copies_in = copies_in(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
                 if opaque {
                     self.any_sql_changed();
+                } else if columns_changed {
+                    for s in self.statements.values_mut() {
+                        mark_columns_changed(s, &mut self.generation);
+                    }
                 }
                 self.seq += 1;
                 self.portal_epoch += 1;
@@ -971,6 +981,7 @@ impl ClientHalf<'_> {
         let name = cstr_at(frame.body());
         let classified = self.cx.classifier.classify(&parse.query);
         let changes_names = self.changes_names(&classified);
+        let changes_columns = changes_columns(&classified);
         let executes = classified
             .iter()
             .any(|c| c.execute.is_some() || c.fetch.is_some())
@@ -1046,6 +1057,7 @@ impl ClientHalf<'_> {
                         previous,
                         sql_changed: false,
                         changes_names,
+                        changes_columns,
                         copies_in,
                         executes,
                     },
@@ -1079,7 +1091,7 @@ impl ClientHalf<'_> {
             self.settle(&statement, review).await?;
         }
         // One lookup of the statement for everything the portal needs.
-        let (types, key, review, text, changes_names, copies_in, executes) =
+        let (types, key, review, text, changes_names, changes_columns, copies_in, executes) =
             match self.statements.get(&statement) {
                 Some(s) => (
                     self.param_types
@@ -1102,10 +1114,11 @@ impl ClientHalf<'_> {
                     // database's own can, through its own `EXECUTE`, as it can
                     // from any statement: a known limit, docs/postgres.md.)
                     s.chain().any(|s| s.changes_names),
+                    s.chain().any(|s| s.changes_columns),
                     s.chain().any(|s| s.copies_in),
                     s.runs_by_name(),
                 ),
-                None => (Vec::new(), None, None, None, true, true, None),
+                None => (Vec::new(), None, None, None, true, true, true, None),
             };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -1163,6 +1176,7 @@ impl ClientHalf<'_> {
                 epoch: self.portal_epoch,
                 text,
                 changes_names,
+                changes_columns,
                 copies_in,
                 exact_parameters: if review.is_some() || executes.is_some() {
                     exact_parameters()
@@ -1315,7 +1329,7 @@ impl ClientHalf<'_> {
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
         self.portal_epoch += 1;
-        let (key, carried, described, changes_names, copies_in) =
+        let (key, carried, described, changes_names, changes_columns, copies_in) =
             match self.portals.map.get_mut(&portal) {
                 Some(p) if p.epoch == epoch => {
                     p.epoch = self.portal_epoch;
@@ -1324,6 +1338,7 @@ impl ClientHalf<'_> {
                         p.columns.clone(),
                         described,
                         p.changes_names,
+                        p.changes_columns,
                         p.copies_in,
                     )
                 }
@@ -1332,9 +1347,16 @@ impl ClientHalf<'_> {
                     // skipped now: the fresh Describe below is what holds.
                     p.key = None;
                     p.columns = None;
-                    (None, None, false, p.changes_names, p.copies_in)
+                    (
+                        None,
+                        None,
+                        false,
+                        p.changes_names,
+                        p.changes_columns,
+                        p.copies_in,
+                    )
                 }
-                None => (None, None, false, true, true),
+                None => (None, None, false, true, true, true),
             };
         if copies_in {
             self.copy_in_until = Some(self.seq + 1);
@@ -1346,6 +1368,10 @@ impl ClientHalf<'_> {
             // (Not `any_sql_changed`: the portal's key is still borrowed.)
             for s in self.statements.values_mut() {
                 mark_sql_changed(s, &mut self.generation);
+            }
+        } else if changes_columns {
+            for s in self.statements.values_mut() {
+                mark_columns_changed(s, &mut self.generation);
             }
         }
         let known = match (carried, key, described) {
@@ -2076,6 +2102,36 @@ fn with_parameters(mut ops: Vec<SqlOperation>, params: &str) -> Vec<SqlOperation
         }
     }
     ops
+}
+
+/// Whether running these may change what the server's prepared statements
+/// return without a new Parse: PostgreSQL re-plans a prepared statement
+/// after `SET search_path` or a schema change, and the same text may then
+/// read another table, whose columns other masking rules cover.
+fn changes_columns(classified: &[Classified]) -> bool {
+    classified.iter().any(|c| {
+        matches!(
+            c.operation.kind,
+            SqlKind::Set
+                | SqlKind::Create
+                | SqlKind::Alter
+                | SqlKind::Drop
+                | SqlKind::Call
+                | SqlKind::Other
+                | SqlKind::Opaque
+        )
+    })
+}
+
+/// Gives a statement, and the ones the server may hold instead of it, new
+/// `columns_id`s: their next executions are described afresh.
+fn mark_columns_changed(statement: &mut Statement, ids: &mut u64) {
+    let mut s = Some(statement);
+    while let Some(st) = s {
+        *ids += 1;
+        st.columns_id = *ids;
+        s = st.previous.as_deref_mut();
+    }
 }
 
 /// Marks a statement, and the ones the server may hold instead of it, as
@@ -2964,6 +3020,7 @@ mod tests {
             epoch: 0,
             text: None,
             changes_names: false,
+            changes_columns: false,
             copies_in: false,
             review: None,
             executes: None,
