@@ -601,6 +601,49 @@ async fn several_issuers_are_told_apart_by_iss() {
     ));
 }
 
+/// An issuer without a prefix cannot name a subject or group in the shape
+/// another issuer's prefix gives its own: `partner:svc` from the first
+/// would be the second's `svc`. Names clear of the prefix pass, from both.
+#[tokio::test]
+async fn one_issuers_names_cannot_take_the_shape_of_anothers_prefix() {
+    let first = OidcIssuer::start().await.unwrap();
+    let partner = OidcIssuer::start().await.unwrap();
+    partner.rotate().unwrap();
+    let text = format!(
+        "[[oidc]]\nissuer = {:?}\naudience = \"airlock\"\n\n[[oidc]]\nissuer = {:?}\naudience = \"airlock\"\nsubject_prefix = \"partner:\"\ngroups_prefix = \"partner:\"\n\n[local]\nenabled = false\n",
+        first.issuer_url(),
+        partner.issuer_url()
+    );
+    let cfg: IdentityConfig = toml::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let verifier = Verifier::new(&cfg, dir.path()).unwrap();
+    for token in [
+        first.token("partner:svc-backup", &["dev"]),
+        first.token("alice", &["partner:admins"]),
+    ] {
+        assert!(matches!(
+            failure(verifier.verify(&token).await),
+            AuthFailure::InvalidClaim { .. }
+        ));
+    }
+    let a = verifier
+        .verify(&first.token("alice", &["dev"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.subject.as_str(), a.groups.clone()),
+        ("alice", vec!["dev".to_string()])
+    );
+    let p = verifier
+        .verify(&partner.token("svc-backup", &["admins"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.subject.as_str(), p.groups.clone()),
+        ("partner:svc-backup", vec!["partner:admins".to_string()])
+    );
+}
+
 fn local_verifier(dir: &TempDir) -> Verifier {
     Verifier::new(&IdentityConfig::default(), dir.path()).unwrap()
 }

@@ -12,7 +12,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use serde_json::json;
 
 use super::keys::{KeySet, VerifyKey, kid_label};
-use super::token::{Rules, Token, unix_now};
+use super::token::{Reserved, Rules, Token, unix_now};
 use super::{AuthFailure, LocalIssuerConfig, install_crypto_provider};
 use crate::{Error, Identity, Result};
 
@@ -50,6 +50,12 @@ impl fmt::Debug for LocalIssuer {
 }
 
 impl LocalIssuer {
+    /// What its subjects and groups must keep clear of: the other trusted
+    /// issuers' prefixes.
+    pub(crate) fn reserve(&mut self, reserved: Reserved) {
+        self.rules.reserved = reserved;
+    }
+
     /// Loads the key from `data_dir`, creating it (mode 0600) on first use.
     /// Fails if the local issuer is disabled in `config`.
     pub fn load_or_create(data_dir: &Path, config: &LocalIssuerConfig) -> Result<Self> {
@@ -88,6 +94,7 @@ impl LocalIssuer {
             groups_claim: "groups".into(),
             groups_prefix: String::new(),
             subject_prefix: String::new(),
+            reserved: Default::default(),
         };
         Ok(LocalIssuer {
             config: config.clone(),

@@ -82,6 +82,14 @@ impl Verifier {
         install_crypto_provider();
         config::check_unique(config)?;
         config::warn_shared_subjects(config);
+        // Every trusted issuer's (subject, groups) prefixes: one issuer's
+        // names may not take the shape of another's.
+        let prefixes: Vec<(String, String)> = config
+            .oidc
+            .iter()
+            .map(|o| (o.subject_prefix.clone(), o.groups_prefix.clone()))
+            .chain(config.local.enabled.then(|| (String::new(), String::new())))
+            .collect();
         let mut issuers = HashMap::new();
         if !config.oidc.is_empty() {
             let http = reqwest::Client::builder()
@@ -107,12 +115,15 @@ impl Verifier {
                     ))
                 })?;
             for oidc in &config.oidc {
-                let issuer = oidc::OidcIssuer::new(oidc, http.clone())?;
+                let own = (oidc.subject_prefix.as_str(), oidc.groups_prefix.as_str());
+                let reserved = token::Reserved::among(own, &prefixes);
+                let issuer = oidc::OidcIssuer::new(oidc, http.clone(), reserved)?;
                 issuers.insert(oidc.issuer.clone(), Trusted::Oidc(Arc::new(issuer)));
             }
         }
         if config.local.enabled {
-            let local = LocalIssuer::load_or_create(data_dir, &config.local)?;
+            let mut local = LocalIssuer::load_or_create(data_dir, &config.local)?;
+            local.reserve(token::Reserved::among(("", ""), &prefixes));
             issuers.insert(local.issuer().to_string(), Trusted::Local(Box::new(local)));
         }
         let mut names: Vec<&str> = issuers.keys().map(String::as_str).collect();

@@ -17,7 +17,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use super::keys::{KeySet, VerifyKey, kid_label};
-use super::token::{Rules, Token};
+use super::token::{Reserved, Rules, Token};
 use super::{AuthFailure, OidcIssuerConfig};
 use crate::{Identity, Result};
 
@@ -57,7 +57,11 @@ struct Cache {
 }
 
 impl OidcIssuer {
-    pub(crate) fn new(config: &OidcIssuerConfig, http: reqwest::Client) -> Result<OidcIssuer> {
+    pub(crate) fn new(
+        config: &OidcIssuerConfig,
+        http: reqwest::Client,
+        reserved: Reserved,
+    ) -> Result<OidcIssuer> {
         let algorithms = config.validate()?;
         Ok(OidcIssuer {
             issuer: config.issuer.clone(),
@@ -71,6 +75,7 @@ impl OidcIssuer {
                 groups_claim: config.groups_claim.clone(),
                 groups_prefix: config.groups_prefix.clone(),
                 subject_prefix: config.subject_prefix.clone(),
+                reserved,
             },
             min_refresh_interval: Duration::from_secs(config.min_refresh_interval_secs),
             max_age: Duration::from_secs(config.jwks_max_age_secs),

@@ -50,6 +50,39 @@ pub(crate) struct Rules {
     pub(crate) groups_claim: String,
     pub(crate) groups_prefix: String,
     pub(crate) subject_prefix: String,
+    /// What a subject (or group) of this issuer must not start with, before
+    /// its prefix is added: what another trusted issuer's prefix adds to
+    /// this one's. With it, `partner:svc` from an issuer without a prefix
+    /// would be the `svc` of the issuer whose prefix is `partner:`.
+    pub(crate) reserved: Reserved,
+}
+
+/// Other issuers' prefixes, as they look from one issuer (see
+/// [`Rules::reserved`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Reserved {
+    pub(crate) subjects: Vec<String>,
+    pub(crate) groups: Vec<String>,
+}
+
+impl Reserved {
+    /// What `(subject_prefix, groups_prefix)` must keep clear of, given
+    /// every trusted issuer's pair (its own among them).
+    pub(crate) fn among(own: (&str, &str), all: &[(String, String)]) -> Reserved {
+        let clear = |own: &str, theirs: &mut dyn Iterator<Item = &String>| {
+            let mut v: Vec<String> = theirs
+                .filter(|p| p.len() > own.len() && p.starts_with(own))
+                .map(|p| p[own.len()..].to_string())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        Reserved {
+            subjects: clear(own.0, &mut all.iter().map(|(s, _)| s)),
+            groups: clear(own.1, &mut all.iter().map(|(_, g)| g)),
+        }
+    }
 }
 
 fn malformed(message: impl Into<String>) -> AuthFailure {
@@ -259,6 +292,19 @@ impl Token<'_> {
     fn subject(&self, rules: &Rules) -> Result<String, AuthFailure> {
         match claim_at(&self.claims, &rules.subject_claim) {
             Some(Value::String(s)) if !s.trim().is_empty() => {
+                if let Some(r) = rules
+                    .reserved
+                    .subjects
+                    .iter()
+                    .find(|r| s.starts_with(r.as_str()))
+                {
+                    return Err(AuthFailure::InvalidClaim {
+                        claim: rules.subject_claim.clone(),
+                        reason: format!(
+                            "starts with {r:?}, which another trusted issuer's subjects carry as their prefix: it would be taken for one of them"
+                        ),
+                    });
+                }
                 Ok(format!("{}{s}", rules.subject_prefix))
             }
             None | Some(Value::Null) => Err(AuthFailure::MissingClaim {
@@ -293,6 +339,19 @@ impl Token<'_> {
         };
         let mut groups: Vec<String> = Vec::with_capacity(names.len());
         for name in names.into_iter().map(str::trim).filter(|n| !n.is_empty()) {
+            if let Some(r) = rules
+                .reserved
+                .groups
+                .iter()
+                .find(|r| name.starts_with(r.as_str()))
+            {
+                return Err(AuthFailure::InvalidClaim {
+                    claim: rules.groups_claim.clone(),
+                    reason: format!(
+                        "names the group {name:?}, which starts with {r:?}, what another trusted issuer's groups carry as their prefix: it would be taken for one of them"
+                    ),
+                });
+            }
             let group = format!("{}{name}", rules.groups_prefix);
             if !groups.contains(&group) {
                 groups.push(group);
@@ -600,6 +659,7 @@ mod tests {
             groups_claim: groups_claim.into(),
             groups_prefix: prefix.into(),
             subject_prefix: String::new(),
+            reserved: Reserved::default(),
         }
     }
 
