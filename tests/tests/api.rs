@@ -105,6 +105,21 @@ async fn approval_over_the_api_releases_the_waiting_operation() {
     assert_eq!(list[0]["summary"], "deploy v1");
     assert_eq!(list[0]["requester"], "agent-1");
     assert!(target.received().is_empty());
+    // A second request: a limit of one lists the newest only; 0 is refused.
+    let (_client2, id2) = waiting(&gw, "deploy v1b").await;
+    let (status, list) = api
+        .get("/api/v1/approvals?status=pending&limit=1", Some(&dana))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id2.as_str());
+    let (status, all) = api.get("/api/v1/approvals", Some(&dana)).await;
+    assert_eq!((status, all.as_array().unwrap().len()), (200, 2));
+    let (status, e) = api.get("/api/v1/approvals?limit=0", Some(&dana)).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
 
     let (status, a) = api
         .post(&format!("/api/v1/approvals/{id}/approve"), &dana, json!({}))

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use airlock_core::approvals::{
-    Approval, ApprovalStatus, Approvals, DecideError, ReviewRequest, ReviewSettings,
+    Approval, ApprovalStatus, Approvals, DecideError, MAX_PENDING_PER_REQUESTER, ReviewRequest,
+    ReviewSettings,
 };
 use airlock_core::audit::{ChainHead, Checkpoint, CheckpointSigner, Record, SealedRecord};
 use airlock_core::config::Durability;
@@ -189,6 +190,62 @@ async fn ask_directly(approvals: &Approvals, line: &str, settings: &ReviewSettin
         .await
         .unwrap()
         .id
+}
+
+/// One requester cannot pile up requests without end: past the most it
+/// may have waiting, the next is refused with a reason, while another
+/// requester still asks, and a decision makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_has_at_most_so_many_requests_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
+    let approvals = approvals_on(store, dir.path()).await;
+    let settings = ReviewSettings::default();
+    let ask = async |who: &str, line: &str| {
+        let operation = Operation::Command(CommandOperation {
+            line: line.into(),
+            interactive: false,
+        });
+        approvals
+            .request(ReviewRequest {
+                requester: &person(who, &["agents"]),
+                target: "echo",
+                protocol: "line",
+                session: SessionId::new(),
+                operation: operation.clone(),
+                exact: &operation,
+                exact_parameters: &[],
+                rule: "deploys-need-approval",
+                approvers: &["dba".to_string()],
+                settings: &settings,
+            })
+            .await
+    };
+    let mut first = None;
+    for i in 0..MAX_PENDING_PER_REQUESTER {
+        let id = ask("agent-1", &format!("deploy v{i}")).await.unwrap().id;
+        first.get_or_insert(id);
+    }
+    let refused = ask("agent-1", "deploy one-too-many").await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("requests waiting for approval"),
+        "{refused}"
+    );
+    // The same operation again is the request it already has.
+    assert!(ask("agent-1", "deploy v3").await.is_ok());
+    assert!(
+        ask("agent-2", "deploy v0").await.is_ok(),
+        "another requester"
+    );
+    let first = first.unwrap();
+    approvals
+        .decide(&first, &person("dana", &["dba"]), false, Some("no".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ask("agent-1", "deploy one-too-many").await.is_ok());
 }
 
 /// A vote that comes after a request's time ran out, with nobody left

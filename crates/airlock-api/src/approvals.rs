@@ -34,8 +34,16 @@ pub(crate) async fn list(
         .map(str::parse::<ApprovalStatus>)
         .transpose()
         .map_err(ApiError::bad_request)?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    if limit == 0 {
+        return Err(ApiError::bad_request(
+            "`limit` must be at least 1 (at most 10000 approvals are listed)",
+        ));
+    }
     let list = state.gateway.approvals().list(status).await?;
-    Ok(Json(list.iter().map(ApprovalView::from).collect()))
+    Ok(Json(
+        list.iter().take(limit).map(ApprovalView::from).collect(),
+    ))
 }
 
 /// One approval request.

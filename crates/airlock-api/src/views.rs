@@ -218,6 +218,8 @@ impl From<&Approval> for ApprovalView {
 pub struct ApprovalQuery {
     /// Only approvals with this status: pending, approved, denied, expired, cancelled.
     pub status: Option<String>,
+    /// At most this many, newest first (default 1000, at most 10000).
+    pub limit: Option<usize>,
 }
 
 /// An approver's decision.

@@ -69,6 +69,9 @@ impl std::str::FromStr for ApprovalStatus {
     }
 }
 
+/// The most requests one requester may have waiting at once.
+pub const MAX_PENDING_PER_REQUESTER: usize = 50;
+
 /// `[approvals]` configuration.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,8 +425,9 @@ impl Approvals {
             ..
         } = req;
         let now = crate::now();
+        let all = self.store.approvals(None).await?;
         // An approval still to be used; a grant only while it lasts.
-        let existing = self.store.approvals(None).await?.into_iter().find(|a| {
+        let existing = all.iter().find(|a| {
             a.fingerprint == fp
                 && ((a.status == ApprovalStatus::Pending && a.expires > now)
                     || (a.status == ApprovalStatus::Approved
@@ -432,7 +436,24 @@ impl Approvals {
                         && a.usable_until().is_none_or(|t| t > now)))
         });
         if let Some(a) = existing {
-            return Ok(a);
+            return Ok(a.clone());
+        }
+        // Each request is stored, notified and listed for approvers: one
+        // requester looping over new statements under review must not pile
+        // them up without end.
+        let waiting = all
+            .iter()
+            .filter(|a| {
+                a.status == ApprovalStatus::Pending
+                    && a.expires > now
+                    && a.requester.subject == requester.subject
+            })
+            .count();
+        if waiting >= MAX_PENDING_PER_REQUESTER {
+            return Err(Error::Forbidden(format!(
+                "{} already has {waiting} requests waiting for approval, the most one requester may have; wait until they are decided or expire, then ask again",
+                requester.subject
+            )));
         }
         let expires = time::Duration::try_from(settings.timeout)
             .ok()
