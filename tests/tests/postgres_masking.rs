@@ -1357,4 +1357,12 @@ async fn a_prepared_statement_is_described_again_after_its_search_path_changes()
     assert_eq!(value(&client).await, "public-value");
     client.batch_execute("SET search_path = hr").await.unwrap();
     assert_eq!(value(&client).await, "<REDACTED>");
+    // A rollback undoes a SET of its transaction: back to hr.
+    client
+        .batch_execute("BEGIN; SET search_path = public")
+        .await
+        .unwrap();
+    assert_eq!(value(&client).await, "public-value");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(value(&client).await, "<REDACTED>");
 }

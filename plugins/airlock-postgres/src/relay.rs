@@ -2109,17 +2109,26 @@ fn with_parameters(mut ops: Vec<SqlOperation>, params: &str) -> Vec<SqlOperation
 /// after `SET search_path` or a schema change, and the same text may then
 /// read another table, whose columns other masking rules cover.
 fn changes_columns(classified: &[Classified]) -> bool {
-    classified.iter().any(|c| {
-        matches!(
-            c.operation.kind,
-            SqlKind::Set
-                | SqlKind::Create
-                | SqlKind::Alter
-                | SqlKind::Drop
-                | SqlKind::Call
-                | SqlKind::Other
-                | SqlKind::Opaque
-        )
+    classified.iter().any(|c| match c.operation.kind {
+        SqlKind::Set
+        | SqlKind::Create
+        | SqlKind::Alter
+        | SqlKind::Drop
+        | SqlKind::Call
+        | SqlKind::Other
+        | SqlKind::Opaque => true,
+        // A rollback undoes the transaction's `SET`s (BEGIN and COMMIT,
+        // on every transaction's path, change nothing of the kind).
+        SqlKind::Transaction => {
+            let first = c
+                .operation
+                .text
+                .split(|ch: char| !ch.is_ascii_alphabetic())
+                .find(|w| !w.is_empty())
+                .unwrap_or_default();
+            first.eq_ignore_ascii_case("rollback") || first.eq_ignore_ascii_case("abort")
+        }
+        _ => false,
     })
 }
 
