@@ -64,7 +64,8 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Source)> {
 
 /// Everything that is checked before a gateway starts: the config parses,
 /// every listener and target is understood by a compiled-in connector,
-/// policy compiles and masking compiles. Does not touch the data directory.
+/// policy, masking and identity settings compile. Does not touch the data
+/// directory.
 pub fn check(config: &Config, source: &Source, registry: &Registry) -> anyhow::Result<Checked> {
     let built = registry.build(config, source)?;
     let policy = Policy::compile(
@@ -74,6 +75,11 @@ pub fn check(config: &Config, source: &Source, registry: &Registry) -> anyhow::R
         &built.targets,
         source,
     )?;
+    // Masking (its patterns, detectors and profiles) and identity (issuer
+    // URLs, names, leeway): the key only shapes pseudonyms, so any will do
+    // for the check, and no key file is read or made.
+    MaskEngine::new(&config.masking, Vec::new(), [0; 32])?;
+    config.identity.check()?;
     Ok(Checked { built, policy })
 }
 

@@ -242,6 +242,22 @@ impl OidcIssuerConfig {
     }
 }
 
+impl IdentityConfig {
+    /// Everything a [`crate::identity::Verifier`] checks of the
+    /// configuration, without loading or creating a key (for `airlock
+    /// check-config`).
+    pub fn check(&self) -> Result<()> {
+        check_unique(self)?;
+        if self.local.enabled {
+            self.local.validate()?;
+        }
+        for oidc in &self.oidc {
+            oidc.validate()?;
+        }
+        Ok(())
+    }
+}
+
 impl LocalIssuerConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         for (key, value) in [("issuer", &self.issuer), ("audience", &self.audience)] {
