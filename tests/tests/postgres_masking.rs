@@ -1365,4 +1365,12 @@ async fn a_prepared_statement_is_described_again_after_its_search_path_changes()
     assert_eq!(value(&client).await, "public-value");
     client.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(value(&client).await, "<REDACTED>");
+    // A COMMIT ends a SET LOCAL, in either protocol.
+    client
+        .batch_execute("BEGIN; SET LOCAL search_path = public")
+        .await
+        .unwrap();
+    assert_eq!(value(&client).await, "public-value");
+    client.execute("COMMIT", &[]).await.unwrap();
+    assert_eq!(value(&client).await, "<REDACTED>");
 }

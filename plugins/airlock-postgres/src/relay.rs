@@ -102,6 +102,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         copy: Vec::new(),
         copy_bytes: 0,
         copy_record: rows::CopyInRecord::default(),
+        settings_changed: false,
         copy_ends: 0,
         copy_armed: false,
         ignored_syncs: false,
@@ -370,6 +371,8 @@ struct Statement {
     /// Running it may change what the server's prepared statements return
     /// ([`changes_columns`]).
     changes_columns: bool,
+    /// It begins or ends a transaction ([`ends_settings`]).
+    ends_settings: bool,
     /// Running it may start a COPY FROM STDIN (or it is opaque).
     copies_in: bool,
     /// A statement that runs another by name — SQL `EXECUTE name`, or
@@ -484,6 +487,8 @@ struct Portal {
     changes_names: bool,
     /// ([`Statement::changes_columns`]; true for a statement not parsed here).
     changes_columns: bool,
+    /// ([`Statement::ends_settings`]; true for a statement not parsed here).
+    ends_settings: bool,
     /// Running it may start a COPY FROM STDIN ([`Statement::copies_in`];
     /// true for a statement not parsed here).
     copies_in: bool,
@@ -706,6 +711,9 @@ struct ClientHalf<'a> {
     copy_bytes: usize,
     /// What of the current COPY's data is not yet recorded.
     copy_record: rows::CopyInRecord,
+    /// A statement that changes settings ran since a transaction last began
+    /// or ended: the next transaction statement may undo it.
+    settings_changed: bool,
     /// CopyDone and CopyFail messages forwarded so far that could end a COPY.
     copy_ends: u64,
     /// An Execute or a query went to the server since the last counted
@@ -942,16 +950,22 @@ impl ClientHalf<'_> {
         let classified = self.cx.classifier.classify(text);
         let opaque = self.changes_names(&classified);
         let columns_changed = changes_columns(&classified);
+        let ends = ends_settings(&classified);
         let copies_in = copies_in(&classified);
         match self.judge(classified, false, false).await? {
             Verdict::Allow(_, changes, _) => {
                 self.apply(changes);
                 if opaque {
                     self.any_sql_changed();
-                } else if columns_changed {
+                } else if columns_changed || (ends && self.settings_changed) {
                     for s in self.statements.values_mut() {
                         mark_columns_changed(s, &mut self.generation);
                     }
+                }
+                if columns_changed || ends {
+                    // (A SET after the COMMIT of the same query string
+                    // outlives it only until the next transaction ends.)
+                    self.settings_changed = columns_changed;
                 }
                 self.seq += 1;
                 self.portal_epoch += 1;
@@ -982,6 +996,7 @@ impl ClientHalf<'_> {
         let classified = self.cx.classifier.classify(&parse.query);
         let changes_names = self.changes_names(&classified);
         let changes_columns = changes_columns(&classified);
+        let ends_settings = ends_settings(&classified);
         let executes = classified
             .iter()
             .any(|c| c.execute.is_some() || c.fetch.is_some())
@@ -1058,6 +1073,7 @@ impl ClientHalf<'_> {
                         sql_changed: false,
                         changes_names,
                         changes_columns,
+                        ends_settings,
                         copies_in,
                         executes,
                     },
@@ -1091,35 +1107,46 @@ impl ClientHalf<'_> {
             self.settle(&statement, review).await?;
         }
         // One lookup of the statement for everything the portal needs.
-        let (types, key, review, text, changes_names, changes_columns, copies_in, executes) =
-            match self.statements.get(&statement) {
-                Some(s) => (
-                    self.param_types
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.get(&s.generation).cloned())
-                        .unwrap_or_else(|| s.types.clone()),
-                    // (Not for one that runs another by name: its columns
-                    // are those of whatever that name stands for.)
-                    s.chain()
-                        .all(|s| s.executes.is_none())
-                        .then(|| (s.columns_id, bind.result_column_format_codes.clone())),
-                    s.review.clone(),
-                    // Not what SQL may have put under the name since its Parse.
-                    (!s.sql_changed).then(|| Arc::clone(&s.text)),
-                    // What SQL can put under a name (`PREPARE` takes only
-                    // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) does
-                    // not itself prepare or deallocate, so running it is not
-                    // taken as changing names. (A function or trigger of the
-                    // database's own can, through its own `EXECUTE`, as it can
-                    // from any statement: a known limit, docs/postgres.md.)
-                    s.chain().any(|s| s.changes_names),
+        let (
+            types,
+            key,
+            review,
+            text,
+            changes_names,
+            (changes_columns, ends_settings),
+            copies_in,
+            executes,
+        ) = match self.statements.get(&statement) {
+            Some(s) => (
+                self.param_types
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&s.generation).cloned())
+                    .unwrap_or_else(|| s.types.clone()),
+                // (Not for one that runs another by name: its columns
+                // are those of whatever that name stands for.)
+                s.chain()
+                    .all(|s| s.executes.is_none())
+                    .then(|| (s.columns_id, bind.result_column_format_codes.clone())),
+                s.review.clone(),
+                // Not what SQL may have put under the name since its Parse.
+                (!s.sql_changed).then(|| Arc::clone(&s.text)),
+                // What SQL can put under a name (`PREPARE` takes only
+                // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) does
+                // not itself prepare or deallocate, so running it is not
+                // taken as changing names. (A function or trigger of the
+                // database's own can, through its own `EXECUTE`, as it can
+                // from any statement: a known limit, docs/postgres.md.)
+                s.chain().any(|s| s.changes_names),
+                (
                     s.chain().any(|s| s.changes_columns),
-                    s.chain().any(|s| s.copies_in),
-                    s.runs_by_name(),
+                    s.chain().any(|s| s.ends_settings),
                 ),
-                None => (Vec::new(), None, None, None, true, true, true, None),
-            };
+                s.chain().any(|s| s.copies_in),
+                s.runs_by_name(),
+            ),
+            None => (Vec::new(), None, None, None, true, (true, true), true, None),
+        };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
             self.cx.session.masker(),
@@ -1177,6 +1204,7 @@ impl ClientHalf<'_> {
                 text,
                 changes_names,
                 changes_columns,
+                ends_settings,
                 copies_in,
                 exact_parameters: if review.is_some() || executes.is_some() {
                     exact_parameters()
@@ -1329,7 +1357,7 @@ impl ClientHalf<'_> {
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
         self.portal_epoch += 1;
-        let (key, carried, described, changes_names, changes_columns, copies_in) =
+        let (key, carried, described, changes_names, (changes_columns, ends_settings), copies_in) =
             match self.portals.map.get_mut(&portal) {
                 Some(p) if p.epoch == epoch => {
                     p.epoch = self.portal_epoch;
@@ -1338,7 +1366,7 @@ impl ClientHalf<'_> {
                         p.columns.clone(),
                         described,
                         p.changes_names,
-                        p.changes_columns,
+                        (p.changes_columns, p.ends_settings),
                         p.copies_in,
                     )
                 }
@@ -1352,11 +1380,11 @@ impl ClientHalf<'_> {
                         None,
                         false,
                         p.changes_names,
-                        p.changes_columns,
+                        (p.changes_columns, p.ends_settings),
                         p.copies_in,
                     )
                 }
-                None => (None, None, false, true, true, true),
+                None => (None, None, false, true, (true, true), true),
             };
         if copies_in {
             self.copy_in_until = Some(self.seq + 1);
@@ -1369,10 +1397,13 @@ impl ClientHalf<'_> {
             for s in self.statements.values_mut() {
                 mark_sql_changed(s, &mut self.generation);
             }
-        } else if changes_columns {
+        } else if changes_columns || (ends_settings && self.settings_changed) {
             for s in self.statements.values_mut() {
                 mark_columns_changed(s, &mut self.generation);
             }
+        }
+        if changes_columns || ends_settings {
+            self.settings_changed = changes_columns;
         }
         let known = match (carried, key, described) {
             (Some(columns), ..) => Some(columns),
@@ -2117,19 +2148,18 @@ fn changes_columns(classified: &[Classified]) -> bool {
         | SqlKind::Call
         | SqlKind::Other
         | SqlKind::Opaque => true,
-        // A rollback undoes the transaction's `SET`s (BEGIN and COMMIT,
-        // on every transaction's path, change nothing of the kind).
-        SqlKind::Transaction => {
-            let first = c
-                .operation
-                .text
-                .split(|ch: char| !ch.is_ascii_alphabetic())
-                .find(|w| !w.is_empty())
-                .unwrap_or_default();
-            first.eq_ignore_ascii_case("rollback") || first.eq_ignore_ascii_case("abort")
-        }
         _ => false,
     })
+}
+
+/// Whether these end or begin a transaction, which undoes the `SET LOCAL`s
+/// (and, rolled back, the `SET`s) made in it: after a settings change, the
+/// next of these makes prepared statements' columns be learned again.
+/// (Only then: a transaction on every statement's path costs nothing.)
+fn ends_settings(classified: &[Classified]) -> bool {
+    classified
+        .iter()
+        .any(|c| c.operation.kind == SqlKind::Transaction)
 }
 
 /// Gives a statement, and the ones the server may hold instead of it, new
@@ -3030,6 +3060,7 @@ mod tests {
             text: None,
             changes_names: false,
             changes_columns: false,
+            ends_settings: false,
             copies_in: false,
             review: None,
             executes: None,
