@@ -2140,15 +2140,17 @@ fn with_parameters(mut ops: Vec<SqlOperation>, params: &str) -> Vec<SqlOperation
 /// after `SET search_path` or a schema change, and the same text may then
 /// read another table, whose columns other masking rules cover.
 fn changes_columns(classified: &[Classified]) -> bool {
-    classified.iter().any(|c| match c.operation.kind {
-        SqlKind::Set
-        | SqlKind::Create
-        | SqlKind::Alter
-        | SqlKind::Drop
-        | SqlKind::Call
-        | SqlKind::Other
-        | SqlKind::Opaque => true,
-        _ => false,
+    classified.iter().any(|c| {
+        matches!(
+            c.operation.kind,
+            SqlKind::Set
+                | SqlKind::Create
+                | SqlKind::Alter
+                | SqlKind::Drop
+                | SqlKind::Call
+                | SqlKind::Other
+                | SqlKind::Opaque
+        )
     })
 }
 
