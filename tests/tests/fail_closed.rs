@@ -12,6 +12,9 @@ use std::process::Command;
 
 use airlock_tests::{EchoTarget, LineClient, TestGateway, line_config};
 
+/// An API beside the line listener, for `/readyz`.
+const API: &str = "[api]\nlisten = \"127.0.0.1:0\"\n";
+
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
@@ -51,10 +54,17 @@ async fn full_audit_store_refuses_operations_with_a_clear_error() {
     let _mount = Tmpfs::mount(&data, "8m");
 
     let target = EchoTarget::start().await.unwrap();
-    let gw = TestGateway::start(&line_config(target.addr, ""), &data)
+    let gw = TestGateway::start(&line_config(target.addr, API), &data)
         .await
         .unwrap();
     let token = gw.token("agent-7", &["agents"]).unwrap();
+    let ready = async || {
+        reqwest::get(format!("http://{}/readyz", gw.runtime.api.unwrap()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     let mut client = LineClient::connect(gw.lines).await.unwrap();
     assert!(
         client
@@ -66,6 +76,7 @@ async fn full_audit_store_refuses_operations_with_a_clear_error() {
 
     // With a writable store the command is recorded and forwarded.
     assert_eq!(client.send("echo before").await.unwrap(), "echo before");
+    assert_eq!(ready().await, 200);
 
     fill(&data);
     // The journal's last page may still have room, so a few more records can
@@ -84,6 +95,8 @@ async fn full_audit_store_refuses_operations_with_a_clear_error() {
         );
     }
     let (line, answer) = refused.expect("with the disk full, an operation is refused");
+    // Readiness says so, until a write succeeds again.
+    assert_eq!(ready().await, 503);
     assert!(
         answer.starts_with("ERR the audit store could not record this action, so it was refused"),
         "{answer}"
@@ -118,11 +131,12 @@ async fn full_audit_store_refuses_operations_with_a_clear_error() {
     let after = format!("echo space again {}", "x".repeat(400));
     assert_eq!(client.send(&after).await.unwrap(), after);
     assert!(target.received().contains(&after));
+    assert_eq!(ready().await, 200);
 
     // And the chain survives a restart intact.
     drop(client);
     let _ = gw.runtime.shutdown().await;
-    let gw = TestGateway::start(&line_config(target.addr, ""), &data)
+    let gw = TestGateway::start(&line_config(target.addr, API), &data)
         .await
         .unwrap();
     let mut client = LineClient::connect(gw.lines).await.unwrap();

@@ -17,13 +17,19 @@ pub(crate) async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the audit store answers (the gateway refuses every action otherwise).
+/// Readiness: the audit store answers and its last write succeeded (the
+/// gateway refuses every action otherwise).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "The audit store is not usable", body = crate::error::ErrorBody),
     ))]
 pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>> {
+    if let Some(e) = state.gateway.recorder().write_failure() {
+        return Err(ApiError::unavailable(format!(
+            "not ready: the audit store's last write failed ({e}); every action is refused until a write succeeds"
+        )));
+    }
     match state.store.head().await {
         Ok(_) => Ok(Json(Health {
             status: "ok".into(),

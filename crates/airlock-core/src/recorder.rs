@@ -80,6 +80,19 @@ pub struct Recorder {
     shared: Arc<Shared>,
 }
 
+impl Recorder {
+    /// Why the audit store's last write failed, while no write has
+    /// succeeded since: every action is refused meanwhile (what `/readyz`
+    /// reports).
+    pub fn write_failure(&self) -> Option<String> {
+        self.shared
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Recorder")
@@ -88,6 +101,8 @@ impl std::fmt::Debug for Recorder {
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Why the last write failed, until one succeeds ([`Recorder::write_failure`]).
+    failing: Arc<Mutex<Option<String>>>,
     writer: tokio::sync::Mutex<Writer>,
     /// Wakes the background task for records nobody waits for.
     later: Notify,
@@ -171,6 +186,7 @@ impl Recorder {
             .max()
             .unwrap_or(0);
         let head_seq = head.map_or(0, |h| h.seq);
+        let failing = Arc::new(Mutex::new(None));
         let writer = Writer {
             store,
             signer,
@@ -179,9 +195,11 @@ impl Recorder {
             sealed_seq: sealed.min(head_seq),
             stale: false,
             orphan: None,
+            failing: failing.clone(),
         };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
+            failing,
             writer: tokio::sync::Mutex::new(writer),
             later: Notify::new(),
         });
@@ -334,6 +352,8 @@ struct Writer {
     /// An fsync-mode append whose writer was cancelled, and the head it
     /// leads to: it still completes, and the next writer waits for it.
     orphan: Option<(JoinHandle<Result<()>>, ChainHead)>,
+    /// Shared with [`Shared::failing`].
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 impl Writer {
@@ -415,6 +435,8 @@ impl Writer {
             }
             (durability, _) => commit(self.store.as_ref(), sealed, waiters, durability).await,
         };
+        *self.failing.lock().unwrap_or_else(PoisonError::into_inner) =
+            committed.as_ref().err().map(ToString::to_string);
         if committed.is_ok() {
             self.stale = false;
             self.head = head;
