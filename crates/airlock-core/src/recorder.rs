@@ -196,6 +196,7 @@ impl Recorder {
             stale: false,
             orphan: None,
             failing: failing.clone(),
+            failed: false,
         };
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -354,6 +355,8 @@ struct Writer {
     orphan: Option<(JoinHandle<Result<()>>, ChainHead)>,
     /// Shared with [`Shared::failing`].
     failing: Arc<Mutex<Option<String>>>,
+    /// Whether `failing` holds a failure.
+    failed: bool,
 }
 
 impl Writer {
@@ -435,8 +438,13 @@ impl Writer {
             }
             (durability, _) => commit(self.store.as_ref(), sealed, waiters, durability).await,
         };
-        *self.failing.lock().unwrap_or_else(PoisonError::into_inner) =
-            committed.as_ref().err().map(ToString::to_string);
+        // Only a change takes the lock: a write that succeeds after one that
+        // did costs nothing more.
+        if committed.is_err() || self.failed {
+            *self.failing.lock().unwrap_or_else(PoisonError::into_inner) =
+                committed.as_ref().err().map(ToString::to_string);
+            self.failed = committed.is_err();
+        }
         if committed.is_ok() {
             self.stale = false;
             self.head = head;
