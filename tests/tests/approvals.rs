@@ -167,16 +167,21 @@ async fn approvals_on(store: Arc<dyn Store>, dir: &std::path::Path) -> Approvals
     Approvals::new(store, recorder, None, "http://127.0.0.1", &[7; 32]).unwrap()
 }
 
-/// agent-1 asks `approvals` directly to run `line` on the echo target
-/// under the deploy rule; returns the request's id.
-async fn ask_directly(approvals: &Approvals, line: &str, settings: &ReviewSettings) -> String {
+/// `who` (of group agents) asks `approvals` directly to run `line` on the
+/// echo target under the deploy rule.
+async fn ask_as(
+    approvals: &Approvals,
+    who: &str,
+    line: &str,
+    settings: &ReviewSettings,
+) -> airlock_core::Result<Approval> {
     let operation = Operation::Command(CommandOperation {
         line: line.into(),
         interactive: false,
     });
     approvals
         .request(ReviewRequest {
-            requester: &person("agent-1", &["agents"]),
+            requester: &person(who, &["agents"]),
             target: "echo",
             protocol: "line",
             session: SessionId::new(),
@@ -187,6 +192,12 @@ async fn ask_directly(approvals: &Approvals, line: &str, settings: &ReviewSettin
             approvers: &["dba".to_string()],
             settings,
         })
+        .await
+}
+
+/// agent-1 asks `approvals` directly to run `line`; returns the request's id.
+async fn ask_directly(approvals: &Approvals, line: &str, settings: &ReviewSettings) -> String {
+    ask_as(approvals, "agent-1", line, settings)
         .await
         .unwrap()
         .id
@@ -201,26 +212,7 @@ async fn a_requester_has_at_most_so_many_requests_waiting() {
     let store = Arc::new(airlock_store::SledStore::open(dir.path()).unwrap());
     let approvals = approvals_on(store, dir.path()).await;
     let settings = ReviewSettings::default();
-    let ask = async |who: &str, line: &str| {
-        let operation = Operation::Command(CommandOperation {
-            line: line.into(),
-            interactive: false,
-        });
-        approvals
-            .request(ReviewRequest {
-                requester: &person(who, &["agents"]),
-                target: "echo",
-                protocol: "line",
-                session: SessionId::new(),
-                operation: operation.clone(),
-                exact: &operation,
-                exact_parameters: &[],
-                rule: "deploys-need-approval",
-                approvers: &["dba".to_string()],
-                settings: &settings,
-            })
-            .await
-    };
+    let ask = async |who: &str, line: &str| ask_as(&approvals, who, line, &settings).await;
     let mut first = None;
     for i in 0..MAX_PENDING_PER_REQUESTER {
         let id = ask("agent-1", &format!("deploy v{i}")).await.unwrap().id;

@@ -47,14 +47,20 @@ async fn record(dir: &Path, n: usize, shut_down: bool) {
     }
 }
 
-fn verify(dir: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["audit", "verify", "--data-dir"])
+/// Runs `airlock <args> --data-dir <dir>`.
+fn airlock(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .env_remove("AIRLOCK_CONFIG")
         .current_dir(dir)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn verify(dir: &Path) -> (bool, String) {
+    let out = airlock(dir, &["audit", "verify"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -279,16 +285,7 @@ async fn bytes_after_the_last_whole_record_are_reported_and_left_in_place() {
     assert!(out.contains("hold no whole record"), "{out}");
     // The other commands that read the store leave them too, and the JSON
     // report names them.
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_airlock"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env_remove("AIRLOCK_CONFIG")
-            .current_dir(dir.path())
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| airlock(dir.path(), args);
     let sessions = run(&["sessions"]);
     assert!(sessions.status.success(), "{sessions:?}");
     let json = run(&["audit", "verify", "--json"]);
