@@ -148,6 +148,11 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
             "ALTER ROLE CURRENT_USER PASSWORD 'mine' /* evade-15 */",
             "sql-guardrails/no-role-changes",
         ),
+        // A WHERE on the other table only: every row of victim goes.
+        (
+            "DELETE FROM victim USING (SELECT 1 AS id) s WHERE s.id = 1 /* evade-16 */",
+            "sql-guardrails/no-unbounded-write",
+        ),
     ];
     for (sql, rule) in attempts {
         let e = client.simple_query(sql).await.unwrap_err();
@@ -213,7 +218,15 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    assert_eq!(count(&client, "victim").await, 2);
+    let n = client
+        .execute(
+            "DELETE FROM victim USING (SELECT 2 AS id) s WHERE victim.id = s.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(count(&client, "victim").await, 1);
 
     let log = pg.log();
     for marker in [
@@ -233,11 +246,12 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         "evade-13",
         "evade-14",
         "evade-15",
+        "evade-16",
     ] {
         assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
     }
     assert!(log.contains("PREPARE trim1 AS DELETE FROM victim WHERE id = 5"));
-    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "2");
+    assert_eq!(pg.psql("SELECT count(*) FROM victim").await.unwrap(), "1");
 }
 
 /// A refusal does what an error on the server would do: inside a

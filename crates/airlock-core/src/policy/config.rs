@@ -203,8 +203,8 @@ pub struct SqlMatch {
     #[serde(default)]
     pub access: Option<Access>,
     /// For `UPDATE`/`DELETE`/`MERGE`: `false` matches statements without a
-    /// `WHERE` clause (a MERGE: an `ON` condition) that names a column,
-    /// `true` statements with one. Other statements never match a rule that
+    /// `WHERE` clause (a MERGE: an `ON` condition) that names a column of
+    /// the table it writes, `true` statements with one. Other statements never match a rule that
     /// sets this.
     #[serde(default)]
     pub has_where: Option<bool>,

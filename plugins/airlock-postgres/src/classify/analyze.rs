@@ -18,26 +18,63 @@ use super::Classified;
 use super::functions::{FunctionEffect, function_effect};
 
 /// Whether an UPDATE's or DELETE's WHERE clause (a MERGE's ON condition)
-/// can tell rows apart. One
+/// can tell the rows of `target`, the table it writes, apart. One
 /// that names no column at all (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`,
 /// `WHERE random() < 2`) has the same value for every row, so it bounds
 /// nothing and counts as no WHERE clause: it is how a guardrail against
-/// unbounded writes is most easily walked around. A condition on a column
-/// that happens to hold for every row (`WHERE id > 0`) is not recognised;
-/// the guardrail stops accidents and the obvious detour, not a determined
+/// unbounded writes is most easily walked around. So does one that names
+/// only columns of *other* tables (`UPDATE orders SET ... FROM customers
+/// WHERE customers.email = '...'`, the join condition forgotten): it holds
+/// for every row of the target or for none. A column written without a
+/// table may be the target's and counts. A condition on a column that
+/// happens to hold for every row (`WHERE id > 0`) is not recognised; the
+/// guardrail stops accidents and the obvious detour, not a determined
 /// client (docs/policy.md).
-fn limits_rows(selection: Option<&Expr>) -> bool {
+fn limits_rows(selection: Option<&Expr>, target: &TableFactor) -> bool {
+    let target = target_name(target);
     selection.is_some_and(|condition| {
         sqlparser::ast::visit_expressions(condition, |e| match e {
             // sqlparser reads some of SQL's value keywords as names.
             Expr::Identifier(id) if id.quote_style.is_none() && is_value_keyword(&id.value) => {
                 ControlFlow::Continue(())
             }
-            Expr::Identifier(_) | Expr::CompoundIdentifier(_) => ControlFlow::Break(()),
+            Expr::Identifier(_) => ControlFlow::Break(()),
+            // `table.column` (or `schema.table.column`): the target's only
+            // if the table is the target's name as the statement gives it.
+            Expr::CompoundIdentifier(parts) => match (&target, parts.len().checked_sub(2)) {
+                // Compared without case: a quoted name that differs from the
+                // target's only in case counts as the target's (as allowing).
+                (Some(target), Some(table))
+                    if !ident_name(&parts[table]).eq_ignore_ascii_case(target) =>
+                {
+                    ControlFlow::Continue(())
+                }
+                _ => ControlFlow::Break(()),
+            },
             _ => ControlFlow::Continue(()),
         })
         .is_break()
     })
+}
+
+/// The name by which a condition refers to the table a statement writes:
+/// its alias if it has one (PostgreSQL then refuses the table's own name),
+/// else the last part of its name. `None` when that is not a plain table;
+/// every qualified column then counts as the target's.
+fn target_name(factor: &TableFactor) -> Option<String> {
+    let TableFactor::Table {
+        name, alias, args, ..
+    } = factor
+    else {
+        return None;
+    };
+    match (only_table(factor), alias, args) {
+        // `ONLY (t) AS x`: the alias; `ONLY t`: sqlparser's table `only`
+        // aliased `t`, the table.
+        (Some(_), Some(alias), Some(_)) | (None, Some(alias), _) => Some(ident_name(&alias.name)),
+        (Some((_, table)), ..) => table.rsplit('.').next().map(str::to_owned),
+        (None, None, _) => Some(object_ident_name(name)),
+    }
 }
 
 /// SQL's keywords for values of the session rather than of a row
@@ -604,7 +641,10 @@ impl Effects {
             }
             Statement::Update(u) => {
                 self.write_factor(&u.table.relation);
-                (SqlKind::Update, Some(limits_rows(u.selection.as_ref())))
+                (
+                    SqlKind::Update,
+                    Some(limits_rows(u.selection.as_ref(), &u.table.relation)),
+                )
             }
             Statement::Delete(d) => {
                 let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
@@ -614,7 +654,12 @@ impl Effects {
                 for name in &d.tables {
                     self.write(name);
                 }
-                (SqlKind::Delete, Some(limits_rows(d.selection.as_ref())))
+                let bounded = match from.as_slice() {
+                    [target] => limits_rows(d.selection.as_ref(), &target.relation),
+                    // Not PostgreSQL's syntax (one table, the rest in USING).
+                    _ => d.selection.is_some(),
+                };
+                (SqlKind::Delete, Some(bounded))
             }
             Statement::Merge(m) => {
                 self.write_factor(&m.table);
@@ -626,8 +671,11 @@ impl Effects {
                     .clauses
                     .iter()
                     .filter(|c| c.clause_kind == MergeClauseKind::NotMatchedBySource)
-                    .all(|c| limits_rows(c.predicate.as_ref()));
-                (SqlKind::Merge, Some(limits_rows(Some(&m.on)) && by_source))
+                    .all(|c| limits_rows(c.predicate.as_ref(), &m.table));
+                (
+                    SqlKind::Merge,
+                    Some(limits_rows(Some(&m.on), &m.table) && by_source),
+                )
             }
             _ => (SqlKind::Other, None),
         }

@@ -182,6 +182,16 @@ fn a_where_clause_that_names_no_column_bounds_nothing() {
         "DELETE FROM t WHERE current_role IS NOT NULL",
         "DELETE FROM t WHERE CURRENT_SCHEMA = 'public' OR system_user IS NULL",
         "WITH gone AS (DELETE FROM t WHERE 1 = 1 RETURNING *) SELECT * FROM gone",
+        // Only other tables' columns: the same value for every target row
+        // (the join condition forgotten).
+        "UPDATE orders SET status = 'x' FROM customers WHERE customers.email = 'a@b.c'",
+        "UPDATE t AS x SET a = 1 FROM u WHERE u.id = 2",
+        "DELETE FROM t USING u WHERE u.id = 5",
+        "DELETE FROM public.t USING public.u WHERE public.u.id = 5",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.x = 1)",
+        "UPDATE ONLY t SET a = 1 FROM u WHERE u.id = 1",
+        "MERGE INTO t USING s ON s.id = 1 WHEN MATCHED THEN DELETE",
+        "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE AND s.id = 1 THEN DELETE",
     ] {
         assert_eq!(op(sql).has_where, Some(false), "{sql}");
     }
@@ -195,6 +205,16 @@ fn a_where_clause_that_names_no_column_bounds_nothing() {
         "UPDATE t SET a = 1 WHERE lower(name) = 'x'",
         // A column that happens to be named like one, quoted.
         "DELETE FROM t WHERE \"user\" = 'bob'",
+        // The target's column by its name, its alias or its schema, or a
+        // column without a table (it may be the target's).
+        "UPDATE orders SET status = 'x' FROM customers WHERE orders.customer_id = customers.id",
+        "UPDATE t AS x SET a = 1 FROM u WHERE x.id = u.id",
+        "DELETE FROM public.t USING u WHERE t.id = u.id",
+        "DELETE FROM public.t WHERE public.t.id = 1",
+        "DELETE FROM t USING u WHERE u.id = tid",
+        "DELETE FROM \"T\" WHERE \"T\".id = 1",
+        "UPDATE ONLY t SET a = 1 WHERE t.id = 1",
+        "MERGE INTO t AS x USING s ON x.id = s.id WHEN MATCHED THEN DELETE",
     ] {
         assert_eq!(op(sql).has_where, Some(true), "{sql}");
     }
