@@ -23,6 +23,9 @@ name = "staff.pay_grade"
 name = "later.memo"
 
 [[masking.fields]]
+name = "payroll.band"
+
+[[masking.fields]]
 name = "имя"
 "#;
 
@@ -239,6 +242,51 @@ async fn an_alias_does_not_take_a_column_out_of_its_rule() {
             .unwrap(),
     );
     assert_eq!(rows, vec![vec!["(7,platform)"]]);
+}
+
+/// A rule written for a table covers its partitions and inheritance
+/// children read directly under an alias: the catalog names such a column
+/// after each table it inherits from too, also when its attribute number
+/// there differs (a partition attached after a column was dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_for_a_table_covers_its_partitions_and_children() {
+    let (_dir, pg, gw) = setup().await;
+    pg.psql(
+        "CREATE TABLE payroll (id int, band text, team text) PARTITION BY RANGE (id);
+         CREATE TABLE payroll_2024 PARTITION OF payroll FOR VALUES FROM (0) TO (100);
+         CREATE TABLE payroll_old (junk int, id int, band text, team text);
+         ALTER TABLE payroll_old DROP COLUMN junk;
+         ALTER TABLE payroll ATTACH PARTITION payroll_old FOR VALUES FROM (100) TO (200);
+         INSERT INTO payroll VALUES (1, 'band-Q7', 'infra'), (150, 'band-Q8', 'infra');
+         CREATE TABLE contractors (agency text) INHERITS (staff);
+         INSERT INTO contractors VALUES (8, 'C3-band-1', 'data', 'acme');
+         ALTER TABLE payroll OWNER TO airlock_app;
+         ALTER TABLE payroll_2024 OWNER TO airlock_app;
+         ALTER TABLE payroll_old OWNER TO airlock_app;
+         ALTER TABLE contractors OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let one = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let row = client.query_one(sql, &[]).await.unwrap();
+            row.get::<_, String>(0)
+        }
+    };
+    for sql in [
+        "SELECT band AS b FROM payroll WHERE id = 1",
+        "SELECT band AS b FROM payroll_2024",
+        "SELECT p.band AS b FROM payroll_old p",
+        "SELECT pay_grade AS g FROM contractors",
+    ] {
+        assert_eq!(one(sql).await, "<REDACTED>", "{sql}");
+    }
+    // The children's other columns, aliased, stay visible.
+    assert_eq!(one("SELECT team AS t FROM payroll_old").await, "infra");
+    assert_eq!(one("SELECT agency AS a FROM contractors").await, "acme");
 }
 
 /// Catalog lookups are rate-limited per target, and a lookup right after

@@ -10,8 +10,12 @@
 //! target's credential (the client's connection is never used: it may be in
 //! a failed transaction, or in the middle of a COPY).
 //!
-//! Masking matches rules against both names, the table column and the
-//! query's name, so neither an alias nor a stale or missing catalog entry
+//! A column of a partition or an inheritance child (`customers_2024.ssn`)
+//! is also named after each table it inherits from (`customers.ssn`): a
+//! rule written for the parent table covers the partition read directly,
+//! under an alias.
+//!
+//! Masking matches rules against all these names and the query's name, so neither an alias nor a stale or missing catalog entry
 //! masks less than the query's name alone would. Entries expire after a
 //! while (a column renamed, or a database restored under the same OIDs,
 //! is picked up again), and a column the catalog did not know (a table
@@ -50,6 +54,9 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_COLUMNS: usize = 100_000;
 /// At most this many columns per lookup.
 const MAX_PER_LOOKUP: usize = 512;
+/// Levels of inheritance followed up from a column's table (partitions of
+/// partitions, say); PostgreSQL allows no cycle, this only bounds the walk.
+const MAX_ANCESTORS: u32 = 32;
 
 /// The column names of one target's tables, by table OID and attribute number.
 #[derive(Debug)]
@@ -64,9 +71,13 @@ pub(crate) struct Catalog {
 /// A table OID and an attribute number.
 type ColumnKey = (u32, i16);
 
-/// What the catalog said about a column, and when: `schema.table.column`,
-/// or `None` when it did not have the column.
-type Entry = (Option<Arc<str>>, Instant);
+/// A column's names: `schema.table.column` in its own table, then in each
+/// table that table inherits from (nearest first).
+pub(crate) type Names = Arc<[String]>;
+
+/// What the catalog said about a column, and when: its [`Names`], or `None`
+/// when it did not have the column.
+type Entry = (Option<Names>, Instant);
 
 #[derive(Debug, Default)]
 struct Known {
@@ -99,9 +110,9 @@ impl Catalog {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `schema.table.column` of the column at `(table, attnum)`, if the
-    /// catalog has told us.
-    pub(crate) fn column(&self, table: u32, attnum: i16) -> Option<Arc<str>> {
+    /// The [`Names`] of the column at `(table, attnum)`, if the catalog has
+    /// told us.
+    pub(crate) fn column(&self, table: u32, attnum: i16) -> Option<Names> {
         self.known()
             .columns
             .get(&(table, attnum))
@@ -164,9 +175,13 @@ impl Catalog {
                         known.columns.clear();
                     }
                     known.failed_at = None;
-                    let mut found: HashMap<(u32, i16), Arc<str>> = found.into_iter().collect();
+                    let mut names: HashMap<ColumnKey, Vec<String>> = HashMap::new();
+                    for (key, name) in found {
+                        names.entry(key).or_default().push(name);
+                    }
                     for key in asked {
-                        known.columns.insert(*key, (found.remove(key), now));
+                        let entry = names.remove(key).map(Names::from);
+                        known.columns.insert(*key, (entry, now));
                     }
                 }
                 Ok(Err(e)) => return self.failed(&e),
@@ -200,7 +215,8 @@ impl Catalog {
     }
 
     /// One query over a connection of its own.
-    async fn ask(&self, columns: &[(u32, i16)]) -> Result<Vec<((u32, i16), Arc<str>)>> {
+    /// Returns each column's names in the order of [`Names`].
+    async fn ask(&self, columns: &[(u32, i16)]) -> Result<Vec<(ColumnKey, String)>> {
         let mut params = BTreeMap::new();
         params.insert(
             "application_name".to_string(),
@@ -225,12 +241,23 @@ impl Catalog {
             })
             .collect::<Vec<_>>()
             .join(" OR ");
+        // `up` pairs each asked table with itself and every table it
+        // inherits from (partitions included), nearest first; a column
+        // keeps its name in its parents (PostgreSQL requires that).
         let sql = format!(
-            "SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
+            "WITH RECURSIVE up(rel, anc, depth) AS ( \
+               SELECT DISTINCT a.attrelid, a.attrelid, 0 FROM pg_catalog.pg_attribute a WHERE ({list}) \
+               UNION ALL \
+               SELECT up.rel, i.inhparent, up.depth OPERATOR(pg_catalog.+) 1 \
+               FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) up.anc \
+               WHERE up.depth OPERATOR(pg_catalog.<) {MAX_ANCESTORS}) \
+             SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
              FROM pg_catalog.pg_attribute a \
-             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
+             JOIN up ON up.rel OPERATOR(pg_catalog.=) a.attrelid \
+             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) up.anc \
              JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-             WHERE ({list}) AND NOT a.attisdropped"
+             WHERE ({list}) AND NOT a.attisdropped \
+             ORDER BY up.depth"
         );
         let mut body = sql.into_bytes();
         body.push(0);
@@ -272,12 +299,12 @@ impl Catalog {
 }
 
 /// One catalog row: attrelid, attnum, schema, table, column (text format).
-fn catalog_row(cells: &[Option<&[u8]>]) -> Option<((u32, i16), Arc<str>)> {
+fn catalog_row(cells: &[Option<&[u8]>]) -> Option<(ColumnKey, String)> {
     let text = |i: usize| -> Option<&str> { std::str::from_utf8(cells.get(i).copied()??).ok() };
     let table: u32 = text(0)?.parse().ok()?;
     let attnum: i16 = text(1)?.parse().ok()?;
     let qualified = format!("{}.{}.{}", text(2)?, text(3)?, text(4)?);
-    Some(((table, attnum), qualified.into()))
+    Some(((table, attnum), qualified))
 }
 
 #[cfg(test)]
@@ -295,7 +322,7 @@ mod tests {
         ];
         let (key, col) = catalog_row(&cells).unwrap();
         assert_eq!(key, (16384, 3));
-        assert_eq!(&*col, "public.customers.ssn");
+        assert_eq!(col, "public.customers.ssn");
         // A row the gateway cannot read is skipped, not guessed at.
         let bad: Vec<Option<&[u8]>> = vec![Some(b"x"), Some(b"3"), None, None, None];
         assert!(catalog_row(&bad).is_none());

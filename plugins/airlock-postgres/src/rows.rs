@@ -10,6 +10,7 @@ use airlock_core::mask::{FieldPlan, Masker};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, RowDescription};
 
+use crate::catalog::Names;
 use crate::frame;
 
 /// Type OIDs the gateway understands in binary format.
@@ -107,8 +108,9 @@ pub(crate) struct Column {
     /// The column's name, as the client sees it.
     pub(crate) name: String,
     /// `schema.table.column` for a column straight from a table (whatever
-    /// the query called it), from the target's catalog.
-    pub(crate) origin: Option<String>,
+    /// the query called it), and the same in each table that table
+    /// inherits from, from the target's catalog.
+    pub(crate) origin: Option<Names>,
     pub(crate) type_oid: u32,
     /// 0 text, 1 binary.
     pub(crate) format: i16,
@@ -119,21 +121,23 @@ pub(crate) struct Column {
 
 impl Column {
     /// A column named `name` by the query and `origin` by the catalog.
-    /// Masking rules are matched against both: either one matching masks
-    /// the value, so an alias can neither hide a column from its rule nor a
-    /// stale or missing catalog entry mask less than the query's name
+    /// Masking rules are matched against all these names: any one matching
+    /// masks the value, so an alias can neither hide a column from its rule
+    /// nor a stale or missing catalog entry mask less than the query's name
     /// alone would.
     pub(crate) fn new(
         masker: &Masker,
         name: String,
-        origin: Option<String>,
+        origin: Option<Names>,
         type_oid: u32,
         format: i16,
     ) -> Column {
-        let plan = match &origin {
-            Some(origin) => masker.field_plan(&[origin, &name]),
-            None => masker.field_plan(&[&name]),
-        };
+        let names: Vec<&str> = origin
+            .iter()
+            .flat_map(|o| o.iter().map(String::as_str))
+            .chain([name.as_str()])
+            .collect();
+        let plan = masker.field_plan(&names);
         Column {
             name,
             origin,
@@ -150,7 +154,7 @@ impl Column {
 pub(crate) fn columns(
     masker: &Masker,
     desc: &RowDescription,
-    table_column: impl Fn(u32, i16) -> Option<std::sync::Arc<str>>,
+    table_column: impl Fn(u32, i16) -> Option<Names>,
 ) -> Vec<Column> {
     desc.fields
         .iter()
@@ -169,7 +173,7 @@ pub(crate) fn columns(
                         plan: masker.whole_row_plan(&f.name),
                     };
                 }
-                table => table_column(table, f.column_id).map(|q| q.to_string()),
+                table => table_column(table, f.column_id),
             };
             Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)
         })
