@@ -289,6 +289,65 @@ async fn a_rule_for_a_table_covers_its_partitions_and_children() {
     assert_eq!(one("SELECT agency AS a FROM contractors").await, "acme");
 }
 
+/// A write that fails a constraint does not show the client the ruled
+/// columns of the row it failed on: the DETAIL's values (`Failing row
+/// contains (…)`, `Key (…)=(…) already exists`) are masked by the table's
+/// column rules. A key of an unruled column, and the row of a table no
+/// rule covers (its columns asked of the catalog), stay as the server sent
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_does_not_show_ruled_values_in_its_detail() {
+    let (_dir, pg, gw) = setup().await;
+    pg.psql(
+        "ALTER TABLE staff ALTER COLUMN team SET NOT NULL;
+         CREATE UNIQUE INDEX ON staff (pay_grade);
+         CREATE UNIQUE INDEX ON staff (id);
+         CREATE TABLE gadgets (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO gadgets VALUES (1, 'sprocket');
+         ALTER TABLE gadgets OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let detail = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let e = client.simple_query(sql).await.unwrap_err();
+            let db = e.as_db_error().unwrap();
+            (
+                db.code().code().to_owned(),
+                db.detail().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let (code, d) = detail("UPDATE staff SET team = NULL WHERE id = 7").await;
+    assert_eq!(code, "23502");
+    assert!(d.starts_with("Failing row contains ("), "{d}");
+    assert!(!d.contains("E7-band-3") && !d.contains("platform"), "{d}");
+    let (code, d) = detail("INSERT INTO staff VALUES (8, 'E7-band-3', 'x')").await;
+    assert_eq!(code, "23505");
+    assert!(
+        d.starts_with("Key (pay_grade)=(") && d.ends_with(") already exists."),
+        "{d}"
+    );
+    assert!(!d.contains("E7-band-3"), "{d}");
+    // The controls: an unruled key of the same table, and a table no rule
+    // covers.
+    let (_, d) = detail("INSERT INTO staff VALUES (7, 'other', 'x')").await;
+    assert_eq!(d, "Key (id)=(7) already exists.");
+    let (_, d) = detail("UPDATE gadgets SET label = NULL WHERE id = 1").await;
+    assert_eq!(d, "Failing row contains (1, null).");
+    let (_, d) = detail("INSERT INTO gadgets VALUES (1, 'x')").await;
+    assert_eq!(d, "Key (id)=(1) already exists.");
+    // The session goes on.
+    let n = client
+        .execute("UPDATE gadgets SET label = 'cog' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
 /// Catalog lookups are rate-limited per target, and a lookup right after
 /// another waits for its turn: a client cannot have a statement's columns
 /// go unlooked-up (and an alias unmasked) by sending another new table's

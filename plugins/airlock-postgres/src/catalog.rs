@@ -52,6 +52,8 @@ const FRESH_FOR: Duration = Duration::from_secs(600);
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Beyond this many cached columns the cache starts over.
 const MAX_COLUMNS: usize = 100_000;
+/// Beyond this many cached tables (for errors) that cache starts over.
+const MAX_TABLES: usize = 10_000;
 /// At most this many columns per lookup.
 const MAX_PER_LOOKUP: usize = 512;
 /// Levels of inheritance followed up from a column's table (partitions of
@@ -82,17 +84,24 @@ type Entry = (Option<Names>, Instant);
 #[derive(Debug, Default)]
 struct Known {
     columns: HashMap<ColumnKey, Entry>,
+    /// The columns of tables by `(schema, table)`, for errors that name a
+    /// table and hold its values ([`Catalog::table_columns`]).
+    tables: HashMap<(String, String), Entry>,
     last_lookup: Option<Instant>,
     failed_at: Option<Instant>,
 }
 
+/// Whether an entry made at `at` should be asked for again.
+fn stale(entry: &Entry, now: Instant) -> bool {
+    match entry {
+        (Some(_), at) => now.duration_since(*at) >= FRESH_FOR,
+        (None, at) => now.duration_since(*at) >= RETRY_AFTER,
+    }
+}
+
 impl Known {
     fn needs(&self, key: (u32, i16), now: Instant) -> bool {
-        match self.columns.get(&key) {
-            None => true,
-            Some((Some(_), at)) => now.duration_since(*at) >= FRESH_FOR,
-            Some((None, at)) => now.duration_since(*at) >= RETRY_AFTER,
-        }
+        self.columns.get(&key).is_none_or(|e| stale(e, now))
     }
 }
 
@@ -151,30 +160,18 @@ impl Catalog {
             // Another connection asked while we waited.
             return self.all_named(columns);
         }
-        if failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+        if !wait_turn(failed_at, last_lookup).await {
             return false;
-        }
-        // The rate limit waits rather than skips: a skipped lookup would
-        // leave these columns with the query's names alone, and a client
-        // could arrange that on purpose by having another lookup run first.
-        if let Some(last) = last_lookup {
-            let rest = MIN_INTERVAL.saturating_sub(last.elapsed());
-            if !rest.is_zero() {
-                tokio::time::sleep(rest).await;
-            }
         }
         for asked in missing.chunks(MAX_PER_LOOKUP) {
             match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(asked)).await {
                 Ok(Ok(found)) => {
                     let now = Instant::now();
                     let mut known = self.known();
-                    // From the end of a lookup: the interval is time the
-                    // target has without the gateway's logins.
-                    known.last_lookup = Some(now);
+                    known.answered(now);
                     if known.columns.len() + asked.len() > MAX_COLUMNS {
                         known.columns.clear();
                     }
-                    known.failed_at = None;
                     let mut names: HashMap<ColumnKey, Vec<String>> = HashMap::new();
                     for (key, name) in found {
                         names.entry(key).or_default().push(name);
@@ -194,6 +191,81 @@ impl Catalog {
             }
         }
         self.all_named(columns)
+    }
+
+    /// The columns of `schema.table`, each as `schema.table.column`, in
+    /// their order in the table (as a row of it is shown), if the catalog
+    /// has them: for an error that holds a row's values without their
+    /// columns' names (`Failing row contains (…)`). `None` when the
+    /// catalog cannot be asked or does not know the table.
+    pub(crate) async fn table_columns(&self, schema: &str, table: &str) -> Option<Names> {
+        let key = (schema.to_owned(), table.to_owned());
+        let cached = |known: &Known| match known.tables.get(&key) {
+            Some(e) if !stale(e, Instant::now()) => Some(e.0.clone()),
+            _ => None,
+        };
+        if let Some(names) = cached(&self.known()) {
+            return names;
+        }
+        let _one = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock())
+            .await
+            .ok()?;
+        let (failed_at, last_lookup) = {
+            let known = self.known();
+            if let Some(names) = cached(&known) {
+                return names;
+            }
+            (known.failed_at, known.last_lookup)
+        };
+        if !wait_turn(failed_at, last_lookup).await {
+            return None;
+        }
+        // The names come from the server's own error, but are still only
+        // ever string constants here: E'' reads backslashes as escapes
+        // whatever standard_conforming_strings says, so both are doubled.
+        let sql = format!(
+            "SELECT n.nspname, c.relname, a.attname \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE n.nspname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
+             AND c.relname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
+             AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            literal(schema),
+            literal(table)
+        );
+        let mut found = Vec::new();
+        let asked = self.run(sql, |cells| {
+            let text = |i: usize| std::str::from_utf8(cells.get(i).copied()??).ok();
+            if let (Some(s), Some(t), Some(c)) = (text(0), text(1), text(2)) {
+                found.push(format!("{s}.{t}.{c}"));
+            }
+        });
+        match tokio::time::timeout(LOOKUP_TIMEOUT, asked).await {
+            Ok(Ok(())) => {
+                let now = Instant::now();
+                let names = (!found.is_empty()).then(|| Names::from(found));
+                let mut known = self.known();
+                known.answered(now);
+                if known.tables.len() >= MAX_TABLES {
+                    known.tables.clear();
+                }
+                known.tables.insert(key, (names.clone(), now));
+                names
+            }
+            Ok(Err(e)) => {
+                self.failed(&e);
+                None
+            }
+            Err(_) => {
+                self.failed(&Error::Upstream(format!(
+                    "the catalog of target {} did not answer within {LOOKUP_TIMEOUT:?}",
+                    self.target.name
+                )));
+                None
+            }
+        }
     }
 
     /// Whether every one of these columns has a name from the catalog.
@@ -217,16 +289,6 @@ impl Catalog {
     /// One query over a connection of its own.
     /// Returns each column's names in the order of [`Names`].
     async fn ask(&self, columns: &[(u32, i16)]) -> Result<Vec<(ColumnKey, String)>> {
-        let mut params = BTreeMap::new();
-        params.insert(
-            "application_name".to_string(),
-            "airlock-catalog".to_string(),
-        );
-        let mut conn = self
-            .target
-            .connect(&params, LOOKUP_TIMEOUT)
-            .await
-            .map_err(|e| e.error)?;
         // Only numbers the gateway formatted itself go into the text, and
         // every operator and type is pg_catalog's, whatever the role's
         // search_path holds (no SET: a pooler in front of the target would
@@ -259,10 +321,28 @@ impl Catalog {
              WHERE ({list}) AND NOT a.attisdropped \
              ORDER BY up.depth"
         );
+        let mut found = Vec::new();
+        self.run(sql, |cells| found.extend(catalog_row(cells)))
+            .await?;
+        Ok(found)
+    }
+
+    /// Runs one query over a connection of its own, handing each row's
+    /// cells (text format) to `row`.
+    async fn run(&self, sql: String, mut row: impl FnMut(&[Option<&[u8]>])) -> Result<()> {
+        let mut params = BTreeMap::new();
+        params.insert(
+            "application_name".to_string(),
+            "airlock-catalog".to_string(),
+        );
+        let mut conn = self
+            .target
+            .connect(&params, LOOKUP_TIMEOUT)
+            .await
+            .map_err(|e| e.error)?;
         let mut body = sql.into_bytes();
         body.push(0);
         send(&mut conn.write, &frame::raw(b'Q', &body), &self.target).await?;
-        let mut found = Vec::new();
         let mut error = None;
         loop {
             let Some(frame) = conn.reader.next().await? else {
@@ -274,9 +354,7 @@ impl Catalog {
             match frame.tag {
                 b'D' => {
                     let cells = crate::rows::split_cells(frame.body()).map_err(Error::Upstream)?;
-                    if let Some(c) = catalog_row(&cells) {
-                        found.push(c);
-                    }
+                    row(&cells);
                 }
                 b'E' => {
                     let e: ErrorResponse = frame.decode(Peer::Upstream)?;
@@ -293,9 +371,43 @@ impl Catalog {
                 "the catalog of target {} refused the lookup: {e}",
                 self.target.name
             ))),
-            None => Ok(found),
+            None => Ok(()),
         }
     }
+}
+
+impl Known {
+    /// A lookup was answered at `now`.
+    fn answered(&mut self, now: Instant) {
+        // From the end of a lookup: the interval is time the target has
+        // without the gateway's logins.
+        self.last_lookup = Some(now);
+        self.failed_at = None;
+    }
+}
+
+/// Waits for the target's next lookup (the caller holds the lookup lock).
+/// False while lookups are failing. The rate limit waits rather than
+/// skips: a skipped lookup would leave columns with the query's names
+/// alone, and a client could arrange that on purpose by having another
+/// lookup run first.
+async fn wait_turn(failed_at: Option<Instant>, last_lookup: Option<Instant>) -> bool {
+    if failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+        return false;
+    }
+    if let Some(last) = last_lookup {
+        let rest = MIN_INTERVAL.saturating_sub(last.elapsed());
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
+        }
+    }
+    true
+}
+
+/// A string constant for the catalog's queries: `E'…'` with backslashes
+/// and quotes doubled.
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// One catalog row: attrelid, attnum, schema, table, column (text format).

@@ -2642,7 +2642,8 @@ impl ServerHalf<'_> {
                     return Ok(());
                 }
                 let mut e: ErrorResponse = frame.decode(Peer::Upstream)?;
-                let out = if self.mask_fields(&mut e.fields) {
+                let detected = self.mask_fields(&mut e.fields);
+                let out = if self.mask_row_values(&mut e.fields).await || detected {
                     frame::encode(&e)
                 } else {
                     frame.bytes.clone()
@@ -2989,6 +2990,75 @@ impl ServerHalf<'_> {
         }
     }
 
+    /// Masks the values of a table's row that an integrity error (SQLSTATE
+    /// class 23) shows in its DETAIL (`Failing row contains (…)`, `Key
+    /// (email)=(…) already exists`) by the column rules of that table, after
+    /// the detectors have had them: otherwise a write that fails a
+    /// constraint would show the client every column of the row, ruled
+    /// ones included. A key's values are masked when a rule covers one of
+    /// its columns; a whole row's when one covers any column of the table
+    /// (from the catalog; without it, any rule for that table or for no
+    /// table). Returns whether something changed.
+    async fn mask_row_values(&mut self, fields: &mut [(u8, String)]) -> bool {
+        let (Some(code), Some(table), Some(d)) = (
+            field_of(fields, b'C'),
+            field_of(fields, b't'),
+            fields.iter().position(|(k, _)| *k == b'D'),
+        ) else {
+            return false;
+        };
+        if !code.starts_with("23") {
+            return false;
+        }
+        let Some(found) = rows::row_values(&fields[d].1) else {
+            return false;
+        };
+        let schema = field_of(fields, b's');
+        let qualified = match schema {
+            Some(schema) => format!("{schema}.{table}"),
+            None => table.to_owned(),
+        };
+        let masker = self.cx.session.masker();
+        let plan = match (&found.columns, &self.cx.catalog, schema) {
+            (Some(columns), ..) => {
+                let names: Vec<String> =
+                    columns.iter().map(|c| format!("{qualified}.{c}")).collect();
+                masker.field_plan(&names.iter().map(String::as_str).collect::<Vec<_>>())
+            }
+            (None, Some(catalog), Some(schema)) => {
+                match catalog.table_columns(schema, table).await {
+                    Some(names) => {
+                        masker.field_plan(&names.iter().map(String::as_str).collect::<Vec<_>>())
+                    }
+                    None => masker.table_plan(&qualified),
+                }
+            }
+            (None, ..) => masker.table_plan(&qualified),
+        };
+        let mut counts = MaskCounts::new();
+        let detail = &fields[d].1;
+        let mut out = String::with_capacity(detail.len());
+        let mut last = 0;
+        let mut changed = false;
+        for span in &found.spans {
+            out.push_str(&detail[last..span.start]);
+            match masker.mask_whole(&plan, &detail[span.clone()], &mut counts) {
+                Some(masked) => {
+                    out.push_str(&masked);
+                    changed = true;
+                }
+                None => out.push_str(&detail[span.clone()]),
+            }
+            last = span.end;
+        }
+        out.push_str(&detail[last..]);
+        self.record_counts(counts);
+        if changed {
+            fields[d].1 = out;
+        }
+        changed
+    }
+
     /// Masks every field of an error or notice; whether one changed.
     fn mask_fields(&self, fields: &mut [(u8, String)]) -> bool {
         let mut counts = MaskCounts::new();
@@ -3002,6 +3072,14 @@ impl ServerHalf<'_> {
         self.record_counts(counts);
         changed
     }
+}
+
+/// The value of field `code` of an error or notice.
+fn field_of(fields: &[(u8, String)], code: u8) -> Option<&str> {
+    fields
+        .iter()
+        .find(|(k, _)| *k == code)
+        .map(|(_, v)| v.as_str())
 }
 
 /// `SQLSTATE: message` of a server error (already masked), for the record.

@@ -1079,6 +1079,98 @@ pub(crate) fn mask_plain(masker: &Masker, text: &str, counts: &mut MaskCounts) -
     }
 }
 
+/// Where a server error's DETAIL holds values of a table's row: the spans
+/// of the values, and the columns they belong to when the DETAIL names
+/// them. PostgreSQL shows values there without quoting them, so a span is
+/// masked whole.
+#[derive(Debug, PartialEq)]
+pub(crate) struct RowValues<'a> {
+    /// Byte ranges of `detail` that hold values.
+    pub(crate) spans: Vec<std::ops::Range<usize>>,
+    /// The key's columns as the DETAIL names them (unquoted), for a key
+    /// violation (`Key (a, b)=(…)`); `None` for a whole row (`Failing row
+    /// contains (…)`), or a key over an expression, whose columns only the
+    /// table can tell.
+    pub(crate) columns: Option<Vec<std::borrow::Cow<'a, str>>>,
+}
+
+/// How PostgreSQL goes on after a key's values (`Key (k)=(v) …`).
+const KEY_ENDS: [&str; 4] = [
+    ") already exists",
+    ") is not present in table ",
+    ") is still referenced from table ",
+    ") conflicts with existing key (",
+];
+
+/// Finds the row values in an integrity error's DETAIL (SQLSTATE class
+/// 23): `Failing row contains (…).` (not-null, check and partition
+/// constraints) and `Key (cols)=(…) …` (unique, foreign-key and exclusion
+/// constraints, whose DETAIL may hold two keys). `None` for other text.
+pub(crate) fn row_values(detail: &str) -> Option<RowValues<'_>> {
+    if let Some(rest) = detail.strip_prefix("Failing row contains (") {
+        let end = rest.rfind(')')?;
+        let start = detail.len() - rest.len();
+        return Some(RowValues {
+            spans: std::iter::once(start..start + end).collect(),
+            columns: None,
+        });
+    }
+    let rest = detail.strip_prefix("Key (")?;
+    let names_end = rest.find(")=(")?;
+    let columns = key_columns(&rest[..names_end]);
+    let mut spans = Vec::new();
+    let mut at = detail.len() - rest.len() + names_end + 3;
+    loop {
+        let tail = &detail[at..];
+        let ends = KEY_ENDS
+            .iter()
+            .filter_map(|e| tail.find(e).map(|i| (i, *e)))
+            .min_by_key(|(i, _)| *i);
+        match ends {
+            Some((i, e)) if e == KEY_ENDS[3] => {
+                // An exclusion constraint: the existing key follows.
+                spans.push(at..at + i);
+                let next = at + i + e.len();
+                at = next + detail[next..].find(")=(")? + 3;
+            }
+            Some((i, _)) => {
+                spans.push(at..at + i);
+                break;
+            }
+            None => {
+                spans.push(at..at + tail.rfind(')')?);
+                break;
+            }
+        }
+    }
+    Some(RowValues { spans, columns })
+}
+
+/// The columns of a key as an error names them (`a, "Mixed Case"`), or
+/// `None` when one is an expression (`lower(email::text)`).
+fn key_columns(names: &str) -> Option<Vec<std::borrow::Cow<'_, str>>> {
+    names
+        .split(", ")
+        .map(|name| {
+            if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                let inner = quoted.replace("\"\"", "");
+                (!inner.contains('"'))
+                    .then(|| std::borrow::Cow::Owned(quoted.replace("\"\"", "\"")))
+            } else {
+                let plain = !name.is_empty()
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || b == b'_'
+                            || b == b'$'
+                            || b >= 0x80
+                    });
+                plain.then_some(std::borrow::Cow::Borrowed(name))
+            }
+        })
+        .collect()
+}
+
 /// Masks a text-format COPY OUT row: returns the new bytes when something
 /// changed and the row for the record.
 ///
@@ -1383,6 +1475,46 @@ mod tests {
     use super::*;
     use airlock_core::Identity;
     use airlock_core::mask::{MaskConfig, MaskEngine};
+
+    #[test]
+    fn row_values_in_integrity_errors_are_found() {
+        let spans = |d: &str| {
+            let v = row_values(d).unwrap();
+            let texts: Vec<&str> = v.spans.iter().map(|r| &d[r.clone()]).collect();
+            (texts.join("|"), v.columns.map(|c| c.join(",")))
+        };
+        assert_eq!(
+            spans("Failing row contains (7, null, E7-band-3, x (y)).").0,
+            "7, null, E7-band-3, x (y)"
+        );
+        assert_eq!(
+            spans("Key (email)=(a@b.c) already exists."),
+            ("a@b.c".into(), Some("email".into()))
+        );
+        assert_eq!(
+            spans("Key (team, \"Pay Grade\")=(x, E7) already exists."),
+            ("x, E7".into(), Some("team,Pay Grade".into()))
+        );
+        assert_eq!(
+            spans("Key (staff_id)=(9) is not present in table \"staff\"."),
+            ("9".into(), Some("staff_id".into()))
+        );
+        assert_eq!(
+            spans("Key (id)=(7) is still referenced from table \"x\"."),
+            ("7".into(), Some("id".into()))
+        );
+        assert_eq!(
+            spans("Key (r)=([1,5)) conflicts with existing key (r)=([2,3))."),
+            ("[1,5)|[2,3)".into(), Some("r".into()))
+        );
+        // A key over an expression: its columns are not known.
+        assert_eq!(
+            spans("Key (lower(email::text))=(a@b.c) already exists."),
+            ("a@b.c".into(), None)
+        );
+        assert_eq!(row_values("Key columns are fine."), None);
+        assert_eq!(row_values("Table has 3 rows."), None);
+    }
 
     fn masker() -> Masker {
         let config: MaskConfig = toml::from_str(

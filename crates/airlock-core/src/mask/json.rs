@@ -92,6 +92,19 @@ impl FieldPat {
         }
     }
 
+    /// Whether this rule may cover some column of `table` (`table` or
+    /// `schema.table`) when the table's columns are not known: a rule for
+    /// that table, or one that names no table.
+    pub(crate) fn may_cover_table(&self, table: &str) -> bool {
+        match self {
+            FieldPat::Column { table: None, .. } => true,
+            FieldPat::Column { table: Some(t), .. } => {
+                dotted_suffix(table, t) || dotted_suffix(t, table)
+            }
+            FieldPat::Path(_) => false,
+        }
+    }
+
     /// Whether the value at `path` (whose last key is `key`) is this rule's.
     /// Bare names match a key at any depth; `table.column` rules are for
     /// rows, not documents.

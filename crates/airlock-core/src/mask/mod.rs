@@ -589,6 +589,26 @@ impl Masker {
         Some(self.whole(Label::Det(det), s.as_bytes(), counts))
     }
 
+    /// The plan of a value that holds values of several columns of `table`
+    /// (`schema.table`) that cannot be told apart, when the table's columns
+    /// are not known (a server error's "Failing row contains (…)"): the
+    /// first column rule on that is written for that table or for no table
+    /// covers the value whole. With the columns known, use
+    /// [`Masker::field_plan`] with their qualified names instead.
+    pub fn table_plan(&self, table: &str) -> FieldPlan {
+        let rule = self
+            .shared
+            .fields
+            .iter()
+            .zip(&self.profile.fields_on)
+            .position(|(f, on)| *on && f.pat.may_cover_table(table))
+            .and_then(|i| u16::try_from(i).ok());
+        FieldPlan {
+            rule,
+            secrets: Vec::new(),
+        }
+    }
+
     /// The plan of a value that holds a whole row of a table (PostgreSQL's
     /// `SELECT t FROM t`, which names no column): the rules of the columns
     /// inside it cannot be told apart there, so the first column rule on
