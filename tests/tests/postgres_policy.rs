@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use airlock_core::Identity;
 use airlock_core::approvals::ApprovalStatus;
+use airlock_core::{Identity, Operation};
 use airlock_tests::postgres::{
     PgGateway, Raw, TestPostgres, conninfo, contains, msg, pg_config, psql_stdin,
 };
@@ -1232,6 +1232,38 @@ fn dba() -> Identity {
         groups: vec!["dba".into()],
         issuer: "airlock-local".into(),
     }
+}
+
+/// What an approver reads is the statement's code, whatever masking does to
+/// its values: a detector span (a private key's markers in two comments)
+/// cannot take the `OR id > 0` between them out of the request's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masking_cannot_hide_code_from_the_approver() {
+    let (_dir, pg, gw) = setup().await;
+    let client = connect(&gw, "agent-1", &["agents"]).await;
+    let sql = "DELETE FROM orders WHERE id = 1 /* -----BEGIN PRIVATE KEY----- */ OR id > 0 /* -----END PRIVATE KEY----- */";
+    let gw2 = gw.runtime.gateway.clone();
+    let decide = async {
+        let id = pending(&gw).await;
+        let request = gw2.approvals().get(&id).await.unwrap().unwrap();
+        let Operation::Sql(op) = &request.operation else {
+            panic!("{:?}", request.operation)
+        };
+        gw2.approvals()
+            .decide(&id, &dba(), false, Some("not all orders".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        op.text.clone()
+    };
+    let (result, shown) = tokio::join!(client.simple_query(sql), decide);
+    assert!(shown.contains("OR id > 0"), "{shown}");
+    assert!(!shown.contains("BEGIN PRIVATE KEY"), "{shown}");
+    assert_eq!(code(&result.unwrap_err()), "42501");
+    assert_eq!(
+        count(&client, "orders").await.to_string(),
+        pg.psql("SELECT count(*) FROM orders").await.unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

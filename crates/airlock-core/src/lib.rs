@@ -31,6 +31,6 @@ pub mod tls;
 
 pub use connector::{ClientStream, Connector, Registry};
 pub use error::{Error, Result, Side};
-pub use gateway::{Gateway, GatewayParts, PendingApproval, Session};
+pub use gateway::{Gateway, GatewayParts, PendingApproval, Session, TextMasker};
 pub use keyfile::create_private_dir;
 pub use model::*;

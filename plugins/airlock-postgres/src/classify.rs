@@ -90,7 +90,10 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use airlock_core::{SqlKind, SqlOperation};
+use std::borrow::Cow;
+
+use airlock_core::mask::Masker;
+use airlock_core::{MaskCounts, SqlKind, SqlOperation};
 use lru::LruCache;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -99,6 +102,56 @@ use sqlparser::parser::Parser;
 /// unique) are classified every time, so the cache stays within about
 /// `capacity` × this many bytes of text.
 pub const MAX_CACHED_LEN: usize = 8 * 1024;
+
+/// Masks a statement's text for the audit record and for approvers (the
+/// session's [`airlock_core::TextMasker`]): as one string, where
+/// the detectors see every value in its context (`PASSWORD 'x'`), as long
+/// as that leaves the statement's code as it was. A detector span may run
+/// from a comment across code into another (`/* -----BEGIN PRIVATE
+/// KEY----- */ OR id > 0 /* -----END PRIVATE KEY----- */`), and an
+/// approver would then approve, and the trail hold, a statement without
+/// the code that runs. Such a text is masked value by value instead (each
+/// string, quoted name, number and comment on its own), which leaves every
+/// piece of code in sight. A text that does not lex is masked as one
+/// string.
+pub fn mask_text(masker: &Masker, text: &str, counts: &mut MaskCounts) -> Option<String> {
+    let mut whole = MaskCounts::new();
+    let masked = match masker.mask_str(None, text, &mut whole) {
+        Cow::Owned(masked) if masked != text => masked,
+        _ => return None,
+    };
+    let Some(parts) = lex::parts(text) else {
+        add_counts(counts, whole);
+        return Some(masked);
+    };
+    if lex::code(&masked).is_some_and(|after| Some(after) == lex::code(text)) {
+        add_counts(counts, whole);
+        return Some(masked);
+    }
+    let mut out = String::with_capacity(masked.len());
+    for (span, part) in parts {
+        let lex::Part::Value { content, closers } = part else {
+            out.push_str(&text[span]);
+            continue;
+        };
+        out.push_str(&text[span.start..content.start]);
+        let value = &text[content.clone()];
+        match masker.mask_str(None, value, counts) {
+            Cow::Owned(m) if closers.iter().any(|c| m.contains(c.as_str())) => {
+                out.push_str("<MASKED>");
+            }
+            m => out.push_str(&m),
+        }
+        out.push_str(&text[content.end..span.end]);
+    }
+    Some(out)
+}
+
+fn add_counts(into: &mut MaskCounts, from: MaskCounts) {
+    for (name, n) in from {
+        *into.entry(name).or_insert(0) += n;
+    }
+}
 
 /// One classified statement.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -438,7 +438,7 @@ impl PostgresConnector {
                 .fatal(sqlstate::INVALID_AUTHORIZATION, &message, None)
                 .await;
         }
-        let session = match gateway
+        let mut session = match gateway
             .open_session(identity, &target_name, Self::PROTOCOL, info)
             .await
         {
@@ -448,6 +448,9 @@ impl PostgresConnector {
                 return client.fatal(code, &e.to_string(), None).await;
             }
         };
+        // Statements are recorded, and shown to approvers, with their code
+        // in sight, however masking falls.
+        session.set_text_masker(classify::mask_text);
         let Some(target) = self.targets.get(&target_name).cloned() else {
             let message = format!("target {target_name:?} is not served by this listener");
             let _ = session.end(&message).await;

@@ -183,6 +183,113 @@ pub(super) fn shape(sql: &str, pieces: &[Piece<'_>]) -> Option<String> {
     Some(out)
 }
 
+/// One part of a query string, for masking it without taking code out of
+/// sight ([`parts`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Part {
+    /// Code: key words, names, operators, parameters, punctuation, white
+    /// space.
+    Code,
+    /// A value: a string constant, a quoted identifier (a column alias can
+    /// hold data), a number, or a comment. Only `content` may be masked, and
+    /// masked content must not hold any of `closers`: it would end the value
+    /// early (or open a comment) and change what the rest of the text reads
+    /// as.
+    Value {
+        content: Range<usize>,
+        closers: Vec<String>,
+    },
+}
+
+/// A query string cut into [`Part`]s, in order, covering all of it. `None`
+/// when the string does not lex.
+pub(super) fn parts(sql: &str) -> Option<Vec<(Range<usize>, Part)>> {
+    let tokens = tokenize(sql).ok()?;
+    let b = sql.as_bytes();
+    let mut parts = Vec::with_capacity(tokens.len() + 1);
+    let mut at = 0;
+    for token in &tokens {
+        comments(b, at..token.span.start, &mut parts);
+        let text = sql.get(token.span.clone())?;
+        let (s, e) = (token.span.start, token.span.end);
+        let part = match token.kind {
+            TokenKind::String if text.starts_with('$') => {
+                // `$tag$…$tag$`: the tag is the text up to the second `$`.
+                let tag_len = text[1..].find('$')? + 2;
+                Part::Value {
+                    content: s + tag_len..e - tag_len,
+                    closers: vec![text[..tag_len].to_owned()],
+                }
+            }
+            TokenKind::String => Part::Value {
+                // `'…'` or `E'…'`.
+                content: s + text.find('\'')? + 1..e - 1,
+                closers: vec!["'".into(), "\\".into()],
+            },
+            TokenKind::QuotedIdent => Part::Value {
+                content: s + 1..e - 1,
+                closers: vec!["\"".into()],
+            },
+            TokenKind::Other if is_number(text) => Part::Value {
+                content: s..e,
+                closers: ["'", "\"", "$", ";", "--", "/*"].map(String::from).to_vec(),
+            },
+            _ => Part::Code,
+        };
+        parts.push((token.span.clone(), part));
+        at = e;
+    }
+    comments(b, at..b.len(), &mut parts);
+    Some(parts)
+}
+
+/// The comments (values) and white space (code) of a stretch between
+/// tokens, which holds nothing else.
+fn comments(b: &[u8], gap: Range<usize>, parts: &mut Vec<(Range<usize>, Part)>) {
+    let mut i = gap.start;
+    while i < gap.end {
+        let start = i;
+        if b[i] == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < gap.end && b[i] != b'\n' && b[i] != b'\r' {
+                i += 1;
+            }
+            let closers = vec!["\n".into(), "\r".into()];
+            parts.push((
+                start..i,
+                Part::Value {
+                    content: start + 2..i,
+                    closers,
+                },
+            ));
+        } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            i = block_comment_end(b, i).unwrap_or(gap.end).min(gap.end);
+            let closers = vec!["/*".into(), "*/".into()];
+            let content = start + 2..(i - 2).max(start + 2);
+            parts.push((start..i, Part::Value { content, closers }));
+        } else {
+            while i < gap.end && !(b[i..].starts_with(b"--") || b[i..].starts_with(b"/*")) {
+                i += 1;
+            }
+            parts.push((start..i, Part::Code));
+        }
+    }
+}
+
+/// The code of a query string (see [`parts`]): its code tokens' texts, in
+/// order, white space left out. `None` when the string does not lex.
+pub(super) fn code(sql: &str) -> Option<Vec<&str>> {
+    tokenize(sql)
+        .ok()?
+        .into_iter()
+        .filter(|t| match t.kind {
+            TokenKind::String | TokenKind::QuotedIdent => false,
+            TokenKind::Other => !sql.get(t.span.clone()).is_some_and(is_number),
+            _ => true,
+        })
+        .map(|t| sql.get(t.span))
+        .collect()
+}
+
 /// Whether a token is a plain numeric constant (`42`, `1.5`, `2e10`). Only
 /// these are blanked: a token like `1from` is read as `1 FROM` by some
 /// servers and parsers, so it must stay part of the shape.

@@ -1158,3 +1158,63 @@ fn fetch_names_the_portal_it_reads_as_the_server_does() {
     }
     assert_eq!(one("SELECT 1").fetch, None);
 }
+
+fn plain_masker() -> airlock_core::mask::Masker {
+    let config: airlock_core::mask::MaskConfig = toml::from_str("").unwrap();
+    let engine =
+        airlock_core::mask::MaskEngine::new(&config, vec!["hunter2-held".into()], [7; 32]).unwrap();
+    engine.masker(
+        "app",
+        &airlock_core::Identity {
+            subject: "t".into(),
+            groups: vec![],
+            issuer: "test".into(),
+        },
+    )
+}
+
+/// Masking a statement for the record and approvers never takes code out
+/// of it: a detector span that would run from one comment across code into
+/// another is cut to the comments, while values in their context are
+/// still found as one string.
+#[test]
+fn masking_a_statement_leaves_its_code_in_sight() {
+    let m = plain_masker();
+    let mask = |sql: &str| super::mask_text(&m, sql, &mut Default::default());
+    for sql in [
+        "DELETE FROM orders WHERE id = 42 /* -----BEGIN PRIVATE KEY----- */ OR id > 0 /* -----END PRIVATE KEY----- */",
+        "DELETE FROM orders WHERE id = 42 /* password: \"*/ OR id > 0 /*\" */",
+        "DELETE FROM orders WHERE id = 42 -- -----BEGIN PRIVATE KEY-----\nOR id > 0 -- -----END PRIVATE KEY-----",
+    ] {
+        let masked = mask(sql).unwrap_or_else(|| sql.to_owned());
+        assert!(masked.contains("OR id > 0"), "{sql:?} became {masked:?}");
+        assert_eq!(
+            super::lex::code(&masked),
+            super::lex::code(sql),
+            "{masked:?}"
+        );
+    }
+    // Values are still masked, also where the context decides.
+    let masked = mask(
+        "UPDATE users SET password = 'Zq9-secret-Value' WHERE id = 1 /* 4111 1111 1111 1111 */",
+    )
+    .unwrap();
+    assert_eq!(
+        masked,
+        "UPDATE users SET password = '<SECRET>' WHERE id = 1 /* <CARD> */"
+    );
+    // Masked value by value, a value cannot end early either: the closing
+    // quote and comment ends stay.
+    let masked = mask("SELECT 'a' /* password: \"*/ , id /*\" */ FROM t").unwrap();
+    assert_eq!(
+        super::lex::code(&masked),
+        super::lex::code("SELECT 'a', id FROM t"),
+        "{masked}"
+    );
+    let masked = mask("SELECT 'hunter2-held', 4111111111111111").unwrap();
+    assert!(
+        !masked.contains("hunter2-held") && !masked.contains("4111111111111111"),
+        "{masked}"
+    );
+    assert_eq!(mask("SELECT 1"), None);
+}
