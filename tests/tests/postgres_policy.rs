@@ -968,6 +968,78 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
 /// statement it names, under review, stays. The gateway cannot wait for
 /// that Close's answer, so the session ends with a reason; before, it took
 /// the statement as closed and a later Bind of it ran the DELETE unasked.
+/// A Close the server skips after a failed Describe (a name that does not
+/// exist), or refuses for its subtype, closes nothing: the statement or
+/// portal under review it named stays in the gateway's view, and running
+/// it later still waits for an approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_after_a_failed_describe_or_of_no_kind_does_not_bypass_a_review() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Raw::login(gw.addr, &token, 0, &[]).await;
+
+    // A statement: the Describe fails, the server skips the Close, and the
+    // Parse of the name that follows fails there.
+    let delete = "DELETE FROM orders WHERE id = 1 /* describe-close */";
+    let (tags, _) = raw
+        .exchange(vec![msg::parse("r", delete), (b'S', Vec::new())])
+        .await;
+    assert_eq!(tags, "1ZI");
+    let (tags, codes) = raw
+        .exchange(vec![
+            (b'D', b"Snosuch\0".to_vec()),
+            (b'C', b"Sr\0".to_vec()),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("EZI", vec!["26000".into()]));
+    let (tags, codes) = raw
+        .exchange(vec![msg::parse("r", "SELECT 1"), (b'S', Vec::new())])
+        .await;
+    assert_eq!((tags.as_str(), codes), ("EZI", vec!["42P05".into()]));
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![msg::bind("", "r"), msg::execute("", 0), (b'S', Vec::new())],
+        false,
+    )
+    .await;
+    assert_denied_once(&answers, decided);
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+
+    // A portal: a Close of no kind the server knows closes nothing.
+    let delete = "DELETE FROM orders WHERE id = 1 /* subtype-close */";
+    assert_eq!(raw.query("BEGIN").await.0, "CZT");
+    let (tags, _) = raw
+        .exchange(vec![
+            msg::parse("q", delete),
+            msg::bind("p", "q"),
+            (b'S', Vec::new()),
+        ])
+        .await;
+    assert_eq!(tags, "12ZT");
+    assert_eq!(raw.query("SAVEPOINT s").await.0, "CZT");
+    assert_eq!(raw.exchange(vec![(b'S', Vec::new())]).await.0, "ZT");
+    let (tags, _) = raw
+        .exchange(vec![(b'C', b"Xp\0".to_vec()), (b'S', Vec::new())])
+        .await;
+    assert_eq!(tags, "EZE");
+    assert_eq!(raw.query("ROLLBACK TO s").await.0, "CZT");
+    let (answers, decided) = through_approvals(
+        &mut raw,
+        &gw,
+        &pg,
+        vec![msg::execute("p", 0), (b'S', Vec::new())],
+        false,
+    )
+    .await;
+    assert_eq!(decided, 1, "{answers:?}");
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_during_copy_data_ends_the_session_instead_of_a_review() {
     let (_dir, pg, gw) = setup().await;

@@ -108,6 +108,8 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         ignored_syncs: false,
         acts: 0,
         acts_at_sync: 0,
+        failable: 0,
+        failable_at_sync: 0,
         copy_in_until: None,
         copy_in_by_query: false,
     };
@@ -730,6 +732,12 @@ struct ClientHalf<'a> {
     acts: u64,
     /// `acts` at the latest Sync the server cannot have ignored.
     acts_at_sync: u64,
+    /// Counts the client's messages that can fail on the server (all but
+    /// Flush and Sync; a Describe of a name that does not exist fails):
+    /// after a failure the server skips what follows until Sync.
+    failable: u64,
+    /// `failable` at the latest Sync the server cannot have ignored.
+    failable_at_sync: u64,
     /// Something that may start a COPY FROM STDIN went to the server
     /// since the latest CopyDone or CopyFail: the place ([`Self::seq`]) of
     /// the query, or of the Sync after the Execute, whose ReadyForQuery
@@ -802,6 +810,9 @@ impl ClientHalf<'_> {
             if !matches!(frame.tag, b'D' | b'H' | b'S') {
                 self.acts += 1;
             }
+            if !matches!(frame.tag, b'H' | b'S') {
+                self.failable += 1;
+            }
             if matches!(frame.tag, b'Q' | b'E') {
                 // A new statement: a COPY the client left without CopyDone
                 // or CopyFail (which the server ends with an error) is
@@ -823,6 +834,7 @@ impl ClientHalf<'_> {
                         // Syncs before it at its ReadyForQuery.
                         self.ignored_syncs = false;
                         self.acts_at_sync = self.acts;
+                        self.failable_at_sync = self.failable;
                     }
                     self.skipping = false;
                     self.seq += 1;
@@ -1580,15 +1592,25 @@ impl ClientHalf<'_> {
     async fn close(&mut self, frame: Frame) -> Result<()> {
         frame::check_structure(b'C', frame.body(), Peer::Client)?;
         let kind = frame.body()[0];
+        if !matches!(kind, b'S' | b'P') {
+            // The server refuses it (an invalid subtype) and closes
+            // nothing: neither does the gateway.
+            let pending = Pending::Close {
+                portal: None,
+                watch: None,
+            };
+            return self.forward(&frame, Some(pending)).await;
+        }
         let name = cstr_at(&frame.body()[1..]);
         let idle_through = self.actions.idle_through.load(Ordering::Acquire);
         // A Close the server skips (after an error in the pipeline) leaves
         // the statement or portal in place, and a Parse or Bind of the name
         // then fails there: one that still waits for a judgement is
         // forgotten only once the server has closed it.
-        // Only an error before it since the last Sync makes the server
+        // Only an error before it since the last Sync (of any message that
+        // can fail, a Describe of a missing name included) makes the server
         // skip a Close (closing what does not exist is no error).
-        let first = self.acts == self.acts_at_sync + 1;
+        let first = self.failable == self.failable_at_sync + 1;
         let watched = !first
             && if kind == b'S' {
                 self.statements.get(&name).is_some_and(|s| {
