@@ -933,6 +933,54 @@ async fn execute_of_a_parsed_deallocate_is_a_change_of_names() {
     }
 }
 
+/// The same change of names through statements whose names the client
+/// tried to take for harmless ones: a Parse of a name the server holds
+/// fails there, so running the name runs the DEALLOCATE and PREPARE still,
+/// and v's columns are learned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reparse_does_not_hide_a_change_of_names() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (plain, secret) = ("first-value-5", "secret-value-6");
+    let before = format!("SELECT '{secret}' AS ssn, '{plain}' AS other");
+    let after = format!("PREPARE v AS SELECT '{plain}' AS other, '{secret}' AS ssn");
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    data_rows(
+        &mut raw,
+        vec![parse("d", "DEALLOCATE v"), parse("p", &after)],
+    )
+    .await;
+    for name in ["d", "p"] {
+        let (tags, codes) = raw
+            .exchange(vec![parse(name, "SELECT 1"), (b'S', Vec::new())])
+            .await;
+        assert_eq!((tags.as_str(), codes), ("EZI", vec!["42P05".to_owned()]));
+    }
+    let first = data_rows(
+        &mut raw,
+        vec![parse("v", &before), bind("", "v"), execute("", 0)],
+    )
+    .await;
+    assert!(!contains(&first[0], secret.as_bytes()) && contains(&first[0], plain.as_bytes()));
+    let ran = data_rows(
+        &mut raw,
+        vec![bind("", "d"), execute("", 0), bind("", "p"), execute("", 0)],
+    )
+    .await;
+    assert!(
+        ran.is_empty(),
+        "the DEALLOCATE and PREPARE ran, not SELECT 1"
+    );
+    let swapped = data_rows(&mut raw, vec![bind("", "v"), execute("", 0)]).await;
+    assert_eq!(swapped.len(), 1);
+    assert!(
+        !contains(&swapped[0], secret.as_bytes()),
+        "the ssn column went out plain: {}",
+        String::from_utf8_lossy(&swapped[0])
+    );
+    assert!(contains(&swapped[0], plain.as_bytes()));
+}
+
 /// A statement that runs another by name (`EXECUTE v`) has the columns of
 /// whatever v stands for when a portal of it is bound: after v is replaced,
 /// the next execution is described afresh, so v's `ssn` column (now

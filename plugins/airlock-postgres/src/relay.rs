@@ -1057,11 +1057,19 @@ impl ClientHalf<'_> {
                 if self.unsettled(&name) {
                     self.settle(&name, false).await?;
                 }
+                // Kept while the server may still hold it (a Parse of a name
+                // it holds fails): what it does when run must still count,
+                // its review, what it runs, and whether it changes names,
+                // columns or settings (else its run would leave columns
+                // cached that no longer hold).
                 let previous = match self.statements.remove(&name) {
                     Some(old)
                         if old.review.is_some()
                             || old.executes.is_some()
                             || old.copies_in
+                            || old.changes_names
+                            || old.changes_columns
+                            || old.ends_settings
                             || old.previous.is_some() =>
                     {
                         Some(Box::new(old))
@@ -1503,9 +1511,11 @@ impl ClientHalf<'_> {
                 }
             };
             if made {
-                if let Some(s) = self.statements.get_mut(name) {
-                    s.previous = None;
-                }
+                let older = self
+                    .statements
+                    .get_mut(name)
+                    .and_then(|s| s.previous.take());
+                self.forget_chain(older);
                 return Ok(());
             }
             let previous = self
@@ -1580,6 +1590,16 @@ impl ClientHalf<'_> {
     /// Drops what the server told about a statement that is gone: its
     /// columns and its parameter types. (Columns kept under an earlier
     /// `columns_id` of it go when the cache starts over.)
+    /// Forgets statements the server no longer holds, with every earlier
+    /// one kept behind them.
+    fn forget_chain(&mut self, mut next: Option<Box<Statement>>) {
+        while let Some(s) = next {
+            self.forget(&s);
+            self.outcomes.take(s.generation);
+            next = s.previous;
+        }
+    }
+
     fn forget(&self, statement: &Statement) {
         if let Ok(mut cache) = self.columns.lock() {
             cache.retain(|(id, _), _| *id != statement.columns_id);
@@ -1632,8 +1652,7 @@ impl ClientHalf<'_> {
         }
         if kind == b'S' {
             if let Some(old) = self.statements.remove(&name) {
-                self.forget(&old);
-                self.outcomes.take(old.generation);
+                self.forget_chain(Some(Box::new(old)));
             }
             // The statement stays a candidate for SQL EXECUTE of the name
             // ([`Prepared`]): a Close after an error is skipped.
