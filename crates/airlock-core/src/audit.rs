@@ -276,6 +276,16 @@ pub enum Problem {
         /// The record.
         seq: u64,
     },
+    /// The store's head is record `head`, but the chain cannot be read on
+    /// from record `seq`: records were removed (a segment of the log, say)
+    /// and the index rebuilt without them, or the index no longer matches
+    /// the log.
+    Unreachable {
+        /// The first record that cannot be read.
+        seq: u64,
+        /// The store's last record.
+        head: u64,
+    },
     /// A record could not be parsed at all.
     Unreadable {
         /// The record.
@@ -295,6 +305,7 @@ impl Problem {
             | Problem::Broken { seq }
             | Problem::BadCheckpoint { seq }
             | Problem::CheckpointMismatch { seq }
+            | Problem::Unreachable { seq, .. }
             | Problem::Unreadable { seq, .. } => *seq,
             Problem::Truncated { last, .. } => last + 1,
         }
@@ -333,6 +344,10 @@ impl fmt::Display for Problem {
             Problem::CheckpointMismatch { seq } => write!(
                 f,
                 "record {seq} does not match its signed checkpoint: the chain was rewritten"
+            ),
+            Problem::Unreachable { seq, head } => write!(
+                f,
+                "record {seq} cannot be read, though the store's last record is {head}: records were removed, or the index no longer matches the log"
             ),
             Problem::Unreadable { seq, detail } => {
                 write!(f, "record {seq} cannot be read: {detail}")
@@ -384,6 +399,9 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
         sealed.insert(cp.seq, cp.hash);
     }
 
+    // Read before the walk: records appended while it runs (a gateway
+    // verifying its own store) are not expected of it.
+    let head = store.head().await?;
     let mut expected = 1u64;
     let mut prev = Hash::GENESIS;
     let mut count = 0u64;
@@ -457,6 +475,18 @@ pub async fn verify(store: &dyn Store, public_key: &[u8]) -> Result<VerifyReport
         let problem = Problem::Truncated {
             last,
             sealed: max_sealed,
+        };
+        return Ok(report(count, checkpoints.len(), last, problem));
+    }
+    // The walk follows the index from record to record: a chain it could
+    // not read to the store's own head ends early, and nothing after that
+    // point would be checked.
+    if let Some(head) = head
+        && head.seq > last
+    {
+        let problem = Problem::Unreachable {
+            seq: last + 1,
+            head: head.seq,
         };
         return Ok(report(count, checkpoints.len(), last, problem));
     }

@@ -510,13 +510,24 @@ impl Inner {
     /// checkpoints: flushed before the records they describe, a power loss
     /// would leave an index and checkpoints ahead of the log, which every
     /// later `audit verify` reports as records removed.
+    ///
+    /// A failed sync of the log is not a failed flush of the index: records
+    /// the gateway acknowledged may not reach the disk (an I/O error, or a
+    /// volume that fills up only when pages are written out), so appends are
+    /// refused from then on, as after a failed write.
     fn flush_index(&self, pos: Position) -> Result<()> {
         let from = self.marker()?.map_or(pos.segment, |m| m.segment);
         for segment in self.log.segments()? {
             if (from..=pos.segment).contains(&segment)
                 && let Some(file) = self.log.open_segment(segment)?
+                && let Err(e) = file.sync_data()
             {
-                file.sync_data().map_err(io("cannot sync the audit log"))?;
+                let e = io("cannot sync the audit log to disk")(e);
+                if let Ok(mut q) = self.queue() {
+                    q.failed = Some(e.to_string());
+                }
+                tracing::error!(error = %e, "the audit log cannot be synced; records may be lost on power failure, refusing further appends");
+                return Err(e);
             }
         }
         self.db

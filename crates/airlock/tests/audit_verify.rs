@@ -261,6 +261,28 @@ async fn truncated_tail_is_detected() {
     assert!(out.contains("BROKEN at record 35: the chain was truncated: it ends at record 34, but a signed checkpoint covers record 40"), "{out}");
 }
 
+/// Records cut from the end of the log after the last signed checkpoint
+/// leave no checkpoint to miss them, but the store's own index still holds
+/// its head: verify says the chain cannot be read to it instead of OK (the
+/// same store uncut verifies clean, above).
+#[tokio::test]
+async fn records_cut_after_the_last_checkpoint_are_reported_against_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    record(dir.path(), 20, false).await;
+    let path = segment(dir.path());
+    let mut frames = read_frames(&std::fs::read(&path).unwrap());
+    frames.truncate(18);
+    std::fs::write(&path, write_frames(&frames)).unwrap();
+    let (ok, out) = verify(dir.path());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "BROKEN at record 19: record 19 cannot be read, though the store's last record is 20"
+        ),
+        "{out}"
+    );
+}
+
 /// Bytes after the last whole record look like the torn end of a crash,
 /// and so does a last record altered before the index read it. `verify`
 /// does not cut them (the gateway does, when it starts): it says the chain
