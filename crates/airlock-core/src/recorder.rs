@@ -260,9 +260,13 @@ impl Recorder {
             // One batch, then the lock goes to the next caller rather than
             // this one writing everyone else's records indefinitely.
             if !self.shared.write_some(&mut writer).await {
-                // Our record is not queued and not answered: a writer that
-                // took it was cancelled.
-                return Err(not_durable());
+                // Our record is not queued. Either the write of a writer
+                // that took it and was cancelled finished while this one
+                // settled it (and answered us), or that writer dropped it.
+                return match wait.try_recv() {
+                    Ok(result) => result,
+                    Err(_) => Err(not_durable()),
+                };
             }
         }
     }
