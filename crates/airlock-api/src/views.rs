@@ -173,6 +173,13 @@ pub struct ApprovalView {
     pub created: String,
     /// Expires, RFC 3339.
     pub expires: String,
+    /// Seconds for which approving also lets the requester's further
+    /// operations under the same rule and target through (0: approving
+    /// covers only this operation). Shown so an approver knows what an
+    /// approval gives.
+    pub grant_secs: u64,
+    /// Whether the requester may approve it too.
+    pub self_approval: bool,
     /// For time-boxed grants: until when.
     pub grant_until: Option<String>,
     /// Whether a one-operation approval was used.
@@ -206,6 +213,8 @@ impl From<&Approval> for ApprovalView {
                 .collect(),
             created: rfc3339(a.created),
             expires: rfc3339(a.expires),
+            grant_secs: a.grant_secs,
+            self_approval: a.self_approval,
             grant_until: a.grant_until.map(rfc3339),
             executed: a.executed,
         }

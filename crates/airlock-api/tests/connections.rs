@@ -170,7 +170,11 @@ async fn a_client_that_stops_reading_is_dropped_and_a_slow_one_is_not() {
         eventually(server, LOCAL, "/hello", 200).await,
         (200, b"hello".to_vec())
     );
-    // What the dropped clients got is cut short.
+    // What the dropped clients got is cut short. (The two were dropped by
+    // their own stall timers: the first one gone frees the address for the
+    // request above; give the other's timer its time too, or reading it
+    // now would un-stall it and get the whole answer.)
+    tokio::time::sleep(stall * 2).await;
     for mut conn in stalled {
         let mut got = Vec::new();
         let _ = conn.read_to_end(&mut got).await;

@@ -491,15 +491,11 @@ async fn approvals(client: &ApiClient, command: ApprovalsCommand) -> anyhow::Res
             } else {
                 writeln!(
                     out,
-                    "{:<36}  {:<9}  {:<14}  {:<12}  {:<24}  OPERATION",
-                    "APPROVAL", "STATUS", "REQUESTER", "TARGET", "RULE"
+                    "{:<36}  {:<9}  {:<14}  {:<12}  {:<24}  {:<6}  OPERATION",
+                    "APPROVAL", "STATUS", "REQUESTER", "TARGET", "RULE", "GRANT"
                 )?;
                 for a in &list {
-                    writeln!(
-                        out,
-                        "{:<36}  {:<9}  {:<14}  {:<12}  {:<24}  {}",
-                        a.id, a.status, a.requester, a.target, a.rule, a.summary
-                    )?;
+                    writeln!(out, "{}", approval_row(a))?;
                 }
             }
         }
@@ -654,11 +650,47 @@ fn one_line(text: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.extend(c.escape_unicode()),
+            c if c.is_control() || invisible(c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }
     out
+}
+
+/// Characters that change how the text around them is shown without
+/// showing themselves: bidirectional overrides and isolates (which can make
+/// `id > 0` read as `0 < di`), zero-width characters, line and paragraph
+/// separators. Text that came from a client is printed with them escaped.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// One request in `airlock approvals list`: its operation on one line with
+/// anything that could redraw the terminal escaped (the text is the
+/// requester's), and how long approving it lets similar operations through.
+fn approval_row(a: &ApprovalView) -> String {
+    let grant = match a.grant_secs {
+        0 => "-".to_string(),
+        s => format!("{}m", s / 60),
+    };
+    format!(
+        "{:<36}  {:<9}  {:<14}  {:<12}  {:<24}  {:<6}  {}",
+        a.id,
+        a.status,
+        one_line(&a.requester),
+        one_line(&a.target),
+        a.rule,
+        grant,
+        one_line(&a.summary)
+    )
 }
 
 /// How one record reads in a replay: one line, or for a result that carries
@@ -750,8 +782,53 @@ fn replay_lines(event: &airlock_core::Event) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::replay_lines;
+    use super::{approval_row, replay_lines};
+    use airlock_api::views::ApprovalView;
     use airlock_core::{Event, MaskCounts};
+
+    /// A requester's statement cannot redraw the approver's terminal: a
+    /// cursor move, a carriage return or a right-to-left override that would
+    /// make `id > 0` show as something else is printed escaped, and the row
+    /// says how long an approval lets similar operations through.
+    #[test]
+    fn an_approval_row_shows_the_operation_as_sent() {
+        let view = |summary: &str, grant_secs: u64| ApprovalView {
+            id: "a1".into(),
+            status: "pending".into(),
+            requester: "agent-1".into(),
+            requester_groups: vec![],
+            target: "demo".into(),
+            protocol: "postgres".into(),
+            session: "s".into(),
+            summary: summary.into(),
+            operation: serde_json::Value::Null,
+            rule: "r".into(),
+            approvers: vec![],
+            approvals_required: 1,
+            votes: vec![],
+            created: String::new(),
+            expires: String::new(),
+            grant_secs,
+            self_approval: false,
+            grant_until: None,
+            executed: false,
+        };
+        let row = approval_row(&view(
+            "DELETE FROM t WHERE id > 0 -- \u{1b}[9D= 5\r\u{202E}x",
+            3600,
+        ));
+        assert!(
+            row.ends_with("60m     DELETE FROM t WHERE id > 0 -- \\u{1b}[9D= 5\\r\\u{202e}x"),
+            "{row}"
+        );
+        assert!(!row.contains(['\u{1b}', '\r', '\u{202E}']), "{row}");
+        // The control: plain text as it is, no grant.
+        let row = approval_row(&view("DELETE FROM t WHERE id = 5", 0));
+        assert!(
+            row.ends_with("  -       DELETE FROM t WHERE id = 5"),
+            "{row}"
+        );
+    }
 
     #[test]
     fn a_result_replays_as_its_rows_masking_and_outcome() {

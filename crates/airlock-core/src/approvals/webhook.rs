@@ -121,8 +121,18 @@ pub fn payload(format: WebhookFormat, a: &Approval, url: &str) -> serde_json::Va
             "deny_url": format!("{url}#deny"),
         }),
         WebhookFormat::Slack => {
+            let grant = if a.grant_secs > 0 {
+                format!(
+                    " Approving also lets {}'s further operations under this rule on {} through for {} minutes.",
+                    a.requester.subject,
+                    a.target,
+                    a.grant_secs / 60
+                )
+            } else {
+                String::new()
+            };
             let text = format!(
-                "*{}* asks to run on *{}* ({}):\n```{}```\nRule `{}` needs approval from {} (expires {}).",
+                "*{}* asks to run on *{}* ({}):\n```{}```\nRule `{}` needs approval from {} (expires {}).{grant}",
                 a.requester.subject,
                 a.target,
                 a.protocol,
