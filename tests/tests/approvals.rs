@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use airlock_core::approvals::{
     Approval, ApprovalStatus, Approvals, DecideError, MAX_PENDING_PER_REQUESTER, ReviewRequest,
-    ReviewSettings,
+    ReviewSettings, Vote,
 };
 use airlock_core::audit::{ChainHead, Checkpoint, CheckpointSigner, Record, SealedRecord};
 use airlock_core::config::Durability;
 use airlock_core::recorder::{Recorder, RecorderOptions};
 use airlock_core::store::{RawRecord, SessionFilter, SessionSummary, Store};
-use airlock_core::{CommandOperation, Event, Identity, Operation, SessionId};
+use airlock_core::{CommandOperation, Decision, Event, Identity, Operation, SessionId};
 use airlock_tests::postgres::events_in;
 use airlock_tests::{EchoTarget, LineClient, TestGateway, approval_id, line_config};
 
@@ -584,6 +584,9 @@ async fn an_approval_covers_only_the_exact_operation_not_one_that_masks_alike() 
 struct ExpiresUnderTheVote {
     inner: Arc<dyn Store>,
     armed: AtomicBool,
+    /// The other way round: an approving vote is stored just before the
+    /// expiry a waiting session noticed.
+    vote_first: bool,
 }
 
 #[async_trait::async_trait]
@@ -629,7 +632,26 @@ impl Store for ExpiresUnderTheVote {
         approval: &Approval,
         expected: Option<u64>,
     ) -> airlock_core::Result<bool> {
-        if !approval.votes.is_empty() && self.armed.swap(false, Ordering::SeqCst) {
+        if self.vote_first
+            && approval.status == ApprovalStatus::Expired
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            let mut stored = self.inner.approval(&approval.id).await?.unwrap();
+            let version = stored.version;
+            stored.status = ApprovalStatus::Approved;
+            stored.votes.push(Vote {
+                by: "dana".into(),
+                approve: true,
+                reason: None,
+                at: stored.expires,
+            });
+            stored.version += 1;
+            assert!(self.inner.put_approval(&stored, Some(version)).await?);
+        }
+        if !self.vote_first
+            && !approval.votes.is_empty()
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
             let mut stored = self.inner.approval(&approval.id).await?.unwrap();
             let version = stored.version;
             stored.status = ApprovalStatus::Expired;
@@ -652,6 +674,40 @@ impl Store for ExpiresUnderTheVote {
     }
 }
 
+/// An approving vote stored just before the expiry that a waiting session
+/// noticed lets the operation run: the waiter's expiry loses its
+/// compare-and-swap, and the request it reads back is approved (it used to
+/// be turned into a refusal saying "approval … is approved"). The control:
+/// with nothing stored under it, the expiry refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_stored_just_before_the_expiry_counts_for_the_waiter() {
+    for armed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ExpiresUnderTheVote {
+            inner: Arc::new(airlock_store::SledStore::open(dir.path()).unwrap()),
+            armed: AtomicBool::new(armed),
+            vote_first: true,
+        });
+        let approvals = approvals_on(store.clone(), dir.path()).await;
+        let settings = ReviewSettings {
+            timeout: Duration::from_secs(1),
+            ..ReviewSettings::default()
+        };
+        let id = ask_directly(&approvals, "deploy v1", &settings).await;
+        let decision = approvals.wait(&id, SessionId::new()).await.unwrap();
+        if armed {
+            assert_eq!(decision, Decision::Allow);
+            let a = approvals.get(&id).await.unwrap().unwrap();
+            assert!(a.executed, "{a:?}");
+        } else {
+            assert!(
+                matches!(&decision, Decision::Deny { message, .. } if message.contains("expired")),
+                "{decision:?}"
+            );
+        }
+    }
+}
+
 /// A vote that loses its compare-and-swap (the approval changed between
 /// reading and storing it) is followed in the chain by a record that it
 /// did not count; a vote that wins has none.
@@ -661,6 +717,7 @@ async fn a_vote_that_lost_to_a_change_is_marked_void_in_the_chain() {
     let store = Arc::new(ExpiresUnderTheVote {
         inner: Arc::new(airlock_store::SledStore::open(dir.path()).unwrap()),
         armed: AtomicBool::new(true),
+        vote_first: false,
     });
     let approvals = approvals_on(store.clone(), dir.path()).await;
     let settings = ReviewSettings::default();

@@ -659,9 +659,10 @@ impl Approvals {
                 .try_into()
                 .unwrap_or(Duration::ZERO);
             if left.is_zero() {
-                if let Some(expired) = self.expire_if_due(a).await? {
-                    return Ok(outcome(&expired));
-                }
+                // Expired, or a vote stored just before the expiry could be
+                // (its approval counts): either way the request is read
+                // again above and its status decides.
+                self.expire_if_due(a).await?;
                 continue;
             }
             tokio::select! {
