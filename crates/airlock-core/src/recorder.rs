@@ -178,13 +178,7 @@ impl Recorder {
         // checkpoint signs them as they are found now; the chain says so
         // first, so that an auditor knows which records no signature
         // covered while the gateway was down.
-        let sealed = store
-            .checkpoints()
-            .await?
-            .iter()
-            .map(|c| c.seq)
-            .max()
-            .unwrap_or(0);
+        let sealed = store.last_checkpoint().await?.map_or(0, |c| c.seq);
         let head_seq = head.map_or(0, |h| h.seq);
         let failing = Arc::new(Mutex::new(None));
         let writer = Writer {

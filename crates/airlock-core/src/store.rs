@@ -106,6 +106,14 @@ pub trait Store: Send + Sync + 'static {
     /// All checkpoints, oldest first.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
 
+    /// The newest checkpoint (the one with the highest `seq`). A store that
+    /// keeps them in order should answer without reading them all: the
+    /// recorder asks at every start, and checkpoints accumulate for as long
+    /// as the trail is kept.
+    async fn last_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.checkpoints().await?.into_iter().max_by_key(|c| c.seq))
+    }
+
     /// Up to `limit` stored records with a position after `after`, in
     /// position order, unparsed.
     async fn raw_records(&self, after: u64, limit: usize) -> Result<Vec<RawRecord>>;

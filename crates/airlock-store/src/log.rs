@@ -208,20 +208,18 @@ pub(crate) fn skip_frame(file: &File, offset: u64) -> Result<Option<u64>> {
 }
 
 /// Writes `bytes` at the end of `file` and, in `fsync` mode, syncs it.
-/// On failure the file is cut back to `len`, so no partial batch remains.
+/// On failure the file is cut back to `len`, so no partial batch remains;
+/// the error says whether that worked (`true`: the file is as before).
 pub(crate) fn write_batch(
     file: &mut File,
     len: u64,
     bytes: &[u8],
     sync: bool,
-) -> std::io::Result<()> {
+) -> std::result::Result<(), (std::io::Error, bool)> {
     let written = file
         .write_all(bytes)
         .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
-    if written.is_err() {
-        let _ = file.set_len(len);
-    }
-    written
+    written.map_err(|e| (e, file.set_len(len).is_ok()))
 }
 
 /// The offset of the first whole frame whose body matches its hash at or

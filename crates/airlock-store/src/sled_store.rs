@@ -517,8 +517,23 @@ impl Inner {
     /// refused from then on, as after a failed write.
     fn flush_index(&self, pos: Position) -> Result<()> {
         let from = self.marker()?.map_or(pos.segment, |m| m.segment);
+        self.sync_log(from..=pos.segment)?;
+        self.db
+            .flush()
+            .map_err(db("cannot flush the audit index"))?;
+        let dir = self.log.dir();
+        let tmp = dir.join(format!("{MARKER}.tmp"));
+        std::fs::write(&tmp, pos.encode())
+            .and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(MARKER)))
+            .and_then(|()| File::open(dir).and_then(|d| d.sync_all()))
+            .map_err(io("cannot write the audit index marker"))
+    }
+
+    /// Syncs the log's segments in `segments` to disk.
+    fn sync_log(&self, segments: std::ops::RangeInclusive<u64>) -> Result<()> {
         for segment in self.log.segments()? {
-            if (from..=pos.segment).contains(&segment)
+            if segments.contains(&segment)
                 && let Some(file) = self.log.open_segment(segment)?
                 && let Err(e) = file.sync_data()
             {
@@ -530,16 +545,7 @@ impl Inner {
                 return Err(e);
             }
         }
-        self.db
-            .flush()
-            .map_err(db("cannot flush the audit index"))?;
-        let dir = self.log.dir();
-        let tmp = dir.join(format!("{MARKER}.tmp"));
-        std::fs::write(&tmp, pos.encode())
-            .and_then(|()| File::open(&tmp).and_then(|f| f.sync_all()))
-            .and_then(|()| std::fs::rename(&tmp, dir.join(MARKER)))
-            .and_then(|()| File::open(dir).and_then(|d| d.sync_all()))
-            .map_err(io("cannot write the audit index marker"))
+        Ok(())
     }
 
     /// Writes a batch to the log and queues it for the index. Once this
@@ -580,7 +586,19 @@ impl Inner {
         }
         let base = journal.len;
         let sync = matches!(durability, Durability::Fsync);
-        if let Err(e) = crate::log::write_batch(&mut journal.file, base, &bytes, sync) {
+        if let Err((e, cut_back)) = crate::log::write_batch(&mut journal.file, base, &bytes, sync) {
+            if !cut_back {
+                // Refused records (whole, and chained) may stay in the log,
+                // where the next batch would follow them: no further writes
+                // until the store is opened again, which cuts or refuses
+                // what is there.
+                let why = format!(
+                    "a failed write could not be undone in the audit log in {}: {e}",
+                    self.dir.display()
+                );
+                tracing::error!("{why}; refusing further appends until the gateway is restarted");
+                self.queue()?.failed = Some(why);
+            }
             return Err(Error::Io {
                 what: format!("cannot write the audit log in {}", self.dir.display()),
                 source: e,
@@ -1131,6 +1149,12 @@ impl Store for SledStore {
             .map_err(|e| airlock_core::Error::Internal(e.to_string()))?;
         let seq = checkpoint.seq;
         self.blocking(move |s| {
+            // The records it signs reach the disk before it can: sled may
+            // write it out at any time, and in `os` durability nothing else
+            // has synced them yet. A checkpoint on disk ahead of the log
+            // would make every later verify report records removed.
+            let from = s.marker()?.map_or(0, |m| m.segment);
+            s.sync_log(from..=u64::MAX)?;
             s.checkpoints
                 .insert(seq.to_be_bytes(), json)
                 .map_err(db("cannot store a checkpoint"))?;
@@ -1150,6 +1174,21 @@ impl Store for SledStore {
                         .map_err(|e| Error::Corrupt(format!("a checkpoint cannot be read: {e}")))
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn last_checkpoint(&self) -> airlock_core::Result<Option<Checkpoint>> {
+        // Keyed by big-endian seq: the last key is the newest.
+        self.indexed(|s| {
+            s.checkpoints
+                .last()
+                .map_err(db("cannot read checkpoints"))?
+                .map(|(_, v)| {
+                    serde_json::from_slice(&v)
+                        .map_err(|e| Error::Corrupt(format!("a checkpoint cannot be read: {e}")))
+                })
+                .transpose()
         })
         .await
     }

@@ -523,3 +523,26 @@ async fn concurrent_and_cancelled_writers_keep_one_clean_chain() {
         assert!(stored.contains(seq), "acknowledged record {seq} is missing");
     }
 }
+
+/// The newest checkpoint is read without the others (as the recorder does
+/// at every start): the one with the highest seq, whatever order they were
+/// stored in, and none in a store without any.
+#[tokio::test]
+async fn the_newest_checkpoint_is_the_highest_seq() {
+    use airlock_core::audit::{ChainHead, CheckpointSigner};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert!(store.last_checkpoint().await.unwrap().is_none());
+    let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
+    for seq in [5u64, 300, 40, 256] {
+        let head = ChainHead {
+            seq,
+            hash: Hash::of(&seq.to_be_bytes()),
+        };
+        store.put_checkpoint(&signer.sign(head)).await.unwrap();
+    }
+    let newest = store.last_checkpoint().await.unwrap().unwrap();
+    assert_eq!(newest.seq, 300);
+    assert_eq!(newest.hash, Hash::of(&300u64.to_be_bytes()));
+    assert_eq!(store.checkpoints().await.unwrap().len(), 4);
+}
