@@ -125,6 +125,10 @@ struct Queue {
     /// Why indexing failed; the store refuses appends and reads after it.
     failed: Option<String>,
     stop: bool,
+    /// Checkpoints not yet in sled, by the record they seal, with their
+    /// JSON: they go in when the log is synced through that record
+    /// ([`Inner::flush_index`]).
+    checkpoints: Vec<(u64, Vec<u8>)>,
 }
 
 /// A record as the indexer needs it.
@@ -236,6 +240,7 @@ impl SledStore {
                 indexed: 0,
                 urgent: false,
                 failed: None,
+                checkpoints: Vec::new(),
                 stop: false,
             }),
             work: Condvar::new(),
@@ -491,7 +496,8 @@ impl Inner {
         if replayed > 0 {
             tracing::info!(records = replayed, last = ?seq, "re-indexed audit records from the log");
         }
-        self.flush_index(pos)?;
+        // A store just opened holds no checkpoint waiting for the log.
+        self.flush_index(pos, 0)?;
         Ok(pos)
     }
 
@@ -515,9 +521,27 @@ impl Inner {
     /// the gateway acknowledged may not reach the disk (an I/O error, or a
     /// volume that fills up only when pages are written out), so appends are
     /// refused from then on, as after a failed write.
-    fn flush_index(&self, pos: Position) -> Result<()> {
+    ///
+    /// Checkpoints wait in memory until then ([`Store::put_checkpoint`]):
+    /// those that seal records up to `through` (the last record before
+    /// `pos`) go into sled here, after the sync and before sled's flush, so
+    /// that a checkpoint never reaches the disk before the records it signs.
+    fn flush_index(&self, pos: Position, through: u64) -> Result<()> {
         let from = self.marker()?.map_or(pos.segment, |m| m.segment);
         self.sync_log(from..=pos.segment)?;
+        let ready: Vec<(u64, Vec<u8>)> = {
+            let mut q = self.queue()?;
+            let (ready, wait) = std::mem::take(&mut q.checkpoints)
+                .into_iter()
+                .partition(|(seq, _)| *seq <= through);
+            q.checkpoints = wait;
+            ready
+        };
+        for (seq, json) in ready {
+            self.checkpoints
+                .insert(seq.to_be_bytes(), json)
+                .map_err(db("cannot store a checkpoint"))?;
+        }
         self.db
             .flush()
             .map_err(db("cannot flush the audit index"))?;
@@ -661,12 +685,17 @@ impl Inner {
     /// and flushes the index now and then.
     fn run_indexer(&self) {
         let mut flushed = Instant::now();
-        let mut unflushed: Option<Position> = None;
+        // The last record indexed (where it ends, and its seq), and whether
+        // the index has changed since the last flush.
+        let mut latest: Option<(Position, u64)> = None;
+        let mut unflushed = false;
         loop {
             let batch = {
                 let Ok(mut q) = self.queue() else { return };
+                // Checkpoints waiting for the log's sync count as changes.
+                let due = |unflushed: bool, q: &Queue| unflushed || !q.checkpoints.is_empty();
                 while q.pending.is_empty() && !q.stop {
-                    let wait = if unflushed.is_some() {
+                    let wait = if due(unflushed, &q) {
                         FLUSH_EVERY.saturating_sub(flushed.elapsed())
                     } else {
                         FLUSH_EVERY
@@ -675,7 +704,7 @@ impl Inner {
                         Ok((q, _)) => q,
                         Err(_) => return,
                     };
-                    if unflushed.is_some() && flushed.elapsed() >= FLUSH_EVERY {
+                    if due(unflushed, &q) && flushed.elapsed() >= FLUSH_EVERY {
                         break;
                     }
                 }
@@ -691,9 +720,11 @@ impl Inner {
                 }
                 q.urgent = false;
                 if q.pending.is_empty() && q.stop {
+                    let due = due(unflushed, &q);
                     drop(q);
-                    if let Some(pos) = unflushed
-                        && let Err(e) = self.flush_index(pos)
+                    if due
+                        && let Some((pos, seq)) = latest
+                        && let Err(e) = self.flush_index(pos, seq)
                     {
                         tracing::warn!(error = %e, "cannot flush the audit index on close; it is re-indexed on the next open");
                     }
@@ -707,10 +738,12 @@ impl Inner {
                     match result {
                         Ok(()) => {
                             q.indexed = q.indexed.max(last.record.seq);
-                            unflushed = Some(Position {
+                            let pos = Position {
                                 segment: last.at.segment,
                                 offset: last.end,
-                            });
+                            };
+                            latest = Some((pos, last.record.seq));
+                            unflushed = true;
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot index audit records; the log keeps them, refusing further appends");
@@ -720,14 +753,16 @@ impl Inner {
                 }
                 self.done.notify_all();
             }
-            if let Some(pos) = unflushed
+            let checkpoints = self.queue().is_ok_and(|q| !q.checkpoints.is_empty());
+            if (unflushed || checkpoints)
                 && flushed.elapsed() >= FLUSH_EVERY
+                && let Some((pos, seq)) = latest
             {
-                if let Err(e) = self.flush_index(pos) {
+                if let Err(e) = self.flush_index(pos, seq) {
                     tracing::warn!(error = %e, "cannot flush the audit index; it is re-indexed from an older point on the next open");
                 }
                 flushed = Instant::now();
-                unflushed = None;
+                unflushed = false;
             }
         }
     }
@@ -947,18 +982,39 @@ impl Inner {
     /// Makes everything appended durable on disk and flushes the index.
     fn flush(&self) -> Result<()> {
         self.caught_up()?;
-        let pos = {
+        let (pos, through) = {
             let journal = self.journal()?;
             journal
                 .file
                 .sync_data()
                 .map_err(io("cannot sync the audit log"))?;
-            Position {
+            let pos = Position {
                 segment: journal.segment,
                 offset: journal.len,
-            }
+            };
+            (pos, self.queue()?.appended)
         };
-        self.flush_index(pos)
+        self.flush_index(pos, through)
+    }
+
+    /// Stored checkpoints and those waiting for the log's sync, oldest
+    /// first.
+    fn all_checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let waiting = self.queue()?.checkpoints.clone();
+        let mut all = self
+            .checkpoints
+            .iter()
+            .values()
+            .map(|v| v.map_err(db("cannot read checkpoints")).map(|v| v.to_vec()))
+            .chain(waiting.into_iter().map(|(_, json)| Ok(json)))
+            .map(|json| {
+                serde_json::from_slice::<Checkpoint>(&json?)
+                    .map_err(|e| Error::Corrupt(format!("a checkpoint cannot be read: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        all.sort_by_key(|c| c.seq);
+        all.dedup_by_key(|c| c.seq);
+        Ok(all)
     }
 }
 
@@ -1147,45 +1203,51 @@ impl Store for SledStore {
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> airlock_core::Result<()> {
         let json = serde_json::to_vec(checkpoint)
             .map_err(|e| airlock_core::Error::Internal(e.to_string()))?;
-        let seq = checkpoint.seq;
-        self.blocking(move |s| {
-            // The records it signs reach the disk before it can: sled may
-            // write it out at any time, and in `os` durability nothing else
-            // has synced them yet. A checkpoint on disk ahead of the log
-            // would make every later verify report records removed.
-            let from = s.marker()?.map_or(0, |m| m.segment);
-            s.sync_log(from..=u64::MAX)?;
-            s.checkpoints
-                .insert(seq.to_be_bytes(), json)
-                .map_err(db("cannot store a checkpoint"))?;
-            Ok(())
-        })
-        .await
+        // It waits in memory until the log is synced through the record it
+        // seals (at the index's next flush, within a few seconds, and at
+        // shutdown): sled may write it out at any time after it is put
+        // there, and in `os` durability nothing has synced those records
+        // yet. A checkpoint on disk ahead of the log would make every later
+        // verify report records removed. A crash before then loses it, and
+        // the records it would have sealed are told in the chain as
+        // unsealed when the gateway starts again.
+        let mut q = self.inner.queue()?;
+        q.checkpoints.push((checkpoint.seq, json));
+        drop(q);
+        self.inner.work.notify_one();
+        Ok(())
     }
 
     async fn checkpoints(&self) -> airlock_core::Result<Vec<Checkpoint>> {
-        self.indexed(|s| {
-            s.checkpoints
-                .iter()
-                .values()
-                .map(|v| {
-                    let v = v.map_err(db("cannot read checkpoints"))?;
-                    serde_json::from_slice(&v)
-                        .map_err(|e| Error::Corrupt(format!("a checkpoint cannot be read: {e}")))
-                })
-                .collect()
-        })
-        .await
+        self.indexed(Inner::all_checkpoints).await
     }
 
     async fn last_checkpoint(&self) -> airlock_core::Result<Option<Checkpoint>> {
-        // Keyed by big-endian seq: the last key is the newest.
         self.indexed(|s| {
-            s.checkpoints
+            let waiting = s
+                .queue()?
+                .checkpoints
+                .iter()
+                .max_by_key(|(seq, _)| *seq)
+                .cloned();
+            // Keyed by big-endian seq: the last key is the newest stored.
+            let stored = s
+                .checkpoints
                 .last()
                 .map_err(db("cannot read checkpoints"))?
-                .map(|(_, v)| {
-                    serde_json::from_slice(&v)
+                .map(|(k, v)| {
+                    (
+                        u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+                        v.to_vec(),
+                    )
+                });
+            let newest = match (waiting, stored) {
+                (Some(w), Some(s)) => Some(if w.0 >= s.0 { w } else { s }),
+                (w, s) => w.or(s),
+            };
+            newest
+                .map(|(_, json)| {
+                    serde_json::from_slice(&json)
                         .map_err(|e| Error::Corrupt(format!("a checkpoint cannot be read: {e}")))
                 })
                 .transpose()

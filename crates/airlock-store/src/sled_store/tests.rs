@@ -546,3 +546,39 @@ async fn the_newest_checkpoint_is_the_highest_seq() {
     assert_eq!(newest.hash, Hash::of(&300u64.to_be_bytes()));
     assert_eq!(store.checkpoints().await.unwrap().len(), 4);
 }
+
+/// A checkpoint reaches sled (which may write it to disk at any time) only
+/// once the log is synced through the record it seals: until then it waits
+/// in memory, where readers see it too. After a power loss a checkpoint
+/// ahead of the log would read as records removed.
+#[tokio::test]
+async fn a_checkpoint_waits_for_the_log_to_be_synced() {
+    use airlock_core::audit::{ChainHead, CheckpointSigner};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let session = SessionId::new();
+    let batch = chain(ops(3, session), None);
+    let head = ChainHead {
+        seq: 3,
+        hash: batch[2].hash,
+    };
+    store.append(batch, Durability::Os).await.unwrap();
+    let signer = CheckpointSigner::load_or_create(dir.path()).unwrap();
+    store.put_checkpoint(&signer.sign(head)).await.unwrap();
+    assert_eq!(store.inner.checkpoints.len(), 0, "in sled before the sync");
+    let seen: Vec<u64> = store
+        .checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seen, vec![3]);
+    assert_eq!(store.last_checkpoint().await.unwrap().unwrap().seq, 3);
+    store.flush().await.unwrap();
+    assert_eq!(store.inner.checkpoints.len(), 1);
+    drop(store);
+    // Stored for good: a reopened store has it.
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.last_checkpoint().await.unwrap().unwrap().seq, 3);
+}
