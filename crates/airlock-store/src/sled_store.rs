@@ -968,7 +968,9 @@ impl Inner {
             })?;
             let sealed = SealedRecord::open(frame.body)
                 .map_err(|e| Error::Corrupt(format!("record {seq}: {e}")))?;
-            if sealed.record.seq != seq {
+            // Both: a record of another session with the same seq sits
+            // there when the log was cut and written on past the index.
+            if sealed.record.seq != seq || sealed.record.session != Some(id) {
                 return Err(Error::Corrupt(format!(
                     "record {seq} of session {id} is not where the index says; run `airlock audit verify`"
                 )));
