@@ -519,12 +519,25 @@ fn is_alnum(b: u8) -> bool {
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
-/// E-mail local-part characters (the common subset of RFC 5322's atext).
+/// E-mail local-part characters (the common subset of RFC 5322's atext),
+/// and the bytes of two-byte UTF-8 characters (`andré@`, `иван@`; RFC 6531
+/// allows them). Not those of longer characters: CJK text runs into an
+/// address without a space, and would be taken for part of it.
 fn is_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-') || is_utf8_2(b)
 }
+/// Domain characters, and (for internationalised domains, `müller.de`,
+/// `почта.рф`) the bytes of two-byte UTF-8 characters.
 fn is_domain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'.' || b == b'-'
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || is_utf8_2(b)
+}
+/// A lead byte of a two-byte UTF-8 character (U+0080..U+07FF: Latin,
+/// Greek, Cyrillic, Armenian, Hebrew, Arabic letters), or a continuation
+/// byte. A continuation byte of a longer character is dropped again where
+/// a run begins ([`local_start`]); a run going forward stops at that
+/// character's lead byte first.
+fn is_utf8_2(b: u8) -> bool {
+    matches!(b, 0x80..=0xBF | 0xC2..=0xDF)
 }
 fn is_b64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
@@ -626,6 +639,11 @@ fn local_start(b: &[u8], end: usize) -> Option<usize> {
             return None;
         }
         s -= 1;
+    }
+    // Continuation bytes of a longer character whose lead byte is not a
+    // local byte: not part of the run.
+    while s < end && matches!(b[s], 0x80..=0xBF) {
+        s += 1;
     }
     let s = after_escape(b, s, end);
     (s < end).then_some(s)
@@ -1298,10 +1316,16 @@ impl Scanner<'_> {
             e -= 1;
         }
         let domain = &b[a + 1..e];
-        if domain.len() > 253 || domain.first().is_none_or(|c| !is_alnum(*c)) {
+        if domain.len() > 253
+            || domain
+                .first()
+                .is_none_or(|c| !(is_alnum(*c) || matches!(c, 0xC2..=0xDF)))
+        {
             return e.max(a + 1);
         }
-        // Labels non-empty, TLD alphabetic 2..=24 long.
+        // Labels non-empty; the TLD alphabetic, 2..=24 letters (a letter
+        // outside ASCII is two bytes), or an internationalised one in its
+        // ASCII form (`xn--p1ai`).
         let Some(dot) = domain.iter().rposition(|&c| c == b'.') else {
             return e;
         };
@@ -1309,7 +1333,15 @@ impl Scanner<'_> {
         let labels_ok = domain
             .split(|&c| c == b'.')
             .all(|l| !l.is_empty() && l.len() <= 63 && l[0] != b'-' && l[l.len() - 1] != b'-');
-        if labels_ok && (2..=24).contains(&tld.len()) && tld.iter().all(u8::is_ascii_alphabetic) {
+        let letters = tld.iter().all(|c| c.is_ascii_alphabetic() || is_utf8_2(*c))
+            && tld.len() >= 2
+            && tld.len() <= if tld.is_ascii() { 24 } else { 48 };
+        let punycode = tld.len() > 4
+            && tld[..4].eq_ignore_ascii_case(b"xn--")
+            && tld[4..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'-');
+        if labels_ok && (letters || punycode) {
             self.hit(s, e, Det::Email);
         }
         e

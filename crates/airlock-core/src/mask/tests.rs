@@ -71,6 +71,25 @@ fn email_true_positives_and_near_misses() {
     untouched("version@1.2.3");
 }
 
+/// Addresses with letters outside ASCII (RFC 6531) are addresses too:
+/// accented local parts, internationalised domains and TLDs. CJK text run
+/// into an address stays outside it, and near misses stay near misses.
+#[test]
+fn email_addresses_with_letters_outside_ascii() {
+    check("from andré@example.com.", "from <EMAIL>.");
+    check("josé.garcia@example.com", "<EMAIL>");
+    check("info@müller.de", "<EMAIL>");
+    check("иван@почта.рф", "<EMAIL>");
+    check("a@b.xn--p1ai", "<EMAIL>");
+    check(
+        "お問い合わせはbob@example.comまで",
+        "お問い合わせは<EMAIL>まで",
+    );
+    untouched("café@localhost");
+    untouched("résumé @ example.com");
+    untouched("größe@2.5");
+}
+
 #[test]
 fn card_numbers_need_luhn_and_a_card_prefix() {
     check("card 4111 1111 1111 1111 exp", "card <CARD> exp");
