@@ -304,7 +304,10 @@ async fn a_failed_write_does_not_show_ruled_values_in_its_detail() {
          CREATE UNIQUE INDEX ON staff (id);
          CREATE TABLE gadgets (id int PRIMARY KEY, label text NOT NULL);
          INSERT INTO gadgets VALUES (1, 'sprocket');
-         ALTER TABLE gadgets OWNER TO airlock_app;",
+         ALTER TABLE gadgets OWNER TO airlock_app;
+         CREATE FUNCTION fails_in_german(t text, d text) RETURNS int LANGUAGE plpgsql AS
+           $f$ BEGIN RAISE EXCEPTION 'neue Zeile verletzt Check-Constraint'
+                 USING ERRCODE = '23514', DETAIL = d, TABLE = t, SCHEMA = 'public'; END $f$;",
     )
     .await
     .unwrap();
@@ -340,6 +343,19 @@ async fn a_failed_write_does_not_show_ruled_values_in_its_detail() {
     assert_eq!(d, "Failing row contains (1, null).");
     let (_, d) = detail("INSERT INTO gadgets VALUES (1, 'x')").await;
     assert_eq!(d, "Key (id)=(1) already exists.");
+    // The server's messages in another language: the DETAIL is not read,
+    // so it is masked as a row of the table it names; of a table no rule
+    // covers it stays.
+    let (code, d) = detail(
+        "SELECT fails_in_german('staff', 'Fehlgeschlagene Zeile enthält (7, E7-band-3, platform).')",
+    )
+    .await;
+    assert_eq!(code, "23514");
+    assert!(!d.contains("E7-band-3"), "{d}");
+    let (_, d) =
+        detail("SELECT fails_in_german('gadgets', 'Fehlgeschlagene Zeile enthält (1, null).')")
+            .await;
+    assert_eq!(d, "Fehlgeschlagene Zeile enthält (1, null).");
     // The session goes on.
     let n = client
         .execute("UPDATE gadgets SET label = 'cog' WHERE id = 1", &[])

@@ -3039,7 +3039,9 @@ impl ServerHalf<'_> {
     /// ones included. A key's values are masked when a rule covers one of
     /// its columns; a whole row's when one covers any column of the table
     /// (from the catalog; without it, any rule for that table or for no
-    /// table). Returns whether something changed.
+    /// table). A DETAIL the gateway cannot read (the server's messages in
+    /// another language) counts as a whole row. Returns whether something
+    /// changed.
     async fn mask_row_values(&mut self, fields: &mut [(u8, String)]) -> bool {
         let (Some(code), Some(table), Some(d)) = (
             field_of(fields, b'C'),
@@ -3051,9 +3053,12 @@ impl ServerHalf<'_> {
         if !code.starts_with("23") {
             return false;
         }
-        let Some(found) = rows::row_values(&fields[d].1) else {
-            return false;
-        };
+        // A DETAIL in another language (`lc_messages`) is not read: it is
+        // taken as values of the table as a whole.
+        let found = rows::row_values(&fields[d].1).unwrap_or_else(|| rows::RowValues {
+            spans: std::iter::once(0..fields[d].1.len()).collect(),
+            columns: None,
+        });
         let schema = field_of(fields, b's');
         let qualified = match schema {
             Some(schema) => format!("{schema}.{table}"),
