@@ -526,6 +526,33 @@ async fn values_in_numbers_json_documents_or_another_encoding_are_masked() {
     assert!(row.get::<_, Option<Raw>>(0).is_none(), "withheld");
     assert!(row.get::<_, Option<Raw>>(1).is_some());
     assert_eq!(row.get::<_, Vec<Option<i64>>>(2), vec![None, Some(42)]);
+    // A card kept as a float: float8's text (`4.111111111111111e+15`), a
+    // JSON number of it, a decimal with a zero fraction; a price stays.
+    let texts: Vec<String> = client
+        .simple_query(
+            "SELECT 4111111111111111::float8, json_build_object('c', 4111111111111111::float8), \
+             4111111111111111.00::numeric, 12.5::float8",
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_owned())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .next()
+        .unwrap();
+    for t in &texts[..3] {
+        assert!(
+            !t.contains("4111111111111111") && !t.contains("4.111111111111111e"),
+            "{texts:?}"
+        );
+    }
+    assert_eq!(texts[3], "12.5");
     let row = client
         .query_one("SELECT $1::int8 > $2", &[&4111111111111111i64, &7i64])
         .await

@@ -1636,6 +1636,37 @@ impl Scanner<'_> {
         }
     }
 
+    /// `4.111111111111111e+15`: a card number kept as a float, as float8's
+    /// text and JSON show one: the digits with the exponent's zeros are the
+    /// number (every 13- to 16-digit card is exact in a double). Returns the
+    /// end of the exponent. (A stream cut inside one holds it back already:
+    /// digits, `.`, `e` and `+` are the bytes of a word that may still
+    /// become an e-mail address, [`Scanner::tails`].)
+    fn float_card(&self, g: &Groups) -> Option<usize> {
+        let b = self.buf;
+        if g.n != 2 || g.len(0) != 1 || self.sep(g, 1) != DOT {
+            return None;
+        }
+        let e = g.end(1);
+        if !matches!(b.get(e), Some(b'e' | b'E')) || b.get(e + 1) != Some(&b'+') {
+            return None;
+        }
+        let exp_end = digits_end(b, e + 2, b.len().min(e + 4));
+        let exp: usize = std::str::from_utf8(&b[e + 2..exp_end]).ok()?.parse().ok()?;
+        let frac = &b[g.start(1)..g.end(1)];
+        if !(12..=18).contains(&exp)
+            || frac.len() > exp
+            || b.get(exp_end).is_some_and(|&c| is_word(c) || c == b'.')
+        {
+            return None;
+        }
+        let mut digits = Vec::with_capacity(exp + 1);
+        digits.push(b[g.start(0)]);
+        digits.extend_from_slice(frac);
+        digits.resize(exp + 1, b'0');
+        ((b'2'..=b'6').contains(&digits[0]) && validate::luhn(&digits)).then_some(exp_end)
+    }
+
     /// `DE89 3704 0044 ...`: a space-grouped number that started before this
     /// group (an IBAN, a longer reference) is not a card or a phone number.
     fn space_continued(&self, g: &Groups) -> bool {
@@ -1673,7 +1704,20 @@ impl Scanner<'_> {
                 .then_some((Det::Card, end))
         };
         if (13..=19).contains(&g.len(0)) {
+            // `4111111111111111.0`, `….0000`: a card kept as a decimal or
+            // float number (JSON numbers, numeric arithmetic).
+            if g.n >= 2
+                && self.sep(g, 1) == DOT
+                && b[g.start(1)..g.end(1)].iter().all(|&c| c == b'0')
+                && self.ends_clean(g, 2, DOT)
+                && validate::luhn(&b[g.start(0)..g.end(0)])
+            {
+                return Some((Det::Card, g.end(1)));
+            }
             return check(1, NONE);
+        }
+        if let Some(end) = self.float_card(g) {
+            return Some((Det::Card, end));
         }
         if g.n < 2 || g.len(0) != 4 {
             return None;

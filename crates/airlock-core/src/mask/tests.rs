@@ -115,6 +115,18 @@ fn card_numbers_need_luhn_and_a_card_prefix() {
     );
     // A letter that escapes nothing still joins the number.
     untouched(r"ref:q4111111111111111");
+    // A card number kept as a float or a decimal: float8's text, JSON
+    // numbers, numeric arithmetic. A real fraction, a number that is not a
+    // card, and a float too small or too large for one stay.
+    check("4.111111111111111e+15", "<CARD>");
+    check("{4.111111111111111e+15,1}", "{<CARD>,1}");
+    check(r#"{"card": 4111111111111111.0}"#, r#"{"card": <CARD>}"#);
+    check("total 5555555555554444.0000 due", "total <CARD> due");
+    check("4.1111111111106e+15", "<CARD>");
+    untouched("4111111111111111.5");
+    untouched("4.111111111111112e+15");
+    untouched("3.14e+15 and 4.1e+3 and 4.111111111111111e+25");
+    untouched("order 4111111111111112.0 shipped");
     // A 16-digit order id that fails Luhn.
     untouched("order 4111111111111112 shipped");
     // Luhn-valid but not a card prefix (starts with 1) or part of a longer number.
@@ -881,7 +893,10 @@ fn key_file_is_created_once_and_checked() {
 fn secrets() -> Vec<&'static str> {
     vec![
         "bob.smith@example.com",
+        "andré@example.com",
         "4111 1111 1111 1111",
+        "4.111111111111111e+15",
+        "5555555555554444.00",
         "123-45-6789",
         "+1 (415) 555-2671",
         "DE89 3704 0044 0532 0130 00",
