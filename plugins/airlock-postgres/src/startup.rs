@@ -212,24 +212,44 @@ fn check_settings(params: &BTreeMap<String, String>) -> std::result::Result<(), 
             CLIENT_SETTINGS.join(", ")
         )
     };
-    let allowed = |name: &str| CLIENT_SETTINGS.contains(&normalized(name).as_str());
+    let check = |name: &str, value: &str| {
+        let normal = normalized(name);
+        if !CLIENT_SETTINGS.contains(&normal.as_str()) {
+            return Err(refused(name));
+        }
+        // Only to tighten: `off` would lift a read-only default the
+        // operator gave the target's role or database (a startup setting
+        // overrides those), unjudged.
+        if normal == "default_transaction_read_only" && !is_true(value) {
+            return Err(format!(
+                "startup setting \"{name}\" is passed on by Airlock only as on (off would lift a read-only default of the target's role or database); make it with SET, which policy judges"
+            ));
+        }
+        Ok(())
+    };
     for (name, value) in params {
         match name.as_str() {
             "user" | "database" => {}
             "options" => {
-                for setting in option_settings(value)
+                for (setting, set_to) in option_settings(value)
                     .map_err(|e| format!("{e} in startup options {value:?}"))?
                 {
-                    if !allowed(&setting) {
-                        return Err(refused(&setting));
-                    }
+                    check(&setting, &set_to)?;
                 }
             }
-            other if !allowed(other) => return Err(refused(other)),
-            _ => {}
+            other => check(other, value)?,
         }
     }
     Ok(())
+}
+
+/// A boolean setting's value that PostgreSQL reads as true.
+fn is_true(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase();
+    matches!(
+        v.as_str(),
+        "on" | "1" | "t" | "tr" | "tru" | "true" | "y" | "ye" | "yes"
+    )
 }
 
 /// Whether `value` names PostgreSQL's UTF-8 encoding (as the server
@@ -265,7 +285,7 @@ fn check_encoding(params: &BTreeMap<String, String>) -> std::result::Result<(), 
         } else if name == "options"
             && option_settings(value)?
                 .iter()
-                .any(|s| normalized(s) == "client_encoding")
+                .any(|(s, _)| normalized(s) == "client_encoding")
         {
             return Err(
                 "client_encoding in startup options is not passed on by Airlock: give it as the client_encoding parameter (UTF8)".into(),
@@ -280,11 +300,11 @@ fn normalized(name: &str) -> String {
     name.to_ascii_lowercase().replace('-', "_")
 }
 
-/// The setting names in a startup `options` string, which the server reads
+/// The settings (name, value) in a startup `options` string, which the server reads
 /// as command-line switches: words split at whitespace (a backslash keeps
 /// the next character), each setting `-c name=value`, `-cname=value` or
 /// `--name=value`. Any other switch is refused.
-fn option_settings(options: &str) -> std::result::Result<Vec<String>, String> {
+fn option_settings(options: &str) -> std::result::Result<Vec<(String, String)>, String> {
     // The server splits at C's `isspace` in its own locale: a vertical tab
     // (which Rust's ASCII whitespace leaves out) or, in some locales, a
     // non-ASCII byte ends a word there and not here, and a setting would
@@ -325,7 +345,9 @@ fn option_settings(options: &str) -> std::result::Result<Vec<String>, String> {
             return Err(format!("switch {w:?} is not a setting"));
         };
         match setting.split_once('=') {
-            Some((name, _)) if !name.is_empty() => names.push(name.to_string()),
+            Some((name, value)) if !name.is_empty() => {
+                names.push((name.to_string(), value.to_string()));
+            }
             _ => return Err(format!("setting {setting:?} has no value")),
         }
     }
@@ -507,6 +529,9 @@ mod tests {
             )]),
             params(&[("options", "-cDateStyle=ISO  -c lock_timeout=1s")]),
             params(&[("options", "-c application_name=two\\ words")]),
+            // Read-only, to tighten what the role may do.
+            params(&[("default_transaction_read_only", "on")]),
+            params(&[("options", "-c default_transaction_read_only=true")]),
         ] {
             assert_eq!(check_settings(&ok), Ok(()), "{ok:?}");
         }
@@ -528,6 +553,15 @@ mod tests {
             (
                 params(&[("options", "-c log_statement=none\\ x")]),
                 "log_statement",
+            ),
+            // Lifting a read-only default of the role or database.
+            (
+                params(&[("default_transaction_read_only", "off")]),
+                "default_transaction_read_only",
+            ),
+            (
+                params(&[("options", "-c default_transaction_read_only=0")]),
+                "default_transaction_read_only",
             ),
         ] {
             let e = check_settings(&bad).unwrap_err();
