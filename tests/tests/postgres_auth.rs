@@ -638,6 +638,76 @@ async fn a_full_listener_refuses_with_too_many_connections() {
     assert_eq!(one, 1);
 }
 
+/// One address cannot hold the listener with connections that never log
+/// in: past `max_logins_per_address` of them, its next connection is
+/// closed unread, while another address logs in; a session that has
+/// logged in no longer counts, and once the idle connections go the
+/// address logs in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_the_listener_with_idle_logins() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(
+        &pg_config(&pg, &pw, "max_logins_per_address = 2", ""),
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    // Sessions that logged in do not count.
+    let a = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
+    let b = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
+    let from = |ip: [u8; 4]| {
+        let addr = gw.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
+    let login = |stream: tokio::net::TcpStream| {
+        let token = token.clone();
+        async move {
+            let (client, conn) = tokio_postgres::Config::new()
+                .user("agent-1")
+                .dbname("app")
+                .password(&token)
+                .connect_raw(stream, NoTls)
+                .await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(client)
+        }
+    };
+    let idle = [from([127, 0, 0, 1]).await, from([127, 0, 0, 1]).await];
+    // Wait until the gateway has taken both in.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let e = login(from([127, 0, 0, 1]).await)
+        .await
+        .expect_err("a third login from the address");
+    assert!(
+        e.as_db_error().is_none(),
+        "closed unread, not answered: {e}"
+    );
+    let other = login(from([127, 0, 0, 2]).await).await.unwrap();
+    for c in [&a, &b, &other] {
+        let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    drop(idle);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(c) = login(from([127, 0, 0, 1]).await).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let again = again.expect("the address logs in again once its idle connections are gone");
+    let one: i32 = again.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
 /// Connects as soon as a refusal for "too many connections" (53300) stops:
 /// the gateway and the server notice a closed session asynchronously.
 async fn connect_when_free(

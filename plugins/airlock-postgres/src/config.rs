@@ -63,6 +63,12 @@ pub struct PostgresListener {
     /// message, before its token is checked; cancel requests always pass.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The most connections one client address (an IPv6 /64) may have
+    /// logging in at once (before its token is accepted). More are closed
+    /// at once, unread: one host that opens connections and sends nothing
+    /// cannot hold the listener's places until their startup deadline.
+    #[serde(default = "default_max_logins_per_address")]
+    pub max_logins_per_address: usize,
     /// How many distinct statement texts the SQL classifier caches per
     /// listener (prepared statements and repeated queries are classified once).
     #[serde(default = "default_classifier_cache")]
@@ -83,6 +89,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     1000
+}
+fn default_max_logins_per_address() -> usize {
+    128
 }
 fn default_classifier_cache() -> usize {
     4096

@@ -34,9 +34,10 @@ mod startup;
 mod tls;
 mod upstream;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use airlock_core::config::Secret;
@@ -73,6 +74,8 @@ pub struct PostgresConnector {
     cancels: Arc<cancel::Registry>,
     /// Client connections open on this listener (see `max_connections`).
     open: AtomicUsize,
+    /// Connections still logging in, by client address ([`Login`]).
+    logins: Mutex<HashMap<IpAddr, usize>>,
     /// When a refusal for a full listener was last logged (seconds since
     /// `started`): once a minute is enough to tell the operator, and a
     /// flood of connections does not become a flood of log lines.
@@ -107,6 +110,50 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// A connection still logging in (TLS, startup, token), counted per client
+/// address while it lives, an IPv6 /64 as one address: one host that opens
+/// connections and sends nothing holds at most `max_logins_per_address` of
+/// the listener's places, not all of them for the startup deadline.
+struct Login<'a> {
+    counts: &'a Mutex<HashMap<IpAddr, usize>>,
+    key: IpAddr,
+}
+
+impl<'a> Login<'a> {
+    fn take(
+        counts: &'a Mutex<HashMap<IpAddr, usize>>,
+        addr: IpAddr,
+        max: usize,
+    ) -> Option<Login<'a>> {
+        let key = match addr {
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
+            },
+            v4 => v4,
+        };
+        let mut counts_now = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts_now.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Login { counts, key })
+    }
+}
+
+impl Drop for Login<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Connector for PostgresConnector {
     const PROTOCOL: &'static str = "postgres";
@@ -117,6 +164,11 @@ impl Connector for PostgresConnector {
         if listener.max_connections == 0 {
             return Err(Error::Config(
                 "max_connections = 0 would refuse every client; set it to at least 1".into(),
+            ));
+        }
+        if listener.max_logins_per_address == 0 {
+            return Err(Error::Config(
+                "max_logins_per_address = 0 would refuse every client; set it to at least 1".into(),
             ));
         }
         let tls = match (&listener.tls_cert, &listener.tls_key) {
@@ -144,6 +196,7 @@ impl Connector for PostgresConnector {
             tls,
             cancels: Arc::default(),
             open: AtomicUsize::new(0),
+            logins: Mutex::default(),
             full_logged: AtomicU64::new(0),
             started: std::time::Instant::now(),
         })
@@ -167,6 +220,17 @@ impl Connector for PostgresConnector {
             self.note_full(&info);
             return Ok(());
         }
+        let Some(login) = Login::take(
+            &self.logins,
+            info.addr.ip(),
+            self.listener.max_logins_per_address,
+        ) else {
+            airlock_core::telemetry::METRICS
+                .refused_full
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %info.addr, max = self.listener.max_logins_per_address, "too many connections logging in from one address: closed");
+            return Ok(());
+        };
         // One deadline for TLS, the startup message and the password.
         let login_by = tokio::time::Instant::now()
             + Duration::from_secs(self.listener.startup_timeout_secs.max(1));
@@ -181,7 +245,8 @@ impl Connector for PostgresConnector {
             }
             startup::Opening::Startup(hello) => {
                 let full = slot.over(self.listener.max_connections);
-                self.session(hello, info, gateway, full, login_by).await
+                self.session(hello, info, gateway, full, login_by, login)
+                    .await
             }
         }
     }
@@ -292,6 +357,7 @@ impl PostgresConnector {
         gateway: Gateway,
         full: bool,
         login_by: tokio::time::Instant,
+        login: Login<'_>,
     ) -> Result<()> {
         let startup::Hello {
             stream,
@@ -411,6 +477,8 @@ impl PostgresConnector {
                 return client.fatal(code, &e.to_string(), None).await;
             }
         };
+        // Logged in: no longer counted against its address.
+        drop(login);
         if self.listener.require_user_match && user != identity.subject {
             let message = format!(
                 "user name {user:?} does not match your token's subject {:?}; connect with user={}",
