@@ -239,8 +239,22 @@ async fn the_client_holds_the_gateways_cancel_secret_not_the_servers() {
         .unwrap();
     assert_eq!(tags, b"TEZ", "the statement was cancelled");
     // The request that acted is in the session's record, before the
-    // server's error that it caused.
-    let events = gw.events().await.unwrap();
+    // server's error that it caused. (The statement's result is recorded
+    // just after its answer reaches the client: wait for it.)
+    let mut events = gw.events().await.unwrap();
+    for _ in 0..100 {
+        let has_result = events.iter().any(|e| {
+            e["type"] == "result"
+                && e["error"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("canceling statement"))
+        });
+        if has_result {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        events = gw.events().await.unwrap();
+    }
     let recorded = cancels(&events);
     assert_eq!(recorded.len(), 1, "{events:#?}");
     assert_eq!(recorded[0]["client"]["listener"], "pg");
