@@ -903,6 +903,8 @@ enum Rogue {
     ReadyAtOnce,
     /// A bare AuthenticationOk (trust), then the session.
     Trusts,
+    /// A bare AuthenticationOk, then a notice said to be 512 MiB long.
+    Floods,
 }
 
 /// A server that answers the gateway's startup as `how` says. Records the
@@ -922,8 +924,12 @@ async fn rogue_server(how: Rogue) -> (std::net::SocketAddr, Arc<std::sync::Mutex
                 let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
                 c.read_exact(&mut startup).await?;
                 let mut answer = Vec::new();
-                if let Rogue::Trusts = how {
+                if let Rogue::Trusts | Rogue::Floods = how {
                     answer.extend_from_slice(b"R\0\0\0\x08\0\0\0\0");
+                }
+                if let Rogue::Floods = how {
+                    answer.extend_from_slice(b"N\x20\0\0\0");
+                    answer.extend_from_slice(&[b'x'; 4096]);
                 }
                 if let Rogue::SkipsLogin | Rogue::Trusts = how {
                     answer.extend_from_slice(b"S\0\0\0\x16server_version\x0015\0");
@@ -960,6 +966,7 @@ async fn a_server_that_never_accepts_the_login_gets_no_session() {
     let (skipper, _) = rogue_server(Rogue::SkipsLogin).await;
     let (hasty, _) = rogue_server(Rogue::ReadyAtOnce).await;
     let (truster, truster_seen) = rogue_server(Rogue::Trusts).await;
+    let (flooder, _) = rogue_server(Rogue::Floods).await;
     let target = |name: &str, addr: std::net::SocketAddr, require_auth: &str| {
         format!(
             "[targets.{name}]\nprotocol = \"postgres\"\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"app\"\nuser = \"airlock_app\"\npassword = {{ file = \"{}\" }}\nsslmode = \"disable\"\n{require_auth}\n",
@@ -972,7 +979,8 @@ async fn a_server_that_never_accepts_the_login_gets_no_session() {
         target("ready-at-once", hasty, ""),
         target("trusts-scram-only", truster, "require_auth = [\"scram-sha-256\"]"),
         target("trusts", truster, ""),
-        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"skips-login\", \"ready-at-once\", \"trusts-scram-only\", \"trusts\"]\n".to_string(),
+        target("floods", flooder, ""),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"skips-login\", \"ready-at-once\", \"trusts-scram-only\", \"trusts\", \"floods\"]\n".to_string(),
     ]
     .join("\n");
     let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
@@ -989,6 +997,11 @@ async fn a_server_that_never_accepts_the_login_gets_no_session() {
             "sent ReadyForQuery before it accepted the login",
         ),
         ("trusts-scram-only", "without a password (trust)"),
+        // Not held for: a login's messages are small.
+        (
+            "floods",
+            "a 'N' message of 536870912 bytes is larger than the limit",
+        ),
     ] {
         let e = connect(gw.addr, db, "agent-1", &token).await.expect_err(db);
         assert_eq!(code(&e), "08001", "{db}: {e}");

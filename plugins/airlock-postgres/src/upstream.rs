@@ -34,6 +34,13 @@ pub(crate) const MAX_SERVER_MESSAGE: usize = 1 << 30;
 /// Notices of the server's login kept to pass on to the client.
 const MAX_LOGIN_NOTICES: usize = 64;
 
+/// The largest message accepted from a server while it logs the gateway
+/// in: authentication requests, parameter statuses, notices and the key
+/// are small, and a server not yet authenticated (a machine in the middle
+/// under `sslmode = "prefer"`) must not make the gateway hold a gigabyte
+/// per login. The limit is raised once the login is done.
+const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
+
 /// A boxed upstream stream (TCP, or TLS over TCP).
 pub(crate) type UpstreamStream = Box<dyn ClientIo>;
 
@@ -229,7 +236,7 @@ impl Target {
     ) -> std::result::Result<Connected, LoginError> {
         let (stream, link, addr) = self.open(None).await?;
         let (read, mut write) = tokio::io::split(stream);
-        let mut reader = FrameReader::new(read, MAX_SERVER_MESSAGE, Peer::Upstream);
+        let mut reader = FrameReader::new(read, MAX_LOGIN_MESSAGE, Peer::Upstream);
 
         let mut startup = Startup::new();
         startup.parameters = client_params.clone();
@@ -299,6 +306,7 @@ impl Target {
                     self.logged_in(&login, "ReadyForQuery")?;
                     let status = frame.body().first().copied().unwrap_or(b'I');
                     let (pid, secret) = key.unwrap_or((0, Bytes::new()));
+                    reader.set_max(MAX_SERVER_MESSAGE);
                     return Ok(Connected {
                         reader,
                         write,
