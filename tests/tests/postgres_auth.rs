@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use airlock_tests::postgres::{
-    MD5_USER, PgGateway, Raw, TRUST_USER, TestPostgres, conninfo, pg_config, psql,
+    MD5_USER, PgGateway, Raw, TRUST_USER, Tap, TestPostgres, conninfo, pg_config, psql,
 };
 use airlock_tests::{certificate, localhost_cert};
 use tokio_postgres::NoTls;
@@ -812,6 +812,77 @@ async fn tls_interceptor(
         }
     });
     addr
+}
+
+/// A cancel goes to the server the way its session went: over TLS when the
+/// session's link was TLS, also for `sslmode = "prefer"` (a cancel request
+/// in plain text would show the server's cancel key to anyone on the path,
+/// who could then cancel the gateway's statements at the server directly).
+/// The control: with `disable` the request is in plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_goes_to_the_server_over_tls_as_its_session_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_cert(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pg = TestPostgres::start_with_tls(&cert.pem(), &key.serialize_pem())
+        .await
+        .unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], pg.port()).into();
+    let (prefer_tap, disable_tap) = (
+        Tap::start(server).await.unwrap(),
+        Tap::start(server).await.unwrap(),
+    );
+    let target = |name: &str, port: u16, mode: &str| {
+        format!(
+            "[targets.{name}]\nprotocol = \"postgres\"\nhost = \"localhost\"\nport = {port}\ndatabase = \"app\"\nuser = \"airlock_app\"\npassword = {{ file = \"{}\" }}\nsslmode = \"{mode}\"\n",
+            pw.display()
+        )
+    };
+    let extra = [
+        target("prefer", prefer_tap.addr.port(), "prefer"),
+        target("plain", disable_tap.addr.port(), "disable"),
+        "[[grants]]\ngroups = [\"agents\"]\ntargets = [\"prefer\", \"plain\"]\n".to_string(),
+    ]
+    .join("\n");
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", &extra), &dir.path().join("gw"))
+        .await
+        .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    const CANCEL: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    for (db, tap, tls) in [
+        ("prefer", &prefer_tap, true),
+        ("plain", &disable_tap, false),
+    ] {
+        let client = connect(gw.addr, db, "agent-1", &token).await.unwrap();
+        let marker = format!("cancel-over-{db}");
+        let cancel = client.cancel_token();
+        let sleeper = tokio::spawn(async move {
+            client
+                .simple_query(&format!("SELECT pg_sleep(30) -- {marker}"))
+                .await
+        });
+        let active = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%cancel-over-{db}%' AND pid <> pg_backend_pid()"
+        );
+        for _ in 0..200 {
+            if pg.psql(&active).await.unwrap() == "1" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        cancel.cancel_query(NoTls).await.unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), sleeper)
+            .await
+            .expect("the cancel ended the statement")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(code(&e), "57014", "{db}: {e}");
+        // The session's connection and the cancel's both went through the tap.
+        let sent = tap.sent();
+        assert!(sent.len() >= 2, "{db}: {} connections", sent.len());
+        let plain_cancel = sent.iter().any(|bytes| bytes.starts_with(&CANCEL));
+        assert_eq!(plain_cancel, !tls, "{db}: a cancel request in plain text");
+    }
 }
 
 /// Over TLS the gateway binds SCRAM to the server's certificate

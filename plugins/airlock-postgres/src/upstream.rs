@@ -600,15 +600,19 @@ impl Target {
         packet.put_i32(frame::CANCEL_REQUEST);
         packet.put_i32(pid);
         packet.put_slice(secret);
-        // A cancel request needs no login; TLS is used only when the target
-        // demands it (PostgreSQL accepts plain cancel requests otherwise).
+        // A cancel request needs no login, but it carries the server's
+        // cancel key: it goes as the sessions go, over TLS where the target
+        // offers it (`prefer` too), so that nobody on the path learns the
+        // key and cancels the gateway's statements at the server directly.
         let mut stream: UpstreamStream = match self.sslmode {
-            SslMode::Require | SslMode::VerifyFull => self.open(Some(addr)).await?.0,
-            SslMode::Disable | SslMode::Prefer => Box::new(
+            SslMode::Disable => Box::new(
                 TcpStream::connect(addr)
                     .await
                     .map_err(|e| self.unreachable(e))?,
             ),
+            SslMode::Prefer | SslMode::Require | SslMode::VerifyFull => {
+                self.open(Some(addr)).await?.0
+            }
         };
         stream
             .write_all(&packet)
