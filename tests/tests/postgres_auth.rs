@@ -138,6 +138,57 @@ targets = ["closed"]
     assert!(denied >= 3, "{events:#?}");
 }
 
+/// A client needs no valid token to be refused, so one address cannot fill
+/// the audit trail with refusals: past 20 a minute they are counted, not
+/// recorded one by one (the count is recorded with the address's next
+/// refusal after the minute), while another address's refusal is
+/// recorded, and every refused client is still refused (28P01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_from_one_address_are_recorded_up_to_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = TestPostgres::start().await.unwrap();
+    let pw = pg.password_file(dir.path()).unwrap();
+    let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
+        .await
+        .unwrap();
+    let from = |ip: [u8; 4]| {
+        let addr = gw.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+            let stream = socket.connect(addr).await.unwrap();
+            tokio_postgres::Config::new()
+                .user("agent-1")
+                .dbname("app")
+                .password("not-a-token")
+                .connect_raw(stream, NoTls)
+                .await
+                .map(|_| ())
+                .expect_err("a bad token is refused")
+        }
+    };
+    for _ in 0..25 {
+        let e = from([127, 0, 0, 1]).await;
+        assert_eq!(code(&e), "28P01", "{e}");
+    }
+    let e = from([127, 0, 0, 2]).await;
+    assert_eq!(code(&e), "28P01", "{e}");
+    let events = gw.events().await.unwrap();
+    let denied = |ip: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["type"] == "access_denied"
+                    && e["client"]["addr"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(&format!("{ip}:")))
+            })
+            .count()
+    };
+    assert_eq!(denied("127.0.0.1"), 20, "{events:#?}");
+    assert_eq!(denied("127.0.0.2"), 1, "{events:#?}");
+}
+
 /// A startup setting is applied by the server at login, where no policy
 /// sees it: one that changes what the session may do (here turning
 /// triggers and foreign keys off) is refused with 42501, and a client

@@ -109,7 +109,7 @@ pub async fn serve_with(
             limits,
             acceptor: acceptor.clone(),
         };
-        if let Some(share) = peers.enter(holder(peer.ip()), limits.per_peer) {
+        if let Some(share) = peers.enter(airlock_core::address_holder(peer.ip()), limits.per_peer) {
             let app = app.clone();
             connections.spawn(async move {
                 conn.serve(socket, app).await;
@@ -126,20 +126,6 @@ pub async fn serve_with(
                 drop(refusal);
             });
         }
-    }
-}
-
-/// Who a connection's share is counted for: its IPv4 address, or the /64
-/// of its IPv6 address (one host, or one site, usually holds a whole /64).
-fn holder(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
-                v6.to_bits() & !((1u128 << 64) - 1),
-            )),
-        },
     }
 }
 
@@ -346,13 +332,25 @@ mod tests {
     #[test]
     fn an_ipv6_site_shares_one_count_and_mapped_ipv4_counts_as_ipv4() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(holder(ip("192.0.2.7")), ip("192.0.2.7"));
-        assert_eq!(holder(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
         assert_eq!(
-            holder(ip("2001:db8:1:2:aaaa::1")),
-            holder(ip("2001:db8:1:2:bbbb::9"))
+            airlock_core::address_holder(ip("192.0.2.7")),
+            ip("192.0.2.7")
         );
-        assert_eq!(holder(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_ne!(holder(ip("2001:db8:1:2::1")), holder(ip("2001:db8:1:3::1")));
+        assert_eq!(
+            airlock_core::address_holder(ip("::ffff:192.0.2.7")),
+            ip("192.0.2.7")
+        );
+        assert_eq!(
+            airlock_core::address_holder(ip("2001:db8:1:2:aaaa::1")),
+            airlock_core::address_holder(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_eq!(
+            airlock_core::address_holder(ip("2001:db8:1:2:aaaa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(
+            airlock_core::address_holder(ip("2001:db8:1:2::1")),
+            airlock_core::address_holder(ip("2001:db8:1:3::1"))
+        );
     }
 }

@@ -2,8 +2,10 @@
 //! opens sessions; [`Session`] decides operations, records events and masks.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::approvals::{Approval, ApprovalStatus, Approvals, ReviewRequest};
 use crate::identity::Verifier;
@@ -35,6 +37,85 @@ pub struct GatewayParts {
 #[derive(Clone, Debug)]
 pub struct Gateway {
     inner: Arc<GatewayParts>,
+    refusals: Arc<Refusals>,
+}
+
+/// Refused tokens recorded one by one, per client address and minute.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 20;
+/// Addresses tracked at once; past this the oldest windows are dropped.
+const REFUSALS_TRACKED: usize = 10_000;
+
+/// How many refused tokens each client address (see
+/// [`crate::address_holder`]) had recorded in its current minute. A client
+/// that needs no valid token to be refused must not be able to fill the
+/// audit store with refusals (the gateway then refuses everyone: it fails
+/// closed): past [`REFUSALS_RECORDED_PER_MINUTE`] an address's refusals
+/// are counted, and the count is recorded as one record with its next
+/// refusal after the minute.
+#[derive(Debug)]
+struct Refusals {
+    windows: Mutex<HashMap<IpAddr, RefusalWindow>>,
+    /// A minute (shorter in tests).
+    minute: Duration,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals {
+            windows: Mutex::default(),
+            minute: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RefusalWindow {
+    start: Instant,
+    recorded: u32,
+    unrecorded: u64,
+}
+
+/// What to record of one refused token.
+enum RefusalRecord {
+    /// The refusal, after the count of those of the address's previous
+    /// minute that were not recorded (if any).
+    Record { unrecorded_before: u64 },
+    /// Nothing: it is counted.
+    Count,
+}
+
+impl Refusals {
+    fn note(&self, addr: IpAddr) -> RefusalRecord {
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if windows.len() >= REFUSALS_TRACKED && !windows.contains_key(&addr) {
+            windows.retain(|_, w| now.duration_since(w.start) < self.minute);
+            if windows.len() >= REFUSALS_TRACKED {
+                windows.clear();
+            }
+        }
+        let w = windows.entry(addr).or_insert(RefusalWindow {
+            start: now,
+            recorded: 0,
+            unrecorded: 0,
+        });
+        let mut unrecorded_before = 0;
+        if now.duration_since(w.start) >= self.minute {
+            unrecorded_before = w.unrecorded;
+            *w = RefusalWindow {
+                start: now,
+                recorded: 0,
+                unrecorded: 0,
+            };
+        }
+        if w.recorded < REFUSALS_RECORDED_PER_MINUTE {
+            w.recorded += 1;
+            RefusalRecord::Record { unrecorded_before }
+        } else {
+            w.unrecorded += 1;
+            RefusalRecord::Count
+        }
+    }
 }
 
 impl Gateway {
@@ -42,6 +123,7 @@ impl Gateway {
     pub fn new(parts: GatewayParts) -> Self {
         Gateway {
             inner: Arc::new(parts),
+            refusals: Arc::default(),
         }
     }
 
@@ -61,7 +143,9 @@ impl Gateway {
     }
 
     /// Verifies an access token and returns who it names. A refusal is
-    /// recorded (with `target` and `client`) before the error is returned.
+    /// recorded (with `target` and `client`) before the error is returned:
+    /// up to 20 a minute for one client address, and past that their
+    /// number, recorded with the address's next refusal after the minute.
     pub async fn authenticate(
         &self,
         token: &str,
@@ -72,7 +156,19 @@ impl Gateway {
         match self.inner.verifier.verify(token).await {
             Ok(identity) => Ok(identity),
             Err(e) => {
-                self.refuse(None, target, protocol, client, &e).await?;
+                match self.refusals.note(crate::address_holder(client.addr.ip())) {
+                    RefusalRecord::Record { unrecorded_before } => {
+                        if unrecorded_before > 0 {
+                            let summary = format!(
+                                "{unrecorded_before} more access tokens from this client's address were refused in the minute before and not recorded one by one (at most {REFUSALS_RECORDED_PER_MINUTE} a minute are)"
+                            );
+                            self.record_refusal(None, target, protocol, client, summary)
+                                .await?;
+                        }
+                        self.refuse(None, target, protocol, client, &e).await?;
+                    }
+                    RefusalRecord::Count => {}
+                }
                 Err(e)
             }
         }
@@ -137,6 +233,18 @@ impl Gateway {
         client: &ClientInfo,
         error: &Error,
     ) -> Result<()> {
+        self.record_refusal(subject, target, protocol, client, error.to_string())
+            .await
+    }
+
+    async fn record_refusal(
+        &self,
+        subject: Option<&str>,
+        target: &str,
+        protocol: &str,
+        client: &ClientInfo,
+        reason: String,
+    ) -> Result<()> {
         self.inner
             .recorder
             .record(
@@ -146,7 +254,7 @@ impl Gateway {
                     target: target.to_string(),
                     protocol: protocol.to_string(),
                     client: client.clone(),
-                    reason: error.to_string(),
+                    reason,
                 },
             )
             .await
@@ -417,5 +525,59 @@ impl PendingApproval {
     /// timeout.
     pub async fn wait(self) -> Result<Decision> {
         self.approvals.wait(&self.approval.id, self.session).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{REFUSALS_RECORDED_PER_MINUTE, RefusalRecord, Refusals};
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    /// One address has its first refusals of a minute recorded and the
+    /// rest counted; the count comes with its first refusal of the next
+    /// minute. Another address is recorded meanwhile.
+    #[test]
+    fn refusals_are_recorded_up_to_a_limit_per_address_and_minute() {
+        let r = Refusals {
+            minute: Duration::from_millis(300),
+            ..Refusals::default()
+        };
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let recorded = |n: u32| {
+            (0..n)
+                .filter(|_| {
+                    matches!(
+                        r.note(a),
+                        RefusalRecord::Record {
+                            unrecorded_before: 0
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(
+            recorded(REFUSALS_RECORDED_PER_MINUTE + 5),
+            REFUSALS_RECORDED_PER_MINUTE as usize
+        );
+        assert!(matches!(
+            r.note(b),
+            RefusalRecord::Record {
+                unrecorded_before: 0
+            }
+        ));
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(matches!(
+            r.note(a),
+            RefusalRecord::Record {
+                unrecorded_before: 5
+            }
+        ));
+        assert!(matches!(
+            r.note(a),
+            RefusalRecord::Record {
+                unrecorded_before: 0
+            }
+        ));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -56,6 +56,22 @@ impl std::str::FromStr for SessionId {
     type Err = uuid::Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(SessionId(Uuid::parse_str(s)?))
+    }
+}
+
+/// Who a client address counts as for per-address limits: an IPv4
+/// address itself, an IPv6 address by its /64 (one host, or one site,
+/// usually holds a whole /64), an IPv4-mapped IPv6 address as its IPv4
+/// address.
+pub fn address_holder(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 

@@ -125,13 +125,7 @@ impl<'a> Login<'a> {
         addr: IpAddr,
         max: usize,
     ) -> Option<Login<'a>> {
-        let key = match addr {
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
-            },
-            v4 => v4,
-        };
+        let key = airlock_core::address_holder(addr);
         let mut counts_now = counts.lock().unwrap_or_else(PoisonError::into_inner);
         let n = counts_now.entry(key).or_insert(0);
         if *n >= max {
