@@ -115,11 +115,15 @@ impl Log {
         }
     }
 
-    /// Opens a segment for appending, creating it (and making its directory
-    /// entry durable) if needed.
+    /// Opens a segment for appending, creating it if needed, and makes its
+    /// directory entry durable. Also when it already exists: a segment
+    /// created by an earlier attempt whose directory sync failed, or by a
+    /// gateway that crashed right after creating it, may not be in the
+    /// directory on disk yet, and records acknowledged in it as on disk
+    /// (`fsync` durability) would go with it. It happens at start and once
+    /// per segment.
     pub(crate) fn append_to(&self, segment: u64) -> Result<File> {
         let path = self.path(segment);
-        let existed = path.exists();
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         // The records are for the owner only, as the directory is.
@@ -129,11 +133,9 @@ impl Log {
             "cannot open the audit log segment {}",
             path.display()
         )))?;
-        if !existed {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("cannot sync the audit log directory"))?;
-        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("cannot sync the audit log directory"))?;
         Ok(file)
     }
 
