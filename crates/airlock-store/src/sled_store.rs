@@ -926,15 +926,34 @@ impl Inner {
     }
 
     fn session_records(&self, id: SessionId, after: u64, limit: usize) -> Result<Vec<Record>> {
-        // Re-indexing may have written a record's entry twice: key by seq.
+        let take = if limit == 0 { usize::MAX } else { limit };
+        // The page's places: the `take` smallest seqs after `after`. Only
+        // those are kept, so a page of a long session holds a page, not the
+        // session. Re-indexing may have written a record's entry twice
+        // (keyed by seq here), and entries are grouped under the seq that
+        // began their indexing pass: a group that begins after the largest
+        // seq kept, once the page is full, cannot add to it, and ends the
+        // scan.
         let mut places = BTreeMap::new();
         for kv in self.session_records.scan_prefix(id.0.as_bytes()) {
-            let (_, v) = kv.map_err(db("cannot read session records"))?;
+            let (k, v) = kv.map_err(db("cannot read session records"))?;
+            let first = k.get(16..).map(seq_of).transpose()?;
+            if places.len() >= take
+                && let (Some(first), Some((&last, _))) = (first, places.last_key_value())
+                && first > last
+            {
+                break;
+            }
             for entry in v.chunks(24) {
                 let seq = entry.get(..8).map(seq_of).transpose()?;
                 match (seq, entry.get(8..).and_then(Position::decode)) {
                     (Some(seq), Some(at)) => {
-                        places.insert(seq, at);
+                        if seq > after {
+                            places.insert(seq, at);
+                            if places.len() > take {
+                                places.pop_last();
+                            }
+                        }
                     }
                     _ => {
                         return Err(Error::Corrupt(format!(
@@ -944,12 +963,7 @@ impl Inner {
                 }
             }
         }
-        let take = if limit == 0 { usize::MAX } else { limit };
-        let places: Vec<_> = places
-            .range(after.saturating_add(1)..)
-            .take(take)
-            .map(|(seq, at)| (*seq, *at))
-            .collect();
+        let places: Vec<_> = places.into_iter().collect();
         let mut out = Vec::with_capacity(places.len());
         let mut open: Option<(u64, File)> = None;
         for (seq, at) in places {

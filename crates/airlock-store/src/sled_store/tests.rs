@@ -288,6 +288,20 @@ async fn reindexing_the_whole_log_leaves_the_same_index() {
         (1..=50).collect::<Vec<_>>(),
         "each record once"
     );
+    // Page by page, over index passes written twice with other
+    // boundaries (the first pass per append of 7, the re-index in one):
+    // every record once, in order.
+    for limit in [1, 3, 7, 8, 49, 50, 51] {
+        let (mut after, mut paged) = (0, Vec::new());
+        loop {
+            let page = store.session_records(session, after, limit).await.unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(page.len() <= limit);
+            after = last.seq;
+            paged.extend(page.iter().map(|r| r.seq));
+        }
+        assert_eq!(paged, (1..=50).collect::<Vec<_>>(), "pages of {limit}");
+    }
 }
 
 /// `store/` is derived from the log: deleted (or lost), it is rebuilt from
