@@ -791,7 +791,26 @@ impl Scanner<'_> {
                 break;
             }
             let next = match self.buf[i] {
-                b'@' if email => self.email(i),
+                b'@' if email => self.email(i, i + 1),
+                // `%40`: an `@` percent-encoded, in a URL or a form body
+                // (`/reset?email=bob%40example.com`).
+                b'4' if email
+                    && i > 0
+                    && self.buf[i - 1] == b'%'
+                    && self.buf.get(i + 1) == Some(&b'0') =>
+                {
+                    let found = self.hits.len();
+                    let next = self.email(i - 1, i + 2);
+                    // Found, or held for the rest of the address: done
+                    // here; otherwise the digits may still be a number.
+                    if self.hits.len() > found || next >= self.buf.len() {
+                        next
+                    } else if numeric {
+                        self.digit(i)
+                    } else {
+                        i + 1
+                    }
+                }
                 b':' => {
                     if keys {
                         self.key_sep(i);
@@ -1284,7 +1303,8 @@ impl Scanner<'_> {
     }
 
     #[inline(never)]
-    fn email(&mut self, a: usize) -> usize {
+    /// An address around the at sign at `a..after` (`@`, or `%40`).
+    fn email(&mut self, a: usize, after: usize) -> usize {
         let b = self.buf;
         let Some(mut s) = local_start(b, a) else {
             return a + 1;
@@ -1308,20 +1328,20 @@ impl Scanner<'_> {
                 }
             }
         }
-        let Some(mut e) = self.run(a + 1, is_domain, 255) else {
+        let Some(mut e) = self.run(after, is_domain, 255) else {
             self.need(s);
             return b.len();
         };
-        while e > a + 1 && matches!(b[e - 1], b'.' | b'-') {
+        while e > after && matches!(b[e - 1], b'.' | b'-') {
             e -= 1;
         }
-        let domain = &b[a + 1..e];
+        let domain = &b[after..e];
         if domain.len() > 253
             || domain
                 .first()
                 .is_none_or(|c| !(is_alnum(*c) || matches!(c, 0xC2..=0xDF)))
         {
-            return e.max(a + 1);
+            return e.max(after);
         }
         // Labels non-empty; the TLD alphabetic, 2..=24 letters (a letter
         // outside ASCII is two bytes), or an internationalised one in its

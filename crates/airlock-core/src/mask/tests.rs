@@ -90,6 +90,20 @@ fn email_addresses_with_letters_outside_ascii() {
     untouched("größe@2.5");
 }
 
+/// An `@` percent-encoded (`%40`), as in a URL or a form body, is an `@`;
+/// a `%40` that joins no address leaves its digits to the other detectors.
+#[test]
+fn email_addresses_with_a_percent_encoded_at_sign() {
+    check(
+        "GET /reset?email=bob%40example.com&x=1",
+        "GET /reset?email=<EMAIL>&x=1",
+    );
+    check("to=alice.smith%40corp.example.co.uk", "to=<EMAIL>");
+    untouched("discount 100%40 off");
+    untouched("a%40b");
+    check("%40 then 4111111111111111", "%40 then <CARD>");
+}
+
 #[test]
 fn card_numbers_need_luhn_and_a_card_prefix() {
     check("card 4111 1111 1111 1111 exp", "card <CARD> exp");
@@ -894,6 +908,7 @@ fn secrets() -> Vec<&'static str> {
     vec![
         "bob.smith@example.com",
         "andré@example.com",
+        "carol%40example.org",
         "4111 1111 1111 1111",
         "4.111111111111111e+15",
         "5555555555554444.00",
