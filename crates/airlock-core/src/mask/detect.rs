@@ -628,6 +628,22 @@ fn digits_end(h: &[u8], mut i: usize, limit: usize) -> usize {
     i.min(limit)
 }
 
+/// The at sign `a..after` that the digit at `i` is part of, if it is one
+/// written `%40`, `&#64;` or `&#x40;` (the digit at `i` is its first).
+fn encoded_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
+    let before = |s: &[u8]| i >= s.len() && &b[i - s.len()..i] == s;
+    let after = |s: &[u8]| b.get(i..i + s.len()) == Some(s);
+    if before(b"%") && after(b"40") {
+        Some((i - 1, i + 2))
+    } else if before(b"&#") && after(b"64;") {
+        Some((i - 2, i + 3))
+    } else if (before(b"&#x") || before(b"&#X")) && after(b"40;") {
+        Some((i - 3, i + 3))
+    } else {
+        None
+    }
+}
+
 /// Where an e-mail local part ending before `end` starts: the run of local
 /// characters, at most 64, not counting the tail of a terminal escape
 /// sequence (`ESC[1;32m` + `john` is `john`). `None` when the run is longer
@@ -793,14 +809,11 @@ impl Scanner<'_> {
             let next = match self.buf[i] {
                 b'@' if email => self.email(i, i + 1),
                 // `%40`: an `@` percent-encoded, in a URL or a form body
-                // (`/reset?email=bob%40example.com`).
-                b'4' if email
-                    && i > 0
-                    && self.buf[i - 1] == b'%'
-                    && self.buf.get(i + 1) == Some(&b'0') =>
-                {
+                // (`/reset?email=bob%40example.com`); `&#64;` and `&#x40;`:
+                // one written as an HTML character reference.
+                b'4' | b'6' if email && let Some((a, after)) = encoded_at(self.buf, i) => {
                     let found = self.hits.len();
-                    let next = self.email(i - 1, i + 2);
+                    let next = self.email(a, after);
                     // Found, or held for the rest of the address: done
                     // here; otherwise the digits may still be a number.
                     if self.hits.len() > found || next >= self.buf.len() {
@@ -1962,6 +1975,15 @@ impl Scanner<'_> {
         // A word at the end may be the local part of an address still coming.
         if (self.plan.is_on(Det::Email) || self.plan.numeric)
             && let Some(s) = local_start(b, len)
+        {
+            self.need(s);
+        }
+        // So may one before the start of an at sign written as an HTML
+        // character reference (`bob&#6`); `%40` is made of local bytes.
+        if self.plan.is_on(Det::Email)
+            && let Some(k) =
+                longest_prefix_suffix(b, [&b"&#64;"[..], b"&#x40;", b"&#X40;"].into_iter())
+            && let Some(s) = local_start(b, len - k)
         {
             self.need(s);
         }

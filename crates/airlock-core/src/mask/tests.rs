@@ -90,7 +90,8 @@ fn email_addresses_with_letters_outside_ascii() {
     untouched("größe@2.5");
 }
 
-/// An `@` percent-encoded (`%40`), as in a URL or a form body, is an `@`;
+/// An `@` percent-encoded (`%40`), as in a URL or a form body, or written
+/// as an HTML character reference (`&#64;`, `&#x40;`) is an `@`;
 /// a `%40` that joins no address leaves its digits to the other detectors.
 #[test]
 fn email_addresses_with_a_percent_encoded_at_sign() {
@@ -99,6 +100,8 @@ fn email_addresses_with_a_percent_encoded_at_sign() {
         "GET /reset?email=<EMAIL>&x=1",
     );
     check("to=alice.smith%40corp.example.co.uk", "to=<EMAIL>");
+    check("<p>bob&#64;example.com</p>", "<p><EMAIL></p>");
+    check("mail: carol&#x40;example.org.", "mail: <EMAIL>.");
     untouched("discount 100%40 off");
     untouched("a%40b");
     check("%40 then 4111111111111111", "%40 then <CARD>");
@@ -909,6 +912,7 @@ fn secrets() -> Vec<&'static str> {
         "bob.smith@example.com",
         "andré@example.com",
         "carol%40example.org",
+        "dave&#64;example.net",
         "4111 1111 1111 1111",
         "4.111111111111111e+15",
         "5555555555554444.00",
