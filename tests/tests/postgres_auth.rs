@@ -29,6 +29,29 @@ async fn connect(
     Ok(client)
 }
 
+/// A TCP connection to `addr` from the loopback address `ip` (the
+/// per-address limits tell 127.0.0.1 from 127.0.0.2).
+async fn tcp_from(addr: std::net::SocketAddr, ip: [u8; 4]) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Logs in to target `app` as agent-1 with `token` over `stream`.
+async fn login_over(
+    stream: tokio::net::TcpStream,
+    token: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .user("agent-1")
+        .dbname("app")
+        .password(token)
+        .connect_raw(stream, NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 fn code(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
@@ -151,21 +174,11 @@ async fn refused_tokens_from_one_address_are_recorded_up_to_a_limit() {
     let gw = PgGateway::start(&pg_config(&pg, &pw, "", ""), &dir.path().join("data"))
         .await
         .unwrap();
-    let from = |ip: [u8; 4]| {
-        let addr = gw.addr;
-        async move {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
-            let stream = socket.connect(addr).await.unwrap();
-            tokio_postgres::Config::new()
-                .user("agent-1")
-                .dbname("app")
-                .password("not-a-token")
-                .connect_raw(stream, NoTls)
-                .await
-                .map(|_| ())
-                .expect_err("a bad token is refused")
-        }
+    let from = async |ip: [u8; 4]| {
+        login_over(tcp_from(gw.addr, ip).await, "not-a-token")
+            .await
+            .map(|_| ())
+            .expect_err("a bad token is refused")
     };
     for _ in 0..25 {
         let e = from([127, 0, 0, 1]).await;
@@ -709,27 +722,8 @@ async fn one_address_cannot_hold_the_listener_with_idle_logins() {
     // Sessions that logged in do not count.
     let a = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
     let b = connect(gw.addr, "app", "agent-1", &token).await.unwrap();
-    let from = |ip: [u8; 4]| {
-        let addr = gw.addr;
-        async move {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
-            socket.connect(addr).await.unwrap()
-        }
-    };
-    let login = |stream: tokio::net::TcpStream| {
-        let token = token.clone();
-        async move {
-            let (client, conn) = tokio_postgres::Config::new()
-                .user("agent-1")
-                .dbname("app")
-                .password(&token)
-                .connect_raw(stream, NoTls)
-                .await?;
-            tokio::spawn(conn);
-            Ok::<_, tokio_postgres::Error>(client)
-        }
-    };
+    let from = async |ip: [u8; 4]| tcp_from(gw.addr, ip).await;
+    let login = async |stream| login_over(stream, &token).await;
     let idle = [from([127, 0, 0, 1]).await, from([127, 0, 0, 1]).await];
     // Wait until the gateway has taken both in.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

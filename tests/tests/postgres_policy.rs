@@ -854,19 +854,7 @@ async fn a_skipped_close_or_bind_or_a_fetch_does_not_bypass_a_review() {
         raw.exchange(msgs).await,
         ("1EZE".into(), vec!["22012".into()])
     );
-    assert_eq!(raw.query("ROLLBACK TO s").await.0, "CZT");
-    let (answers, decided) = through_approvals(
-        &mut raw,
-        &gw,
-        &pg,
-        vec![msg::execute("p", 0), (b'S', Vec::new())],
-        false,
-    )
-    .await;
-    assert_eq!(decided, 1, "{answers:?}");
-    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
-    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
-    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+    portal_p_is_still_under_review(&mut raw, &gw, &pg).await;
     // A Close the server makes frees the name for an allowed statement.
     assert_eq!(raw.query("BEGIN").await.0, "CZT");
     let (tags, _) = raw
@@ -1025,19 +1013,7 @@ async fn a_close_after_a_failed_describe_or_of_no_kind_does_not_bypass_a_review(
         .exchange(vec![(b'C', b"Xp\0".to_vec()), (b'S', Vec::new())])
         .await;
     assert_eq!(tags, "EZE");
-    assert_eq!(raw.query("ROLLBACK TO s").await.0, "CZT");
-    let (answers, decided) = through_approvals(
-        &mut raw,
-        &gw,
-        &pg,
-        vec![msg::execute("p", 0), (b'S', Vec::new())],
-        false,
-    )
-    .await;
-    assert_eq!(decided, 1, "{answers:?}");
-    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
-    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
-    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
+    portal_p_is_still_under_review(&mut raw, &gw, &pg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1214,6 +1190,25 @@ fn assert_ended_for_copy(answers: &[(u8, String)]) {
             && body.contains("send Sync only after the COPY data")),
         "{answers:?}"
     );
+}
+
+/// Rolls back to savepoint `s` (leaving the pipeline's error behind) and
+/// runs portal `p` of a reviewed DELETE: it waits for an approval, which is
+/// denied, nothing of it runs, and the transaction is rolled back.
+async fn portal_p_is_still_under_review(raw: &mut Raw, gw: &PgGateway, pg: &TestPostgres) {
+    assert_eq!(raw.query("ROLLBACK TO s").await.0, "CZT");
+    let (answers, decided) = through_approvals(
+        raw,
+        gw,
+        pg,
+        vec![msg::execute("p", 0), (b'S', Vec::new())],
+        false,
+    )
+    .await;
+    assert_eq!(decided, 1, "{answers:?}");
+    assert!(!answers.iter().any(|(tag, _)| *tag == b'C'), "{answers:?}");
+    assert_eq!(raw.query("ROLLBACK").await.0, "CZI");
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").await.unwrap(), "2");
 }
 
 /// Sends `msgs` and decides each approval request they raise, checking

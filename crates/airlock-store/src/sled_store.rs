@@ -1251,12 +1251,8 @@ impl Store for SledStore {
                 .checkpoints
                 .last()
                 .map_err(db("cannot read checkpoints"))?
-                .map(|(k, v)| {
-                    (
-                        u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
-                        v.to_vec(),
-                    )
-                });
+                .map(|(k, v)| Ok::<_, Error>((seq_of(&k)?, v.to_vec())))
+                .transpose()?;
             let newest = match (waiting, stored) {
                 (Some(w), Some(s)) => Some(if w.0 >= s.0 { w } else { s }),
                 (w, s) => w.or(s),

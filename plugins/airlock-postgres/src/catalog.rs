@@ -164,8 +164,8 @@ impl Catalog {
             return false;
         }
         for asked in missing.chunks(MAX_PER_LOOKUP) {
-            match tokio::time::timeout(LOOKUP_TIMEOUT, self.ask(asked)).await {
-                Ok(Ok(found)) => {
+            match self.ask(asked).await {
+                Ok(found) => {
                     let now = Instant::now();
                     let mut known = self.known();
                     known.answered(now);
@@ -181,13 +181,7 @@ impl Catalog {
                         known.columns.insert(*key, (entry, now));
                     }
                 }
-                Ok(Err(e)) => return self.failed(&e),
-                Err(_) => {
-                    return self.failed(&Error::Upstream(format!(
-                        "the catalog of target {} did not answer within {LOOKUP_TIMEOUT:?}",
-                        self.target.name
-                    )));
-                }
+                Err(e) => return self.failed(&e),
             }
         }
         self.all_named(columns)
@@ -242,8 +236,8 @@ impl Catalog {
                 found.push(format!("{s}.{t}.{c}"));
             }
         });
-        match tokio::time::timeout(LOOKUP_TIMEOUT, asked).await {
-            Ok(Ok(())) => {
+        match asked.await {
+            Ok(()) => {
                 let now = Instant::now();
                 let names = (!found.is_empty()).then(|| Names::from(found));
                 let mut known = self.known();
@@ -254,15 +248,8 @@ impl Catalog {
                 known.tables.insert(key, (names.clone(), now));
                 names
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.failed(&e);
-                None
-            }
-            Err(_) => {
-                self.failed(&Error::Upstream(format!(
-                    "the catalog of target {} did not answer within {LOOKUP_TIMEOUT:?}",
-                    self.target.name
-                )));
                 None
             }
         }
@@ -328,8 +315,19 @@ impl Catalog {
     }
 
     /// Runs one query over a connection of its own, handing each row's
-    /// cells (text format) to `row`.
-    async fn run(&self, sql: String, mut row: impl FnMut(&[Option<&[u8]>])) -> Result<()> {
+    /// cells (text format) to `row`, within [`LOOKUP_TIMEOUT`].
+    async fn run(&self, sql: String, row: impl FnMut(&[Option<&[u8]>])) -> Result<()> {
+        tokio::time::timeout(LOOKUP_TIMEOUT, self.query(sql, row))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Upstream(format!(
+                    "the catalog of target {} did not answer within {LOOKUP_TIMEOUT:?}",
+                    self.target.name
+                )))
+            })
+    }
+
+    async fn query(&self, sql: String, mut row: impl FnMut(&[Option<&[u8]>])) -> Result<()> {
         let mut params = BTreeMap::new();
         params.insert(
             "application_name".to_string(),

@@ -120,14 +120,17 @@ pub fn mask_text(masker: &Masker, text: &str, counts: &mut MaskCounts) -> Option
         Cow::Owned(masked) if masked != text => masked,
         _ => return None,
     };
-    let Some(parts) = lex::parts(text) else {
+    // Unchanged code (the usual case), or a text that does not lex: as one
+    // string. Only otherwise is the text cut into parts.
+    let before = lex::code(text);
+    let parts = match before {
+        Some(before) if lex::code(&masked).is_none_or(|after| after != before) => lex::parts(text),
+        _ => None,
+    };
+    let Some(parts) = parts else {
         add_counts(counts, whole);
         return Some(masked);
     };
-    if lex::code(&masked).is_some_and(|after| Some(after) == lex::code(text)) {
-        add_counts(counts, whole);
-        return Some(masked);
-    }
     let mut out = String::with_capacity(masked.len());
     for (span, part) in parts {
         let lex::Part::Value { content, closers } = part else {
