@@ -244,6 +244,81 @@ async fn an_alias_does_not_take_a_column_out_of_its_rule() {
     assert_eq!(rows, vec![vec!["(7,platform)"]]);
 }
 
+/// A value computed from a ruled column carries the column's rule: the
+/// server names no table for it (`pay_grade || ''` is just `?column?`), so
+/// the gateway reads the query for what each computed column is made of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_computed_from_a_ruled_column_is_masked() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some(r.get(0).unwrap_or("NULL").to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for sql in [
+        "SELECT pay_grade || '' FROM staff",
+        "SELECT upper(pay_grade) FROM staff",
+        "SELECT replace(s.pay_grade, '-', '+') AS team FROM staff s",
+        "SELECT reverse(g) FROM (SELECT pay_grade AS g FROM staff) sub",
+        "WITH t AS (SELECT pay_grade FROM staff) SELECT pay_grade || '!' FROM t",
+        "SELECT (SELECT pay_grade FROM staff LIMIT 1)",
+        "SELECT id::text FROM staff UNION ALL SELECT pay_grade FROM staff",
+        "SELECT row_to_json(s) FROM staff s",
+        "SELECT 1; SELECT lower(pay_grade) FROM staff",
+    ] {
+        let rows = text(client.simple_query(sql).await.unwrap());
+        assert!(!rows.is_empty(), "{sql}");
+        for row in &rows {
+            // (A JSON value is masked into a JSON string.)
+            assert!(
+                row.trim_matches('"') == "<REDACTED>"
+                    || (row == "1" && sql.starts_with("SELECT 1;")),
+                "{sql}: {rows:?}"
+            );
+        }
+    }
+    // Extended protocol, binary results, a prepared statement run twice.
+    let stmt = client
+        .prepare("SELECT upper(pay_grade) AS g, team FROM staff")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let row = client.query_one(&stmt, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "<REDACTED>");
+        assert_eq!(row.get::<_, String>(1), "platform");
+    }
+    let row = client
+        .query_one(
+            "INSERT INTO staff VALUES (8, 'E9-band-1', 'data') RETURNING pay_grade || '', team",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "<REDACTED>");
+    assert_eq!(row.get::<_, String>(1), "data");
+    // The control: values computed from unruled columns are shown.
+    let rows = text(
+        client
+            .simple_query("SELECT upper(team) FROM staff WHERE id = 7")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows, vec!["PLATFORM"]);
+    let row = client
+        .query_one("SELECT team || '!', id + 1 FROM staff WHERE id = 7", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "platform!");
+    assert_eq!(row.get::<_, i32>(1), 8);
+}
+
 /// A rule written for a table covers its partitions and inheritance
 /// children read directly under an alias: the catalog names such a column
 /// after each table it inherits from too, also when its attribute number

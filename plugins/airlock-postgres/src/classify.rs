@@ -83,6 +83,7 @@ mod analyze;
 mod fallback;
 mod functions;
 mod lex;
+mod lineage;
 #[cfg(test)]
 mod tests;
 
@@ -95,6 +96,8 @@ use std::borrow::Cow;
 use airlock_core::mask::Masker;
 use airlock_core::{MaskCounts, SqlKind, SqlOperation};
 use lru::LruCache;
+
+pub use lineage::{Lineage, Sources};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -171,6 +174,9 @@ pub struct Classified {
     /// `FETCH … FROM name`: the portal it reads (which may be one a
     /// protocol Bind made and has not run yet: fetching runs it).
     pub fetch: Option<String>,
+    /// What the statement's computed result columns are made of (`None`:
+    /// it returns no rows of its own, or none made of a table column).
+    pub lineage: Option<Arc<Lineage>>,
 }
 
 impl Classified {
@@ -182,6 +188,7 @@ impl Classified {
             execute: None,
             deallocate: None,
             fetch: None,
+            lineage: None,
         }
     }
 
@@ -288,6 +295,7 @@ impl Classifier {
                     execute: c.execute.clone(),
                     deallocate: c.deallocate.clone(),
                     fetch: c.fetch.clone(),
+                    lineage: c.lineage.clone(),
                 })
                 .collect();
         }
@@ -336,7 +344,11 @@ fn classify_piece(piece: &lex::Piece<'_>) -> Classified {
                 sqlparser::ast::Statement::Prepare { .. } => lex::prepare_body(piece),
                 _ => None,
             };
-            analyze::classify_statement(stmt, piece.text, prepare_text)
+            let mut classified = analyze::classify_statement(stmt, piece.text, prepare_text);
+            if classified.operation.kind != SqlKind::Opaque {
+                classified.lineage = lineage::of_statement(stmt).map(Arc::new);
+            }
+            classified
         }
         // The splitters disagree about where statements end.
         Ok(_) => Classified::opaque(piece.text),

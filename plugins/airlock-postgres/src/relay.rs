@@ -38,7 +38,7 @@ use pgwire::messages::response::{ErrorResponse, NoticeResponse, NotificationResp
 use pgwire::messages::startup::ParameterStatus;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 
-use crate::classify::{Classified, Classifier};
+use crate::classify::{Classified, Classifier, Lineage};
 use crate::frame::{self, Frame, FrameReader, Peer, Severity, sqlstate};
 use crate::rows::{self, Column};
 use crate::upstream::UpstreamStream;
@@ -157,6 +157,8 @@ enum Pending {
         /// Where the answer is remembered for later portals of the same
         /// statement and result formats.
         key: Option<ColumnsKey>,
+        /// What the portal's computed columns are made of.
+        lineage: Option<Arc<Lineage>>,
     },
     Execute {
         portal: Bytes,
@@ -332,6 +334,10 @@ enum CopyOut {
 
 struct QueryTrack {
     current: Track,
+    /// The query's statements, and which of them the server runs now
+    /// (for what their computed columns are made of).
+    statements: Arc<[Classified]>,
+    at: usize,
     /// The query's place among the client's messages ([`ClientHalf::seq`]).
     seq: u64,
 }
@@ -382,6 +388,8 @@ struct Statement {
     /// it runs (a later Parse, `PREPARE` or Bind may give it another
     /// statement), so each portal of it is judged at its Execute.
     executes: Option<Arc<[Classified]>>,
+    /// What its computed result columns are made of.
+    lineage: Option<Arc<Lineage>>,
 }
 
 impl Statement {
@@ -484,6 +492,8 @@ struct Portal {
     epoch: u64,
     /// Its statement's text, as bound (`None`: not parsed here).
     text: Option<Arc<str>>,
+    /// What its computed result columns are made of.
+    lineage: Option<Arc<Lineage>>,
     /// Running it may prepare or deallocate statements
     /// ([`Statement::changes_names`]; true for a statement not parsed here).
     changes_names: bool,
@@ -960,6 +970,7 @@ impl ClientHalf<'_> {
             return self.refuse(not_utf8(), false).await;
         };
         let classified = self.cx.classifier.classify(text);
+        let statements = Arc::clone(&classified);
         let opaque = self.changes_names(&classified);
         let columns_changed = changes_columns(&classified);
         let ends = ends_settings(&classified);
@@ -989,6 +1000,8 @@ impl ClientHalf<'_> {
                 let track = QueryTrack {
                     current: Track::new(),
                     seq: self.seq,
+                    statements,
+                    at: 0,
                 };
                 self.forward(&frame, Some(Pending::Query(track))).await
             }
@@ -1014,6 +1027,10 @@ impl ClientHalf<'_> {
             .any(|c| c.execute.is_some() || c.fetch.is_some())
             .then(|| Arc::clone(&classified));
         let copies_in = copies_in(&classified);
+        let lineage = match &*classified {
+            [one] => one.lineage.clone(),
+            _ => None,
+        };
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -1096,6 +1113,7 @@ impl ClientHalf<'_> {
                         ends_settings,
                         copies_in,
                         executes,
+                        lineage,
                     },
                 );
                 self.forward(&frame, Some(Pending::Parse(watched))).await
@@ -1131,7 +1149,7 @@ impl ClientHalf<'_> {
             types,
             key,
             review,
-            text,
+            (text, lineage),
             changes_names,
             (changes_columns, ends_settings),
             copies_in,
@@ -1150,7 +1168,15 @@ impl ClientHalf<'_> {
                     .then(|| (s.columns_id, bind.result_column_format_codes.clone())),
                 s.review.clone(),
                 // Not what SQL may have put under the name since its Parse.
-                (!s.sql_changed).then(|| Arc::clone(&s.text)),
+                (
+                    (!s.sql_changed).then(|| Arc::clone(&s.text)),
+                    match (s.sql_changed, &s.previous) {
+                        (true, _) => None,
+                        (false, None) => s.lineage.clone(),
+                        // The server may hold any of them.
+                        (false, Some(_)) => Lineage::of_any(s.chain().map(|s| s.lineage.as_ref())),
+                    },
+                ),
                 // What SQL can put under a name (`PREPARE` takes only
                 // SELECT, INSERT, UPDATE, DELETE, MERGE and VALUES) does
                 // not itself prepare or deallocate, so running it is not
@@ -1165,7 +1191,16 @@ impl ClientHalf<'_> {
                 s.chain().any(|s| s.copies_in),
                 s.runs_by_name(),
             ),
-            None => (Vec::new(), None, None, None, true, (true, true), true, None),
+            None => (
+                Vec::new(),
+                None,
+                None,
+                (None, None),
+                true,
+                (true, true),
+                true,
+                None,
+            ),
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -1222,6 +1257,7 @@ impl ClientHalf<'_> {
                 seq: self.seq,
                 epoch: self.portal_epoch,
                 text,
+                lineage,
                 changes_names,
                 changes_columns,
                 ends_settings,
@@ -1251,24 +1287,30 @@ impl ClientHalf<'_> {
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'P' {
             let epoch = self.portal_epoch;
-            let key = self.portals.map.get_mut(&name).and_then(|p| {
-                p.described = true;
-                if p.epoch == epoch {
-                    p.key.clone()
-                } else {
-                    // The name may stand for another portal now: this
-                    // answer describes that one, and says nothing about
-                    // the statement bound under the name before.
-                    p.epoch = epoch;
-                    p.key = None;
-                    p.columns = None;
-                    None
-                }
-            });
+            let (key, lineage) = self
+                .portals
+                .map
+                .get_mut(&name)
+                .map(|p| {
+                    p.described = true;
+                    if p.epoch == epoch {
+                        (p.key.clone(), p.lineage.clone())
+                    } else {
+                        // The name may stand for another portal now: this
+                        // answer describes that one, and says nothing about
+                        // the statement bound under the name before.
+                        p.epoch = epoch;
+                        p.key = None;
+                        p.columns = None;
+                        (None, None)
+                    }
+                })
+                .unwrap_or_default();
             Pending::DescribePortal {
                 name,
                 hidden: false,
                 key,
+                lineage,
             }
         } else {
             Pending::DescribeStatement(self.statements.get(&name).map(|s| s.generation))
@@ -1377,35 +1419,41 @@ impl ClientHalf<'_> {
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
         self.portal_epoch += 1;
-        let (key, carried, described, changes_names, (changes_columns, ends_settings), copies_in) =
-            match self.portals.map.get_mut(&portal) {
-                Some(p) if p.epoch == epoch => {
-                    p.epoch = self.portal_epoch;
-                    (
-                        p.key.as_ref(),
-                        p.columns.clone(),
-                        described,
-                        p.changes_names,
-                        (p.changes_columns, p.ends_settings),
-                        p.copies_in,
-                    )
-                }
-                Some(p) => {
-                    // What was known of the name is forgotten, not only
-                    // skipped now: the fresh Describe below is what holds.
-                    p.key = None;
-                    p.columns = None;
-                    (
-                        None,
-                        None,
-                        false,
-                        p.changes_names,
-                        (p.changes_columns, p.ends_settings),
-                        p.copies_in,
-                    )
-                }
-                None => (None, None, false, true, (true, true), true),
-            };
+        let (
+            (key, lineage),
+            carried,
+            described,
+            changes_names,
+            (changes_columns, ends_settings),
+            copies_in,
+        ) = match self.portals.map.get_mut(&portal) {
+            Some(p) if p.epoch == epoch => {
+                p.epoch = self.portal_epoch;
+                (
+                    (p.key.as_ref(), p.lineage.clone()),
+                    p.columns.clone(),
+                    described,
+                    p.changes_names,
+                    (p.changes_columns, p.ends_settings),
+                    p.copies_in,
+                )
+            }
+            Some(p) => {
+                // What was known of the name is forgotten, not only
+                // skipped now: the fresh Describe below is what holds.
+                p.key = None;
+                p.columns = None;
+                (
+                    (None, None),
+                    None,
+                    false,
+                    p.changes_names,
+                    (p.changes_columns, p.ends_settings),
+                    p.copies_in,
+                )
+            }
+            None => ((None, None), None, false, true, (true, true), true),
+        };
         if copies_in {
             self.copy_in_until = Some(self.seq + 1);
             self.copy_in_by_query = false;
@@ -1458,6 +1506,7 @@ impl ClientHalf<'_> {
                 name: portal.clone(),
                 hidden: true,
                 key,
+                lineage,
             });
             self.write_server(&frame::raw(b'D', &body)).await?;
             if let Some(p) = self.portals.map.get_mut(&portal) {
@@ -2239,6 +2288,8 @@ struct Described {
     masked: Option<Bytes>,
     /// What was masked in the names.
     counts: MaskCounts,
+    /// What the computed columns were taken to be made of.
+    lineage: Option<Arc<Lineage>>,
 }
 
 fn out_of_step(what: &str) -> Error {
@@ -2349,9 +2400,11 @@ impl ServerHalf<'_> {
     async fn described(
         &mut self,
         frame: &Frame,
+        lineage: Option<Arc<Lineage>>,
     ) -> Result<(Arc<Vec<Column>>, bool, Option<Bytes>)> {
         if let Some(last) = &self.last_description
             && last.frame == frame.bytes
+            && last.lineage == lineage
         {
             let (cols, masked) = (last.cols.clone(), last.masked.clone());
             self.record_counts(last.counts.clone());
@@ -2387,12 +2440,17 @@ impl ServerHalf<'_> {
             };
         }
         let masker = self.cx.session.masker();
-        let mut cols = rows::columns(masker, &desc, |table, attnum| {
-            self.cx
-                .catalog
-                .as_ref()
-                .and_then(|c| c.column(table, attnum))
-        });
+        let mut cols = rows::columns(
+            masker,
+            &desc,
+            |table, attnum| {
+                self.cx
+                    .catalog
+                    .as_ref()
+                    .and_then(|c| c.column(table, attnum))
+            },
+            lineage.as_deref(),
+        );
         // Rules were matched on the names as the server gave them; the
         // client and the record get them masked.
         let mut counts = MaskCounts::new();
@@ -2422,6 +2480,7 @@ impl ServerHalf<'_> {
                 cols: cols.clone(),
                 masked: masked.clone(),
                 counts,
+                lineage,
             });
         }
         Ok((cols, complete, masked))
@@ -2652,6 +2711,7 @@ impl ServerHalf<'_> {
         match self.queue.front_mut() {
             Some(Pending::Query(q)) => {
                 let track = std::mem::replace(&mut q.current, Track::new());
+                q.at += 1;
                 self.finish(track, rows);
             }
             Some(Pending::Execute { .. }) => {
@@ -2809,10 +2869,19 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'T' => {
-                let (cols, complete, masked) = self.described(&frame).await?;
+                let lineage = match self.queue.front() {
+                    Some(Pending::Query(q)) => {
+                        q.statements.get(q.at).and_then(|c| c.lineage.clone())
+                    }
+                    Some(Pending::DescribePortal { lineage, .. }) => lineage.clone(),
+                    _ => None,
+                };
+                let (cols, complete, masked) = self.described(&frame, lineage).await?;
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
-                    Some(Pending::DescribePortal { name, hidden, key }) => {
+                    Some(Pending::DescribePortal {
+                        name, hidden, key, ..
+                    }) => {
                         let (name, hidden) = (name.clone(), *hidden);
                         let key = key.take();
                         if complete {
@@ -2834,7 +2903,9 @@ impl ServerHalf<'_> {
             }
             b'n' => {
                 match self.queue.front_mut() {
-                    Some(Pending::DescribePortal { name, hidden, key }) => {
+                    Some(Pending::DescribePortal {
+                        name, hidden, key, ..
+                    }) => {
                         let (name, hidden) = (name.clone(), *hidden);
                         remember(&self.columns, key.take(), None);
                         self.portals.insert(name, None);
@@ -3184,6 +3255,7 @@ mod tests {
             seq,
             epoch: 0,
             text: None,
+            lineage: None,
             changes_names: false,
             changes_columns: false,
             ends_settings: false,

@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 use airlock_core::MaskCounts;
 use airlock_core::mask::{FieldPlan, Masker};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pgwire::messages::data::{DataRow, RowDescription};
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 
 use crate::catalog::Names;
+use crate::classify::{Lineage, Sources};
 use crate::frame;
 
 /// Type OIDs the gateway understands in binary format.
@@ -109,7 +110,8 @@ pub(crate) struct Column {
     pub(crate) name: String,
     /// `schema.table.column` for a column straight from a table (whatever
     /// the query called it), and the same in each table that table
-    /// inherits from, from the target's catalog.
+    /// inherits from, from the target's catalog; for a computed column,
+    /// the table columns the query made it of ([`Lineage`]).
     pub(crate) origin: Option<Names>,
     pub(crate) type_oid: u32,
     /// 0 text, 1 binary.
@@ -150,18 +152,26 @@ impl Column {
 
 /// The columns of a `RowDescription`, planned for `masker`; `table_column`
 /// names a column by its table OID and attribute number when the catalog
-/// knows it.
+/// knows it, and `lineage` (the statement's, when the classifier read
+/// it) what the computed ones are made of.
 pub(crate) fn columns(
     masker: &Masker,
     desc: &RowDescription,
     table_column: impl Fn(u32, i16) -> Option<Names>,
+    lineage: Option<&Lineage>,
 ) -> Vec<Column> {
+    let sources = lineage.map(|l| l.columns(desc.fields.len()));
     desc.fields
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
             let origin = match f.table_id.cast_unsigned() {
-                0 => None,
+                // Computed: the server names no table, the query may.
+                0 => match sources.as_ref().and_then(|s| s.get(i)) {
+                    Some(s) if !s.is_empty() => return computed(masker, f, s),
+                    _ => None,
+                },
                 // A whole row of the table (`SELECT t FROM t`): every
                 // column rule may have a column in it.
                 _ if f.column_id == 0 => {
@@ -178,6 +188,20 @@ pub(crate) fn columns(
             Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)
         })
         .collect()
+}
+
+/// A computed column made of the table columns and rows in `sources`:
+/// their rules apply to it.
+fn computed(masker: &Masker, f: &FieldDescription, sources: &Sources) -> Column {
+    let names: Vec<&str> = sources.columns.iter().map(String::as_str).collect();
+    let tables: Vec<&str> = sources.rows.iter().map(String::as_str).collect();
+    Column {
+        name: f.name.clone(),
+        origin: Some(sources.columns.iter().cloned().collect()),
+        type_oid: f.type_id,
+        format: f.format_code,
+        plan: masker.derived_plan(&f.name, &names, &tables),
+    }
 }
 
 /// A cell's value after masking, for the record (borrowed from the row

@@ -1055,7 +1055,7 @@ fn is_reserved(word: &str) -> bool {
 
 /// A table name as policy sees it: lower-cased, parts joined with dots,
 /// each part cut where PostgreSQL cuts it.
-fn table_name(name: &ObjectName) -> String {
+pub(super) fn table_name(name: &ObjectName) -> String {
     // `database.schema.table`: PostgreSQL accepts only the current
     // database's name there, so the table is `schema.table`, and rules
     // written for that must match it.

@@ -1,0 +1,954 @@
+//! Which table columns a statement's computed result columns are made of.
+//!
+//! A `RowDescription` names the table and column of a result column only
+//! when the value is that column's, untouched (`SELECT ssn AS x FROM
+//! customers`, also through subqueries and CTEs). Anything computed
+//! (`ssn || ''`, `upper(ssn)`, `replace(ssn, '-', '')`, `(SELECT ssn FROM
+//! customers LIMIT 1)`, `row_to_json(c)`) comes with no table at all, and a
+//! masking rule for `customers.ssn` would never see it. The values are
+//! still the column's, one function away.
+//!
+//! This walk reads the statement instead: for each result column, the
+//! table columns its expression refers to (and the tables a whole row of
+//! which it holds), so the connector can apply those columns' rules to a
+//! computed column. It errs on the side of naming too much: a name it
+//! cannot place in one table is named in every table of the `FROM` list
+//! (and, where no table is in sight, by its column name alone, which every
+//! rule for that column name matches), and a reference inside a nested
+//! query counts for the result column the query is part of. A value
+//! derived from a ruled column is masked whole, whatever the function did
+//! to it: `length(ssn)` too. Only computed columns take these names; the
+//! server names the others itself.
+//!
+//! What it does not see: a value passed through a function that reads a
+//! table itself (`SELECT my_lookup(id)`), a cursor's rows (`FETCH`), an
+//! `EXECUTE` of a statement prepared in SQL, and values inferred from
+//! which rows a condition matches (docs/masking.md).
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use sqlparser::ast::{
+    Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart,
+    Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias,
+    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
+};
+
+use super::analyze::{ident_name, table_name};
+
+/// What a result column's values are made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// Table columns, as `table.column` with the table as the statement
+    /// names it (`schema.table.column` when qualified), or `column` alone
+    /// where no table could be told.
+    pub columns: BTreeSet<String>,
+    /// Tables a whole row of which is in the value (`row_to_json(c)`).
+    pub rows: BTreeSet<String>,
+}
+
+impl Sources {
+    fn add(&mut self, other: &Sources) {
+        self.columns.extend(other.columns.iter().cloned());
+        self.rows.extend(other.rows.iter().cloned());
+    }
+
+    /// Whether nothing is known to be in the value.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.rows.is_empty()
+    }
+}
+
+/// One entry of a select list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Item {
+    /// One result column.
+    One(Sources),
+    /// Any number of result columns (`*`, `t.*`), each of which may be
+    /// made of any of these.
+    Many(Sources),
+}
+
+impl Item {
+    fn sources(&self) -> &Sources {
+        match self {
+            Item::One(s) | Item::Many(s) => s,
+        }
+    }
+}
+
+/// An entry of a select list and the name a query around it would use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Out {
+    name: Option<String>,
+    item: Item,
+}
+
+/// What each result column of a statement is made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    items: Vec<Item>,
+}
+
+impl Lineage {
+    /// The sources of each of the `n` columns of a result of this
+    /// statement. The entries before the first `*` are matched from the
+    /// left, those after the last one from the right, and the columns in
+    /// between may be made of anything in between. When the counts cannot
+    /// match (the server's statement was not the one classified), every
+    /// column may be made of anything.
+    pub fn columns(&self, n: usize) -> Vec<Sources> {
+        let all = || {
+            let mut all = Sources::default();
+            for item in &self.items {
+                all.add(item.sources());
+            }
+            all
+        };
+        let first = self.items.iter().position(|i| matches!(i, Item::Many(_)));
+        let Some(first) = first else {
+            if self.items.len() == n {
+                return self.items.iter().map(|i| i.sources().clone()).collect();
+            }
+            return vec![all(); n];
+        };
+        let last = self
+            .items
+            .iter()
+            .rposition(|i| matches!(i, Item::Many(_)))
+            .unwrap_or(first);
+        let (head, tail) = (&self.items[..first], &self.items[last + 1..]);
+        if head.len() + tail.len() > n {
+            return vec![all(); n];
+        }
+        let mut middle = Sources::default();
+        for item in &self.items[first..=last] {
+            middle.add(item.sources());
+        }
+        let tail_from = n - tail.len();
+        (0..n)
+            .map(|i| {
+                if i < head.len() {
+                    head[i].sources().clone()
+                } else if i >= tail_from {
+                    tail[i - tail_from].sources().clone()
+                } else {
+                    middle.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// The lineage of a result that may be any one of these statements'
+    /// (a prepared statement the server may hold in place of another):
+    /// every column may be made of anything any of them names. `None`
+    /// when none of them names anything.
+    pub fn of_any<'a>(all: impl Iterator<Item = Option<&'a Arc<Lineage>>>) -> Option<Arc<Lineage>> {
+        let all: Vec<&Arc<Lineage>> = all.flatten().collect();
+        match all.as_slice() {
+            [] => None,
+            [one] => Some(Arc::clone(one)),
+            many => {
+                let mut s = Sources::default();
+                for item in many.iter().flat_map(|l| &l.items) {
+                    s.add(item.sources());
+                }
+                Some(Arc::new(Lineage {
+                    items: vec![Item::Many(s)],
+                }))
+            }
+        }
+    }
+
+    /// Whether no result column is known to be made of any table column.
+    pub fn is_empty(&self) -> bool {
+        self.items.iter().all(|i| i.sources().is_empty())
+    }
+}
+
+/// The lineage of a statement that returns rows from a query it holds
+/// (`SELECT`, `VALUES`, `TABLE`, `RETURNING`); `None` for any other, or
+/// when no result column is made of a table column.
+pub(super) fn of_statement(stmt: &Statement) -> Option<Lineage> {
+    let outs = statement(stmt, None, &Ctes::new())?;
+    let lineage = Lineage {
+        items: outs.into_iter().map(|o| o.item).collect(),
+    };
+    (!lineage.is_empty()).then_some(lineage)
+}
+
+/// CTEs in sight, innermost last.
+type Ctes = Vec<(String, Vec<Out>)>;
+
+/// A relation of a `FROM` list, under the name the query refers to it by.
+#[derive(Clone, Debug)]
+struct Rel {
+    name: String,
+    kind: RelKind,
+}
+
+#[derive(Clone, Debug)]
+enum RelKind {
+    /// A table (or view), by its name as written.
+    Table(String),
+    /// A subquery, CTE or function: its result columns.
+    Derived(Vec<Out>),
+}
+
+impl Rel {
+    /// What a whole row of the relation is made of.
+    fn whole_row(&self) -> Sources {
+        let mut s = Sources::default();
+        match &self.kind {
+            RelKind::Table(t) => {
+                s.rows.insert(t.clone());
+            }
+            RelKind::Derived(outs) => {
+                for o in outs {
+                    s.add(o.item.sources());
+                }
+            }
+        }
+        s
+    }
+
+    /// What the relation's column `column` is made of, as far as can be
+    /// told without the catalog.
+    fn column(&self, column: &str) -> Sources {
+        let mut s = Sources::default();
+        match &self.kind {
+            RelKind::Table(t) => {
+                s.columns.insert(format!("{t}.{column}"));
+            }
+            RelKind::Derived(outs) => {
+                let mut named = false;
+                for o in outs {
+                    match (&o.item, &o.name) {
+                        (Item::One(src), Some(name)) if name == column => {
+                            s.add(src);
+                            named = true;
+                        }
+                        // A `*` inside may hold a column of that name.
+                        (Item::Many(src), _) => s.add(src),
+                        _ => {}
+                    }
+                }
+                if !named {
+                    // Not a name this walk gave: any column may be it.
+                    s.add(&self.whole_row());
+                }
+            }
+        }
+        s
+    }
+
+    /// What the relation's columns bring to a `*`: only what the server
+    /// cannot name (a table's own columns it names).
+    fn star(&self) -> Sources {
+        match &self.kind {
+            RelKind::Table(_) => Sources::default(),
+            RelKind::Derived(_) => self.whole_row(),
+        }
+    }
+}
+
+/// The relations of one `FROM` list, and the lists around it.
+struct Scope<'a> {
+    rels: Vec<Rel>,
+    parent: Option<&'a Scope<'a>>,
+}
+
+impl Scope<'_> {
+    fn chain(&self) -> impl Iterator<Item = &Scope<'_>> {
+        std::iter::successors(Some(self), |s| s.parent)
+    }
+
+    fn find(&self, name: &str) -> Option<&Rel> {
+        self.chain()
+            .flat_map(|s| s.rels.iter())
+            .find(|r| r.name == name)
+    }
+
+    /// An unqualified name: a column of any relation in sight (the walk
+    /// does not know which tables have it), and a whole row of a relation
+    /// so named (`SELECT row_to_json(c) FROM customers c`).
+    fn unqualified(&self, name: &str) -> Sources {
+        let mut s = Sources::default();
+        let mut any = false;
+        for scope in self.chain() {
+            for rel in &scope.rels {
+                any = true;
+                s.add(&rel.column(name));
+                if rel.name == name {
+                    s.add(&rel.whole_row());
+                }
+            }
+        }
+        if !any {
+            s.columns.insert(name.to_owned());
+        }
+        s
+    }
+
+    /// `a.b` (relation and column), `a.b.c` (schema, table, column) and
+    /// longer.
+    fn qualified(&self, parts: &[String]) -> Sources {
+        let mut s = Sources::default();
+        let Some((column, qualifier)) = parts.split_last() else {
+            return s;
+        };
+        let relation = qualifier.join(".");
+        match self.find(&relation).or_else(|| {
+            // `schema.table.column` refers to the table by its own name.
+            qualifier.last().and_then(|t| self.find(t))
+        }) {
+            Some(rel) => s.add(&rel.column(column)),
+            // A field of a composite column, or a table this walk did not
+            // place: the column's name alone matches every rule for it.
+            None => {
+                s.columns.insert(column.clone());
+                if qualifier.len() > 1 {
+                    s.columns.insert(format!("{relation}.{column}"));
+                }
+            }
+        }
+        s
+    }
+}
+
+fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Option<Vec<Out>> {
+    match stmt {
+        Statement::Query(q) => Some(query(q, parent, ctes)),
+        Statement::Insert(insert) => {
+            let returning = insert.returning.as_ref()?;
+            let TableObject::TableName(name) = &insert.table else {
+                return None;
+            };
+            let alias = insert.table_alias.as_ref().map(|a| ident_name(&a.alias));
+            let rel = table_rel(name, alias, ctes);
+            let scope = Scope {
+                rels: vec![rel],
+                parent,
+            };
+            Some(select_list(returning, &scope, ctes))
+        }
+        Statement::Update(update) => {
+            let returning = update.returning.as_ref()?;
+            let mut rels = Vec::new();
+            from_item(&update.table, parent, ctes, &mut rels);
+            if let Some(from) = &update.from {
+                let (sqlparser::ast::UpdateTableFromKind::BeforeSet(from)
+                | sqlparser::ast::UpdateTableFromKind::AfterSet(from)) = from;
+                for t in from {
+                    from_item(t, parent, ctes, &mut rels);
+                }
+            }
+            let scope = Scope { rels, parent };
+            Some(select_list(returning, &scope, ctes))
+        }
+        Statement::Delete(delete) => {
+            let returning = delete.returning.as_ref()?;
+            let mut rels = Vec::new();
+            let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+            for t in from.iter().chain(delete.using.iter().flatten()) {
+                from_item(t, parent, ctes, &mut rels);
+            }
+            let scope = Scope { rels, parent };
+            Some(select_list(returning, &scope, ctes))
+        }
+        _ => None,
+    }
+}
+
+fn query(q: &Query, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
+    let mut env = ctes.clone();
+    if let Some(with) = &q.with {
+        for cte in &with.cte_tables {
+            // A recursive CTE's reference to itself adds nothing its other
+            // branch and its tables do not.
+            let mut outs = query(&cte.query, parent, &env);
+            rename(&mut outs, &cte.alias);
+            env.push((ident_name(&cte.alias.name), outs));
+        }
+    }
+    set_expr(&q.body, parent, &env)
+}
+
+fn set_expr(body: &SetExpr, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
+    match body {
+        SetExpr::Select(s) => select(s, parent, ctes),
+        SetExpr::Query(q) => query(q, parent, ctes),
+        SetExpr::SetOperation { left, right, .. } => {
+            let (l, r) = (set_expr(left, parent, ctes), set_expr(right, parent, ctes));
+            let plain = |outs: &[Out]| outs.iter().all(|o| matches!(o.item, Item::One(_)));
+            if l.len() == r.len() && plain(&l) && plain(&r) {
+                l.into_iter()
+                    .zip(r)
+                    .map(|(mut a, b)| {
+                        if let Item::One(s) = &mut a.item {
+                            s.add(b.item.sources());
+                        }
+                        a
+                    })
+                    .collect()
+            } else {
+                let mut all = Sources::default();
+                for o in l.iter().chain(&r) {
+                    all.add(o.item.sources());
+                }
+                vec![Out {
+                    name: None,
+                    item: Item::Many(all),
+                }]
+            }
+        }
+        SetExpr::Values(values) => {
+            let scope = Scope {
+                rels: Vec::new(),
+                parent,
+            };
+            let width = values
+                .rows
+                .iter()
+                .map(|r| r.content.len())
+                .max()
+                .unwrap_or(0);
+            (0..width)
+                .map(|i| {
+                    let mut s = Sources::default();
+                    for row in &values.rows {
+                        if let Some(e) = row.content.get(i) {
+                            s.add(&expr(e, &scope, ctes));
+                        }
+                    }
+                    Out {
+                        name: None,
+                        item: Item::One(s),
+                    }
+                })
+                .collect()
+        }
+        SetExpr::Table(t) => {
+            let name = t
+                .table_name
+                .as_deref()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let cte = ctes.iter().rev().find(|(n, _)| *n == name);
+            match cte {
+                Some((_, outs)) => outs.clone(),
+                None => vec![Out {
+                    name: None,
+                    item: Item::Many(Sources::default()),
+                }],
+            }
+        }
+        SetExpr::Insert(stmt)
+        | SetExpr::Update(stmt)
+        | SetExpr::Delete(stmt)
+        | SetExpr::Merge(stmt) => statement(stmt, parent, ctes).unwrap_or_default(),
+    }
+}
+
+fn select(s: &Select, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
+    let mut rels = Vec::new();
+    for t in &s.from {
+        from_item(t, parent, ctes, &mut rels);
+    }
+    let scope = Scope { rels, parent };
+    select_list(&s.projection, &scope, ctes)
+}
+
+fn select_list(items: &[SelectItem], scope: &Scope<'_>, ctes: &Ctes) -> Vec<Out> {
+    items
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) => Out {
+                name: expr_name(e),
+                item: Item::One(expr(e, scope, ctes)),
+            },
+            SelectItem::ExprWithAlias { expr: e, alias } => Out {
+                name: Some(ident_name(alias)),
+                item: Item::One(expr(e, scope, ctes)),
+            },
+            SelectItem::ExprWithAliases { expr: e, aliases } => Out {
+                name: aliases.first().map(ident_name),
+                item: Item::One(expr(e, scope, ctes)),
+            },
+            SelectItem::Wildcard(_) => {
+                let mut s = Sources::default();
+                for rel in &scope.rels {
+                    s.add(&rel.star());
+                }
+                Out {
+                    name: None,
+                    item: Item::Many(s),
+                }
+            }
+            SelectItem::QualifiedWildcard(kind, _) => {
+                let s = match kind {
+                    SelectItemQualifiedWildcardKind::ObjectName(name) => {
+                        match scope.find(&relation_name(name)) {
+                            Some(rel) => rel.star(),
+                            None => Sources::default(),
+                        }
+                    }
+                    SelectItemQualifiedWildcardKind::Expr(e) => expr(e, scope, ctes),
+                };
+                Out {
+                    name: None,
+                    item: Item::Many(s),
+                }
+            }
+        })
+        .collect()
+}
+
+/// Adds the relations of one `FROM` entry and its joins.
+fn from_item(t: &TableWithJoins, parent: Option<&Scope<'_>>, ctes: &Ctes, rels: &mut Vec<Rel>) {
+    factor(&t.relation, parent, ctes, rels);
+    for join in &t.joins {
+        factor(&join.relation, parent, ctes, rels);
+    }
+}
+
+fn factor(f: &TableFactor, parent: Option<&Scope<'_>>, ctes: &Ctes, rels: &mut Vec<Rel>) {
+    // What a function or subquery in FROM may refer to: what is in sight
+    // around it, and (LATERAL) the entries before it.
+    let around = |rels: &Vec<Rel>| Scope {
+        rels: rels.clone(),
+        parent,
+    };
+    let derived = |alias: &Option<TableAlias>, mut outs: Vec<Out>, fallback: String| {
+        if let Some(alias) = alias {
+            rename(&mut outs, alias);
+        }
+        Rel {
+            name: alias.as_ref().map_or(fallback, |a| ident_name(&a.name)),
+            kind: RelKind::Derived(outs),
+        }
+    };
+    match f {
+        TableFactor::Table {
+            name, alias, args, ..
+        } => match args {
+            None => {
+                let mut rel = table_rel(name, alias.as_ref().map(|a| ident_name(&a.name)), ctes);
+                if let (Some(alias), RelKind::Derived(outs)) = (alias, &mut rel.kind) {
+                    rename(outs, alias);
+                }
+                rels.push(rel);
+            }
+            // A function in FROM (`generate_series(...)`): its columns are
+            // made of its arguments.
+            Some(a) => {
+                let scope = around(rels);
+                let mut s = Sources::default();
+                for arg in &a.args {
+                    s.add(&function_arg(arg, &scope, ctes));
+                }
+                let fallback = relation_name(name);
+                rels.push(derived(alias, many(s), fallback));
+            }
+        },
+        TableFactor::Derived {
+            subquery, alias, ..
+        } => {
+            let scope = around(rels);
+            let outs = query(subquery, Some(&scope), ctes);
+            rels.push(derived(alias, outs, String::new()));
+        }
+        TableFactor::Function {
+            name, args, alias, ..
+        } => {
+            let scope = around(rels);
+            let mut s = Sources::default();
+            for arg in args {
+                s.add(&function_arg(arg, &scope, ctes));
+            }
+            rels.push(derived(alias, many(s), relation_name(name)));
+        }
+        TableFactor::TableFunction { expr: e, alias } => {
+            let scope = around(rels);
+            let s = expr(e, &scope, ctes);
+            rels.push(derived(alias, many(s), String::new()));
+        }
+        TableFactor::UNNEST {
+            alias, array_exprs, ..
+        } => {
+            let scope = around(rels);
+            let mut s = Sources::default();
+            for e in array_exprs {
+                s.add(&expr(e, &scope, ctes));
+            }
+            rels.push(derived(alias, many(s), "unnest".into()));
+        }
+        TableFactor::NestedJoin {
+            table_with_joins,
+            alias,
+        } => {
+            let mut inner = Vec::new();
+            from_item(table_with_joins, parent, ctes, &mut inner);
+            if let Some(alias) = alias {
+                let mut s = Sources::default();
+                for rel in &inner {
+                    s.add(&rel.whole_row());
+                }
+                rels.push(Rel {
+                    name: ident_name(&alias.name),
+                    kind: RelKind::Derived(many(s)),
+                });
+            }
+            rels.extend(inner);
+        }
+        // Everything else (other dialects' table syntax, JSON tables):
+        // made of whatever the whole factor names.
+        other => {
+            let scope = around(rels);
+            let mut c = Collect::new(&scope, ctes);
+            let _ = other.visit(&mut c);
+            rels.push(Rel {
+                name: String::new(),
+                kind: RelKind::Derived(many(c.found)),
+            });
+        }
+    }
+}
+
+fn many(s: Sources) -> Vec<Out> {
+    vec![Out {
+        name: None,
+        item: Item::Many(s),
+    }]
+}
+
+/// A table named in `FROM`, or a CTE of that name in sight.
+fn table_rel(name: &ObjectName, alias: Option<String>, ctes: &Ctes) -> Rel {
+    let table = table_name(name);
+    let short = relation_name(name);
+    if name.0.len() == 1
+        && let Some((_, outs)) = ctes.iter().rev().find(|(n, _)| *n == short)
+    {
+        return Rel {
+            name: alias.unwrap_or(short),
+            kind: RelKind::Derived(outs.clone()),
+        };
+    }
+    Rel {
+        name: alias.unwrap_or(short),
+        kind: RelKind::Table(table),
+    }
+}
+
+/// Renames the columns of a subquery, CTE or function by an alias's
+/// column list (`AS s(a, b)`).
+fn rename(outs: &mut [Out], alias: &TableAlias) {
+    for (o, c) in outs.iter_mut().zip(&alias.columns) {
+        if matches!(o.item, Item::One(_)) {
+            o.name = Some(ident_name(&c.name));
+        }
+    }
+}
+
+/// The name a relation is referred to by: its last part.
+fn relation_name(name: &ObjectName) -> String {
+    match name.0.last().and_then(ObjectNamePart::as_ident) {
+        Some(ident) => ident_name(ident),
+        None => name.to_string().to_ascii_lowercase(),
+    }
+}
+
+/// The name PostgreSQL gives a result column computed by `e` (where that
+/// name is a column's, which a query around it may refer to).
+fn expr_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(ident_name(i)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident_name),
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => expr_name(expr),
+        Expr::Function(f) => Some(relation_name(&f.name)),
+        _ => None,
+    }
+}
+
+fn function_arg(arg: &FunctionArg, scope: &Scope<'_>, ctes: &Ctes) -> Sources {
+    let (FunctionArg::Unnamed(a)
+    | FunctionArg::Named { arg: a, .. }
+    | FunctionArg::ExprNamed { arg: a, .. }) = arg;
+    match a {
+        FunctionArgExpr::Expr(e) => expr(e, scope, ctes),
+        FunctionArgExpr::QualifiedWildcard(name) => scope
+            .find(&relation_name(name))
+            .map(Rel::whole_row)
+            .unwrap_or_default(),
+        FunctionArgExpr::Wildcard | FunctionArgExpr::WildcardWithOptions(_) => Sources::default(),
+    }
+}
+
+/// What an expression refers to.
+fn expr(e: &Expr, scope: &Scope<'_>, ctes: &Ctes) -> Sources {
+    let mut c = Collect::new(scope, ctes);
+    let _ = e.visit(&mut c);
+    c.found
+}
+
+/// Collects the columns and rows an expression refers to. A query nested
+/// in it is walked on its own (its names are its own `FROM`'s), and all it
+/// returns counts.
+struct Collect<'s, 'a> {
+    scope: &'s Scope<'a>,
+    ctes: &'s Ctes,
+    /// Queries entered and not yet left: their expressions are theirs.
+    depth: usize,
+    found: Sources,
+}
+
+impl<'s, 'a> Collect<'s, 'a> {
+    fn new(scope: &'s Scope<'a>, ctes: &'s Ctes) -> Self {
+        Collect {
+            scope,
+            ctes,
+            depth: 0,
+            found: Sources::default(),
+        }
+    }
+}
+
+impl Visitor for Collect<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if self.depth == 0 {
+            for out in query(q, Some(self.scope), self.ctes) {
+                self.found.add(out.item.sources());
+            }
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+        self.depth = self.depth.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if self.depth > 0 {
+            return ControlFlow::Continue(());
+        }
+        match e {
+            Expr::Identifier(i) => {
+                let found = self.scope.unqualified(&ident_name(i));
+                self.found.add(&found);
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let parts: Vec<String> = parts.iter().map(ident_name).collect();
+                let found = self.scope.qualified(&parts);
+                self.found.add(&found);
+            }
+            Expr::QualifiedWildcard(name, _) => {
+                if let Some(rel) = self.scope.find(&relation_name(name)) {
+                    self.found.add(&rel.whole_row());
+                }
+            }
+            Expr::Function(f) => {
+                if let FunctionArguments::List(list) = &f.args {
+                    for arg in &list.args {
+                        let (FunctionArg::Unnamed(a)
+                        | FunctionArg::Named { arg: a, .. }
+                        | FunctionArg::ExprNamed { arg: a, .. }) = arg;
+                        if let FunctionArgExpr::QualifiedWildcard(name) = a
+                            && let Some(rel) = self.scope.find(&relation_name(name))
+                        {
+                            self.found.add(&rel.whole_row());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::classify::Classifier;
+
+    /// The sources of each of `n` result columns of `sql`, as sorted
+    /// lists of column names and of whole-row tables.
+    fn columns(sql: &str, n: usize) -> Vec<(Vec<String>, Vec<String>)> {
+        let classified = Classifier::new(0).classify(sql);
+        let lineage = classified[0].lineage.clone().unwrap_or_default();
+        lineage
+            .columns(n)
+            .into_iter()
+            .map(|s| {
+                (
+                    s.columns.into_iter().collect(),
+                    s.rows.into_iter().collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn names(sql: &str, n: usize) -> Vec<Vec<String>> {
+        columns(sql, n).into_iter().map(|(c, _)| c).collect()
+    }
+
+    fn v(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_computed_column_is_made_of_the_columns_its_expression_names() {
+        assert_eq!(
+            names(
+                "SELECT id, ssn || '' AS x, replace(SSN, '-', '') FROM customers",
+                3
+            ),
+            vec![
+                v(&["customers.id"]),
+                v(&["customers.ssn"]),
+                v(&["customers.ssn"])
+            ]
+        );
+        // Qualified by an alias, a schema, or a table that is not the
+        // alias's: each to its own table.
+        assert_eq!(
+            names(
+                "SELECT upper(c.email), lower(public.orders.note) FROM public.customers c JOIN public.orders ON true",
+                2
+            ),
+            vec![v(&["public.customers.email"]), v(&["public.orders.note"])]
+        );
+        // Unqualified with two tables in sight: either may have it.
+        assert_eq!(
+            names(
+                "SELECT md5(ssn) FROM customers c JOIN orders o ON o.cid = c.id",
+                1
+            ),
+            vec![v(&["customers.ssn", "orders.ssn"])]
+        );
+        // A computed column made of no column at all names nothing, and a
+        // statement none of whose columns is made of one has no lineage.
+        assert_eq!(
+            names("SELECT count(*), upper(name) FROM customers", 2),
+            vec![v(&[]), v(&["customers.name"])]
+        );
+        assert!(
+            Classifier::new(0).classify("SELECT 1, now(), 'x' || 'y'")[0]
+                .lineage
+                .is_none()
+        );
+        assert!(
+            Classifier::new(0).classify("DELETE FROM t WHERE id = 1")[0]
+                .lineage
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn subqueries_ctes_and_set_operations_carry_their_columns_through() {
+        let ssn = vec![v(&["customers.ssn"])];
+        for sql in [
+            "SELECT upper(x) FROM (SELECT ssn AS x FROM customers) s",
+            "SELECT s.x FROM (SELECT ssn || '' AS x FROM customers) s",
+            "SELECT b FROM (SELECT ssn FROM customers) s(b)",
+            "WITH t AS (SELECT ssn FROM customers) SELECT reverse(ssn) FROM t",
+            "WITH t(a) AS (SELECT ssn FROM customers) SELECT a || '' FROM t",
+            "SELECT (SELECT ssn FROM customers LIMIT 1)",
+            "SELECT ARRAY(SELECT ssn FROM customers)",
+            "SELECT x FROM unnest(ARRAY(SELECT ssn FROM customers)) AS x",
+            "SELECT l.v FROM customers c, LATERAL (SELECT c.ssn || '' AS v) l",
+        ] {
+            assert_eq!(names(sql, 1), ssn, "{sql}");
+        }
+        // A UNION's column is made of both sides' columns.
+        assert_eq!(
+            names(
+                "SELECT name FROM customers UNION SELECT ssn FROM customers",
+                1
+            ),
+            vec![v(&["customers.name", "customers.ssn"])]
+        );
+    }
+
+    #[test]
+    fn a_whole_row_names_its_table() {
+        for (sql, table) in [
+            ("SELECT row_to_json(c) FROM customers c", "customers"),
+            (
+                "SELECT to_jsonb(c.*) FROM public.customers AS c",
+                "public.customers",
+            ),
+            ("SELECT ROW(c.*)::text FROM customers c", "customers"),
+        ] {
+            let cols = columns(sql, 1);
+            assert_eq!(cols[0].1, v(&[table]), "{sql}");
+        }
+        // Through a subquery: its columns.
+        let cols = columns(
+            "SELECT row_to_json(s) FROM (SELECT ssn || '' AS x FROM customers) s",
+            1,
+        );
+        assert_eq!(cols[0].0, v(&["customers.ssn"]));
+    }
+
+    #[test]
+    fn a_star_lines_the_columns_around_it_up_from_both_ends() {
+        let sql = "SELECT upper(name), *, length(email) FROM (SELECT id, ssn || '' AS s FROM customers) q";
+        assert_eq!(
+            names(sql, 4),
+            vec![
+                // `name` is no column q names: it may be any of them.
+                v(&["customers.id", "customers.ssn"]),
+                v(&["customers.id", "customers.ssn"]),
+                v(&["customers.id", "customers.ssn"]),
+                v(&["customers.id", "customers.ssn"]),
+            ]
+        );
+        // A table's own columns in a star are the server's to name.
+        assert_eq!(
+            names("SELECT *, ssn || '' FROM customers", 3),
+            vec![v(&[]), v(&[]), v(&["customers.ssn"])]
+        );
+        // When the counts cannot match, every column may be anything.
+        assert_eq!(
+            names("SELECT ssn || '', 1 FROM customers", 3),
+            vec![v(&["customers.ssn"]); 3]
+        );
+    }
+
+    #[test]
+    fn returning_names_the_written_table() {
+        assert_eq!(
+            names(
+                "INSERT INTO customers AS c (ssn) VALUES ('1') RETURNING id, c.ssn || ''",
+                2
+            ),
+            vec![v(&["customers.id"]), v(&["customers.ssn"])]
+        );
+        assert_eq!(
+            names(
+                "UPDATE customers SET name = 'x' WHERE id = 1 RETURNING upper(ssn)",
+                1
+            ),
+            vec![v(&["customers.ssn"])]
+        );
+        assert_eq!(
+            names(
+                "DELETE FROM customers USING orders WHERE orders.cid = customers.id RETURNING customers.ssn || orders.note",
+                1
+            ),
+            vec![v(&["customers.ssn", "orders.note"])]
+        );
+        assert_eq!(
+            names(
+                "WITH d AS (DELETE FROM customers WHERE id = 1 RETURNING ssn) SELECT ssn || '' FROM d",
+                1
+            ),
+            vec![v(&["customers.ssn"])]
+        );
+    }
+}
