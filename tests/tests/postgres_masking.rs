@@ -319,6 +319,58 @@ async fn a_value_computed_from_a_ruled_column_is_masked() {
     assert_eq!(row.get::<_, i32>(1), 8);
 }
 
+/// A view's column is the view's to the server (its RowDescription names
+/// the view): the catalog reads the view's definition, through views of
+/// views, for the table columns each view column is made of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_does_not_take_a_column_out_of_its_rule() {
+    let (_dir, pg, gw) = setup().await;
+    pg.psql(
+        "CREATE VIEW staff_v AS SELECT id, pay_grade AS grade, team FROM staff;
+         CREATE VIEW staff_v2 AS SELECT grade AS g2, upper(team) AS t FROM staff_v;
+         CREATE VIEW staff_json AS SELECT row_to_json(s) AS j, s.team FROM staff s;
+         CREATE MATERIALIZED VIEW staff_m AS SELECT pay_grade || '' AS pg, team FROM ONLY staff;
+         -- sqlparser does not read ROWS FROM: a definition the gateway
+         -- cannot read makes each column a whole row of what it reads.
+         CREATE VIEW staff_rows AS SELECT pay_grade AS p, team
+           FROM staff, ROWS FROM (generate_series(1, 1), generate_series(1, 1)) r;
+         GRANT SELECT ON staff_v, staff_v2, staff_json, staff_m, staff_rows TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    for (sql, masked, shown) in [
+        ("SELECT grade, team FROM staff_v", 0, Some((1, "platform"))),
+        ("SELECT v.grade AS x FROM staff_v v", 0, None),
+        ("SELECT g2, t FROM staff_v2", 0, Some((1, "PLATFORM"))),
+        ("SELECT j, team FROM staff_json", 0, Some((1, "platform"))),
+        ("SELECT pg, team FROM staff_m", 0, Some((1, "platform"))),
+        ("SELECT * FROM staff_v", 1, Some((2, "platform"))),
+        ("SELECT p FROM staff_rows", 0, None),
+        ("SELECT team FROM staff_rows", 0, None),
+    ] {
+        for row in client.simple_query(sql).await.unwrap() {
+            let tokio_postgres::SimpleQueryMessage::Row(r) = row else {
+                continue;
+            };
+            let value = r.get(masked).unwrap();
+            assert_eq!(value.trim_matches('"'), "<REDACTED>", "{sql}");
+            if let Some((i, expected)) = shown {
+                assert_eq!(r.get(i).unwrap(), expected, "{sql}");
+            }
+        }
+        // Binary results too.
+        let row = client.query_one(sql, &[]).await.unwrap();
+        let text = |i: usize| String::from_utf8_lossy(&row.get::<_, Raw>(i).0).into_owned();
+        assert!(
+            text(masked).contains("<REDACTED>"),
+            "{sql}: {}",
+            text(masked)
+        );
+    }
+}
+
 /// A rule written for a table covers its partitions and inheritance
 /// children read directly under an alias: the catalog names such a column
 /// after each table it inherits from too, also when its attribute number

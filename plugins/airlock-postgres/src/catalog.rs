@@ -15,6 +15,12 @@
 //! rule written for the parent table covers the partition read directly,
 //! under an alias.
 //!
+//! A column of a view (or materialized view) is also named after the table
+//! columns the view's definition computes it from (read with the
+//! classifier's lineage walk, through views of views): the server reports
+//! the view, and a rule for the table behind it would otherwise not see
+//! the column.
+//!
 //! Masking matches rules against all these names and the query's name, so neither an alias nor a stale or missing catalog entry
 //! masks less than the query's name alone would. Entries expire after a
 //! while (a column renamed, or a database restored under the same OIDs,
@@ -36,6 +42,7 @@ use std::time::{Duration, Instant};
 use airlock_core::{Error, Result};
 use pgwire::messages::response::ErrorResponse;
 
+use crate::classify::Lineage;
 use crate::frame::{self, Peer};
 use crate::upstream::{Target, send};
 
@@ -59,6 +66,8 @@ const MAX_PER_LOOKUP: usize = 512;
 /// Levels of inheritance followed up from a column's table (partitions of
 /// partitions, say); PostgreSQL allows no cycle, this only bounds the walk.
 const MAX_ANCESTORS: u32 = 32;
+/// Levels of views read by views followed down from a view's column.
+const MAX_VIEW_DEPTH: u32 = 8;
 
 /// The column names of one target's tables, by table OID and attribute number.
 #[derive(Debug)]
@@ -300,18 +309,80 @@ impl Catalog {
                SELECT up.rel, i.inhparent, up.depth OPERATOR(pg_catalog.+) 1 \
                FROM up JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) up.anc \
                WHERE up.depth OPERATOR(pg_catalog.<) {MAX_ANCESTORS}) \
-             SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname \
+             SELECT a.attrelid, a.attnum, n.nspname, c.relname, a.attname, r.relkind \
              FROM pg_catalog.pg_attribute a \
              JOIN up ON up.rel OPERATOR(pg_catalog.=) a.attrelid \
              JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) up.anc \
+             JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
              WHERE ({list}) AND NOT a.attisdropped \
              ORDER BY up.depth"
         );
         let mut found = Vec::new();
-        self.run(sql, |cells| found.extend(catalog_row(cells)))
-            .await?;
+        let mut views = Vec::new();
+        self.run(sql, |cells| {
+            if let Some((key, name, view)) = catalog_row(cells) {
+                if view {
+                    views.push(key);
+                }
+                found.push((key, name));
+            }
+        })
+        .await?;
+        if !views.is_empty() {
+            found.extend(self.view_columns(&views).await?);
+        }
         Ok(found)
+    }
+
+    /// What the asked columns of views are made of: the names of the
+    /// table columns (and `table.*` for whole rows) their definitions
+    /// compute them from, through views of views. A definition this
+    /// gateway cannot read makes each of its columns a whole row of every
+    /// table it reads: masking too much, not too little.
+    async fn view_columns(&self, asked: &[ColumnKey]) -> Result<Vec<(ColumnKey, String)>> {
+        let oids = asked
+            .iter()
+            .map(|(t, _)| t.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // The asked views and every view they read, to MAX_VIEW_DEPTH
+        // levels: each view's columns in order (with its definition on the
+        // first), and each table it reads (attnum -1).
+        let sql = format!(
+            "WITH RECURSIVE vs(oid, depth) AS ( \
+               SELECT c.oid, 0 FROM pg_catalog.pg_class c \
+               WHERE c.oid OPERATOR(pg_catalog.=) ANY ('{{{oids}}}'::pg_catalog.oid[]) \
+               UNION \
+               SELECT d.refobjid, vs.depth OPERATOR(pg_catalog.+) 1 FROM vs \
+               JOIN pg_catalog.pg_rewrite w ON w.ev_class OPERATOR(pg_catalog.=) vs.oid \
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                 AND d.objid OPERATOR(pg_catalog.=) w.oid \
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.refobjid \
+               WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{{v,m}}'::pg_catalog.\"char\"[]) \
+                 AND d.refobjid OPERATOR(pg_catalog.<>) vs.oid \
+                 AND vs.depth OPERATOR(pg_catalog.<) {MAX_VIEW_DEPTH}), \
+             v AS (SELECT DISTINCT oid FROM vs) \
+             SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, \
+               CASE WHEN a.attnum OPERATOR(pg_catalog.=) 1::pg_catalog.int2 \
+                 THEN pg_catalog.pg_get_viewdef(c.oid) END \
+             FROM v JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) v.oid \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid \
+             WHERE a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped \
+             UNION ALL \
+             SELECT DISTINCT v.oid, n.nspname, c.relname, -1::pg_catalog.int2, NULL::pg_catalog.name, NULL::pg_catalog.text \
+             FROM v JOIN pg_catalog.pg_rewrite w ON w.ev_class OPERATOR(pg_catalog.=) v.oid \
+             JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+               AND d.objid OPERATOR(pg_catalog.=) w.oid \
+             JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.refobjid \
+             JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+             WHERE d.refobjid OPERATOR(pg_catalog.<>) v.oid \
+             ORDER BY 1, 4"
+        );
+        let mut views = Views::default();
+        self.run(sql, |cells| views.add_row(cells)).await?;
+        Ok(views.names_of(asked))
     }
 
     /// Runs one query over a connection of its own, handing each row's
@@ -408,13 +479,138 @@ fn literal(s: &str) -> String {
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// One catalog row: attrelid, attnum, schema, table, column (text format).
-fn catalog_row(cells: &[Option<&[u8]>]) -> Option<(ColumnKey, String)> {
+/// One catalog row: attrelid, attnum, schema, table, column, and the
+/// column's own relation's kind (text format). True for a view's column.
+fn catalog_row(cells: &[Option<&[u8]>]) -> Option<(ColumnKey, String, bool)> {
     let text = |i: usize| -> Option<&str> { std::str::from_utf8(cells.get(i).copied()??).ok() };
     let table: u32 = text(0)?.parse().ok()?;
     let attnum: i16 = text(1)?.parse().ok()?;
     let qualified = format!("{}.{}.{}", text(2)?, text(3)?, text(4)?);
-    Some(((table, attnum), qualified))
+    let view = matches!(text(5), Some("v" | "m"));
+    Some(((table, attnum), qualified, view))
+}
+
+/// Views (and materialized views) as the catalog describes them.
+#[derive(Debug, Default)]
+struct Views {
+    by_oid: BTreeMap<u32, View>,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    schema: String,
+    name: String,
+    /// Column names in order.
+    columns: Vec<String>,
+    /// What each column is made of; `None`: the definition was not read.
+    lineage: Option<Lineage>,
+    /// Every table the definition reads, as `schema.table`.
+    reads: Vec<String>,
+}
+
+impl Views {
+    /// One row of [`Catalog::view_columns`]' answer.
+    fn add_row(&mut self, cells: &[Option<&[u8]>]) {
+        let text = |i: usize| -> Option<&str> { std::str::from_utf8(cells.get(i).copied()??).ok() };
+        let (Some(oid), Some(schema), Some(name), Some(attnum)) = (
+            text(0).and_then(|t| t.parse::<u32>().ok()),
+            text(1),
+            text(2),
+            text(3).and_then(|t| t.parse::<i16>().ok()),
+        ) else {
+            return;
+        };
+        if attnum < 0 {
+            // A table the view reads (`schema` and `name` are the table's).
+            let reads = format!("{schema}.{name}");
+            self.by_oid.entry(oid).or_default().reads.push(reads);
+            return;
+        }
+        let view = self.by_oid.entry(oid).or_default();
+        view.schema = schema.to_owned();
+        view.name = name.to_owned();
+        if let Some(column) = text(4) {
+            view.columns.push(column.to_owned());
+        }
+        if let Some(definition) = text(5) {
+            view.lineage = crate::classify::view_lineage(definition);
+        }
+    }
+
+    /// The extra names of each asked view column.
+    fn names_of(&self, asked: &[ColumnKey]) -> Vec<(ColumnKey, String)> {
+        let mut out = Vec::new();
+        for &(oid, attnum) in asked {
+            let mut names = Vec::new();
+            self.column_names(oid, attnum, 0, &mut names);
+            names.sort_unstable();
+            names.dedup();
+            out.extend(names.into_iter().map(|n| ((oid, attnum), n)));
+        }
+        out
+    }
+
+    /// Adds the names of what column `attnum` of view `oid` is made of,
+    /// following views it reads.
+    fn column_names(&self, oid: u32, attnum: i16, depth: u32, out: &mut Vec<String>) {
+        let Some(view) = self.by_oid.get(&oid) else {
+            return;
+        };
+        let Some(lineage) = &view.lineage else {
+            // Unread: the column may hold anything the view reads.
+            for table in &view.reads {
+                self.whole_rows(table, depth, out);
+            }
+            return;
+        };
+        let sources = lineage.columns(view.columns.len());
+        let Some(own) = usize::try_from(attnum)
+            .ok()
+            .and_then(|a| a.checked_sub(1))
+            .and_then(|i| sources.get(i))
+        else {
+            return;
+        };
+        for name in own.names() {
+            if depth < MAX_VIEW_DEPTH
+                && let Some((table, column)) = name.rsplit_once('.')
+                && let Some((&inner, inner_view)) = self.find(table)
+            {
+                if column == "*" {
+                    self.whole_rows(table, depth, out);
+                } else if let Some(i) = inner_view.columns.iter().position(|c| c == column) {
+                    let a = i16::try_from(i + 1).unwrap_or(i16::MAX);
+                    self.column_names(inner, a, depth + 1, out);
+                }
+            }
+            out.push(name);
+        }
+    }
+
+    /// Adds a whole row of `table`, and what every column of it is made of
+    /// when it is a view.
+    fn whole_rows(&self, table: &str, depth: u32, out: &mut Vec<String>) {
+        if depth < MAX_VIEW_DEPTH
+            && let Some((&inner, view)) = self.find(table)
+        {
+            for a in 1..=view.columns.len() {
+                let a = i16::try_from(a).unwrap_or(i16::MAX);
+                self.column_names(inner, a, depth + 1, out);
+            }
+        }
+        out.push(format!("{table}.*"));
+    }
+
+    /// A view by the name a definition gives it (`name` or `schema.name`).
+    fn find(&self, table: &str) -> Option<(&u32, &View)> {
+        let (schema, name) = match table.rsplit_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, table),
+        };
+        self.by_oid
+            .iter()
+            .find(|(_, v)| v.name == name && schema.is_none_or(|s| s == v.schema))
+    }
 }
 
 #[cfg(test)]
@@ -430,7 +626,8 @@ mod tests {
             Some(b"customers"),
             Some(b"ssn"),
         ];
-        let (key, col) = catalog_row(&cells).unwrap();
+        let (key, col, view) = catalog_row(&cells).unwrap();
+        assert!(!view);
         assert_eq!(key, (16384, 3));
         assert_eq!(col, "public.customers.ssn");
         // A row the gateway cannot read is skipped, not guessed at.

@@ -191,17 +191,16 @@ pub(crate) fn columns(
 }
 
 /// A computed column made of the table columns and rows in `sources`:
-/// their rules apply to it.
+/// their rules apply to it (a whole row as `table.*`, which every rule for
+/// a column of that table matches).
 fn computed(masker: &Masker, f: &FieldDescription, sources: &Sources) -> Column {
-    let names: Vec<&str> = sources.columns.iter().map(String::as_str).collect();
-    let tables: Vec<&str> = sources.rows.iter().map(String::as_str).collect();
-    Column {
-        name: f.name.clone(),
-        origin: Some(sources.columns.iter().cloned().collect()),
-        type_oid: f.type_id,
-        format: f.format_code,
-        plan: masker.derived_plan(&f.name, &names, &tables),
-    }
+    Column::new(
+        masker,
+        f.name.clone(),
+        Some(sources.names().into()),
+        f.type_id,
+        f.format_code,
+    )
 }
 
 /// A cell's value after masking, for the record (borrowed from the row

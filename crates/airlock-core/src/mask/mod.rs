@@ -627,21 +627,6 @@ impl Masker {
         plan
     }
 
-    /// The plan of a computed value made of the table columns `names` and
-    /// of whole rows of `tables` (a connector that reads the query can
-    /// tell; `name` is what the query called the value). A rule matching
-    /// any of the names applies, else one that may cover a column of one of
-    /// the tables: a value made of a ruled column is masked whole, whatever
-    /// was done to it on the way.
-    pub fn derived_plan(&self, name: &str, names: &[&str], tables: &[&str]) -> FieldPlan {
-        let all: Vec<&str> = names.iter().copied().chain([name]).collect();
-        let mut plan = self.field_plan(&all);
-        if plan.rule.is_none() {
-            plan.rule = tables.iter().find_map(|t| self.table_plan(t).rule);
-        }
-        plan
-    }
-
     /// Whether any field rule is on for this masker: inside a JSON document
     /// a rule can match a key or a path, so a document that cannot be read
     /// cannot be shown to hold none of them.

@@ -633,6 +633,19 @@ token = "NOTE"
     ] {
         assert_eq!(m.mask_str_named(&names, value, &mut c), masked, "{names:?}");
     }
+    // `table.*` stands for a whole row of the table: the first rule for a
+    // column of it (or for a column of any table) covers it.
+    for (name, value, masked) in [
+        ("users.*", "(1,ab@cd.io)", "(*,**@*d.io)"),
+        ("public.users.*", "(1,ab@cd.io)", "(*,**@*d.io)"),
+        ("t.*", "(1,x)", "<NOTE>"),
+    ] {
+        assert_eq!(m.mask_str(Some(name), value, &mut c), masked, "{name}");
+    }
+    let e3 = engine("[[masking.fields]]\nname = \"users.email\"\n", &[]);
+    let m3 = e3.masker("t", &who("a", &[]));
+    assert_eq!(m3.mask_str(Some("users.*"), "(1,x)", &mut c), "<REDACTED>");
+    assert_eq!(m3.mask_str(Some("orders.*"), "(1,x)", &mut c), "(1,x)");
     // A rule with a schema: the same table with or without the schema
     // matches, the same table name in another schema does not.
     let e2 = engine("[[masking.fields]]\nname = \"public.users.email\"\n", &[]);

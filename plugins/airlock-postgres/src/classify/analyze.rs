@@ -914,7 +914,7 @@ impl Visitor for Effects {
 /// table named `ONLY` with the alias `t`; and `FROM ONLY (t)` (or
 /// `ONLY (s.t)`), a call of a table function `ONLY`. Returns the misread
 /// name and the real table.
-fn only_table(factor: &TableFactor) -> Option<(&ObjectName, String)> {
+pub(super) fn only_table(factor: &TableFactor) -> Option<(&ObjectName, String)> {
     let TableFactor::Table {
         name, alias, args, ..
     } = factor

@@ -35,7 +35,10 @@ use sqlparser::ast::{
     TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 
-use super::analyze::{ident_name, table_name};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::analyze::{ident_name, only_table, table_name};
 
 /// What a result column's values are made of.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +55,16 @@ impl Sources {
     fn add(&mut self, other: &Sources) {
         self.columns.extend(other.columns.iter().cloned());
         self.rows.extend(other.rows.iter().cloned());
+    }
+
+    /// The names masking rules are matched against: each column, and
+    /// `table.*` for each whole row.
+    pub fn names(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .cloned()
+            .chain(self.rows.iter().map(|t| format!("{t}.*")))
+            .collect()
     }
 
     /// Whether nothing is known to be in the value.
@@ -176,6 +189,20 @@ pub(super) fn of_statement(stmt: &Statement) -> Option<Lineage> {
         items: outs.into_iter().map(|o| o.item).collect(),
     };
     (!lineage.is_empty()).then_some(lineage)
+}
+
+/// What each column of a view is made of, from its definition as
+/// `pg_get_viewdef` prints it; `None` when that is not one query this walk
+/// can read.
+pub(crate) fn of_view(definition: &str) -> Option<Lineage> {
+    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, definition).ok()?;
+    let [stmt @ Statement::Query(_)] = parsed.as_slice() else {
+        return None;
+    };
+    let outs = statement(stmt, None, &Ctes::new())?;
+    Some(Lineage {
+        items: outs.into_iter().map(|o| o.item).collect(),
+    })
 }
 
 /// CTEs in sight, innermost last.
@@ -529,6 +556,15 @@ fn factor(f: &TableFactor, parent: Option<&Scope<'_>>, ctes: &Ctes, rels: &mut V
             kind: RelKind::Derived(outs),
         }
     };
+    // sqlparser reads `FROM ONLY t` as table `only` aliased `t`.
+    if let Some((_, table)) = only_table(f) {
+        let name = table.rsplit('.').next().unwrap_or(&table).to_owned();
+        rels.push(Rel {
+            name,
+            kind: RelKind::Table(table),
+        });
+        return;
+    }
     match f {
         TableFactor::Table {
             name, alias, args, ..
@@ -918,6 +954,34 @@ mod tests {
             names("SELECT ssn || '', 1 FROM customers", 3),
             vec![v(&["customers.ssn"]); 3]
         );
+    }
+
+    #[test]
+    fn only_is_read_as_postgresql_reads_it() {
+        assert_eq!(
+            names(
+                "SELECT upper(pay_grade), staff.pay_grade || '' FROM ONLY staff",
+                2
+            ),
+            vec![v(&["staff.pay_grade"]), v(&["staff.pay_grade"])]
+        );
+    }
+
+    #[test]
+    fn a_view_definition_names_each_column_by_position() {
+        let def = " SELECT staff.id,\n    (staff.pay_grade || ''::text) AS g,\n    upper(staff.team) AS t\n   FROM staff;";
+        let lineage = super::of_view(def).unwrap();
+        let cols: Vec<Vec<String>> = lineage.columns(3).into_iter().map(|s| s.names()).collect();
+        assert_eq!(
+            cols,
+            vec![
+                v(&["staff.id"]),
+                v(&["staff.pay_grade"]),
+                v(&["staff.team"])
+            ]
+        );
+        assert!(super::of_view("SELECT 1; SELECT 2").is_none());
+        assert!(super::of_view("DELETE FROM t").is_none());
     }
 
     #[test]
