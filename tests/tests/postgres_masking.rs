@@ -319,6 +319,61 @@ async fn a_value_computed_from_a_ruled_column_is_masked() {
     assert_eq!(row.get::<_, i32>(1), 8);
 }
 
+/// `EXECUTE` and `FETCH` return what a name stands for: a computed column
+/// of theirs carries the rules of what the prepared statement or the
+/// cursor computes it from, in simple and extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_run_by_name_is_masked_by_what_the_name_stands_for() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        msgs.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let simple = |sql: &'static str| {
+        let client = &client;
+        async move { rows(client.simple_query(sql).await.unwrap()) }
+    };
+    assert_eq!(
+        simple("PREPARE p AS SELECT upper(pay_grade) FROM staff; EXECUTE p").await,
+        ["<REDACTED>"]
+    );
+    assert_eq!(simple("EXECUTE p").await, ["<REDACTED>"]);
+    let row = client.query_one("EXECUTE p", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "<REDACTED>");
+    assert_eq!(
+        simple("BEGIN; DECLARE c CURSOR FOR SELECT pay_grade || '' FROM staff; FETCH ALL FROM c; COMMIT").await,
+        ["<REDACTED>"]
+    );
+    simple("BEGIN; DECLARE d CURSOR FOR SELECT reverse(pay_grade) FROM staff").await;
+    let row = client.query_one("FETCH ALL FROM d", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "<REDACTED>");
+    assert_eq!(
+        simple("MOVE ABSOLUTE 0 IN d; FETCH 1 FROM d").await,
+        ["<REDACTED>"]
+    );
+    simple("COMMIT").await;
+    // The control: the same through names for unruled columns.
+    assert_eq!(
+        simple("PREPARE q AS SELECT upper(team) FROM staff; EXECUTE q").await,
+        ["PLATFORM"]
+    );
+    let row = client.query_one("EXECUTE q", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "PLATFORM");
+    assert_eq!(
+        simple(
+            "BEGIN; DECLARE e CURSOR FOR SELECT team || '' FROM staff; FETCH ALL FROM e; COMMIT"
+        )
+        .await,
+        ["platform"]
+    );
+}
+
 /// A view's column is the view's to the server (its RowDescription names
 /// the view): the catalog reads the view's definition, through views of
 /// views, for the table columns each view column is made of.

@@ -176,8 +176,11 @@ pub struct Classified {
     /// protocol Bind made and has not run yet: fetching runs it).
     pub fetch: Option<String>,
     /// What the statement's computed result columns are made of (`None`:
-    /// it returns no rows of its own, or none made of a table column).
+    /// it returns no rows of its own, or none made of a table column). For
+    /// `PREPARE` and `DECLARE`, what the name it makes returns.
     pub lineage: Option<Arc<Lineage>>,
+    /// `DECLARE name CURSOR FOR …`: the cursor's name.
+    pub declare: Option<String>,
 }
 
 impl Classified {
@@ -190,6 +193,7 @@ impl Classified {
             deallocate: None,
             fetch: None,
             lineage: None,
+            declare: None,
         }
     }
 
@@ -297,6 +301,7 @@ impl Classifier {
                     deallocate: c.deallocate.clone(),
                     fetch: c.fetch.clone(),
                     lineage: c.lineage.clone(),
+                    declare: c.declare.clone(),
                 })
                 .collect();
         }
@@ -348,6 +353,7 @@ fn classify_piece(piece: &lex::Piece<'_>) -> Classified {
             let mut classified = analyze::classify_statement(stmt, piece.text, prepare_text);
             if classified.operation.kind != SqlKind::Opaque {
                 classified.lineage = lineage::of_statement(stmt).map(Arc::new);
+                classified.declare = lineage::cursor_name(stmt);
             }
             classified
         }

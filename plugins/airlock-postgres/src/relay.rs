@@ -91,6 +91,7 @@ pub(crate) async fn run(cx: &Context<'_>, wires: Wires) -> Result<String> {
         actions: actions.clone(),
         skipping: false,
         prepared: Prepared::default(),
+        cursors: Lineages::default(),
         statements: HashMap::new(),
         portals: Portals::new(),
         seq: 0,
@@ -338,6 +339,9 @@ struct QueryTrack {
     /// (for what their computed columns are made of).
     statements: Arc<[Classified]>,
     at: usize,
+    /// For a query that runs statements by name (`EXECUTE`, `FETCH`): what
+    /// each of its statements returns (empty for any other query).
+    runs: Vec<Option<Arc<Lineage>>>,
     /// The query's place among the client's messages ([`ClientHalf::seq`]).
     seq: u64,
 }
@@ -597,6 +601,8 @@ impl Portals {
 #[derive(Default)]
 struct Prepared {
     by_name: HashMap<String, Vec<SqlOperation>>,
+    /// What running each name returns ([`Lineage`]), for `EXECUTE`.
+    lineages: Lineages,
     /// The bytes of statement text kept in `by_name`.
     bytes: usize,
     /// Names made with SQL `PREPARE` in this session, never forgotten: a
@@ -626,6 +632,41 @@ const PREPARED_NAMES_MAX: usize = 4096;
 /// kept as an opaque placeholder, so a client preparing and closing large
 /// statements cannot grow the gateway's memory.
 const PREPARED_BYTES_MAX: usize = 16 << 20;
+
+/// What the rows a name returns are made of, by name: SQL-prepared and
+/// Parse-prepared statements (for `EXECUTE`), cursors (for `FETCH`).
+///
+/// A name keeps every lineage it was given (a later one may not have
+/// taken effect), and names beyond [`PREPARED_NAMES_MAX`] share one entry
+/// that holds all of theirs: a client cannot push a name out of sight by
+/// making many others.
+#[derive(Default)]
+struct Lineages {
+    by_name: HashMap<String, Arc<Lineage>>,
+    overflow: Option<Arc<Lineage>>,
+}
+
+impl Lineages {
+    fn add(&mut self, name: &str, lineage: Option<Arc<Lineage>>) {
+        let Some(lineage) = lineage else {
+            return;
+        };
+        let slot = if self.by_name.contains_key(name) || self.by_name.len() < PREPARED_NAMES_MAX {
+            self.by_name.entry(name.to_owned()).or_default()
+        } else {
+            self.overflow.get_or_insert_default()
+        };
+        if slot.is_empty() {
+            *slot = lineage;
+        } else if **slot != *lineage {
+            *slot = Lineage::of_any([Some(&*slot), Some(&lineage)].into_iter()).unwrap_or(lineage);
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<Lineage>> {
+        Lineage::of_any([self.by_name.get(name), self.overflow.as_ref()].into_iter())
+    }
+}
 
 impl Prepared {
     /// Notes that a statement under `name` may prepare or deallocate names.
@@ -701,6 +742,8 @@ struct ClientHalf<'a> {
     /// Prepared statements by name, as SQL `EXECUTE` names them (SQL
     /// `PREPARE` and named Parse share one namespace), for judging `EXECUTE`.
     prepared: Prepared,
+    /// What SQL cursors return (`DECLARE`), for `FETCH`.
+    cursors: Lineages,
     statements: HashMap<Bytes, Statement>,
     portals: Portals,
     /// Counts the client's Binds, Syncs and Queries: their place in the
@@ -771,7 +814,7 @@ enum Verdict {
 }
 
 enum PreparedChange {
-    Add(String, SqlOperation),
+    Add(String, SqlOperation, Option<Arc<Lineage>>),
     Remove(String),
     Clear,
 }
@@ -990,6 +1033,19 @@ impl ClientHalf<'_> {
                     // outlives it only until the next transaction ends.)
                     self.settings_changed = columns_changed;
                 }
+                for c in statements.iter() {
+                    if let Some(name) = &c.declare {
+                        self.cursors.add(name, c.lineage.clone());
+                    }
+                }
+                let runs = if statements
+                    .iter()
+                    .any(|c| c.execute.is_some() || c.fetch.is_some())
+                {
+                    statements.iter().map(|c| self.lineage_of_run(c)).collect()
+                } else {
+                    Vec::new()
+                };
                 self.seq += 1;
                 self.portal_epoch += 1;
                 self.copy_armed = true;
@@ -1002,6 +1058,7 @@ impl ClientHalf<'_> {
                     seq: self.seq,
                     statements,
                     at: 0,
+                    runs,
                 };
                 self.forward(&frame, Some(Pending::Query(track))).await
             }
@@ -1031,6 +1088,7 @@ impl ClientHalf<'_> {
             [one] => one.lineage.clone(),
             _ => None,
         };
+        let classified_all = Arc::clone(&classified);
         // A named statement's operation is kept for SQL EXECUTE.
         // A statement under review is prepared now and waits at each
         // execution, where the approver sees its parameters.
@@ -1045,9 +1103,15 @@ impl ClientHalf<'_> {
                     .masker()
                     .mask_str(None, &parse.query, &mut counts)
                     .into_owned();
+                for c in classified_all.iter() {
+                    if let Some(cursor) = &c.declare {
+                        self.cursors.add(cursor, c.lineage.clone());
+                    }
+                }
                 if !name.is_empty() {
                     // SQL EXECUTE can run statements prepared with Parse.
                     let name = String::from_utf8_lossy(&name).into_owned();
+                    self.prepared.lineages.add(&name, lineage.clone());
                     if changes_names {
                         self.prepared.add_changing(&name);
                     }
@@ -1201,6 +1265,11 @@ impl ClientHalf<'_> {
                 true,
                 None,
             ),
+        };
+        // A statement that runs another by name returns what that runs.
+        let lineage = match (lineage, &executes) {
+            (None, Some(runs)) => self.lineage_of_runs(runs),
+            (lineage, _) => lineage,
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -1419,6 +1488,15 @@ impl ClientHalf<'_> {
         // Bind (a cursor declared, say) is described afresh.
         let epoch = self.portal_epoch;
         self.portal_epoch += 1;
+        // What a portal that runs another by name returns is what that
+        // name stands for now.
+        let runs = self
+            .portals
+            .map
+            .get(&portal)
+            .and_then(|p| p.executes.as_ref())
+            .map(|x| Arc::clone(&x.classified))
+            .and_then(|runs| self.lineage_of_runs(&runs));
         let (
             (key, lineage),
             carried,
@@ -1430,7 +1508,7 @@ impl ClientHalf<'_> {
             Some(p) if p.epoch == epoch => {
                 p.epoch = self.portal_epoch;
                 (
-                    (p.key.as_ref(), p.lineage.clone()),
+                    (p.key.as_ref(), runs.or_else(|| p.lineage.clone())),
                     p.columns.clone(),
                     described,
                     p.changes_names,
@@ -1815,7 +1893,7 @@ impl ClientHalf<'_> {
         let mut found = self.prepared.by_name.get(name).cloned().unwrap_or_default();
         for change in overlay {
             match change {
-                PreparedChange::Add(n, op) if n == name => found.push(op.clone()),
+                PreparedChange::Add(n, op, _) if n == name => found.push(op.clone()),
                 PreparedChange::Remove(n) if n == name => found.clear(),
                 PreparedChange::Clear => found.clear(),
                 _ => {}
@@ -1912,11 +1990,37 @@ impl ClientHalf<'_> {
         Some(ops)
     }
 
+    /// What running `c` returns: for `EXECUTE name` and `FETCH … name`,
+    /// what the name stands for now (a cursor and a portal share one
+    /// namespace on the server).
+    fn lineage_of_run(&self, c: &Classified) -> Option<Arc<Lineage>> {
+        if let Some(name) = &c.execute {
+            return self.prepared.lineages.get(name);
+        }
+        if let Some(name) = &c.fetch {
+            let portal = self
+                .portals
+                .map
+                .get(name.as_bytes())
+                .and_then(|p| p.lineage.as_ref());
+            let cursor = self.cursors.get(name);
+            return Lineage::of_any([portal, cursor.as_ref()].into_iter());
+        }
+        c.lineage.clone()
+    }
+
+    /// What running any of `runs` returns.
+    fn lineage_of_runs(&self, runs: &[Classified]) -> Option<Arc<Lineage>> {
+        let each: Vec<Option<Arc<Lineage>>> = runs.iter().map(|c| self.lineage_of_run(c)).collect();
+        Lineage::of_any(each.iter().map(Option::as_ref))
+    }
+
     fn apply(&mut self, changes: Vec<PreparedChange>) {
         for change in changes {
             match change {
-                PreparedChange::Add(name, op) => {
+                PreparedChange::Add(name, op, lineage) => {
                     self.sql_changed(name.as_bytes());
+                    self.prepared.lineages.add(&name, lineage);
                     self.prepared.add_sql(name, op);
                 }
                 // The statements stay candidates ([`Prepared`]).
@@ -1961,7 +2065,11 @@ impl ClientHalf<'_> {
                 .as_deref()
                 .map(|name| self.resolve_execute(&c.operation, name, &changes));
             if let Some((name, inner)) = &c.prepare {
-                changes.push(PreparedChange::Add(name.clone(), inner.clone()));
+                changes.push(PreparedChange::Add(
+                    name.clone(),
+                    inner.clone(),
+                    c.lineage.clone(),
+                ));
             }
             match &c.deallocate {
                 Some(Some(name)) => changes.push(PreparedChange::Remove(name.clone())),
@@ -2870,9 +2978,10 @@ impl ServerHalf<'_> {
             }
             b'T' => {
                 let lineage = match self.queue.front() {
-                    Some(Pending::Query(q)) => {
-                        q.statements.get(q.at).and_then(|c| c.lineage.clone())
-                    }
+                    Some(Pending::Query(q)) => match q.runs.get(q.at) {
+                        Some(run) => run.clone(),
+                        None => q.statements.get(q.at).and_then(|c| c.lineage.clone()),
+                    },
                     Some(Pending::DescribePortal { lineage, .. }) => lineage.clone(),
                     _ => None,
                 };

@@ -20,10 +20,13 @@
 //! to it: `length(ssn)` too. Only computed columns take these names; the
 //! server names the others itself.
 //!
+//! `PREPARE name AS …` and `DECLARE name CURSOR FOR …` carry the lineage
+//! of what the name returns later; the connector keeps it by name for
+//! `EXECUTE` and `FETCH`.
+//!
 //! What it does not see: a value passed through a function that reads a
-//! table itself (`SELECT my_lookup(id)`), a cursor's rows (`FETCH`), an
-//! `EXECUTE` of a statement prepared in SQL, and values inferred from
-//! which rows a condition matches (docs/masking.md).
+//! table itself (`SELECT my_lookup(id)`), and values inferred from which
+//! rows a condition matches (docs/masking.md).
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -181,14 +184,36 @@ impl Lineage {
 }
 
 /// The lineage of a statement that returns rows from a query it holds
-/// (`SELECT`, `VALUES`, `TABLE`, `RETURNING`); `None` for any other, or
-/// when no result column is made of a table column.
+/// (`SELECT`, `VALUES`, `TABLE`, `RETURNING`), or of the rows a name it
+/// makes returns later (`PREPARE name AS …` for `EXECUTE`, `DECLARE name
+/// CURSOR FOR …` for `FETCH`); `None` for any other, or when no result
+/// column is made of a table column.
 pub(super) fn of_statement(stmt: &Statement) -> Option<Lineage> {
-    let outs = statement(stmt, None, &Ctes::new())?;
+    let outs = match stmt {
+        Statement::Prepare {
+            statement: inner, ..
+        } => statement(inner, None, &Ctes::new())?,
+        Statement::Declare { stmts } => match stmts.as_slice() {
+            [one] => query(one.for_query.as_deref()?, None, &Ctes::new()),
+            _ => return None,
+        },
+        other => statement(other, None, &Ctes::new())?,
+    };
     let lineage = Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
     };
     (!lineage.is_empty()).then_some(lineage)
+}
+
+/// The cursor a `DECLARE` makes.
+pub(super) fn cursor_name(stmt: &Statement) -> Option<String> {
+    match stmt {
+        Statement::Declare { stmts } => match stmts.as_slice() {
+            [one] if one.for_query.is_some() => one.names.first().map(ident_name),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// What each column of a view is made of, from its definition as
