@@ -675,6 +675,70 @@ DO $$ BEGIN RAISE EXCEPTION 'cannot mail heidi@example.com'; END $$;
     assert!(all.contains("ERROR:  cannot mail <EMAIL>"), "{all}");
 }
 
+/// `COPY … TO STDOUT` carries no column names, so its rows are masked field
+/// by field by the columns the statement copies: a table's (from the
+/// catalog), a column list's, or a query's, in text, CSV and binary format,
+/// through psql (simple protocol) and a driver (extended protocol). The
+/// columns without a rule come through as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_out_rows_are_masked_by_their_columns() {
+    use futures_util::TryStreamExt;
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let script = "
+\\copy staff to stdout
+COPY staff (team, pay_grade) TO STDOUT (FORMAT csv, HEADER);
+COPY (SELECT id, upper(pay_grade), E'a\\tb' FROM staff) TO STDOUT (FORMAT csv, DELIMITER ';');
+COPY (SELECT id, pay_grade || E'\\t' AS x, team FROM staff) TO STDOUT;
+COPY staff (id, team) TO STDOUT;
+";
+    let (ok, out, err) = psql_stdin(
+        &conninfo(gw.addr, "agent-1", ""),
+        &token,
+        &["-f", "-"],
+        Some(script),
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(
+        !out.contains("E7-band-3") && !out.contains("E7-BAND-3"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "7\t<REDACTED>\tplatform",
+            "team,pay_grade",
+            "platform,<REDACTED>",
+            "7;<REDACTED>;a\tb",
+            "7\t<REDACTED>\tplatform",
+            "7\tplatform",
+        ]
+    );
+    // Extended protocol, text and binary.
+    let client = connect(gw.addr, &token).await;
+    let copy = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let stream = client.copy_out(sql).await.unwrap();
+            let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+            chunks.concat()
+        }
+    };
+    assert_eq!(
+        copy("COPY staff TO STDOUT").await,
+        b"7\t<REDACTED>\tplatform\n"
+    );
+    let binary = copy("COPY staff TO STDOUT (FORMAT binary)").await;
+    let text = String::from_utf8_lossy(&binary);
+    assert!(!text.contains("E7-band-3"), "{text:?}");
+    assert!(
+        text.contains("<REDACTED>") && text.contains("platform"),
+        "{text:?}"
+    );
+}
+
 /// Ways values used to leave unmasked: a card number kept as a number in
 /// binary results and parameters (its bytes hold no digits), a field under
 /// its rule's name inside a json or jsonb document, and COPY rows in another

@@ -299,6 +299,62 @@ impl Catalog {
             })
             .collect::<Vec<_>>()
             .join(" OR ");
+        self.ask_where(&list).await
+    }
+
+    /// The columns of the table `name` (`table` as the target's search
+    /// path finds it, or `schema.table`), in their order, each with its
+    /// [`Names`]: for data that carries no description (`COPY t TO
+    /// STDOUT`). `None` when the catalog cannot be asked or has no such
+    /// table.
+    pub(crate) async fn relation_columns(&self, name: &str) -> Option<Vec<Names>> {
+        let _one = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock())
+            .await
+            .ok()?;
+        let (failed_at, last_lookup) = {
+            let known = self.known();
+            (known.failed_at, known.last_lookup)
+        };
+        if !wait_turn(failed_at, last_lookup).await {
+            return None;
+        }
+        let relation = match name.rsplit_once('.') {
+            Some((schema, table)) => format!(
+                "n.nspname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
+                 AND c.relname OPERATOR(pg_catalog.=) {}::pg_catalog.name",
+                literal(schema),
+                literal(table)
+            ),
+            None => format!(
+                "c.relname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
+                 AND pg_catalog.pg_table_is_visible(c.oid)",
+                literal(name)
+            ),
+        };
+        let cond = format!(
+            "a.attrelid OPERATOR(pg_catalog.=) (SELECT c.oid FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+               WHERE {relation} LIMIT 1) \
+             AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2"
+        );
+        let found = self.ask_where(&cond).await;
+        self.known().answered(Instant::now());
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                self.failed(&e);
+                return None;
+            }
+        };
+        let mut by_attnum: BTreeMap<i16, Vec<String>> = BTreeMap::new();
+        for ((_, attnum), name) in found {
+            by_attnum.entry(attnum).or_default().push(name);
+        }
+        (!by_attnum.is_empty()).then(|| by_attnum.into_values().map(Names::from).collect())
+    }
+
+    /// The names of the columns `cond` (on `pg_attribute a`) selects.
+    async fn ask_where(&self, list: &str) -> Result<Vec<(ColumnKey, String)>> {
         // `up` pairs each asked table with itself and every table it
         // inherits from (partitions included), nearest first; a column
         // keeps its name in its parents (PostgreSQL requires that).

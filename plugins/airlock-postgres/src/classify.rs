@@ -98,7 +98,7 @@ use airlock_core::{MaskCounts, SqlKind, SqlOperation};
 use lru::LruCache;
 
 pub(crate) use lineage::of_view as view_lineage;
-pub use lineage::{Lineage, Sources};
+pub use lineage::{CopyFormat, CopyOut, Lineage, Sources};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 

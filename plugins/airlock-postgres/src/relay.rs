@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Instant;
 
+use airlock_core::mask::FieldPlan;
 use airlock_core::{
     Decision, Error, Event, MaskCounts, Operation, Result, Session, SqlKind, SqlOperation,
 };
@@ -308,6 +309,8 @@ struct Track {
     counts: MaskCounts,
     /// Set while a COPY OUT streams.
     copy_out: Option<CopyOut>,
+    /// What an execution's statement returns (for a COPY OUT's columns).
+    lineage: Option<Arc<Lineage>>,
     error: Option<String>,
 }
 
@@ -320,6 +323,7 @@ impl Track {
             count: 0,
             counts: MaskCounts::new(),
             copy_out: None,
+            lineage: None,
             error: None,
         }
     }
@@ -329,6 +333,9 @@ impl Track {
 enum CopyOut {
     /// One text or CSV row per message.
     Text,
+    /// One text or CSV row per message, masked field by field by the
+    /// columns' rules.
+    Fields(rows::CopyFields),
     /// The binary format, parsed across messages.
     Binary(rows::BinaryCopy),
 }
@@ -1561,6 +1568,7 @@ impl ClientHalf<'_> {
             _ => None,
         };
         let mut track = Track::new();
+        track.lineage.clone_from(&lineage);
         if let Some(columns) = known {
             // An earlier portal of the same statement and formats: this
             // execution carries the columns itself instead of a hidden
@@ -2505,6 +2513,51 @@ impl ServerHalf<'_> {
     /// name had something to mask (a name can carry data: `SELECT 1 AS
     /// "4111111111111111"`, or a view whose column a function named after a
     /// value).
+    /// What the statement the head of the queue answers returns.
+    fn head_lineage(&self) -> Option<Arc<Lineage>> {
+        match self.queue.front() {
+            Some(Pending::Query(q)) => match q.runs.get(q.at) {
+                Some(run) => run.clone(),
+                None => q.statements.get(q.at).and_then(|c| c.lineage.clone()),
+            },
+            Some(Pending::DescribePortal { lineage, .. }) => lineage.clone(),
+            Some(Pending::Execute { track, .. }) => track.lineage.clone(),
+            _ => None,
+        }
+    }
+
+    /// How each of the `columns` columns of a COPY OUT is masked, when a
+    /// rule or a secret-like name applies to any of them (`None`: the
+    /// detectors alone, over each row as one text). A whole table's columns
+    /// are the catalog's; while it cannot tell them, each is a whole row of
+    /// the table (any rule for a column of it covers every column).
+    async fn copy_plans(&mut self, lineage: &Lineage, columns: usize) -> Option<Vec<FieldPlan>> {
+        let copy = lineage.copy.as_ref()?;
+        let names: Vec<Vec<String>> = match &copy.table {
+            Some(table) => {
+                let known = match &self.cx.catalog {
+                    Some(catalog) => catalog.relation_columns(table).await,
+                    None => None,
+                };
+                match known.filter(|k| k.len() == columns) {
+                    Some(known) => known.iter().map(|n| n.to_vec()).collect(),
+                    None => vec![vec![format!("{table}.*")]; columns],
+                }
+            }
+            None => lineage
+                .columns(columns)
+                .into_iter()
+                .map(|s| s.names())
+                .collect(),
+        };
+        let masker = self.cx.session.masker();
+        let plans: Vec<FieldPlan> = names
+            .iter()
+            .map(|n| masker.field_plan(&n.iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect();
+        plans.iter().any(|p| *p != FieldPlan::NONE).then_some(plans)
+    }
+
     async fn described(
         &mut self,
         frame: &Frame,
@@ -2977,14 +3030,7 @@ impl ServerHalf<'_> {
                 self.write_client(&frame.bytes).await
             }
             b'T' => {
-                let lineage = match self.queue.front() {
-                    Some(Pending::Query(q)) => match q.runs.get(q.at) {
-                        Some(run) => run.clone(),
-                        None => q.statements.get(q.at).and_then(|c| c.lineage.clone()),
-                    },
-                    Some(Pending::DescribePortal { lineage, .. }) => lineage.clone(),
-                    _ => None,
-                };
+                let lineage = self.head_lineage();
                 let (cols, complete, masked) = self.described(&frame, lineage).await?;
                 match self.queue.front_mut() {
                     Some(Pending::Query(q)) => q.current.columns = Some(cols),
@@ -3062,13 +3108,38 @@ impl ServerHalf<'_> {
                 // server ignored during a COPY) would send its rows
                 // unmasked: the session ends instead, as for any answer out
                 // of step.
+                if self.track().is_none() {
+                    return Err(out_of_step("CopyOutResponse"));
+                }
+                let columns = frame
+                    .body()
+                    .get(1..3)
+                    .map_or(0, |n| i16::from_be_bytes([n[0], n[1]]).max(0) as usize);
+                let copy = self.head_lineage().filter(|l| l.copy.is_some());
+                let plans = match &copy {
+                    Some(lineage) => self.copy_plans(lineage, columns).await,
+                    None => None,
+                };
                 let Some(t) = self.track() else {
                     return Err(out_of_step("CopyOutResponse"));
                 };
-                t.copy_out = Some(if binary {
-                    CopyOut::Binary(rows::BinaryCopy::default())
-                } else {
-                    CopyOut::Text
+                let format = copy.and_then(|l| l.copy.clone());
+                t.copy_out = Some(match (binary, plans, format) {
+                    (true, plans, _) => {
+                        let mut copy = rows::BinaryCopy::default();
+                        copy.plans = plans;
+                        CopyOut::Binary(copy)
+                    }
+                    (false, Some(plans), Some(copy))
+                        if !matches!(copy.format, crate::classify::CopyFormat::Binary) =>
+                    {
+                        CopyOut::Fields(rows::CopyFields {
+                            format: copy.format,
+                            plans,
+                            header: copy.header,
+                        })
+                    }
+                    (false, ..) => CopyOut::Text,
                 });
                 self.write_client(&frame.bytes).await
             }
@@ -3080,6 +3151,15 @@ impl ServerHalf<'_> {
                 };
                 let (out, lines) = match &mut t.copy_out {
                     None => return Err(out_of_step("CopyData")),
+                    Some(CopyOut::Fields(fields)) => {
+                        let (masked, line) =
+                            rows::mask_copy_fields(masker, fields, frame.body(), &mut counts);
+                        let out = match masked {
+                            Some(data) => frame::raw(b'd', &data),
+                            None => frame.bytes.clone(),
+                        };
+                        (Some(out), line.into_iter().collect::<Vec<_>>())
+                    }
                     Some(CopyOut::Text) => {
                         let (masked, line) =
                             rows::mask_copy_line(masker, frame.body(), &mut counts);

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 
 use crate::catalog::Names;
-use crate::classify::{Lineage, Sources};
+use crate::classify::{CopyFormat, Lineage, Sources};
 use crate::frame;
 
 /// Type OIDs the gateway understands in binary format.
@@ -1216,6 +1216,252 @@ pub(crate) fn mask_copy_line(
     }
 }
 
+/// How the columns of a text or CSV COPY OUT are masked: each field by its
+/// column's plan (the columns' rules, then the detectors).
+#[derive(Debug)]
+pub(crate) struct CopyFields {
+    pub(crate) format: CopyFormat,
+    pub(crate) plans: Vec<FieldPlan>,
+    /// The next line is the header (column names): masked as plain text.
+    pub(crate) header: bool,
+}
+
+/// Masks one text or CSV COPY OUT row field by field. Returns the new
+/// bytes when something changed, and the row for the record. A row that
+/// is not UTF-8, or does not split into the columns the plans are for,
+/// is masked as one text, and a field with a rule in it then goes out
+/// whole as the rule's token: the row is withheld rather than guessed at.
+pub(crate) fn mask_copy_fields(
+    masker: &Masker,
+    fields: &mut CopyFields,
+    data: &[u8],
+    counts: &mut MaskCounts,
+) -> (Option<Bytes>, Option<String>) {
+    if std::mem::take(&mut fields.header) {
+        return mask_copy_line(masker, data, counts);
+    }
+    let Ok(line) = std::str::from_utf8(data) else {
+        return withheld_copy_line(masker, fields, data, counts);
+    };
+    let body = line.strip_suffix('\n').unwrap_or(line);
+    let Some(values) = split_copy_line(&fields.format, body) else {
+        return withheld_copy_line(masker, fields, data, counts);
+    };
+    if values.len() != fields.plans.len() {
+        return withheld_copy_line(masker, fields, data, counts);
+    }
+    let mut changed = false;
+    let mut out = String::with_capacity(line.len());
+    let delimiter = match fields.format {
+        CopyFormat::Text { delimiter, .. } | CopyFormat::Csv { delimiter, .. } => delimiter,
+        CopyFormat::Binary => b'\t',
+    };
+    for (i, (value, plan)) in values.iter().zip(&fields.plans).enumerate() {
+        if i > 0 {
+            out.push(char::from(delimiter));
+        }
+        let Some(value) = value else {
+            // NULL, written as the format's NULL string.
+            out.push_str(copy_null(&fields.format));
+            continue;
+        };
+        let masked = masker.mask_field(plan, value, counts);
+        if let Cow::Owned(m) = &masked
+            && m != value.as_ref()
+        {
+            changed = true;
+        }
+        write_copy_value(&fields.format, &masked, &mut out);
+    }
+    out.push('\n');
+    let record = out.trim_end_matches('\n').to_string();
+    if changed {
+        (Some(Bytes::from(out.into_bytes())), Some(record))
+    } else {
+        (None, Some(body.to_string()))
+    }
+}
+
+/// A COPY row that cannot be read field by field: masked as one text; if
+/// any column has a rule, the whole row goes out as that rule's token.
+fn withheld_copy_line(
+    masker: &Masker,
+    fields: &CopyFields,
+    data: &[u8],
+    counts: &mut MaskCounts,
+) -> (Option<Bytes>, Option<String>) {
+    let text = frame::lossy(data);
+    match fields.plans.iter().find(|p| p.has_rule()) {
+        Some(plan) => {
+            let masked = masker.mask_field(plan, text.trim_end_matches('\n'), counts);
+            let record = masked.to_string();
+            (
+                Some(Bytes::from(format!("{masked}\n").into_bytes())),
+                Some(record),
+            )
+        }
+        None => mask_copy_line(masker, data, counts),
+    }
+}
+
+fn copy_null(format: &CopyFormat) -> &str {
+    match format {
+        CopyFormat::Text { null, .. } | CopyFormat::Csv { null, .. } => null,
+        CopyFormat::Binary => "",
+    }
+}
+
+/// The fields of one COPY row (`None`: NULL), unescaped; `None` when the
+/// row is not well formed.
+fn split_copy_line<'a>(format: &CopyFormat, line: &'a str) -> Option<Vec<Option<Cow<'a, str>>>> {
+    match format {
+        CopyFormat::Text { delimiter, null } => {
+            let d = char::from(*delimiter);
+            Some(
+                line.split(d)
+                    .map(|raw| (raw != null).then(|| unescape_text(raw)))
+                    .collect(),
+            )
+        }
+        CopyFormat::Csv {
+            delimiter,
+            quote,
+            escape,
+            null,
+        } => split_csv(line, *delimiter, *quote, *escape, null),
+        CopyFormat::Binary => None,
+    }
+}
+
+/// A text-format value with its backslash escapes undone.
+fn unescape_text(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('\\') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The fields of a CSV row: quoted ones with their quotes and escapes
+/// undone; an unquoted field equal to the NULL string is NULL.
+fn split_csv<'a>(
+    line: &'a str,
+    delimiter: u8,
+    quote: u8,
+    escape: u8,
+    null: &str,
+) -> Option<Vec<Option<Cow<'a, str>>>> {
+    let b = line.as_bytes();
+    let mut fields = Vec::new();
+    let mut at = 0;
+    loop {
+        if b.get(at) == Some(&quote) {
+            let mut value = Vec::new();
+            let mut i = at + 1;
+            loop {
+                let c = *b.get(i)?;
+                // The escape before a quote or itself stands for that
+                // character (a doubled quote, when the two are the same).
+                let next = b.get(i + 1).copied();
+                if c == escape && next.is_some_and(|n| n == quote || n == escape) {
+                    value.extend(next);
+                    i += 2;
+                } else if c == quote {
+                    i += 1;
+                    break;
+                } else {
+                    value.push(c);
+                    i += 1;
+                }
+            }
+            fields.push(Some(Cow::Owned(String::from_utf8(value).ok()?)));
+            at = i;
+        } else {
+            let end = b[at..]
+                .iter()
+                .position(|&c| c == delimiter)
+                .map_or(b.len(), |p| at + p);
+            let raw = line.get(at..end)?;
+            fields.push((raw != null).then_some(Cow::Borrowed(raw)));
+            at = end;
+        }
+        match b.get(at) {
+            None => return Some(fields),
+            Some(&c) if c == delimiter => at += 1,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Writes a value in the COPY format, escaped or quoted as the server would.
+fn write_copy_value(format: &CopyFormat, value: &str, out: &mut String) {
+    match format {
+        CopyFormat::Text { delimiter, .. } => {
+            let d = char::from(*delimiter);
+            for c in value.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' if d == '\t' => out.push_str("\\t"),
+                    c if c == d => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c => out.push(c),
+                }
+            }
+        }
+        CopyFormat::Csv {
+            delimiter,
+            quote,
+            escape,
+            null,
+        } => {
+            let (d, q, e) = (
+                char::from(*delimiter),
+                char::from(*quote),
+                char::from(*escape),
+            );
+            let needs = value.is_empty()
+                || value == null
+                || value.contains([d, q, '\n', '\r'])
+                || value.starts_with(' ')
+                || value.ends_with(' ');
+            if !needs {
+                out.push_str(value);
+                return;
+            }
+            out.push(q);
+            for c in value.chars() {
+                if c == q || c == e {
+                    out.push(e);
+                }
+                out.push(c);
+            }
+            out.push(q);
+        }
+        CopyFormat::Binary => out.push_str(value),
+    }
+}
+
 /// A text line of COPY FROM STDIN data longer than this is recorded in
 /// pieces (a value split across two pieces may then be masked in neither).
 const COPY_LINE_MAX: usize = 1 << 20;
@@ -1357,6 +1603,8 @@ const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// lossy reading holds something to mask. Works across `CopyData` boundaries.
 #[derive(Debug, Default)]
 pub(crate) struct BinaryCopy {
+    /// Each column's plan, when the statement says what the columns are.
+    pub(crate) plans: Option<Vec<FieldPlan>>,
     buf: BytesMut,
     header_done: bool,
     /// The stream did not start with the signature: it is forwarded as it is.
@@ -1467,15 +1715,19 @@ impl BinaryCopy {
             // is binary (a number, a composite, an array) whatever it reads
             // as.
             let text = std::str::from_utf8(v).ok().filter(|_| !v.contains(&0));
+            let plan = self
+                .plans
+                .as_ref()
+                .and_then(|p| p.get(i))
+                .unwrap_or(&NO_FIELD);
             match text {
                 Some(text) => {
-                    let masked = mask_plain(masker, text, counts);
-                    let value = masked.as_deref().unwrap_or(text);
+                    let value = masker.mask_field(plan, text, counts);
                     out.put_i32(value.len() as i32);
                     out.put_slice(value.as_bytes());
-                    line.push_str(value);
+                    line.push_str(&value);
                 }
-                None => match mask_binary_value(masker, &NO_FIELD, 0, v, counts) {
+                None => match mask_binary_value(masker, plan, 0, v, counts) {
                     Some(masked) => {
                         out.put_i32(-1);
                         line.push_str(&masked);
@@ -1498,6 +1750,88 @@ mod tests {
     use super::*;
     use airlock_core::Identity;
     use airlock_core::mask::{MaskConfig, MaskEngine};
+
+    #[test]
+    fn copy_rows_split_and_are_written_back_as_the_server_writes_them() {
+        let text = CopyFormat::Text {
+            delimiter: b'\t',
+            null: "\\N".into(),
+        };
+        let got = split_copy_line(&text, "a\\tb\t\\N\tc\\\\d").unwrap();
+        assert_eq!(got, vec![Some("a\tb".into()), None, Some("c\\d".into())]);
+        let mut out = String::new();
+        write_copy_value(&text, "a\tb\\c\nd", &mut out);
+        assert_eq!(out, "a\\tb\\\\c\\nd");
+        let csv = CopyFormat::Csv {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'"',
+            null: String::new(),
+        };
+        let got = split_copy_line(&csv, "1,\"x,\"\"y\"\"\",,\"\",z").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Some("1".into()),
+                Some("x,\"y\"".into()),
+                None,
+                Some("".into()),
+                Some("z".into())
+            ]
+        );
+        // An unterminated quote or text after a closing one: not a row.
+        assert!(split_copy_line(&csv, "\"abc").is_none());
+        assert!(split_copy_line(&csv, "\"a\"b,c").is_none());
+        let backslash = CopyFormat::Csv {
+            delimiter: b';',
+            quote: b'"',
+            escape: b'\\',
+            null: "NULL".into(),
+        };
+        let got = split_copy_line(&backslash, "\"a\\\"b\";NULL").unwrap();
+        assert_eq!(got, vec![Some("a\"b".into()), None]);
+        for (format, value, written) in [
+            (&csv, "x,\"y\"", "\"x,\"\"y\"\"\""),
+            (&csv, "", "\"\""),
+            (&csv, "plain", "plain"),
+            (&backslash, "NULL", "\"NULL\""),
+            (&backslash, "a\"b", "\"a\\\"b\""),
+        ] {
+            let mut out = String::new();
+            write_copy_value(format, value, &mut out);
+            assert_eq!(out, written, "{value:?}");
+            assert_eq!(
+                split_copy_line(format, &out).unwrap(),
+                vec![Some(Cow::Borrowed(value))]
+            );
+        }
+    }
+
+    #[test]
+    fn copy_rows_are_masked_by_their_columns_or_withheld() {
+        let masker = masker();
+        let plans = vec![masker.field_plan(&["t.id"]), masker.field_plan(&["t.ssn"])];
+        let mut fields = CopyFields {
+            format: CopyFormat::Text {
+                delimiter: b'\t',
+                null: "\\N".into(),
+            },
+            plans,
+            header: true,
+        };
+        let mut counts = MaskCounts::new();
+        // The header passes as text; rows are masked by column.
+        let (out, _) = mask_copy_fields(&masker, &mut fields, b"id\tsecret\n", &mut counts);
+        assert!(out.is_none());
+        let (out, line) = mask_copy_fields(&masker, &mut fields, b"1\ths\\tx\n", &mut counts);
+        assert_eq!(out.unwrap(), Bytes::from_static(b"1\t<REDACTED>\n"));
+        assert_eq!(line.unwrap(), "1\t<REDACTED>");
+        let (out, _) = mask_copy_fields(&masker, &mut fields, b"2\t\\N\n", &mut counts);
+        assert!(out.is_none(), "NULL stays NULL");
+        // A row that does not split into the columns: withheld whole.
+        let (out, _) = mask_copy_fields(&masker, &mut fields, b"3\tx\ty\n", &mut counts);
+        assert_eq!(out.unwrap(), Bytes::from_static(b"<REDACTED>\n"));
+    }
 
     #[test]
     fn row_values_in_integrity_errors_are_found() {

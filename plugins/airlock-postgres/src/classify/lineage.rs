@@ -33,9 +33,10 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use sqlparser::ast::{
-    Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart,
-    Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias,
-    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, FromTable,
+    FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, Query, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor,
+    TableObject, TableWithJoins, Visit, Visitor,
 };
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -105,6 +106,46 @@ struct Out {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lineage {
     items: Vec<Item>,
+    /// For `COPY … TO STDOUT`: how its rows are written, and which table's
+    /// columns they are when it copies a whole table.
+    pub copy: Option<CopyOut>,
+}
+
+/// How a `COPY … TO STDOUT` writes its rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyOut {
+    /// The rows' format.
+    pub format: CopyFormat,
+    /// The first row names the columns.
+    pub header: bool,
+    /// `COPY t TO STDOUT` with no column list: the table's columns, in
+    /// its order (the catalog's); otherwise the columns are the lineage's.
+    pub table: Option<String>,
+}
+
+/// A COPY's format, with what separates, quotes and stands for NULL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// Tab-separated (or `DELIMITER`), backslash escapes.
+    Text {
+        /// Between fields.
+        delimiter: u8,
+        /// What a NULL is written as (`\N`).
+        null: String,
+    },
+    /// CSV.
+    Csv {
+        /// Between fields.
+        delimiter: u8,
+        /// Around a field that needs it.
+        quote: u8,
+        /// Before a quote (or itself) inside a quoted field.
+        escape: u8,
+        /// What a NULL is written as (unquoted).
+        null: String,
+    },
+    /// PostgreSQL's binary COPY format.
+    Binary,
 }
 
 impl Lineage {
@@ -172,6 +213,7 @@ impl Lineage {
                 }
                 Some(Arc::new(Lineage {
                     items: vec![Item::Many(s)],
+                    copy: None,
                 }))
             }
         }
@@ -197,12 +239,132 @@ pub(super) fn of_statement(stmt: &Statement) -> Option<Lineage> {
             [one] => query(one.for_query.as_deref()?, None, &Ctes::new()),
             _ => return None,
         },
+        Statement::Copy {
+            source,
+            to: true,
+            target: CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } => {
+            return copy_out(source, options, legacy_options);
+        }
         other => statement(other, None, &Ctes::new())?,
     };
     let lineage = Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
+        copy: None,
     };
     (!lineage.is_empty()).then_some(lineage)
+}
+
+/// The lineage of `COPY … TO STDOUT`: its format, and its columns (a
+/// query's as for a result, with a table's `*` a whole row of it, since no
+/// description names them). `None` for a format or option this gateway
+/// cannot read rows of; their lines are then masked as one text each.
+fn copy_out(
+    source: &CopySource,
+    options: &[CopyOption],
+    legacy: &[CopyLegacyOption],
+) -> Option<Lineage> {
+    let mut format = "text".to_owned();
+    let (mut delimiter, mut null, mut header) = (None, None, false);
+    let (mut quote, mut escape) = (None, None);
+    for o in options {
+        match o {
+            CopyOption::Format(f) => format = f.value.to_ascii_lowercase(),
+            CopyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyOption::Null(n) => null = Some(n.clone()),
+            CopyOption::Header(h) => header = *h,
+            CopyOption::Quote(c) => quote = Some(*c),
+            CopyOption::Escape(c) => escape = Some(*c),
+            CopyOption::ForceQuote(_) | CopyOption::ForceNotNull(_) | CopyOption::ForceNull(_) => {}
+            // (ENCODING other than UTF-8 is opaque before it gets here.)
+            CopyOption::Encoding(_) | CopyOption::Freeze(_) => {}
+        }
+    }
+    for o in legacy {
+        match o {
+            CopyLegacyOption::Binary => format = "binary".into(),
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyLegacyOption::Null(n) => null = Some(n.clone()),
+            CopyLegacyOption::Header => header = true,
+            CopyLegacyOption::Csv(csv) => {
+                format = "csv".into();
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => header = true,
+                        CopyLegacyCsvOption::Quote(q) => quote = Some(*q),
+                        CopyLegacyCsvOption::Escape(e) => escape = Some(*e),
+                        _ => {}
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    let byte = |c: Option<char>, default: u8| match c {
+        None => Some(default),
+        Some(c) => u8::try_from(c).ok().filter(u8::is_ascii),
+    };
+    let format = match format.as_str() {
+        "text" => CopyFormat::Text {
+            delimiter: byte(delimiter, b'\t')?,
+            null: null.unwrap_or_else(|| "\\N".into()),
+        },
+        "csv" => {
+            let quote = byte(quote, b'"')?;
+            CopyFormat::Csv {
+                delimiter: byte(delimiter, b',')?,
+                quote,
+                escape: byte(escape, quote)?,
+                null: null.unwrap_or_default(),
+            }
+        }
+        "binary" => CopyFormat::Binary,
+        _ => return None,
+    };
+    let (items, table) = match source {
+        CopySource::Table {
+            table_name: name,
+            columns,
+        } if columns.is_empty() => (Vec::new(), Some(table_name(name))),
+        CopySource::Table {
+            table_name: name,
+            columns,
+        } => {
+            let table = table_name(name);
+            let items = columns
+                .iter()
+                .map(|c| {
+                    let mut s = Sources::default();
+                    s.columns.insert(format!("{table}.{}", ident_name(c)));
+                    Item::One(s)
+                })
+                .collect();
+            (items, None)
+        }
+        CopySource::Query(q) => {
+            let root = Scope {
+                rels: Vec::new(),
+                parent: None,
+                copy: true,
+            };
+            let items = query(q, Some(&root), &Ctes::new())
+                .into_iter()
+                .map(|o| o.item)
+                .collect();
+            (items, None)
+        }
+    };
+    Some(Lineage {
+        items,
+        copy: Some(CopyOut {
+            format,
+            header,
+            table,
+        }),
+    })
 }
 
 /// The cursor a `DECLARE` makes.
@@ -227,6 +389,7 @@ pub(crate) fn of_view(definition: &str) -> Option<Lineage> {
     let outs = statement(stmt, None, &Ctes::new())?;
     Some(Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
+        copy: None,
     })
 }
 
@@ -296,11 +459,11 @@ impl Rel {
     }
 
     /// What the relation's columns bring to a `*`: only what the server
-    /// cannot name (a table's own columns it names).
-    fn star(&self) -> Sources {
+    /// cannot name (a table's own columns it names, unless `copy`).
+    fn star(&self, copy: bool) -> Sources {
         match &self.kind {
-            RelKind::Table(_) => Sources::default(),
-            RelKind::Derived(_) => self.whole_row(),
+            RelKind::Table(_) if !copy => Sources::default(),
+            _ => self.whole_row(),
         }
     }
 }
@@ -309,6 +472,19 @@ impl Rel {
 struct Scope<'a> {
     rels: Vec<Rel>,
     parent: Option<&'a Scope<'a>>,
+    /// The rows go out without a description (`COPY … TO STDOUT`): a
+    /// table's own columns in a `*` are not named by the server either.
+    copy: bool,
+}
+
+impl<'a> Scope<'a> {
+    fn new(rels: Vec<Rel>, parent: Option<&'a Scope<'a>>) -> Self {
+        Scope {
+            rels,
+            parent,
+            copy: parent.is_some_and(|p| p.copy),
+        }
+    }
 }
 
 impl Scope<'_> {
@@ -379,10 +555,7 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
             };
             let alias = insert.table_alias.as_ref().map(|a| ident_name(&a.alias));
             let rel = table_rel(name, alias, ctes);
-            let scope = Scope {
-                rels: vec![rel],
-                parent,
-            };
+            let scope = Scope::new(vec![rel], parent);
             Some(select_list(returning, &scope, ctes))
         }
         Statement::Update(update) => {
@@ -396,7 +569,7 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
                     from_item(t, parent, ctes, &mut rels);
                 }
             }
-            let scope = Scope { rels, parent };
+            let scope = Scope::new(rels, parent);
             Some(select_list(returning, &scope, ctes))
         }
         Statement::Delete(delete) => {
@@ -406,7 +579,7 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
             for t in from.iter().chain(delete.using.iter().flatten()) {
                 from_item(t, parent, ctes, &mut rels);
             }
-            let scope = Scope { rels, parent };
+            let scope = Scope::new(rels, parent);
             Some(select_list(returning, &scope, ctes))
         }
         _ => None,
@@ -456,10 +629,7 @@ fn set_expr(body: &SetExpr, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out>
             }
         }
         SetExpr::Values(values) => {
-            let scope = Scope {
-                rels: Vec::new(),
-                parent,
-            };
+            let scope = Scope::new(Vec::new(), parent);
             let width = values
                 .rows
                 .iter()
@@ -508,7 +678,7 @@ fn select(s: &Select, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
     for t in &s.from {
         from_item(t, parent, ctes, &mut rels);
     }
-    let scope = Scope { rels, parent };
+    let scope = Scope::new(rels, parent);
     select_list(&s.projection, &scope, ctes)
 }
 
@@ -531,7 +701,7 @@ fn select_list(items: &[SelectItem], scope: &Scope<'_>, ctes: &Ctes) -> Vec<Out>
             SelectItem::Wildcard(_) => {
                 let mut s = Sources::default();
                 for rel in &scope.rels {
-                    s.add(&rel.star());
+                    s.add(&rel.star(scope.copy));
                 }
                 Out {
                     name: None,
@@ -542,7 +712,7 @@ fn select_list(items: &[SelectItem], scope: &Scope<'_>, ctes: &Ctes) -> Vec<Out>
                 let s = match kind {
                     SelectItemQualifiedWildcardKind::ObjectName(name) => {
                         match scope.find(&relation_name(name)) {
-                            Some(rel) => rel.star(),
+                            Some(rel) => rel.star(scope.copy),
                             None => Sources::default(),
                         }
                     }
@@ -568,10 +738,7 @@ fn from_item(t: &TableWithJoins, parent: Option<&Scope<'_>>, ctes: &Ctes, rels: 
 fn factor(f: &TableFactor, parent: Option<&Scope<'_>>, ctes: &Ctes, rels: &mut Vec<Rel>) {
     // What a function or subquery in FROM may refer to: what is in sight
     // around it, and (LATERAL) the entries before it.
-    let around = |rels: &Vec<Rel>| Scope {
-        rels: rels.clone(),
-        parent,
-    };
+    let around = |rels: &Vec<Rel>| Scope::new(rels.clone(), parent);
     let derived = |alias: &Option<TableAlias>, mut outs: Vec<Out>, fallback: String| {
         if let Some(alias) = alias {
             rename(&mut outs, alias);
