@@ -272,6 +272,12 @@ async fn a_value_computed_from_a_ruled_column_is_masked() {
         "SELECT id::text FROM staff UNION ALL SELECT pay_grade FROM staff",
         "SELECT row_to_json(s) FROM staff s",
         "SELECT 1; SELECT lower(pay_grade) FROM staff",
+        // A table's `*` inside a query around it, an alias list, a
+        // recursive CTE that swaps its columns.
+        "SELECT upper(pay_grade) FROM (SELECT * FROM staff) s",
+        "SELECT NULL, NULL, NULL WHERE false UNION ALL SELECT * FROM staff",
+        "SELECT g || '' FROM staff AS s(i, g)",
+        "WITH RECURSIVE r(a, b, n) AS (SELECT ''::text, pay_grade, 0 FROM staff UNION ALL SELECT b, a, n + 1 FROM r WHERE n = 0) SELECT a FROM r WHERE n = 1",
     ] {
         let rows = text(client.simple_query(sql).await.unwrap());
         assert!(!rows.is_empty(), "{sql}");
@@ -404,6 +410,13 @@ async fn a_view_does_not_take_a_column_out_of_its_rule() {
         ("SELECT * FROM staff_v", 1, Some((2, "platform"))),
         ("SELECT p FROM staff_rows", 0, None),
         ("SELECT team FROM staff_rows", 0, None),
+        // Computed from a view's column: the catalog says what is behind it.
+        (
+            "SELECT grade || '', team FROM staff_v",
+            0,
+            Some((1, "platform")),
+        ),
+        ("SELECT upper(g2) FROM staff_v2", 0, None),
     ] {
         for row in client.simple_query(sql).await.unwrap() {
             let tokio_postgres::SimpleQueryMessage::Row(r) = row else {
@@ -691,6 +704,9 @@ COPY staff (team, pay_grade) TO STDOUT (FORMAT csv, HEADER);
 COPY (SELECT id, upper(pay_grade), E'a\\tb' FROM staff) TO STDOUT (FORMAT csv, DELIMITER ';');
 COPY (SELECT id, pay_grade || E'\\t' AS x, team FROM staff) TO STDOUT;
 COPY staff (id, team) TO STDOUT;
+COPY (SELECT 'aXbXc', pay_grade, 'd' FROM staff) TO STDOUT (FORMAT csv, DELIMITER X);
+COPY (SELECT pay_grade FROM staff) TO STDOUT (NULL 'E7-band-3');
+COPY (TABLE public.staff) TO STDOUT;
 ";
     let (ok, out, err) = psql_stdin(
         &conninfo(gw.addr, "agent-1", ""),
@@ -714,6 +730,12 @@ COPY staff (id, team) TO STDOUT;
             "7;<REDACTED>;a\tb",
             "7\t<REDACTED>\tplatform",
             "7\tplatform",
+            // A delimiter written as a bare letter (which PostgreSQL folds
+            // to lower case): the rows cannot be split, and are withheld.
+            "<REDACTED>",
+            // A NULL string equal to the value would tell it: masked.
+            "<REDACTED>",
+            "<REDACTED>\t<REDACTED>\t<REDACTED>",
         ]
     );
     // Extended protocol, text and binary.
@@ -844,8 +866,10 @@ async fn values_in_numbers_json_documents_or_another_encoding_are_masked() {
         r#"{"{\"ssn\":\"<REDACTED>\"}",NULL}|{"{\"id\": 78051120}"}"#
     );
 
-    // COPY in LATIN1: a row that is not UTF-8 is masked by its lossy
-    // reading; one with nothing to mask goes out as the server sent it.
+    // COPY in LATIN1 is a statement the gateway does not read (its rows
+    // are not UTF-8, and in some encodings a backslash or a tab can be
+    // part of a character): while column rules are on, its rows cannot
+    // be shown to hold no ruled column, and are withheld whole.
     let (ok, out, err) = psql_stdin(
         &conninfo(gw.addr, "agent-1", ""),
         &token,
@@ -860,8 +884,10 @@ COPY (SELECT id, 'José' FROM customers) TO STDOUT (ENCODING 'LATIN1');
     .unwrap();
     assert!(ok, "{err}");
     assert!(!out.contains("alice@"), "{out}");
-    assert!(out.contains("<EMAIL>\tJos"), "{out}");
-    assert!(out.contains("1\tJos"), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["<REDACTED>", "<REDACTED>"]
+    );
     assert!(pg.log().contains("(ENCODING 'LATIN1')"), "the COPY ran");
 
     // Nor did the audit trail get the card number: not from the result

@@ -86,6 +86,9 @@ type ColumnKey = (u32, i16);
 /// table that table inherits from (nearest first).
 pub(crate) type Names = Arc<[String]>;
 
+/// Every table of one name, each as its columns' [`Names`] in order.
+pub(crate) type Relations = Arc<Vec<Vec<Names>>>;
+
 /// What the catalog said about a column, and when: its [`Names`], or `None`
 /// when it did not have the column.
 type Entry = (Option<Names>, Instant);
@@ -96,6 +99,9 @@ struct Known {
     /// The columns of tables by `(schema, table)`, for errors that name a
     /// table and hold its values ([`Catalog::table_columns`]).
     tables: HashMap<(String, String), Entry>,
+    /// The columns of tables by a name a query gives them
+    /// ([`Catalog::relation_columns`]).
+    relations: HashMap<String, (Relations, Instant)>,
     last_lookup: Option<Instant>,
     failed_at: Option<Instant>,
 }
@@ -302,43 +308,66 @@ impl Catalog {
         self.ask_where(&list).await
     }
 
-    /// The columns of the table `name` (`table` as the target's search
-    /// path finds it, or `schema.table`), in their order, each with its
-    /// [`Names`]: for data that carries no description (`COPY t TO
-    /// STDOUT`). `None` when the catalog cannot be asked or has no such
-    /// table.
-    pub(crate) async fn relation_columns(&self, name: &str) -> Option<Vec<Names>> {
+    /// The columns of every table or view named `name` (`table`, in any
+    /// schema, or `schema.table`; letters in any case), each table's in
+    /// their order with their [`Names`]: for names a query gives (a
+    /// computed column made of `t.c`, a `COPY t TO STDOUT`), which say
+    /// neither the schema nor what `t` is (a view, a partition). An empty
+    /// list when there is no such table; `None` when the catalog cannot
+    /// be asked. Answers are kept as columns' names are.
+    pub(crate) async fn relation_columns(&self, name: &str) -> Option<Relations> {
+        // No such table yet is asked again sooner, as a missing column is.
+        let cached = |known: &Known| match known.relations.get(name) {
+            Some((found, at))
+                if at.elapsed()
+                    < if found.is_empty() {
+                        RETRY_AFTER
+                    } else {
+                        FRESH_FOR
+                    } =>
+            {
+                Some(found.clone())
+            }
+            _ => None,
+        };
+        if let Some(found) = cached(&self.known()) {
+            return Some(found);
+        }
         let _one = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock())
             .await
             .ok()?;
         let (failed_at, last_lookup) = {
             let known = self.known();
+            if let Some(found) = cached(&known) {
+                return Some(found);
+            }
             (known.failed_at, known.last_lookup)
         };
         if !wait_turn(failed_at, last_lookup).await {
             return None;
         }
+        let lower = |s: &str| {
+            format!(
+                "pg_catalog.lower({}::pg_catalog.text) OPERATOR(pg_catalog.=) pg_catalog.lower({})",
+                s,
+                literal(name.rsplit('.').next().unwrap_or(name))
+            )
+        };
         let relation = match name.rsplit_once('.') {
-            Some((schema, table)) => format!(
-                "n.nspname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
-                 AND c.relname OPERATOR(pg_catalog.=) {}::pg_catalog.name",
+            Some((schema, _)) => format!(
+                "pg_catalog.lower(n.nspname::pg_catalog.text) OPERATOR(pg_catalog.=) pg_catalog.lower({}) AND {}",
                 literal(schema),
-                literal(table)
+                lower("c.relname")
             ),
-            None => format!(
-                "c.relname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
-                 AND pg_catalog.pg_table_is_visible(c.oid)",
-                literal(name)
-            ),
+            None => lower("c.relname"),
         };
         let cond = format!(
-            "a.attrelid OPERATOR(pg_catalog.=) (SELECT c.oid FROM pg_catalog.pg_class c \
+            "a.attrelid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT c.oid FROM pg_catalog.pg_class c \
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-               WHERE {relation} LIMIT 1) \
+               WHERE {relation})) \
              AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2"
         );
         let found = self.ask_where(&cond).await;
-        self.known().answered(Instant::now());
         let found = match found {
             Ok(found) => found,
             Err(e) => {
@@ -346,11 +375,31 @@ impl Catalog {
                 return None;
             }
         };
-        let mut by_attnum: BTreeMap<i16, Vec<String>> = BTreeMap::new();
-        for ((_, attnum), name) in found {
-            by_attnum.entry(attnum).or_default().push(name);
+        let mut by_table: BTreeMap<u32, BTreeMap<i16, Vec<String>>> = BTreeMap::new();
+        for ((table, attnum), name) in found {
+            by_table
+                .entry(table)
+                .or_default()
+                .entry(attnum)
+                .or_default()
+                .push(name);
         }
-        (!by_attnum.is_empty()).then(|| by_attnum.into_values().map(Names::from).collect())
+        let tables: Relations = Arc::new(
+            by_table
+                .into_values()
+                .map(|cols| cols.into_values().map(Names::from).collect())
+                .collect(),
+        );
+        let now = Instant::now();
+        let mut known = self.known();
+        known.answered(now);
+        if known.relations.len() >= MAX_TABLES {
+            known.relations.clear();
+        }
+        known
+            .relations
+            .insert(name.to_owned(), (tables.clone(), now));
+        Some(tables)
     }
 
     /// The names of the columns `cond` (on `pg_attribute a`) selects.

@@ -197,15 +197,19 @@ impl Classified {
         }
     }
 
-    /// A statement that could be anything.
+    /// A statement that could be anything, and return anything: each
+    /// computed column it returns may be any ruled column.
     fn opaque(text: &str) -> Self {
-        Classified::plain(SqlOperation {
-            text: text.to_owned(),
-            kind: SqlKind::Opaque,
-            object: None,
-            tables: Vec::new(),
-            has_where: None,
-        })
+        Classified {
+            lineage: Some(Arc::new(Lineage::anything())),
+            ..Classified::plain(SqlOperation {
+                text: text.to_owned(),
+                kind: SqlKind::Opaque,
+                object: None,
+                tables: Vec::new(),
+                has_where: None,
+            })
+        }
     }
 }
 
@@ -331,6 +335,14 @@ fn classify_pieces(pieces: &[lex::Piece<'_>]) -> Vec<Classified> {
 }
 
 fn classify_piece(piece: &lex::Piece<'_>) -> Classified {
+    let mut classified = classify_piece_as(piece);
+    if classified.operation.kind == SqlKind::Opaque {
+        classified.lineage = Some(Arc::new(Lineage::anything()));
+    }
+    classified
+}
+
+fn classify_piece_as(piece: &lex::Piece<'_>) -> Classified {
     if piece.has_unicode_escapes() {
         return Classified::opaque(piece.text);
     }

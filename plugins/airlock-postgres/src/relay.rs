@@ -336,6 +336,9 @@ enum CopyOut {
     /// One text or CSV row per message, masked field by field by the
     /// columns' rules.
     Fields(rows::CopyFields),
+    /// One text or CSV row per message that cannot be split into fields:
+    /// masked whole by this plan.
+    Withheld(FieldPlan),
     /// The binary format, parsed across messages.
     Binary(rows::BinaryCopy),
 }
@@ -2539,16 +2542,23 @@ impl ServerHalf<'_> {
                     Some(catalog) => catalog.relation_columns(table).await,
                     None => None,
                 };
-                match known.filter(|k| k.len() == columns) {
-                    Some(known) => known.iter().map(|n| n.to_vec()).collect(),
-                    None => vec![vec![format!("{table}.*")]; columns],
+                // One table of that name (in any schema) with these many
+                // columns: its columns. Otherwise which table the server's
+                // search path finds is not known here.
+                match known.as_deref().map(Vec::as_slice) {
+                    Some([one]) if one.len() == columns => one.iter().map(|n| n.to_vec()).collect(),
+                    _ => vec![vec![format!("{table}.*")]; columns],
                 }
             }
-            None => lineage
-                .columns(columns)
-                .into_iter()
-                .map(|s| s.names())
-                .collect(),
+            None => {
+                let mut names: Vec<Vec<String>> = lineage
+                    .columns(columns)
+                    .into_iter()
+                    .map(|s| s.names())
+                    .collect();
+                self.behind(&mut names).await;
+                names
+            }
         };
         let masker = self.cx.session.masker();
         let plans: Vec<FieldPlan> = names
@@ -2556,6 +2566,58 @@ impl ServerHalf<'_> {
             .map(|n| masker.field_plan(&n.iter().map(String::as_str).collect::<Vec<_>>()))
             .collect();
         plans.iter().any(|p| *p != FieldPlan::NONE).then_some(plans)
+    }
+
+    /// Adds to each column's names (`table.column`, `table.*`, as a
+    /// query gives them) what the catalog says is behind them: the same
+    /// column in every schema's table of that name and in the tables it
+    /// inherits from, and for a view's column the table columns the view
+    /// computes it from. False when the catalog could not be asked.
+    async fn behind(&mut self, names: &mut [Vec<String>]) -> bool {
+        let Some(catalog) = self.cx.catalog.clone() else {
+            return true;
+        };
+        let mut relations: Vec<&str> = names
+            .iter()
+            .flatten()
+            .filter_map(|n| n.rsplit_once('.').map(|(t, _)| t))
+            .collect();
+        relations.sort_unstable();
+        relations.dedup();
+        let relations: Vec<String> = relations.into_iter().map(str::to_owned).collect();
+        let mut complete = true;
+        let mut found = HashMap::new();
+        for relation in relations {
+            match catalog.relation_columns(&relation).await {
+                Some(tables) => {
+                    found.insert(relation, tables);
+                }
+                None => complete = false,
+            }
+        }
+        for column in names.iter_mut() {
+            let mut more = Vec::new();
+            for name in column.iter() {
+                let Some((relation, col)) = name.rsplit_once('.') else {
+                    continue;
+                };
+                let Some(tables) = found.get(relation) else {
+                    continue;
+                };
+                for c in tables.iter().flatten() {
+                    let own = c.first().map(String::as_str).unwrap_or_default();
+                    let matches = col == "*"
+                        || own
+                            .rsplit_once('.')
+                            .is_some_and(|(_, last)| last.eq_ignore_ascii_case(col));
+                    if matches {
+                        more.extend(c.iter().cloned());
+                    }
+                }
+            }
+            column.extend(more);
+        }
+        complete
     }
 
     async fn described(
@@ -2600,6 +2662,25 @@ impl ServerHalf<'_> {
                 catalog.all_named(&origins)
             };
         }
+        // What the computed columns are made of, each name also in the
+        // tables and views behind it.
+        let computed = match &lineage {
+            Some(l) => {
+                let mut names: Vec<Vec<String>> = l
+                    .columns(desc.fields.len())
+                    .into_iter()
+                    .map(|s| s.names())
+                    .collect();
+                for (field, n) in desc.fields.iter().zip(names.iter_mut()) {
+                    if field.table_id != 0 {
+                        n.clear();
+                    }
+                }
+                complete &= self.behind(&mut names).await;
+                Some(names)
+            }
+            None => None,
+        };
         let masker = self.cx.session.masker();
         let mut cols = rows::columns(
             masker,
@@ -2610,7 +2691,7 @@ impl ServerHalf<'_> {
                     .as_ref()
                     .and_then(|c| c.column(table, attnum))
             },
-            lineage.as_deref(),
+            computed.as_deref(),
         );
         // Rules were matched on the names as the server gave them; the
         // client and the record get them masked.
@@ -3124,7 +3205,19 @@ impl ServerHalf<'_> {
                     return Err(out_of_step("CopyOutResponse"));
                 };
                 let format = copy.and_then(|l| l.copy.clone());
+                // A COPY whose statement this gateway could not read (an
+                // option it does not know, a statement it could not line
+                // up): its fields cannot be told apart, so while any
+                // column rule is on, every field may be a ruled column's.
+                let plans = match (&format, plans) {
+                    (None, None) if masker.has_field_rules() => {
+                        Some(vec![masker.whole_row_plan(""); columns.max(1)])
+                    }
+                    (_, plans) => plans,
+                };
+                let withheld = format.is_none() && plans.is_some();
                 t.copy_out = Some(match (binary, plans, format) {
+                    (false, Some(plans), _) if withheld => CopyOut::Withheld(plans[0].clone()),
                     (true, plans, _) => {
                         let mut copy = rows::BinaryCopy::default();
                         copy.plans = plans;
@@ -3151,6 +3244,16 @@ impl ServerHalf<'_> {
                 };
                 let (out, lines) = match &mut t.copy_out {
                     None => return Err(out_of_step("CopyData")),
+                    Some(CopyOut::Withheld(plan)) => {
+                        let line = frame::lossy(frame.body());
+                        let masked =
+                            masker.mask_field(plan, line.trim_end_matches('\n'), &mut counts);
+                        let row = masked.to_string();
+                        (
+                            Some(frame::raw(b'd', format!("{masked}\n").as_bytes())),
+                            vec![row],
+                        )
+                    }
                     Some(CopyOut::Fields(fields)) => {
                         let (masked, line) =
                             rows::mask_copy_fields(masker, fields, frame.body(), &mut counts);

@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 use airlock_core::MaskCounts;
 use airlock_core::mask::{FieldPlan, Masker};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use pgwire::messages::data::{DataRow, RowDescription};
 
 use crate::catalog::Names;
-use crate::classify::{CopyFormat, Lineage, Sources};
+use crate::classify::CopyFormat;
 use crate::frame;
 
 /// Type OIDs the gateway understands in binary format.
@@ -111,7 +111,7 @@ pub(crate) struct Column {
     /// `schema.table.column` for a column straight from a table (whatever
     /// the query called it), and the same in each table that table
     /// inherits from, from the target's catalog; for a computed column,
-    /// the table columns the query made it of ([`Lineage`]).
+    /// the table columns the query made it of (`classify::Lineage`).
     pub(crate) origin: Option<Names>,
     pub(crate) type_oid: u32,
     /// 0 text, 1 binary.
@@ -152,15 +152,14 @@ impl Column {
 
 /// The columns of a `RowDescription`, planned for `masker`; `table_column`
 /// names a column by its table OID and attribute number when the catalog
-/// knows it, and `lineage` (the statement's, when the classifier read
-/// it) what the computed ones are made of.
+/// knows it, and `computed` (from the statement's `classify::Lineage`, when the
+/// classifier read it) what each computed one is made of.
 pub(crate) fn columns(
     masker: &Masker,
     desc: &RowDescription,
     table_column: impl Fn(u32, i16) -> Option<Names>,
-    lineage: Option<&Lineage>,
+    computed: Option<&[Vec<String>]>,
 ) -> Vec<Column> {
-    let sources = lineage.map(|l| l.columns(desc.fields.len()));
     desc.fields
         .iter()
         .enumerate()
@@ -168,10 +167,10 @@ pub(crate) fn columns(
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
             let origin = match f.table_id.cast_unsigned() {
                 // Computed: the server names no table, the query may.
-                0 => match sources.as_ref().and_then(|s| s.get(i)) {
-                    Some(s) if !s.is_empty() => return computed(masker, f, s),
-                    _ => None,
-                },
+                0 => computed
+                    .and_then(|c| c.get(i))
+                    .filter(|names| !names.is_empty())
+                    .map(|names| Names::from(names.clone())),
                 // A whole row of the table (`SELECT t FROM t`): every
                 // column rule may have a column in it.
                 _ if f.column_id == 0 => {
@@ -188,19 +187,6 @@ pub(crate) fn columns(
             Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)
         })
         .collect()
-}
-
-/// A computed column made of the table columns and rows in `sources`:
-/// their rules apply to it (a whole row as `table.*`, which every rule for
-/// a column of that table matches).
-fn computed(masker: &Masker, f: &FieldDescription, sources: &Sources) -> Column {
-    Column::new(
-        masker,
-        f.name.clone(),
-        Some(sources.names().into()),
-        f.type_id,
-        f.format_code,
-    )
 }
 
 /// A cell's value after masking, for the record (borrowed from the row
@@ -1261,8 +1247,19 @@ pub(crate) fn mask_copy_fields(
             out.push(char::from(delimiter));
         }
         let Some(value) = value else {
-            // NULL, written as the format's NULL string.
-            out.push_str(copy_null(&fields.format));
+            let null = copy_null(&fields.format);
+            // In text format a value equal to a NULL string of the
+            // client's choosing is written as that string, and cannot be
+            // told from NULL: under a rule it is masked all the same, or
+            // the NULL string would test guesses at the column's values.
+            let chosen = matches!(&fields.format, CopyFormat::Text { null, .. } if null != "\\N");
+            if chosen && plan.has_rule() {
+                let masked = masker.mask_field(plan, null, counts);
+                write_copy_value(&fields.format, &masked, &mut out);
+                changed = true;
+            } else {
+                out.push_str(null);
+            }
             continue;
         };
         let masked = masker.mask_field(plan, value, counts);

@@ -70,7 +70,8 @@ impl FieldPat {
     }
 
     /// Whether a column reported by a connector (`column`, `table.column`,
-    /// `schema.table.column`, or `table.*` for a whole row) is this rule's.
+    /// `schema.table.column`, `table.*` for a whole row, `*` for anything)
+    /// is this rule's.
     pub(crate) fn matches_column(&self, field: &str) -> bool {
         let FieldPat::Column { table, column } = self else {
             return false;
@@ -80,9 +81,10 @@ impl FieldPat {
             None => (None, field),
         };
         // `table.*`: a whole row of the table (a value built of it, such
-        // as `row_to_json(t)`), which holds every column of it.
+        // as `row_to_json(t)`), which holds every column of it; `*`: a
+        // value that may hold any column of any table.
         if fcol == "*" {
-            return ftable.is_some_and(|t| self.may_cover_table(t));
+            return ftable.is_none_or(|t| self.may_cover_table(t));
         }
         if !fcol.eq_ignore_ascii_case(column) {
             return false;

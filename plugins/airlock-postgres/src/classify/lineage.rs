@@ -34,9 +34,9 @@ use std::sync::Arc;
 
 use sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, FromTable,
-    FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, Query, Select,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor,
-    TableObject, TableWithJoins, Visit, Visitor,
+    FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, ObjectNamePart, OutputClause,
+    Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias,
+    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -219,6 +219,18 @@ impl Lineage {
         }
     }
 
+    /// The lineage of a statement that could return anything (one the
+    /// classifier could not read): every column may be any table's column
+    /// (`*`, which every column rule matches).
+    pub fn anything() -> Lineage {
+        let mut s = Sources::default();
+        s.columns.insert("*".into());
+        Lineage {
+            items: vec![Item::Many(s)],
+            copy: None,
+        }
+    }
+
     /// Whether no result column is known to be made of any table column.
     pub fn is_empty(&self) -> bool {
         self.items.iter().all(|i| i.sources().is_empty())
@@ -303,9 +315,14 @@ fn copy_out(
             _ => return None,
         }
     }
+    // A letter may have been written as a bare word, which PostgreSQL
+    // folds to lower case and sqlparser does not: the rows would be split
+    // on another character than the server's. Such a COPY is not read.
     let byte = |c: Option<char>, default: u8| match c {
         None => Some(default),
-        Some(c) => u8::try_from(c).ok().filter(u8::is_ascii),
+        Some(c) => u8::try_from(c)
+            .ok()
+            .filter(|b| b.is_ascii() && !b.is_ascii_alphabetic()),
     };
     let format = match format.as_str() {
         "text" => CopyFormat::Text {
@@ -345,12 +362,7 @@ fn copy_out(
             (items, None)
         }
         CopySource::Query(q) => {
-            let root = Scope {
-                rels: Vec::new(),
-                parent: None,
-                copy: true,
-            };
-            let items = query(q, Some(&root), &Ctes::new())
+            let items = query(q, None, &Ctes::new())
                 .into_iter()
                 .map(|o| o.item)
                 .collect();
@@ -458,13 +470,12 @@ impl Rel {
         s
     }
 
-    /// What the relation's columns bring to a `*`: only what the server
-    /// cannot name (a table's own columns it names, unless `copy`).
-    fn star(&self, copy: bool) -> Sources {
-        match &self.kind {
-            RelKind::Table(_) if !copy => Sources::default(),
-            _ => self.whole_row(),
-        }
+    /// What the relation's columns bring to a `*`: a whole row of it.
+    /// (For a table's own columns the server names each in a result; the
+    /// name counts where a query around the `*` computes from it, or a
+    /// `UNION` or COPY takes the table's name away.)
+    fn star(&self) -> Sources {
+        self.whole_row()
     }
 }
 
@@ -472,18 +483,11 @@ impl Rel {
 struct Scope<'a> {
     rels: Vec<Rel>,
     parent: Option<&'a Scope<'a>>,
-    /// The rows go out without a description (`COPY … TO STDOUT`): a
-    /// table's own columns in a `*` are not named by the server either.
-    copy: bool,
 }
 
 impl<'a> Scope<'a> {
     fn new(rels: Vec<Rel>, parent: Option<&'a Scope<'a>>) -> Self {
-        Scope {
-            rels,
-            parent,
-            copy: parent.is_some_and(|p| p.copy),
-        }
+        Scope { rels, parent }
     }
 }
 
@@ -555,7 +559,7 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
             };
             let alias = insert.table_alias.as_ref().map(|a| ident_name(&a.alias));
             let rel = table_rel(name, alias, ctes);
-            let scope = Scope::new(vec![rel], parent);
+            let scope = Scope::new(with_old_new(vec![rel]), parent);
             Some(select_list(returning, &scope, ctes))
         }
         Statement::Update(update) => {
@@ -569,7 +573,7 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
                     from_item(t, parent, ctes, &mut rels);
                 }
             }
-            let scope = Scope::new(rels, parent);
+            let scope = Scope::new(with_old_new(rels), parent);
             Some(select_list(returning, &scope, ctes))
         }
         Statement::Delete(delete) => {
@@ -579,20 +583,63 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
             for t in from.iter().chain(delete.using.iter().flatten()) {
                 from_item(t, parent, ctes, &mut rels);
             }
-            let scope = Scope::new(rels, parent);
+            let scope = Scope::new(with_old_new(rels), parent);
             Some(select_list(returning, &scope, ctes))
+        }
+        Statement::Merge(merge) => {
+            let Some(OutputClause::Returning { select_items, .. }) = &merge.output else {
+                return None;
+            };
+            let mut rels = Vec::new();
+            factor(&merge.table, parent, ctes, &mut rels);
+            factor(&merge.source, parent, ctes, &mut rels);
+            let scope = Scope::new(with_old_new(rels), parent);
+            Some(select_list(select_items, &scope, ctes))
         }
         _ => None,
     }
+}
+
+/// `RETURNING` may name the written table's rows before and after as
+/// `old` and `new` (PostgreSQL 18).
+fn with_old_new(mut rels: Vec<Rel>) -> Vec<Rel> {
+    if let Some(Rel {
+        kind: RelKind::Table(t),
+        ..
+    }) = rels.first()
+    {
+        let t = t.clone();
+        for name in ["old", "new"] {
+            if !rels.iter().any(|r| r.name == name) {
+                rels.push(Rel {
+                    name: name.into(),
+                    kind: RelKind::Table(t.clone()),
+                });
+            }
+        }
+    }
+    rels
 }
 
 fn query(q: &Query, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
     let mut env = ctes.clone();
     if let Some(with) = &q.with {
         for cte in &with.cte_tables {
-            // A recursive CTE's reference to itself adds nothing its other
-            // branch and its tables do not.
             let mut outs = query(&cte.query, parent, &env);
+            if with.recursive {
+                // Its reference to itself can move any column's values
+                // into any other (`SELECT b, a FROM r`): each column may be
+                // anything the body names.
+                let mut all = Sources::default();
+                for o in &outs {
+                    all.add(o.item.sources());
+                }
+                for o in &mut outs {
+                    if let Item::One(s) = &mut o.item {
+                        s.add(&all);
+                    }
+                }
+            }
             rename(&mut outs, &cte.alias);
             env.push((ident_name(&cte.alias.name), outs));
         }
@@ -652,18 +699,24 @@ fn set_expr(body: &SetExpr, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out>
                 .collect()
         }
         SetExpr::Table(t) => {
-            let name = t
-                .table_name
-                .as_deref()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            let cte = ctes.iter().rev().find(|(n, _)| *n == name);
+            let name = t.table_name.as_deref().unwrap_or_default();
+            // (sqlparser keeps the name's quotes off and its case on: a
+            // CTE is found whatever the case, which may mask more.)
+            let cte = ctes
+                .iter()
+                .rev()
+                .find(|(n, _)| t.schema_name.is_none() && n.eq_ignore_ascii_case(name));
             match cte {
                 Some((_, outs)) => outs.clone(),
-                None => vec![Out {
-                    name: None,
-                    item: Item::Many(Sources::default()),
-                }],
+                None => {
+                    let table = match &t.schema_name {
+                        Some(schema) => format!("{schema}.{name}"),
+                        None => name.to_owned(),
+                    };
+                    let mut s = Sources::default();
+                    s.rows.insert(table.to_ascii_lowercase());
+                    many(s)
+                }
             }
         }
         SetExpr::Insert(stmt)
@@ -701,7 +754,7 @@ fn select_list(items: &[SelectItem], scope: &Scope<'_>, ctes: &Ctes) -> Vec<Out>
             SelectItem::Wildcard(_) => {
                 let mut s = Sources::default();
                 for rel in &scope.rels {
-                    s.add(&rel.star(scope.copy));
+                    s.add(&rel.star());
                 }
                 Out {
                     name: None,
@@ -712,7 +765,7 @@ fn select_list(items: &[SelectItem], scope: &Scope<'_>, ctes: &Ctes) -> Vec<Out>
                 let s = match kind {
                     SelectItemQualifiedWildcardKind::ObjectName(name) => {
                         match scope.find(&relation_name(name)) {
-                            Some(rel) => rel.star(scope.copy),
+                            Some(rel) => rel.star(),
                             None => Sources::default(),
                         }
                     }
@@ -763,8 +816,14 @@ fn factor(f: &TableFactor, parent: Option<&Scope<'_>>, ctes: &Ctes, rels: &mut V
         } => match args {
             None => {
                 let mut rel = table_rel(name, alias.as_ref().map(|a| ident_name(&a.name)), ctes);
-                if let (Some(alias), RelKind::Derived(outs)) = (alias, &mut rel.kind) {
-                    rename(outs, alias);
+                match (alias, &mut rel.kind) {
+                    (Some(alias), RelKind::Derived(outs)) => rename(outs, alias),
+                    // `staff AS s(i, g)` renames the table's columns: which
+                    // is which only the catalog knows, so each may be any.
+                    (Some(alias), RelKind::Table(_)) if !alias.columns.is_empty() => {
+                        rel.kind = RelKind::Derived(many(rel.whole_row()));
+                    }
+                    _ => {}
                 }
                 rels.push(rel);
             }
@@ -1146,6 +1205,97 @@ mod tests {
             names("SELECT ssn || '', 1 FROM customers", 3),
             vec![v(&["customers.ssn"]); 3]
         );
+    }
+
+    /// Ways a ruled column could be carried out of sight of its name:
+    /// each is named (here `staff.*` or the column) in what comes out.
+    #[test]
+    fn a_column_carried_through_star_alias_lists_recursion_or_returning_is_named() {
+        let has = |sql: &str, n: usize, name: &str| {
+            let all: Vec<String> = columns(sql, n)
+                .into_iter()
+                .flat_map(|(c, r)| c.into_iter().chain(r.into_iter().map(|t| format!("{t}.*"))))
+                .collect();
+            assert!(all.iter().any(|a| a == name), "{sql}: {all:?}");
+        };
+        has(
+            "SELECT upper(pay_grade) FROM (SELECT * FROM staff) s",
+            1,
+            "staff.*",
+        );
+        has(
+            "SELECT json_agg(s) FROM (SELECT * FROM staff) s",
+            1,
+            "staff.*",
+        );
+        has(
+            "SELECT NULL, NULL WHERE false UNION ALL SELECT * FROM staff",
+            2,
+            "staff.*",
+        );
+        has(
+            "VALUES (0, '', '') UNION ALL TABLE public.staff",
+            3,
+            "public.staff.*",
+        );
+        has("SELECT g || '' FROM staff AS s(i, g)", 1, "staff.*");
+        has(
+            "WITH RECURSIVE r(a, b, n) AS (SELECT ''::text, pay_grade, 0 FROM staff UNION ALL SELECT b, a, n + 1 FROM r WHERE n = 0) SELECT a FROM r",
+            1,
+            "staff.pay_grade",
+        );
+        has(
+            "WITH \"S\" AS (SELECT pay_grade || '' AS g FROM staff) TABLE \"S\"",
+            1,
+            "staff.pay_grade",
+        );
+        has(
+            "UPDATE staff SET id = id RETURNING row_to_json(old)",
+            1,
+            "staff.*",
+        );
+        // A statement the classifier cannot read may return anything.
+        let opaque = Classifier::new(0).classify("SELECT (ROW(pay_grade, 0)).* FROM staff");
+        if opaque[0].operation.kind == airlock_core::SqlKind::Opaque {
+            let l = opaque[0].lineage.clone().unwrap();
+            assert_eq!(l.columns(2)[1].names(), v(&["*"]));
+        }
+        let dollar = Classifier::new(0).classify("DO $$ BEGIN END $$");
+        assert_eq!(
+            dollar[0].lineage.as_deref(),
+            Some(&super::Lineage::anything())
+        );
+    }
+
+    #[test]
+    fn copy_options_are_read_and_a_letter_is_not_trusted() {
+        let copy = |sql: &str| {
+            Classifier::new(0).classify(sql)[0]
+                .lineage
+                .clone()
+                .and_then(|l| l.copy.clone())
+        };
+        let c = copy("COPY staff TO STDOUT (FORMAT csv, DELIMITER ';', HEADER)").unwrap();
+        assert_eq!(c.table.as_deref(), Some("staff"));
+        assert!(c.header);
+        assert_eq!(
+            c.format,
+            super::CopyFormat::Csv {
+                delimiter: b';',
+                quote: b'"',
+                escape: b'"',
+                null: String::new()
+            }
+        );
+        let c = copy("COPY (SELECT 1) TO STDOUT WITH CSV HEADER QUOTE '|'").unwrap();
+        assert!(matches!(
+            c.format,
+            super::CopyFormat::Csv { quote: b'|', .. }
+        ));
+        assert!(copy("COPY staff TO STDOUT (FORMAT binary)").is_some());
+        // sqlparser keeps a bare word's case, PostgreSQL folds it.
+        assert!(copy("COPY staff TO STDOUT (FORMAT csv, DELIMITER X)").is_none());
+        assert!(copy("COPY staff TO STDOUT (FORMAT csv, QUOTE 'q')").is_none());
     }
 
     #[test]
