@@ -1550,6 +1550,56 @@ async fn every_execution_of_a_suspended_portal_is_masked() {
     assert_eq!(exchange(&mut raw, paged).await, all, "every page masked");
 }
 
+/// A portal keeps what its statement is made of after a Sync (a driver
+/// paging a cursor in a transaction: Bind, Sync, Execute, Sync), a Bind of
+/// a statement SQL prepared takes what SQL prepared, and an error that
+/// quotes a ruled value it failed on (`pay_grade::int`) does not show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portals_across_syncs_sql_prepared_binds_and_data_errors_are_masked() {
+    let (_dir, _pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let (mut raw, _) = Wire::login(gw.addr, &token, 0, &[]).await;
+    let run = |sql: &str| vec![parse("", sql), bind("", ""), execute("", 0)];
+    exchange(&mut raw, run("BEGIN")).await;
+    let none = exchange(
+        &mut raw,
+        vec![
+            parse("s", "SELECT upper(pay_grade) FROM staff"),
+            bind("c", "s"),
+        ],
+    )
+    .await;
+    assert!(none.is_empty());
+    assert_eq!(
+        exchange(&mut raw, vec![execute("c", 0)]).await,
+        ["<REDACTED>"]
+    );
+    exchange(
+        &mut raw,
+        run("PREPARE q AS SELECT pay_grade || '' FROM staff"),
+    )
+    .await;
+    assert_eq!(
+        exchange(&mut raw, vec![bind("", "q"), execute("", 0)]).await,
+        ["<REDACTED>"]
+    );
+    exchange(&mut raw, run("COMMIT")).await;
+
+    let client = connect(gw.addr, &token).await;
+    let e = client
+        .query("SELECT pay_grade::int FROM staff", &[])
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22P02");
+    assert!(!db.message().contains("E7"), "{}", db.message());
+    assert!(db.message().contains("<REDACTED>"), "{}", db.message());
+    // The control: a value from no table, and the same column's other
+    // errors, still say what went wrong.
+    let e = client.query("SELECT 1/0", &[]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().message(), "division by zero");
+}
+
 /// `COPY ... FROM STDIN` through the extended protocol (tokio-postgres:
 /// Execute and Sync, the data, CopyDone and Sync) gets one ReadyForQuery
 /// for its two Syncs. The gateway keeps its place in the conversation:

@@ -365,7 +365,8 @@ impl Catalog {
             "a.attrelid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT c.oid FROM pg_catalog.pg_class c \
                JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
                WHERE {relation})) \
-             AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2"
+             AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 \
+             AND a.attgenerated OPERATOR(pg_catalog.=) ''::pg_catalog.\"char\""
         );
         let found = self.ask_where(&cond).await;
         let found = match found {
@@ -712,9 +713,11 @@ impl Views {
             Some((s, n)) => (Some(s), n),
             None => (None, table),
         };
-        self.by_oid
-            .iter()
-            .find(|(_, v)| v.name == name && schema.is_none_or(|s| s == v.schema))
+        // (Names from a query are folded to lower case, quoted or not.)
+        self.by_oid.iter().find(|(_, v)| {
+            v.name.eq_ignore_ascii_case(name)
+                && schema.is_none_or(|s| s.eq_ignore_ascii_case(&v.schema))
+        })
     }
 }
 

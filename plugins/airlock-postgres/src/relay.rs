@@ -480,6 +480,12 @@ const MAX_UNSETTLED_PARSES: usize = 32;
 /// the answer that fills them).
 const COLUMNS_CACHE_MAX: usize = 1024;
 
+/// What a portal no Bind here made returns: a cursor's rows when SQL
+/// declared one of that name, else anything.
+fn unknown_portal(cursor: Option<Arc<Lineage>>) -> Option<Arc<Lineage>> {
+    cursor.or_else(|| Some(Arc::new(Lineage::anything())))
+}
+
 /// Remembers a statement's columns for its later portals.
 fn remember(cache: &ColumnsCache, key: Option<ColumnsKey>, columns: Option<Arc<Vec<Column>>>) {
     let (Some(key), Ok(mut cache)) = (key, cache.lock()) else {
@@ -1276,10 +1282,25 @@ impl ClientHalf<'_> {
                 None,
             ),
         };
-        // A statement that runs another by name returns what that runs.
-        let lineage = match (lineage, &executes) {
-            (None, Some(runs)) => self.lineage_of_runs(runs),
-            (lineage, _) => lineage,
+        // A statement that runs another by name returns what that runs;
+        // one SQL prepared (or may have replaced) what SQL prepared.
+        let lineage = match (lineage, &executes, self.statements.get(&statement)) {
+            (None, Some(runs), _) => self.lineage_of_runs(runs),
+            (None, None, Some(s)) if s.sql_changed => {
+                let sql = self
+                    .prepared
+                    .lineages
+                    .get(&String::from_utf8_lossy(&statement));
+                let chain: Vec<Option<&Arc<Lineage>>> =
+                    s.chain().map(|s| s.lineage.as_ref()).collect();
+                Lineage::of_any(chain.into_iter().chain([sql.as_ref()]))
+            }
+            (None, None, None) => self
+                .prepared
+                .lineages
+                .get(&String::from_utf8_lossy(&statement))
+                .or_else(|| Some(Arc::new(Lineage::anything()))),
+            (lineage, ..) => lineage,
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(
@@ -1366,25 +1387,28 @@ impl ClientHalf<'_> {
         let name = cstr_at(&frame.body()[1..]);
         let pending = if kind == b'P' {
             let epoch = self.portal_epoch;
-            let (key, lineage) = self
-                .portals
-                .map
-                .get_mut(&name)
-                .map(|p| {
+            let cursor = self.cursors.get(&String::from_utf8_lossy(&name));
+            let (key, lineage) = match self.portals.map.get_mut(&name) {
+                Some(p) => {
                     p.described = true;
                     if p.epoch == epoch {
                         (p.key.clone(), p.lineage.clone())
                     } else {
-                        // The name may stand for another portal now: this
-                        // answer describes that one, and says nothing about
-                        // the statement bound under the name before.
+                        // The name may stand for another portal now (a
+                        // cursor SQL declared): this answer describes that
+                        // one, and says nothing about the statement bound
+                        // under the name before. Its rows may be either's.
                         p.epoch = epoch;
                         p.key = None;
                         p.columns = None;
-                        (None, None)
+                        (
+                            None,
+                            Lineage::of_any([p.lineage.as_ref(), cursor.as_ref()].into_iter()),
+                        )
                     }
-                })
-                .unwrap_or_default();
+                }
+                None => (None, unknown_portal(cursor)),
+            };
             Pending::DescribePortal {
                 name,
                 hidden: false,
@@ -1507,6 +1531,7 @@ impl ClientHalf<'_> {
             .and_then(|p| p.executes.as_ref())
             .map(|x| Arc::clone(&x.classified))
             .and_then(|runs| self.lineage_of_runs(&runs));
+        let cursor = self.cursors.get(&String::from_utf8_lossy(&portal));
         let (
             (key, lineage),
             carried,
@@ -1532,7 +1557,10 @@ impl ClientHalf<'_> {
                 p.key = None;
                 p.columns = None;
                 (
-                    (None, None),
+                    (
+                        None,
+                        Lineage::of_any([p.lineage.as_ref(), cursor.as_ref()].into_iter()),
+                    ),
                     None,
                     false,
                     p.changes_names,
@@ -1540,7 +1568,14 @@ impl ClientHalf<'_> {
                     p.copies_in,
                 )
             }
-            None => ((None, None), None, false, true, (true, true), true),
+            None => (
+                (None, unknown_portal(cursor)),
+                None,
+                false,
+                true,
+                (true, true),
+                true,
+            ),
         };
         if copies_in {
             self.copy_in_until = Some(self.seq + 1);
@@ -2519,6 +2554,17 @@ impl ServerHalf<'_> {
     /// What the statement the head of the queue answers returns.
     fn head_lineage(&self) -> Option<Arc<Lineage>> {
         match self.queue.front() {
+            // A query with a piece the classifier could not read may have
+            // been split otherwise by the server: any of its statements may
+            // be any, and so may one beyond those classified.
+            Some(Pending::Query(q))
+                if q.at >= q.statements.len()
+                    || q.statements
+                        .iter()
+                        .any(|c| c.operation.kind == SqlKind::Opaque) =>
+            {
+                Some(Arc::new(Lineage::anything()))
+            }
             Some(Pending::Query(q)) => match q.runs.get(q.at) {
                 Some(run) => run.clone(),
                 None => q.statements.get(q.at).and_then(|c| c.lineage.clone()),
@@ -2536,6 +2582,9 @@ impl ServerHalf<'_> {
     /// the table (any rule for a column of it covers every column).
     async fn copy_plans(&mut self, lineage: &Lineage, columns: usize) -> Option<Vec<FieldPlan>> {
         let copy = lineage.copy.as_ref()?;
+        // A query's columns may be computed; a table's are its own, unless
+        // which table is not known.
+        let mut derived = copy.table.is_none();
         let names: Vec<Vec<String>> = match &copy.table {
             Some(table) => {
                 let known = match &self.cx.catalog {
@@ -2547,7 +2596,19 @@ impl ServerHalf<'_> {
                 // search path finds is not known here.
                 match known.as_deref().map(Vec::as_slice) {
                     Some([one]) if one.len() == columns => one.iter().map(|n| n.to_vec()).collect(),
-                    _ => vec![vec![format!("{table}.*")]; columns],
+                    // Each field may be any column of any of them.
+                    other => {
+                        derived = true;
+                        let mut all = vec![format!("{table}.*")];
+                        all.extend(
+                            other
+                                .into_iter()
+                                .flatten()
+                                .flatten()
+                                .flat_map(|n| n.iter().cloned()),
+                        );
+                        vec![all; columns]
+                    }
                 }
             }
             None => {
@@ -2563,7 +2624,10 @@ impl ServerHalf<'_> {
         let masker = self.cx.session.masker();
         let plans: Vec<FieldPlan> = names
             .iter()
-            .map(|n| masker.field_plan(&n.iter().map(String::as_str).collect::<Vec<_>>()))
+            .map(|n| {
+                let plan = masker.field_plan(&n.iter().map(String::as_str).collect::<Vec<_>>());
+                if derived { plan.derived() } else { plan }
+            })
             .collect();
         plans.iter().any(|p| *p != FieldPlan::NONE).then_some(plans)
     }
@@ -2985,7 +3049,8 @@ impl ServerHalf<'_> {
                     return Ok(());
                 }
                 let mut e: ErrorResponse = frame.decode(Peer::Upstream)?;
-                let detected = self.mask_fields(&mut e.fields);
+                let detected =
+                    self.mask_fields(&mut e.fields) | self.mask_data_error(&mut e.fields);
                 let out = if self.mask_row_values(&mut e.fields).await || detected {
                     frame::encode(&e)
                 } else {
@@ -3465,6 +3530,40 @@ impl ServerHalf<'_> {
         if changed {
             fields[d].1 = out;
         }
+        changed
+    }
+
+    /// A data exception (SQLSTATE class 22) quotes the value that failed
+    /// (`invalid input syntax for type integer: "E7-band-3"`), which may
+    /// be a ruled column's read by the statement (`SELECT pay_grade::int`):
+    /// while column rules are on, the quoted part of its message and
+    /// detail is masked whole. Whether something changed.
+    fn mask_data_error(&self, fields: &mut [(u8, String)]) -> bool {
+        let masker = self.cx.session.masker();
+        if !field_of(fields, b'C').is_some_and(|c| c.starts_with("22")) || !masker.has_field_rules()
+        {
+            return false;
+        }
+        let plan = masker.whole_row_plan("");
+        let mut counts = MaskCounts::new();
+        let mut changed = false;
+        for (code, value) in fields.iter_mut() {
+            if !matches!(code, b'M' | b'D') {
+                continue;
+            }
+            // From the first quote to the last: PostgreSQL does not escape
+            // quotes inside the value.
+            let (Some(start), Some(end)) = (value.find('"'), value.rfind('"')) else {
+                continue;
+            };
+            if end <= start + 1 {
+                continue;
+            }
+            let masked = masker.mask_field(&plan, &value[start + 1..end], &mut counts);
+            *value = format!("{}{masked}{}", &value[..=start], &value[end..]);
+            changed = true;
+        }
+        self.record_counts(counts);
         changed
     }
 

@@ -167,10 +167,21 @@ pub(crate) fn columns(
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
             let origin = match f.table_id.cast_unsigned() {
                 // Computed: the server names no table, the query may.
-                0 => computed
-                    .and_then(|c| c.get(i))
-                    .filter(|names| !names.is_empty())
-                    .map(|names| Names::from(names.clone())),
+                0 => match computed.and_then(|c| c.get(i)).filter(|n| !n.is_empty()) {
+                    Some(names) => {
+                        let names = Names::from(names.clone());
+                        let mut col = Column::new(
+                            masker,
+                            f.name.clone(),
+                            Some(names),
+                            f.type_id,
+                            f.format_code,
+                        );
+                        col.plan = col.plan.derived();
+                        return col;
+                    }
+                    None => None,
+                },
                 // A whole row of the table (`SELECT t FROM t`): every
                 // column rule may have a column in it.
                 _ if f.column_id == 0 => {

@@ -489,6 +489,10 @@ pub struct FieldPlan {
     /// A dotted name (`schema.table.column`) also counts by its last part:
     /// a long schema and table name must not hide a `password` column.
     secrets: Vec<(Box<str>, detect::KeyKind)>,
+    /// The value is computed from the field, or holds more than it: a
+    /// `partial` rule's kept characters could be anything (the start of
+    /// the value moved to its end), so the rule's token replaces it whole.
+    derived: bool,
 }
 
 impl FieldPlan {
@@ -497,12 +501,23 @@ impl FieldPlan {
     pub const NONE: FieldPlan = FieldPlan {
         rule: None,
         secrets: Vec::new(),
+        derived: false,
     };
 
     /// Whether a field rule covers every value of the field, whatever it
     /// holds.
     pub fn has_rule(&self) -> bool {
         self.rule.is_some()
+    }
+
+    /// The plan of a value computed from the field (or holding it among
+    /// others): a `partial` rule replaces it whole with its token, since
+    /// the characters it would keep may be any part of the field's value
+    /// (`'xxxxxxxx' || substr(ssn, 1, 4)`).
+    #[must_use]
+    pub fn derived(mut self) -> FieldPlan {
+        self.derived = true;
+        self
     }
 }
 
@@ -572,6 +587,7 @@ impl Masker {
         FieldPlan {
             rule: self.column_rule(names),
             secrets,
+            derived: false,
         }
     }
 
@@ -581,6 +597,11 @@ impl Masker {
     /// decide (the detectors, or the keys of a JSON document).
     pub fn mask_whole(&self, plan: &FieldPlan, s: &str, counts: &mut MaskCounts) -> Option<String> {
         if let Some(rule) = plan.rule {
+            let replace = &self.shared.fields[usize::from(rule)].replace;
+            if plan.derived && replace.style == Style::Partial && !s.is_empty() {
+                count(counts, self.label_name(Label::Field(rule)), 1);
+                return Some(into_string(replace.redacted.clone()));
+            }
             return Some(self.whole(Label::Field(rule), s.as_bytes(), counts));
         }
         let det = plan.secrets.iter().find_map(|(ident, kind)| {
@@ -606,6 +627,7 @@ impl Masker {
         FieldPlan {
             rule,
             secrets: Vec::new(),
+            derived: true,
         }
     }
 
@@ -624,6 +646,7 @@ impl Masker {
             .and_then(|i| u16::try_from(i).ok());
         let mut plan = self.field_plan(&[name]);
         plan.rule = plan.rule.or(rule);
+        plan.derived = true;
         plan
     }
 

@@ -642,6 +642,13 @@ token = "NOTE"
     ] {
         assert_eq!(m.mask_str(Some(name), value, &mut c), masked, "{name}");
     }
+    // A value computed from a partially masked column keeps none of it.
+    let derived = m.field_plan(&["users.email"]).derived();
+    assert_eq!(m.mask_field(&derived, "xxxxxxxxab@c", &mut c), "<REDACTED>");
+    assert_eq!(
+        m.mask_field(&m.field_plan(&["users.email"]), "ab@cd.io", &mut c),
+        "**@*d.io"
+    );
     let e3 = engine("[[masking.fields]]\nname = \"users.email\"\n", &[]);
     let m3 = e3.masker("t", &who("a", &[]));
     assert_eq!(m3.mask_str(Some("users.*"), "(1,x)", &mut c), "<REDACTED>");
