@@ -249,7 +249,10 @@ async fn an_alias_does_not_take_a_column_out_of_its_rule() {
 /// the gateway reads the query for what each computed column is made of.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_computed_from_a_ruled_column_is_masked() {
-    let (_dir, _pg, gw) = setup().await;
+    let (_dir, pg, gw) = setup().await;
+    pg.psql("CREATE TABLE plain (a text); INSERT INTO plain VALUES ('shown-1'); ALTER TABLE plain OWNER TO airlock_app;")
+        .await
+        .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let client = connect(gw.addr, &token).await;
     let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
@@ -309,7 +312,20 @@ async fn a_value_computed_from_a_ruled_column_is_masked() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "<REDACTED>");
     assert_eq!(row.get::<_, String>(1), "data");
-    // The control: values computed from unruled columns are shown.
+    // The control: values computed from unruled columns are shown, also
+    // through a whole row of a table no rule covers (the bare rule `ssn`
+    // covers a table's rows only if the table has such a column).
+    for sql in [
+        "SELECT upper(a) FROM (SELECT * FROM plain) s",
+        "SELECT row_to_json(p)::text FROM plain p",
+    ] {
+        let rows = text(client.simple_query(sql).await.unwrap());
+        assert_eq!(rows.len(), 1, "{sql}");
+        assert!(
+            rows[0].to_lowercase().contains("shown-1"),
+            "{sql}: {rows:?}"
+        );
+    }
     let rows = text(
         client
             .simple_query("SELECT upper(team) FROM staff WHERE id = 7")

@@ -2679,6 +2679,14 @@ impl ServerHalf<'_> {
                     }
                 }
             }
+            // A whole row of a table the catalog knows is its columns: a
+            // rule that names no table (`ssn`) then covers it only when
+            // the table has such a column, not whatever the table is.
+            column.retain(|name| {
+                !name.strip_suffix(".*").is_some_and(|relation| {
+                    found.get(relation).is_some_and(|tables| !tables.is_empty())
+                })
+            });
             column.extend(more);
         }
         complete
