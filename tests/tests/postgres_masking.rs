@@ -70,6 +70,19 @@ async fn connect(addr: std::net::SocketAddr, token: &str) -> tokio_postgres::Cli
     client
 }
 
+/// The first column of each row of a simple query's answer (`NULL` for a
+/// null).
+fn first_values(msgs: Vec<tokio_postgres::SimpleQueryMessage>) -> Vec<String> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.get(0).unwrap_or("NULL").to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Any value, as the raw bytes the client received.
 struct Raw(Vec<u8>);
 
@@ -255,16 +268,7 @@ async fn a_value_computed_from_a_ruled_column_is_masked() {
         .unwrap();
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let client = connect(gw.addr, &token).await;
-    let text = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
-        rows.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    Some(r.get(0).unwrap_or("NULL").to_string())
-                }
-                _ => None,
-            })
-            .collect()
-    };
+    let text = first_values;
     for sql in [
         "SELECT pay_grade || '' FROM staff",
         "SELECT upper(pay_grade) FROM staff",
@@ -349,17 +353,9 @@ async fn a_value_run_by_name_is_masked_by_what_the_name_stands_for() {
     let (_dir, _pg, gw) = setup().await;
     let token = gw.token("agent-1", &["agents"]).unwrap();
     let client = connect(gw.addr, &token).await;
-    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
-        msgs.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
-                _ => None,
-            })
-            .collect()
-    };
     let simple = |sql: &'static str| {
         let client = &client;
-        async move { rows(client.simple_query(sql).await.unwrap()) }
+        async move { first_values(client.simple_query(sql).await.unwrap()) }
     };
     assert_eq!(
         simple("PREPARE p AS SELECT upper(pay_grade) FROM staff; EXECUTE p").await,

@@ -213,22 +213,11 @@ impl Catalog {
             Some(e) if !stale(e, Instant::now()) => Some(e.0.clone()),
             _ => None,
         };
-        if let Some(names) = cached(&self.known()) {
-            return names;
-        }
-        let _one = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock())
-            .await
-            .ok()?;
-        let (failed_at, last_lookup) = {
-            let known = self.known();
-            if let Some(names) = cached(&known) {
-                return names;
-            }
-            (known.failed_at, known.last_lookup)
+        let _one = match self.turn(cached).await {
+            Turn::Known(names) => return names,
+            Turn::Ask(one) => one,
+            Turn::Not => return None,
         };
-        if !wait_turn(failed_at, last_lookup).await {
-            return None;
-        }
         // The names come from the server's own error, but are still only
         // ever string constants here: E'' reads backslashes as escapes
         // whatever standard_conforming_strings says, so both are doubled.
@@ -267,6 +256,30 @@ impl Catalog {
                 self.failed(&e);
                 None
             }
+        }
+    }
+
+    /// The answer `cached` finds (before or after waiting for another
+    /// lookup of this target), or this lookup's turn: the lookup lock,
+    /// held while the lookup runs.
+    async fn turn<T>(&self, cached: impl Fn(&Known) -> Option<T>) -> Turn<'_, T> {
+        if let Some(known) = cached(&self.known()) {
+            return Turn::Known(known);
+        }
+        let Ok(one) = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock()).await else {
+            return Turn::Not;
+        };
+        let (failed_at, last_lookup) = {
+            let known = self.known();
+            if let Some(found) = cached(&known) {
+                return Turn::Known(found);
+            }
+            (known.failed_at, known.last_lookup)
+        };
+        if wait_turn(failed_at, last_lookup).await {
+            Turn::Ask(one)
+        } else {
+            Turn::Not
         }
     }
 
@@ -330,22 +343,11 @@ impl Catalog {
             }
             _ => None,
         };
-        if let Some(found) = cached(&self.known()) {
-            return Some(found);
-        }
-        let _one = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup.lock())
-            .await
-            .ok()?;
-        let (failed_at, last_lookup) = {
-            let known = self.known();
-            if let Some(found) = cached(&known) {
-                return Some(found);
-            }
-            (known.failed_at, known.last_lookup)
+        let _one = match self.turn(cached).await {
+            Turn::Known(found) => return Some(found),
+            Turn::Ask(one) => one,
+            Turn::Not => return None,
         };
-        if !wait_turn(failed_at, last_lookup).await {
-            return None;
-        }
         let lower = |s: &str| {
             format!(
                 "pg_catalog.lower({}::pg_catalog.text) OPERATOR(pg_catalog.=) pg_catalog.lower({})",
@@ -559,6 +561,16 @@ impl Known {
         self.last_lookup = Some(now);
         self.failed_at = None;
     }
+}
+
+/// What [`Catalog::turn`] found.
+enum Turn<'a, T> {
+    /// The answer, already known.
+    Known(T),
+    /// Ask now, holding the lookup lock.
+    Ask(tokio::sync::MutexGuard<'a, ()>),
+    /// No lookup now (the lock or the catalog is not answering).
+    Not,
 }
 
 /// Waits for the target's next lookup (the caller holds the lookup lock).

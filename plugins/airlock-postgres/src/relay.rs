@@ -1251,7 +1251,19 @@ impl ClientHalf<'_> {
                 (
                     (!s.sql_changed).then(|| Arc::clone(&s.text)),
                     match (s.sql_changed, &s.previous) {
-                        (true, _) => None,
+                        // (What one that runs another by name returns is
+                        // worked out below.)
+                        (true, _) if s.chain().any(|s| s.executes.is_some()) => None,
+                        // What SQL prepared, or any Parse kept before.
+                        (true, _) => {
+                            let sql = self
+                                .prepared
+                                .lineages
+                                .get(&String::from_utf8_lossy(&statement));
+                            let chain: Vec<Option<&Arc<Lineage>>> =
+                                s.chain().map(|s| s.lineage.as_ref()).collect();
+                            Lineage::of_any(chain.into_iter().chain([sql.as_ref()]))
+                        }
                         (false, None) => s.lineage.clone(),
                         // The server may hold any of them.
                         (false, Some(_)) => Lineage::of_any(s.chain().map(|s| s.lineage.as_ref())),
@@ -1271,36 +1283,29 @@ impl ClientHalf<'_> {
                 s.chain().any(|s| s.copies_in),
                 s.runs_by_name(),
             ),
+            // A statement SQL prepared returns what SQL prepared; a name
+            // neither made, anything.
             None => (
                 Vec::new(),
                 None,
                 None,
-                (None, None),
+                (
+                    None,
+                    self.prepared
+                        .lineages
+                        .get(&String::from_utf8_lossy(&statement))
+                        .or_else(|| Some(Arc::new(Lineage::anything()))),
+                ),
                 true,
                 (true, true),
                 true,
                 None,
             ),
         };
-        // A statement that runs another by name returns what that runs;
-        // one SQL prepared (or may have replaced) what SQL prepared.
-        let lineage = match (lineage, &executes, self.statements.get(&statement)) {
-            (None, Some(runs), _) => self.lineage_of_runs(runs),
-            (None, None, Some(s)) if s.sql_changed => {
-                let sql = self
-                    .prepared
-                    .lineages
-                    .get(&String::from_utf8_lossy(&statement));
-                let chain: Vec<Option<&Arc<Lineage>>> =
-                    s.chain().map(|s| s.lineage.as_ref()).collect();
-                Lineage::of_any(chain.into_iter().chain([sql.as_ref()]))
-            }
-            (None, None, None) => self
-                .prepared
-                .lineages
-                .get(&String::from_utf8_lossy(&statement))
-                .or_else(|| Some(Arc::new(Lineage::anything()))),
-            (lineage, ..) => lineage,
+        // A statement that runs another by name returns what that runs.
+        let lineage = match (lineage, &executes) {
+            (None, Some(runs)) => self.lineage_of_runs(runs),
+            (lineage, _) => lineage,
         };
         let mut counts = MaskCounts::new();
         let params = rows::render_params(

@@ -202,21 +202,24 @@ impl Lineage {
     /// every column may be made of anything any of them names. `None`
     /// when none of them names anything.
     pub fn of_any<'a>(all: impl Iterator<Item = Option<&'a Arc<Lineage>>>) -> Option<Arc<Lineage>> {
-        let all: Vec<&Arc<Lineage>> = all.flatten().collect();
-        match all.as_slice() {
-            [] => None,
-            [one] => Some(Arc::clone(one)),
-            many => {
-                let mut s = Sources::default();
-                for item in many.iter().flat_map(|l| &l.items) {
-                    s.add(item.sources());
-                }
-                Some(Arc::new(Lineage {
-                    items: vec![Item::Many(s)],
-                    copy: None,
-                }))
-            }
+        // (Asked on every Execute: none or one costs no allocation.)
+        let mut all = all.flatten();
+        let first = all.next()?;
+        let Some(second) = all.next() else {
+            return Some(Arc::clone(first));
+        };
+        let mut s = Sources::default();
+        for item in [first, second]
+            .into_iter()
+            .chain(all)
+            .flat_map(|l| &l.items)
+        {
+            s.add(item.sources());
         }
+        Some(Arc::new(Lineage {
+            items: vec![Item::Many(s)],
+            copy: None,
+        }))
     }
 
     /// The lineage of a statement that could return anything (one the
