@@ -153,6 +153,20 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
             "DELETE FROM victim USING (SELECT 1 AS id) s WHERE s.id = 1 /* evade-16 */",
             "sql-guardrails/no-unbounded-write",
         ),
+        // Attribute notation: PostgreSQL runs pg_read_file('/etc/hostname').
+        (
+            "SELECT ('/etc/hostname'::text).pg_read_file /* evade-17 */",
+            "sql-guardrails/opaque-sql",
+        ),
+        // CASCADE of a function drops what uses it: here a partitioned table.
+        (
+            "DROP FUNCTION month_of(int) CASCADE /* evade-18 */",
+            "sql-guardrails/no-drop-cascade",
+        ),
+        (
+            "DELETE FROM victim USING orders AS \"VICTIM\" WHERE \"VICTIM\".id = 1 /* evade-19 */",
+            "sql-guardrails/no-unbounded-write",
+        ),
     ];
     for (sql, rule) in attempts {
         let e = client.simple_query(sql).await.unwrap_err();
@@ -227,6 +241,24 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(count(&client, "victim").await, 1);
+    // Attribute notation with a harmless function is a read, and runs.
+    let rows = client
+        .query_one("SELECT ('abc'::text).upper", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.get::<_, String>(0), "ABC");
+    // DROP without CASCADE goes through (the server refuses it while
+    // anything depends on the function).
+    client
+        .simple_query(
+            "CREATE FUNCTION month_of(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1'",
+        )
+        .await
+        .unwrap();
+    client
+        .simple_query("DROP FUNCTION month_of(int)")
+        .await
+        .unwrap();
 
     let log = pg.log();
     for marker in [
@@ -247,6 +279,9 @@ async fn evasions_are_refused_over_the_wire_and_never_reach_the_server() {
         "evade-14",
         "evade-15",
         "evade-16",
+        "evade-17",
+        "evade-18",
+        "evade-19",
     ] {
         assert!(!log.contains(marker), "{marker} reached the server:\n{log}");
     }

@@ -1008,6 +1008,28 @@ fn sql_pack_blocks_drops_truncates_unbounded_writes_and_opaque_sql() {
         "index",
         "DROP INDEX users_email_idx",
     )));
+    // Any other object takes what depends on it along with CASCADE: a
+    // function in a partition key takes the partitioned table.
+    for (object, sql) in [
+        (
+            "function",
+            "DROP FUNCTION app.month_of(timestamptz) CASCADE",
+        ),
+        ("collation", "drop collation \"de-x-icu\" cascade"),
+        (
+            "operator class",
+            "DROP OPERATOR CLASS my_ops USING btree\nCASCADE;",
+        ),
+        ("index", "DROP INDEX users_email_idx CASCADE"),
+    ] {
+        assert_denied_by(
+            on(ddl(SqlKind::Drop, object, sql)),
+            "sql-guardrails/no-drop-cascade",
+        );
+        // Without CASCADE the server refuses to drop what others depend on.
+        let restrict = sql.replace("CASCADE", "").replace("cascade", "");
+        assert_allowed(on(ddl(SqlKind::Drop, object, &restrict)));
+    }
     assert_allowed(on(ddl(SqlKind::Create, "table", "CREATE TABLE t (a int)")));
 
     assert_denied_by(

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 
 use airlock_core::{Access, SqlKind, SqlOperation, TableAccess};
 use sqlparser::ast::{
-    CopyOption, CopySource, CopyTarget, DiscardObject, Expr, FromTable, FunctionArg,
+    AccessExpr, CopyOption, CopySource, CopyTarget, DiscardObject, Expr, FromTable, FunctionArg,
     FunctionArgExpr, GrantObjects, Ident, MergeClauseKind, ObjectName, ObjectNamePart, ObjectType,
     Query, Select, Set, SetExpr, Statement, TableFactor, TableObject, Visit, Visitor,
 };
@@ -41,12 +41,10 @@ fn limits_rows(selection: Option<&Expr>, target: &TableFactor) -> bool {
             Expr::Identifier(_) => ControlFlow::Break(()),
             // `table.column` (or `schema.table.column`): the target's only
             // if the table is the target's name as the statement gives it.
+            // Compared as PostgreSQL compares names: `"ORDERS".id` may be a
+            // column of another table aliased "ORDERS", not of `orders`.
             Expr::CompoundIdentifier(parts) => match (&target, parts.len().checked_sub(2)) {
-                // Compared without case: a quoted name that differs from the
-                // target's only in case counts as the target's (as allowing).
-                (Some(target), Some(table))
-                    if !ident_name(&parts[table]).eq_ignore_ascii_case(target) =>
-                {
+                (Some(target), Some(table)) if ident_name(&parts[table]) != *target => {
                     ControlFlow::Continue(())
                 }
                 _ => ControlFlow::Break(()),
@@ -69,10 +67,20 @@ fn target_name(factor: &TableFactor) -> Option<String> {
         return None;
     };
     match (only_table(factor), alias, args) {
-        // `ONLY (t) AS x`: the alias; `ONLY t`: sqlparser's table `only`
-        // aliased `t`, the table.
-        (Some(_), Some(alias), Some(_)) | (None, Some(alias), _) => Some(ident_name(&alias.name)),
-        (Some((_, table)), ..) => table.rsplit('.').next().map(str::to_owned),
+        // An alias; or `ONLY t`, which sqlparser reads as table `only`
+        // aliased `t`: the table.
+        (_, Some(alias), _) => Some(ident_name(&alias.name)),
+        // `ONLY (t)` / `ONLY (s.t)`: the last part of the name in parentheses.
+        (Some(_), None, Some(args)) => match args.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(t)))] => {
+                Some(ident_name(t))
+            }
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] => {
+                parts.last().map(ident_name)
+            }
+            _ => None,
+        },
+        (Some(_), None, None) => None,
         (None, None, _) => Some(object_ident_name(name)),
     }
 }
@@ -893,8 +901,28 @@ impl Visitor for Effects {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = expr {
-            self.call(&f.name);
+        match expr {
+            Expr::Function(f) => self.call(&f.name),
+            // PostgreSQL's attribute notation: `(x).f` is `f(x)` when `x`
+            // has no field `f`, whatever the type of `x`, so
+            // `(1234).pg_terminate_backend` calls the function. Each name
+            // after a dot may be such a call.
+            Expr::CompoundFieldAccess { access_chain, .. } => {
+                for access in access_chain {
+                    match access {
+                        AccessExpr::Dot(Expr::Identifier(ident)) => {
+                            self.call(&ObjectName::from(vec![ident.clone()]));
+                        }
+                        AccessExpr::Dot(Expr::CompoundIdentifier(idents)) => {
+                            for ident in idents {
+                                self.call(&ObjectName::from(vec![ident.clone()]));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     }

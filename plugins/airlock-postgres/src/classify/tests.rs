@@ -192,6 +192,10 @@ fn a_where_clause_that_names_no_column_bounds_nothing() {
         "UPDATE ONLY t SET a = 1 FROM u WHERE u.id = 1",
         "MERGE INTO t USING s ON s.id = 1 WHEN MATCHED THEN DELETE",
         "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE AND s.id = 1 THEN DELETE",
+        // A quoted name is exact: "ORDERS" is another table's alias here.
+        "DELETE FROM orders USING customers AS \"ORDERS\" WHERE \"ORDERS\".id = 1",
+        "DELETE FROM \"Orders\" USING orders WHERE orders.id = 1",
+        "UPDATE ONLY \"T\" SET a = 1 FROM u AS t WHERE t.id = 1",
     ] {
         assert_eq!(op(sql).has_where, Some(false), "{sql}");
     }
@@ -214,6 +218,10 @@ fn a_where_clause_that_names_no_column_bounds_nothing() {
         "DELETE FROM t USING u WHERE u.id = tid",
         "DELETE FROM \"T\" WHERE \"T\".id = 1",
         "UPDATE ONLY t SET a = 1 WHERE t.id = 1",
+        "UPDATE ONLY \"T\" SET a = 1 WHERE \"T\".id = 1",
+        "DELETE FROM ONLY (s.\"T\") WHERE \"T\".id = 1",
+        "DELETE FROM ORDERS WHERE orders.id = 1",
+        "DELETE FROM orders WHERE ORDERS.id = 1",
         "MERGE INTO t AS x USING s ON x.id = s.id WHEN MATCHED THEN DELETE",
     ] {
         assert_eq!(op(sql).has_where, Some(true), "{sql}");
@@ -462,6 +470,40 @@ fn side_effecting_functions_turn_a_read_into_call_or_opaque() {
         SqlKind::Select
     );
     assert_eq!(kind("SELECT currval('s')"), SqlKind::Select);
+}
+
+/// PostgreSQL calls `f(x)` for `(x).f` when `x` has no field `f`, whatever
+/// the type of `x` (attribute notation), so a side effect can hide behind
+/// a field access.
+#[test]
+fn a_function_called_in_attribute_notation_is_a_call() {
+    for sql in [
+        "SELECT (pid).pg_terminate_backend FROM pg_stat_activity",
+        "SELECT (1234).PG_CANCEL_BACKEND",
+        "SELECT ((1234)).pg_terminate_backend",
+        "SELECT (s).pid.pg_terminate_backend FROM (SELECT 1234 AS pid) s",
+        "SELECT (array[1234])[1].pg_terminate_backend",
+        "SELECT (oid).lo_unlink FROM pg_largeobject_metadata",
+        "SELECT id FROM t WHERE (id).pg_terminate_backend",
+    ] {
+        assert_eq!(kind(sql), SqlKind::Call, "{sql}");
+    }
+    for sql in [
+        "SELECT ('/etc/passwd'::text).pg_read_file",
+        "SELECT ('dbname=x'::text).dblink_connect",
+        "SELECT ('/tmp/x'::text).lo_import",
+    ] {
+        assert_eq!(kind(sql), SqlKind::Opaque, "{sql}");
+    }
+    // The same notation with a harmless function, or a real field, is a read.
+    assert_eq!(kind("SELECT ('abc'::text).upper"), SqlKind::Select);
+    assert_eq!(kind("SELECT (c).street FROM customers c"), SqlKind::Select);
+    // A parameter of EXECUTE is judged too.
+    assert_eq!(
+        kind("EXECUTE p((1234).pg_terminate_backend)"),
+        SqlKind::Opaque
+    );
+    assert_eq!(kind("EXECUTE p((1234).abs)"), SqlKind::Execute);
 }
 
 // ---- copy ----
