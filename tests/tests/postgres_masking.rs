@@ -451,6 +451,76 @@ async fn a_view_does_not_take_a_column_out_of_its_rule() {
     }
 }
 
+/// The planner's statistics show sample values of every column the role
+/// can read (`pg_stats.most_common_vals`, `histogram_bounds`): they are
+/// masked whenever column rules are on; the rest of a statistics row is
+/// shown. A query of a `WITH RECURSIVE` list that names one declared after
+/// it does not take a column out of its rule either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_and_forward_references_do_not_show_a_ruled_column() {
+    let (_dir, pg, gw) = setup().await;
+    pg.psql("INSERT INTO staff SELECT i, 'E7-band-3', 'platform' FROM generate_series(8, 50) i; ANALYZE staff;")
+        .await
+        .unwrap();
+    // Directly, PostgreSQL shows the value.
+    let direct = pg
+        .psql("SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'staff' AND attname = 'pay_grade'")
+        .await
+        .unwrap();
+    assert!(direct.contains("E7-band-3"), "{direct}");
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    for sql in [
+        "SELECT most_common_vals, attname, null_frac FROM pg_stats WHERE tablename = 'staff' AND attname = 'pay_grade'",
+        "SELECT most_common_vals::text || '', attname, null_frac FROM pg_stats WHERE tablename = 'staff' AND attname = 'pay_grade'",
+        "SELECT s.most_common_vals AS v, s.attname, s.null_frac FROM pg_catalog.pg_stats s WHERE tablename = 'staff' AND attname = 'pay_grade'",
+    ] {
+        let rows: Vec<_> = client
+            .simple_query(sql)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows.len(), 1, "{sql}");
+        let value = rows[0].get(0).unwrap();
+        assert!(!value.contains("E7-band-3"), "{sql}: {value}");
+        assert!(value.contains("<REDACTED>"), "{sql}: {value}");
+        // What is not a sample is shown.
+        assert_eq!(rows[0].get(1), Some("pay_grade"), "{sql}");
+        assert_eq!(rows[0].get(2), Some("0"), "{sql}");
+    }
+    let all = client
+        .simple_query("SELECT * FROM pg_stats WHERE tablename = 'staff'")
+        .await
+        .unwrap();
+    let text = format!("{all:?}");
+    assert!(!text.contains("E7-band-3"), "{text}");
+
+    let forward = "WITH RECURSIVE a AS (SELECT g || '' AS v FROM b), b AS (SELECT pay_grade AS g FROM staff WHERE id = 7) SELECT v FROM a";
+    assert_eq!(pg.psql(forward).await.unwrap(), "E7-band-3");
+    assert_eq!(
+        first_values(client.simple_query(forward).await.unwrap()),
+        ["<REDACTED>"]
+    );
+    // In declaration order the same query is followed column by column:
+    // the ruled column is masked, another computed column is not.
+    let ordered = "WITH RECURSIVE b AS (SELECT pay_grade AS g, team FROM staff WHERE id = 7), a AS (SELECT g || '' AS v, upper(team) AS t FROM b) SELECT v, t FROM a";
+    let rows = client.simple_query(ordered).await.unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(row.get(0), Some("<REDACTED>"));
+    assert_eq!(row.get(1), Some("PLATFORM"));
+}
+
 /// A rule written for a table covers its partitions and inheritance
 /// children read directly under an alias: the catalog names such a column
 /// after each table it inherits from too, also when its attribute number

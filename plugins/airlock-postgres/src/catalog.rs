@@ -86,6 +86,28 @@ type ColumnKey = (u32, i16);
 /// table that table inherits from (nearest first).
 pub(crate) type Names = Arc<[String]>;
 
+/// Whether `name` (`column`, `table.column` or `schema.table.column`) is a
+/// column of the system catalogs that shows sample values of other tables'
+/// columns: the planner's statistics (most common values, histogram
+/// bounds), which `pg_stats` shows for every column the role can read. Any
+/// column rule may cover what such a column holds, so it is masked as
+/// made of anything (`*`).
+pub(crate) fn holds_samples(name: &str) -> bool {
+    let mut parts = name.rsplit('.');
+    let (Some(column), Some(table)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    match table {
+        "pg_stats" | "pg_stats_ext" | "pg_stats_ext_exprs" => matches!(
+            column,
+            "most_common_vals" | "histogram_bounds" | "most_common_elems" | "*"
+        ),
+        "pg_statistic" => column.starts_with("stavalues") || column == "*",
+        "pg_statistic_ext_data" => matches!(column, "stxdmcv" | "stxdexpr" | "*"),
+        _ => false,
+    }
+}
+
 /// Every table of one name, each as its columns' [`Names`] in order.
 pub(crate) type Relations = Arc<Vec<Vec<Names>>>;
 

@@ -2630,7 +2630,11 @@ impl ServerHalf<'_> {
         let plans: Vec<FieldPlan> = names
             .iter()
             .map(|n| {
-                let plan = masker.field_plan(&n.iter().map(String::as_str).collect::<Vec<_>>());
+                let mut names: Vec<&str> = n.iter().map(String::as_str).collect();
+                if names.iter().any(|n| crate::catalog::holds_samples(n)) {
+                    names.push("*");
+                }
+                let plan = masker.field_plan(&names);
                 if derived { plan.derived() } else { plan }
             })
             .collect();

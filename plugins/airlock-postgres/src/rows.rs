@@ -134,11 +134,14 @@ impl Column {
         type_oid: u32,
         format: i16,
     ) -> Column {
-        let names: Vec<&str> = origin
+        let mut names: Vec<&str> = origin
             .iter()
             .flat_map(|o| o.iter().map(String::as_str))
             .chain([name.as_str()])
             .collect();
+        if names.iter().any(|n| crate::catalog::holds_samples(n)) {
+            names.push("*");
+        }
         let plan = masker.field_plan(&names);
         Column {
             name,

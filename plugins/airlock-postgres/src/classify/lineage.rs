@@ -75,6 +75,14 @@ impl Sources {
     pub fn is_empty(&self) -> bool {
         self.columns.is_empty() && self.rows.is_empty()
     }
+
+    /// A value that may be made of any column (`*`, which every rule
+    /// covers).
+    fn anything() -> Sources {
+        let mut s = Sources::default();
+        s.columns.insert("*".into());
+        s
+    }
 }
 
 /// One entry of a select list.
@@ -226,10 +234,8 @@ impl Lineage {
     /// classifier could not read): every column may be any table's column
     /// (`*`, which every column rule matches).
     pub fn anything() -> Lineage {
-        let mut s = Sources::default();
-        s.columns.insert("*".into());
         Lineage {
-            items: vec![Item::Many(s)],
+            items: vec![Item::Many(Sources::anything())],
             copy: None,
         }
     }
@@ -627,9 +633,17 @@ fn with_old_new(mut rels: Vec<Rel>) -> Vec<Rel> {
 fn query(q: &Query, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
     let mut env = ctes.clone();
     if let Some(with) = &q.with {
+        let forward = with.recursive && refers_forward(with);
         for cte in &with.cte_tables {
-            let mut outs = query(&cte.query, parent, &env);
-            if with.recursive {
+            let mut outs = if forward {
+                vec![Out {
+                    name: None,
+                    item: Item::Many(Sources::anything()),
+                }]
+            } else {
+                query(&cte.query, parent, &env)
+            };
+            if with.recursive && names_any(&cte.query, &[ident_name(&cte.alias.name)]) {
                 // Its reference to itself can move any column's values
                 // into any other (`SELECT b, a FROM r`): each column may be
                 // anything the body names.
@@ -648,6 +662,34 @@ fn query(q: &Query, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
         }
     }
     set_expr(&q.body, parent, &env)
+}
+
+/// Whether a query of a `WITH RECURSIVE` list names one declared after it
+/// (`WITH RECURSIVE a AS (SELECT … FROM b), b AS (…)`), which PostgreSQL
+/// allows there. The walk above goes in order and would take such a name
+/// for a table; instead every query of such a list may be made of
+/// anything (a rare form, masked whole rather than followed).
+fn refers_forward(with: &sqlparser::ast::With) -> bool {
+    let names: Vec<String> = with
+        .cte_tables
+        .iter()
+        .map(|c| ident_name(&c.alias.name))
+        .collect();
+    with.cte_tables
+        .iter()
+        .enumerate()
+        .any(|(i, cte)| names_any(&cte.query, &names[i + 1..]))
+}
+
+/// Whether `q` reads a relation by one of these unqualified names.
+fn names_any(q: &Query, names: &[String]) -> bool {
+    sqlparser::ast::visit_relations(q, |rel| match rel.0.as_slice() {
+        [ObjectNamePart::Identifier(id)] if names.contains(&ident_name(id)) => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 fn set_expr(body: &SetExpr, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
@@ -1244,6 +1286,23 @@ mod tests {
         has("SELECT g || '' FROM staff AS s(i, g)", 1, "staff.*");
         has(
             "WITH RECURSIVE r(a, b, n) AS (SELECT ''::text, pay_grade, 0 FROM staff UNION ALL SELECT b, a, n + 1 FROM r WHERE n = 0) SELECT a FROM r",
+            1,
+            "staff.pay_grade",
+        );
+        // A query of a recursive list may name one declared after it.
+        has(
+            "WITH RECURSIVE a AS (SELECT g || '' AS v FROM b), b AS (SELECT pay_grade AS g FROM staff) SELECT v FROM a",
+            1,
+            "*",
+        );
+        has(
+            "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT pay_grade AS g FROM staff) SELECT upper(g) FROM a",
+            1,
+            "*",
+        );
+        // A query of the list that names only earlier ones is followed.
+        has(
+            "WITH RECURSIVE b AS (SELECT pay_grade AS g FROM staff), a AS (SELECT g || '' AS v FROM b) SELECT v FROM a",
             1,
             "staff.pay_grade",
         );
