@@ -1976,3 +1976,77 @@ async fn a_prepared_statement_is_described_again_after_its_search_path_changes()
     client.execute("COMMIT", &[]).await.unwrap();
     assert_eq!(value(&client).await, "<REDACTED>");
 }
+
+/// Errors other than data exceptions can quote a value the statement read,
+/// taken for a name (`relation "…" does not exist` from a `regclass` cast,
+/// `unrecognized configuration parameter "…"`), and a data exception's
+/// context can hold it without quotes (`JSON data, line 1: …`): in both
+/// protocols such a value is masked, while a name the client wrote itself
+/// (a typo) is still shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_do_not_quote_a_ruled_value_but_still_name_what_the_client_wrote() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let fields = |e: &tokio_postgres::Error| {
+        let db = e.as_db_error().unwrap();
+        (
+            db.code().code().to_owned(),
+            format!(
+                "{} | {} | {}",
+                db.message(),
+                db.detail().unwrap_or(""),
+                db.where_().unwrap_or("")
+            ),
+        )
+    };
+    for (sql, code) in [
+        (
+            "SELECT quote_ident(pay_grade)::regclass FROM staff WHERE id = 7",
+            "42P01",
+        ),
+        (
+            "SELECT current_setting(pay_grade) FROM staff WHERE id = 7",
+            "42704",
+        ),
+        (
+            "SELECT 1 FROM staff WHERE pay_grade::regrole IS NULL",
+            "42704",
+        ),
+        ("SELECT pay_grade::json FROM staff WHERE id = 7", "22P02"),
+    ] {
+        // Directly, the server shows the value.
+        // (A role name is folded to lower case, and JSON shows the token
+        // it failed on.)
+        let direct = pg.psql(sql).await.unwrap_err().to_string().to_lowercase();
+        assert!(direct.contains("e7"), "{sql}: {direct}");
+        let e = client.simple_query(sql).await.unwrap_err();
+        let (c, text) = fields(&e);
+        assert_eq!(c, code, "{sql}: {text}");
+        assert!(!text.to_lowercase().contains("e7"), "{sql}: {text}");
+        assert!(text.contains("<REDACTED>"), "{sql}: {text}");
+        let e = client.query(sql, &[]).await.unwrap_err();
+        let (_, text) = fields(&e);
+        assert!(
+            !text.to_lowercase().contains("e7"),
+            "{sql} (extended): {text}"
+        );
+    }
+    // What the client wrote itself is its own: the same errors name it.
+    for sql in [
+        "SELECT * FROM custmers",
+        "SELECT 'custmers'::regclass",
+        "SELECT current_setting('no_such.setting')",
+    ] {
+        let simple = client.simple_query(sql).await.unwrap_err();
+        let extended = client.query(sql, &[]).await.unwrap_err();
+        for e in [simple, extended] {
+            let (_, text) = fields(&e);
+            assert!(!text.contains("<REDACTED>"), "{sql}: {text}");
+            assert!(
+                text.contains("custmers") || text.contains("no_such.setting"),
+                "{sql}: {text}"
+            );
+        }
+    }
+}

@@ -311,6 +311,9 @@ struct Track {
     copy_out: Option<CopyOut>,
     /// What an execution's statement returns (for a COPY OUT's columns).
     lineage: Option<Arc<Lineage>>,
+    /// An execution's statement text, as bound (for what its errors may
+    /// quote).
+    text: Option<Arc<str>>,
     error: Option<String>,
 }
 
@@ -324,6 +327,7 @@ impl Track {
             counts: MaskCounts::new(),
             copy_out: None,
             lineage: None,
+            text: None,
             error: None,
         }
     }
@@ -1543,7 +1547,7 @@ impl ClientHalf<'_> {
             described,
             changes_names,
             (changes_columns, ends_settings),
-            copies_in,
+            (copies_in, text),
         ) = match self.portals.map.get_mut(&portal) {
             Some(p) if p.epoch == epoch => {
                 p.epoch = self.portal_epoch;
@@ -1553,7 +1557,7 @@ impl ClientHalf<'_> {
                     described,
                     p.changes_names,
                     (p.changes_columns, p.ends_settings),
-                    p.copies_in,
+                    (p.copies_in, p.text.clone()),
                 )
             }
             Some(p) => {
@@ -1570,7 +1574,7 @@ impl ClientHalf<'_> {
                     false,
                     p.changes_names,
                     (p.changes_columns, p.ends_settings),
-                    p.copies_in,
+                    (p.copies_in, p.text.clone()),
                 )
             }
             None => (
@@ -1579,7 +1583,7 @@ impl ClientHalf<'_> {
                 false,
                 true,
                 (true, true),
-                true,
+                (true, None),
             ),
         };
         if copies_in {
@@ -1612,6 +1616,7 @@ impl ClientHalf<'_> {
         };
         let mut track = Track::new();
         track.lineage.clone_from(&lineage);
+        track.text = text;
         if let Some(columns) = known {
             // An earlier portal of the same statement and formats: this
             // execution carries the columns itself instead of a hidden
@@ -3067,7 +3072,7 @@ impl ServerHalf<'_> {
                 }
                 let mut e: ErrorResponse = frame.decode(Peer::Upstream)?;
                 let detected =
-                    self.mask_fields(&mut e.fields) | self.mask_data_error(&mut e.fields);
+                    self.mask_fields(&mut e.fields) | self.mask_quoted_values(&mut e.fields);
                 let out = if self.mask_row_values(&mut e.fields).await || detected {
                     frame::encode(&e)
                 } else {
@@ -3550,38 +3555,70 @@ impl ServerHalf<'_> {
         changed
     }
 
-    /// A data exception (SQLSTATE class 22) quotes the value that failed
-    /// (`invalid input syntax for type integer: "E7-band-3"`), which may
-    /// be a ruled column's read by the statement (`SELECT pay_grade::int`):
-    /// while column rules are on, the quoted part of its message and
-    /// detail is masked whole. Whether something changed.
-    fn mask_data_error(&self, fields: &mut [(u8, String)]) -> bool {
+    /// An error may quote a value the statement read: a data exception
+    /// (SQLSTATE class 22) the value that failed (`invalid input syntax
+    /// for type integer: "E7-band-3"` from `SELECT pay_grade::int`), and
+    /// others a value taken for a name (`relation "E7-band-3" does not
+    /// exist` from `pay_grade::regclass`, `unrecognized configuration
+    /// parameter "…"` from `current_setting(ssn)`). While column rules are
+    /// on, a data exception's quoted part of the message and detail is
+    /// masked whole, and so are a detail without quotes and the context
+    /// (`JSON data, line 1: …`); any other error's quoted part is masked
+    /// unless the statement's own text holds it (a name the client wrote:
+    /// `relation "custmers" does not exist` stays readable). Whether
+    /// something changed.
+    fn mask_quoted_values(&self, fields: &mut [(u8, String)]) -> bool {
         let masker = self.cx.session.masker();
-        if !field_of(fields, b'C').is_some_and(|c| c.starts_with("22")) || !masker.has_field_rules()
-        {
+        if !masker.has_field_rules() {
             return false;
         }
+        let data = field_of(fields, b'C').is_some_and(|c| c.starts_with("22"));
         let plan = masker.whole_row_plan("");
         let mut counts = MaskCounts::new();
         let mut changed = false;
         for (code, value) in fields.iter_mut() {
-            if !matches!(code, b'M' | b'D') {
-                continue;
-            }
-            // From the first quote to the last: PostgreSQL does not escape
-            // quotes inside the value.
-            let (Some(start), Some(end)) = (value.find('"'), value.rfind('"')) else {
-                continue;
+            let quoted = match (value.find('"'), value.rfind('"')) {
+                (Some(start), Some(end)) if end > start + 1 => Some((start, end)),
+                _ => None,
             };
-            if end <= start + 1 {
-                continue;
+            match (*code, quoted) {
+                (b'M' | b'D', Some((start, end))) => {
+                    let part = &value[start + 1..end];
+                    if !data && self.statement_holds(part) {
+                        continue;
+                    }
+                    let masked = masker.mask_field(&plan, part, &mut counts);
+                    *value = format!("{}{masked}{}", &value[..=start], &value[end..]);
+                }
+                (b'D' | b'W', None) | (b'W', Some(_)) if data => {
+                    *value = masker.mask_field(&plan, value, &mut counts).into_owned();
+                }
+                _ => continue,
             }
-            let masked = masker.mask_field(&plan, &value[start + 1..end], &mut counts);
-            *value = format!("{}{masked}{}", &value[..=start], &value[end..]);
             changed = true;
         }
         self.record_counts(counts);
         changed
+    }
+
+    /// Whether the text of the statement the server answers now holds
+    /// `part` (without regard to case, as PostgreSQL folds names). An
+    /// answer to a Parse, Bind or Describe read no table, so any name in
+    /// it is the client's own; one whose statement the gateway does not
+    /// know holds nothing.
+    fn statement_holds(&self, part: &str) -> bool {
+        let holds = |text: &str| text.to_lowercase().contains(&part.to_lowercase());
+        match self.queue.front() {
+            Some(Pending::Query(q)) => q.statements.iter().any(|c| holds(&c.operation.text)),
+            Some(Pending::Execute { track, .. }) => track.text.as_deref().is_some_and(holds),
+            Some(
+                Pending::Parse(_)
+                | Pending::Bind(_)
+                | Pending::DescribeStatement(_)
+                | Pending::DescribePortal { .. },
+            ) => true,
+            _ => false,
+        }
     }
 
     /// Masks every field of an error or notice; whether one changed.
