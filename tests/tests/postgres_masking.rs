@@ -612,6 +612,23 @@ async fn a_failed_write_does_not_show_ruled_values_in_its_detail() {
         "{d}"
     );
     assert!(!d.contains("E7-band-3"), "{d}");
+    // A foreign key names the referencing table and shows the referenced
+    // table's key.
+    pg.psql(
+        "CREATE TABLE loans (borrower text REFERENCES staff (pay_grade));
+         INSERT INTO loans VALUES ('E7-band-3');
+         ALTER TABLE loans OWNER TO airlock_app;",
+    )
+    .await
+    .unwrap();
+    let (code, d) = detail("DELETE FROM staff WHERE id = 7").await;
+    assert_eq!(code, "23503");
+    assert!(
+        d.starts_with("Key (pay_grade)=(")
+            && d.ends_with("is still referenced from table \"loans\"."),
+        "{d}"
+    );
+    assert!(!d.contains("E7-band-3"), "{d}");
     // The controls: an unruled key of the same table, and a table no rule
     // covers.
     let (_, d) = detail("INSERT INTO staff VALUES (7, 'other', 'x')").await;

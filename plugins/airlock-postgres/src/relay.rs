@@ -3515,15 +3515,31 @@ impl ServerHalf<'_> {
             None => table.to_owned(),
         };
         let masker = self.cx.session.masker();
+        // Each column also by its name alone: the table an error names is
+        // not always the one whose rule covers the value. A foreign key's
+        // `Key (…)=(…) is still referenced from table "loans"` shows the
+        // referenced table's key but names the referencing one; a
+        // partition's error names the partition, not the table its rules
+        // are written for.
+        let with_bare = |names: &[String]| -> Vec<String> {
+            let bare = names
+                .iter()
+                .filter_map(|n| n.rsplit_once('.').map(|(_, c)| c.to_owned()));
+            names.iter().cloned().chain(bare).collect()
+        };
         let plan = match (&found.columns, &self.cx.catalog, schema) {
             (Some(columns), ..) => {
-                let names: Vec<String> =
-                    columns.iter().map(|c| format!("{qualified}.{c}")).collect();
+                let names: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("{qualified}.{c}"))
+                    .chain(columns.iter().map(|c| c.to_string()))
+                    .collect();
                 masker.field_plan(&names.iter().map(String::as_str).collect::<Vec<_>>())
             }
             (None, Some(catalog), Some(schema)) => {
                 match catalog.table_columns(schema, table).await {
                     Some(names) => {
+                        let names = with_bare(&names);
                         masker.field_plan(&names.iter().map(String::as_str).collect::<Vec<_>>())
                     }
                     None => masker.table_plan(&qualified),
@@ -3560,19 +3576,27 @@ impl ServerHalf<'_> {
     /// for type integer: "E7-band-3"` from `SELECT pay_grade::int`), and
     /// others a value taken for a name (`relation "E7-band-3" does not
     /// exist` from `pay_grade::regclass`, `unrecognized configuration
-    /// parameter "…"` from `current_setting(ssn)`). While column rules are
-    /// on, a data exception's quoted part of the message and detail is
-    /// masked whole, and so are a detail without quotes and the context
-    /// (`JSON data, line 1: …`); any other error's quoted part is masked
-    /// unless the statement's own text holds it (a name the client wrote:
-    /// `relation "custmers" does not exist` stays readable). Whether
-    /// something changed.
+    /// parameter "…"` from `current_setting(ssn)`, SQLSTATE classes 42 and
+    /// 3F). While column rules are on, a data exception's quoted part of
+    /// the message and detail is masked whole, and so are a detail without
+    /// quotes and the context (`JSON data, line 1: …`); the quoted part of
+    /// an error of class 42 or 3F is masked unless the statement's own text
+    /// holds it (a name the client wrote: `relation "custmers" does not
+    /// exist` stays readable). Whether something changed.
     fn mask_quoted_values(&self, fields: &mut [(u8, String)]) -> bool {
         let masker = self.cx.session.masker();
         if !masker.has_field_rules() {
             return false;
         }
-        let data = field_of(fields, b'C').is_some_and(|c| c.starts_with("22"));
+        let code = field_of(fields, b'C').unwrap_or_default();
+        let data = code.starts_with("22");
+        // Undefined objects (42) and schemas (3F): where a value cast to
+        // `regclass`, `regrole`, `regnamespace`, … or looked up as a
+        // setting is quoted. Other classes quote names from the catalog
+        // (a constraint, a table), which are left readable.
+        if !data && !code.starts_with("42") && !code.starts_with("3F") {
+            return false;
+        }
         let plan = masker.whole_row_plan("");
         let mut counts = MaskCounts::new();
         let mut changed = false;
