@@ -2067,3 +2067,55 @@ async fn errors_do_not_quote_a_ruled_value_but_still_name_what_the_client_wrote(
         }
     }
 }
+
+/// A write that puts a ruled column's value into another column returns
+/// it under that column's name (`UPDATE staff SET team = pay_grade
+/// RETURNING team` reports `staff.team`): what it returns is masked by the
+/// rules of what it wrote. A write of plain values returns them as they
+/// are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_does_not_return_a_ruled_value_under_another_column() {
+    let (_dir, pg, gw) = setup().await;
+    let token = gw.token("agent-1", &["agents"]).unwrap();
+    let client = connect(gw.addr, &token).await;
+    let copied = [
+        "UPDATE staff SET team = pay_grade WHERE id = 7 RETURNING team",
+        "UPDATE staff SET team = upper(pay_grade) WHERE id = 7 RETURNING team || ''",
+        "INSERT INTO staff (id, team) SELECT 99, pay_grade FROM staff WHERE id = 7 RETURNING team",
+        "INSERT INTO staff (id, team) VALUES (7, 'x') ON CONFLICT (id) DO UPDATE SET team = staff.pay_grade RETURNING team",
+    ];
+    pg.psql("CREATE UNIQUE INDEX ON staff (id)").await.unwrap();
+    for sql in copied {
+        // Directly, the server returns the value.
+        let direct = pg
+            .psql(&format!("BEGIN; {sql}; ROLLBACK"))
+            .await
+            .unwrap()
+            .to_lowercase();
+        assert!(direct.contains("e7-band-3"), "{sql}: {direct}");
+        client.simple_query("BEGIN").await.unwrap();
+        assert_eq!(
+            first_values(client.simple_query(sql).await.unwrap()),
+            ["<REDACTED>"],
+            "{sql}"
+        );
+        client.simple_query("ROLLBACK").await.unwrap();
+        client.simple_query("BEGIN").await.unwrap();
+        let row = client.query_one(sql, &[]).await.unwrap();
+        let value = String::from_utf8_lossy(&row.get::<_, Raw>(0).0).into_owned();
+        assert_eq!(value, "<REDACTED>", "{sql} (extended)");
+        client.simple_query("ROLLBACK").await.unwrap();
+    }
+    // The control: a write of plain values returns them.
+    client.simple_query("BEGIN").await.unwrap();
+    assert_eq!(
+        first_values(
+            client
+                .simple_query("UPDATE staff SET team = 'ops' WHERE id = 7 RETURNING team, id")
+                .await
+                .unwrap()
+        ),
+        ["ops"]
+    );
+    client.simple_query("ROLLBACK").await.unwrap();
+}

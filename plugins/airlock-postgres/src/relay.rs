@@ -2757,10 +2757,16 @@ impl ServerHalf<'_> {
                     .into_iter()
                     .map(|s| s.names())
                     .collect();
+                // A column the server names as a table's is that column
+                // (the catalog names it), unless a write put a value made
+                // of other columns into it: any column a write returns may
+                // hold any value it wrote.
+                let written = l.written.names();
                 for (field, n) in desc.fields.iter().zip(names.iter_mut()) {
                     if field.table_id != 0 {
                         n.clear();
                     }
+                    n.extend(written.iter().cloned());
                 }
                 complete &= self.behind(&mut names).await;
                 Some(names)

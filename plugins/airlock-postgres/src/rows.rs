@@ -196,7 +196,31 @@ pub(crate) fn columns(
                         plan: masker.whole_row_plan(&f.name),
                     };
                 }
-                table => table_column(table, f.column_id),
+                table => {
+                    let own = table_column(table, f.column_id);
+                    // A write's value made of other columns (the
+                    // statement's `written`): the column's own names and
+                    // those, masked whole as a computed value is.
+                    match computed.and_then(|c| c.get(i)).filter(|n| !n.is_empty()) {
+                        Some(names) => {
+                            let names: Names = own
+                                .iter()
+                                .flat_map(|o| o.iter().cloned())
+                                .chain(names.iter().cloned())
+                                .collect();
+                            let mut col = Column::new(
+                                masker,
+                                f.name.clone(),
+                                Some(names),
+                                f.type_id,
+                                f.format_code,
+                            );
+                            col.plan = col.plan.derived();
+                            return col;
+                        }
+                        None => own,
+                    }
+                }
             };
             Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)
         })

@@ -117,6 +117,11 @@ pub struct Lineage {
     /// For `COPY … TO STDOUT`: how its rows are written, and which table's
     /// columns they are when it copies a whole table.
     pub copy: Option<CopyOut>,
+    /// For a write with `RETURNING`: what the values it writes are made
+    /// of. A column it returns may hold one of them although the server
+    /// names it as the written table's own (`UPDATE staff SET name =
+    /// pay_grade RETURNING name` reports `staff.name`).
+    pub written: Sources,
 }
 
 /// How a `COPY … TO STDOUT` writes its rows.
@@ -216,17 +221,17 @@ impl Lineage {
         let Some(second) = all.next() else {
             return Some(Arc::clone(first));
         };
-        let mut s = Sources::default();
-        for item in [first, second]
-            .into_iter()
-            .chain(all)
-            .flat_map(|l| &l.items)
-        {
-            s.add(item.sources());
+        let (mut s, mut written) = (Sources::default(), Sources::default());
+        for l in [first, second].into_iter().chain(all) {
+            for item in &l.items {
+                s.add(item.sources());
+            }
+            written.add(&l.written);
         }
         Some(Arc::new(Lineage {
             items: vec![Item::Many(s)],
             copy: None,
+            written,
         }))
     }
 
@@ -237,6 +242,7 @@ impl Lineage {
         Lineage {
             items: vec![Item::Many(Sources::anything())],
             copy: None,
+            written: Sources::default(),
         }
     }
 
@@ -270,11 +276,21 @@ pub(super) fn of_statement(stmt: &Statement) -> Option<Lineage> {
         } => {
             return copy_out(source, options, legacy_options);
         }
-        other => statement(other, None, &Ctes::new())?,
+        other => {
+            let outs = statement(other, None, &Ctes::new())?;
+            let written = written(other);
+            let lineage = Lineage {
+                items: outs.into_iter().map(|o| o.item).collect(),
+                copy: None,
+                written,
+            };
+            return (!lineage.is_empty() || !lineage.written.is_empty()).then_some(lineage);
+        }
     };
     let lineage = Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
         copy: None,
+        written: Sources::default(),
     };
     (!lineage.is_empty()).then_some(lineage)
 }
@@ -385,6 +401,7 @@ fn copy_out(
             header,
             table,
         }),
+        written: Sources::default(),
     })
 }
 
@@ -411,6 +428,7 @@ pub(crate) fn of_view(definition: &str) -> Option<Lineage> {
     Some(Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
         copy: None,
+        written: Sources::default(),
     })
 }
 
@@ -607,6 +625,63 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
         }
         _ => None,
     }
+}
+
+/// What the values a write with `RETURNING` puts into its table are made
+/// of: its `SET` expressions, the rows it inserts (a query's columns) and
+/// the assignments of `ON CONFLICT DO UPDATE`, and for `MERGE` whole rows
+/// of its source. Empty for any other statement, and for one whose values
+/// name no column (`VALUES ('x')`).
+fn written(stmt: &Statement) -> Sources {
+    let mut out = Sources::default();
+    let ctes = Ctes::new();
+    match stmt {
+        Statement::Insert(insert) if insert.returning.is_some() => {
+            if let Some(source) = &insert.source {
+                for o in query(source, None, &ctes) {
+                    out.add(o.item.sources());
+                }
+            }
+            if let (
+                Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
+                    action: sqlparser::ast::OnConflictAction::DoUpdate(update),
+                    ..
+                })),
+                TableObject::TableName(name),
+            ) = (&insert.on, &insert.table)
+            {
+                let alias = insert.table_alias.as_ref().map(|a| ident_name(&a.alias));
+                let scope = Scope::new(vec![table_rel(name, alias, &ctes)], None);
+                for a in &update.assignments {
+                    out.add(&expr(&a.value, &scope, &ctes));
+                }
+            }
+        }
+        Statement::Update(update) if update.returning.is_some() => {
+            let mut rels = Vec::new();
+            from_item(&update.table, None, &ctes, &mut rels);
+            if let Some(from) = &update.from {
+                let (sqlparser::ast::UpdateTableFromKind::BeforeSet(from)
+                | sqlparser::ast::UpdateTableFromKind::AfterSet(from)) = from;
+                for t in from {
+                    from_item(t, None, &ctes, &mut rels);
+                }
+            }
+            let scope = Scope::new(rels, None);
+            for a in &update.assignments {
+                out.add(&expr(&a.value, &scope, &ctes));
+            }
+        }
+        Statement::Merge(merge) if merge.output.is_some() => {
+            let mut rels = Vec::new();
+            factor(&merge.source, None, &ctes, &mut rels);
+            for rel in &rels {
+                out.add(&rel.star());
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 /// `RETURNING` may name the written table's rows before and after as
