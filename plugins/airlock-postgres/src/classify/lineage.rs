@@ -756,15 +756,46 @@ fn refers_forward(with: &sqlparser::ast::With) -> bool {
         .any(|(i, cte)| names_any(&cte.query, &names[i + 1..]))
 }
 
-/// Whether `q` reads a relation by one of these unqualified names.
+/// Whether `q` reads a relation by one of these unqualified names (also
+/// as `TABLE name`, which sqlparser keeps as a string without its quotes:
+/// compared without case, which may find one too many).
 fn names_any(q: &Query, names: &[String]) -> bool {
-    sqlparser::ast::visit_relations(q, |rel| match rel.0.as_slice() {
-        [ObjectNamePart::Identifier(id)] if names.contains(&ident_name(id)) => {
-            ControlFlow::Break(())
+    struct Names<'n>(&'n [String]);
+    impl Names<'_> {
+        fn table_command(&self, body: &SetExpr) -> bool {
+            match body {
+                SetExpr::Table(t) => {
+                    t.schema_name.is_none()
+                        && t.table_name.as_deref().is_some_and(|name| {
+                            self.0.iter().any(|n| n.eq_ignore_ascii_case(name))
+                        })
+                }
+                SetExpr::SetOperation { left, right, .. } => {
+                    self.table_command(left) || self.table_command(right)
+                }
+                _ => false,
+            }
         }
-        _ => ControlFlow::Continue(()),
-    })
-    .is_break()
+    }
+    impl Visitor for Names<'_> {
+        type Break = ();
+        fn pre_visit_relation(&mut self, rel: &ObjectName) -> ControlFlow<()> {
+            match rel.0.as_slice() {
+                [ObjectNamePart::Identifier(id)] if self.0.contains(&ident_name(id)) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if self.table_command(&q.body) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    q.visit(&mut Names(names)).is_break()
 }
 
 fn set_expr(body: &SetExpr, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Vec<Out> {
@@ -1363,6 +1394,20 @@ mod tests {
             "WITH RECURSIVE r(a, b, n) AS (SELECT ''::text, pay_grade, 0 FROM staff UNION ALL SELECT b, a, n + 1 FROM r WHERE n = 0) SELECT a FROM r",
             1,
             "staff.pay_grade",
+        );
+        // A self-reference or a forward one as `TABLE name`.
+        let swapped = columns(
+            "WITH RECURSIVE r(a, b) AS (SELECT '', pay_grade FROM staff UNION ALL SELECT b, a FROM (TABLE r) t WHERE t.a = '') SELECT a FROM r",
+            1,
+        );
+        assert!(
+            swapped[0].0.iter().any(|n| n == "staff.pay_grade" || n == "*"),
+            "{swapped:?}"
+        );
+        has(
+            "WITH RECURSIVE a AS (TABLE b), b AS (SELECT pay_grade AS g FROM staff) SELECT g || '' FROM a",
+            1,
+            "*",
         );
         // A query of a recursive list may name one declared after it.
         has(
