@@ -2083,6 +2083,10 @@ async fn a_write_does_not_return_a_ruled_value_under_another_column() {
         "UPDATE staff SET team = upper(pay_grade) WHERE id = 7 RETURNING team || ''",
         "INSERT INTO staff (id, team) SELECT 99, pay_grade FROM staff WHERE id = 7 RETURNING team",
         "INSERT INTO staff (id, team) VALUES (7, 'x') ON CONFLICT (id) DO UPDATE SET team = staff.pay_grade RETURNING team",
+        // Inside a WITH, or a data-modifying CTE whose column the server
+        // still reports as the table's.
+        "WITH x AS (SELECT 1) UPDATE staff SET team = pay_grade WHERE id = 7 RETURNING team",
+        "WITH w AS (UPDATE staff SET team = pay_grade WHERE id = 7 RETURNING team) SELECT team FROM w",
     ];
     pg.psql("CREATE UNIQUE INDEX ON staff (id)").await.unwrap();
     for sql in copied {
@@ -2106,16 +2110,34 @@ async fn a_write_does_not_return_a_ruled_value_under_another_column() {
         assert_eq!(value, "<REDACTED>", "{sql} (extended)");
         client.simple_query("ROLLBACK").await.unwrap();
     }
-    // The control: a write of plain values returns them.
+    // A prepared write, run by name.
     client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query("PREPARE w AS UPDATE staff SET team = pay_grade WHERE id = 7 RETURNING team")
+        .await
+        .unwrap();
     assert_eq!(
-        first_values(
-            client
-                .simple_query("UPDATE staff SET team = 'ops' WHERE id = 7 RETURNING team, id")
-                .await
-                .unwrap()
-        ),
-        ["ops"]
+        first_values(client.simple_query("EXECUTE w").await.unwrap()),
+        ["<REDACTED>"]
     );
+    client.simple_query("ROLLBACK").await.unwrap();
+    // The controls: a write of plain values returns them, also next to a
+    // ruled column written from itself; a column nothing was written to is
+    // shown.
+    client.simple_query("BEGIN").await.unwrap();
+    let rows: Vec<_> = client
+        .simple_query(
+            "UPDATE staff SET team = 'ops', pay_grade = upper(pay_grade) WHERE id = 7 RETURNING team, id",
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows[0].get(0), Some("ops"));
+    assert_eq!(rows[0].get(1), Some("7"));
     client.simple_query("ROLLBACK").await.unwrap();
 }

@@ -2627,6 +2627,16 @@ impl ServerHalf<'_> {
                     .into_iter()
                     .map(|s| s.names())
                     .collect();
+                // `COPY (UPDATE … RETURNING …)`: what it wrote, too.
+                if !lineage.written.is_empty() {
+                    for n in &mut names {
+                        let more: Vec<String> = n
+                            .iter()
+                            .flat_map(|name| lineage.written.names_for(Some(name)))
+                            .collect();
+                        n.extend(more);
+                    }
+                }
                 self.behind(&mut names).await;
                 names
             }
@@ -2759,14 +2769,27 @@ impl ServerHalf<'_> {
                     .collect();
                 // A column the server names as a table's is that column
                 // (the catalog names it), unless a write put a value made
-                // of other columns into it: any column a write returns may
-                // hold any value it wrote.
-                let written = l.written.names();
+                // of other columns into it (`SET team = pay_grade
+                // RETURNING team`): it is also named after what was
+                // written to a column of its name, and a computed one
+                // after what was written to the columns it is made of.
+                let written = (!l.written.is_empty()).then_some(&l.written);
                 for (field, n) in desc.fields.iter().zip(names.iter_mut()) {
                     if field.table_id != 0 {
                         n.clear();
+                        if let Some(w) = written {
+                            let own = self.cx.catalog.as_ref().and_then(|c| {
+                                c.column(field.table_id.cast_unsigned(), field.column_id)
+                            });
+                            n.extend(w.names_for(
+                                own.as_ref().and_then(|o| o.first()).map(String::as_str),
+                            ));
+                        }
+                    } else if let Some(w) = written {
+                        let more: Vec<String> =
+                            n.iter().flat_map(|name| w.names_for(Some(name))).collect();
+                        n.extend(more);
                     }
-                    n.extend(written.iter().cloned());
                 }
                 complete &= self.behind(&mut names).await;
                 Some(names)

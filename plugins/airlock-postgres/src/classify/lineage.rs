@@ -117,11 +117,54 @@ pub struct Lineage {
     /// For `COPY … TO STDOUT`: how its rows are written, and which table's
     /// columns they are when it copies a whole table.
     pub copy: Option<CopyOut>,
-    /// For a write with `RETURNING`: what the values it writes are made
-    /// of. A column it returns may hold one of them although the server
-    /// names it as the written table's own (`UPDATE staff SET name =
-    /// pay_grade RETURNING name` reports `staff.name`).
-    pub written: Sources,
+    /// For a write with `RETURNING` (also inside a CTE, `PREPARE` or
+    /// `COPY`): what the values it writes are made of. A column it returns
+    /// may hold one of them although the server names it as the written
+    /// table's own (`UPDATE staff SET name = pay_grade RETURNING name`
+    /// reports `staff.name`).
+    pub written: Written,
+}
+
+/// What the values writes put into their tables' columns are made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// By the column written to (its name as PostgreSQL folds it).
+    columns: Vec<(String, Sources)>,
+    /// Written to columns that cannot be told (`INSERT` without a column
+    /// list, `MERGE`): any column may hold them.
+    any: Sources,
+}
+
+impl Written {
+    /// Whether nothing written is made of a column.
+    pub fn is_empty(&self) -> bool {
+        self.any.is_empty() && self.columns.iter().all(|(_, s)| s.is_empty())
+    }
+
+    /// The names of what the column `column` (`table.column`, or a
+    /// column's name alone) may hold of what was written; everything
+    /// written when the column cannot be told (`None`).
+    pub fn names_for(&self, column: Option<&str>) -> Vec<String> {
+        let mut out = self.any.clone();
+        let last = column.map(|c| c.rsplit('.').next().unwrap_or(c));
+        for (name, sources) in &self.columns {
+            if last.is_none_or(|c| c.eq_ignore_ascii_case(name)) {
+                out.add(sources);
+            }
+        }
+        out.names()
+    }
+
+    fn column(&mut self, name: String, sources: Sources) {
+        if !sources.is_empty() {
+            self.columns.push((name, sources));
+        }
+    }
+
+    fn add(&mut self, other: &Written) {
+        self.columns.extend(other.columns.iter().cloned());
+        self.any.add(&other.any);
+    }
 }
 
 /// How a `COPY … TO STDOUT` writes its rows.
@@ -221,7 +264,7 @@ impl Lineage {
         let Some(second) = all.next() else {
             return Some(Arc::clone(first));
         };
-        let (mut s, mut written) = (Sources::default(), Sources::default());
+        let (mut s, mut written) = (Sources::default(), Written::default());
         for l in [first, second].into_iter().chain(all) {
             for item in &l.items {
                 s.add(item.sources());
@@ -242,7 +285,7 @@ impl Lineage {
         Lineage {
             items: vec![Item::Many(Sources::anything())],
             copy: None,
-            written: Sources::default(),
+            written: Written::default(),
         }
     }
 
@@ -274,25 +317,19 @@ pub(super) fn of_statement(stmt: &Statement) -> Option<Lineage> {
             legacy_options,
             ..
         } => {
-            return copy_out(source, options, legacy_options);
+            return copy_out(source, options, legacy_options).map(|mut l| {
+                l.written = written(stmt);
+                l
+            });
         }
-        other => {
-            let outs = statement(other, None, &Ctes::new())?;
-            let written = written(other);
-            let lineage = Lineage {
-                items: outs.into_iter().map(|o| o.item).collect(),
-                copy: None,
-                written,
-            };
-            return (!lineage.is_empty() || !lineage.written.is_empty()).then_some(lineage);
-        }
+        other => statement(other, None, &Ctes::new())?,
     };
     let lineage = Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
         copy: None,
-        written: Sources::default(),
+        written: written(stmt),
     };
-    (!lineage.is_empty()).then_some(lineage)
+    (!lineage.is_empty() || !lineage.written.is_empty()).then_some(lineage)
 }
 
 /// The lineage of `COPY … TO STDOUT`: its format, and its columns (a
@@ -401,7 +438,7 @@ fn copy_out(
             header,
             table,
         }),
-        written: Sources::default(),
+        written: Written::default(),
     })
 }
 
@@ -428,7 +465,7 @@ pub(crate) fn of_view(definition: &str) -> Option<Lineage> {
     Some(Lineage {
         items: outs.into_iter().map(|o| o.item).collect(),
         copy: None,
-        written: Sources::default(),
+        written: Written::default(),
     })
 }
 
@@ -627,20 +664,71 @@ fn statement(stmt: &Statement, parent: Option<&Scope<'_>>, ctes: &Ctes) -> Optio
     }
 }
 
-/// What the values a write with `RETURNING` puts into its table are made
-/// of: its `SET` expressions, the rows it inserts (a query's columns) and
-/// the assignments of `ON CONFLICT DO UPDATE`, and for `MERGE` whole rows
-/// of its source. Empty for any other statement, and for one whose values
-/// name no column (`VALUES ('x')`).
-fn written(stmt: &Statement) -> Sources {
-    let mut out = Sources::default();
+/// What the values the writes with `RETURNING` in `stmt` (itself, or in
+/// its CTEs, a `PREPARE` or a `COPY`) put into their tables are made of:
+/// by column, an `UPDATE`'s `SET` expressions, the rows an `INSERT` with a
+/// column list inserts and `ON CONFLICT DO UPDATE`'s assignments (which
+/// may also take any inserted value, as `excluded`); for any column, an
+/// `INSERT`'s rows without a column list and all a `MERGE` names. Empty
+/// when no written value names a column (`VALUES ('x')`).
+fn written(stmt: &Statement) -> Written {
+    let mut out = Written::default();
+    let _ = sqlparser::ast::visit_statements(stmt, |s| {
+        out.add(&written_by(s));
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// The columns an assignment sets (`SET a = …`, `SET (a, b) = …`).
+fn assigned(target: &sqlparser::ast::AssignmentTarget) -> Vec<String> {
+    let names = match target {
+        sqlparser::ast::AssignmentTarget::ColumnName(n) => std::slice::from_ref(n),
+        sqlparser::ast::AssignmentTarget::Tuple(ns) => ns.as_slice(),
+    };
+    names
+        .iter()
+        .filter_map(|n| {
+            n.0.last()
+                .and_then(ObjectNamePart::as_ident)
+                .map(ident_name)
+        })
+        .collect()
+}
+
+/// [`written`] of one statement (not those nested in it).
+fn written_by(stmt: &Statement) -> Written {
+    let mut out = Written::default();
     let ctes = Ctes::new();
     match stmt {
         Statement::Insert(insert) if insert.returning.is_some() => {
-            if let Some(source) = &insert.source {
-                for o in query(source, None, &ctes) {
-                    out.add(o.item.sources());
+            let outs = insert
+                .source
+                .as_ref()
+                .map(|q| query(q, None, &ctes))
+                .unwrap_or_default();
+            let mut all = Sources::default();
+            for o in &outs {
+                all.add(o.item.sources());
+            }
+            let columns: Vec<String> = insert
+                .columns
+                .iter()
+                .filter_map(|n| {
+                    n.0.last()
+                        .and_then(ObjectNamePart::as_ident)
+                        .map(ident_name)
+                })
+                .collect();
+            if !columns.is_empty()
+                && columns.len() == outs.len()
+                && outs.iter().all(|o| matches!(o.item, Item::One(_)))
+            {
+                for (c, o) in columns.into_iter().zip(outs) {
+                    out.column(c, o.item.sources().clone());
                 }
+            } else {
+                out.any.add(&all);
             }
             if let (
                 Some(sqlparser::ast::OnInsert::OnConflict(sqlparser::ast::OnConflict {
@@ -653,7 +741,11 @@ fn written(stmt: &Statement) -> Sources {
                 let alias = insert.table_alias.as_ref().map(|a| ident_name(&a.alias));
                 let scope = Scope::new(vec![table_rel(name, alias, &ctes)], None);
                 for a in &update.assignments {
-                    out.add(&expr(&a.value, &scope, &ctes));
+                    let mut value = expr(&a.value, &scope, &ctes);
+                    value.add(&all);
+                    for c in assigned(&a.target) {
+                        out.column(c, value.clone());
+                    }
                 }
             }
         }
@@ -669,15 +761,25 @@ fn written(stmt: &Statement) -> Sources {
             }
             let scope = Scope::new(rels, None);
             for a in &update.assignments {
-                out.add(&expr(&a.value, &scope, &ctes));
+                let value = expr(&a.value, &scope, &ctes);
+                for c in assigned(&a.target) {
+                    out.column(c, value.clone());
+                }
             }
         }
         Statement::Merge(merge) if merge.output.is_some() => {
             let mut rels = Vec::new();
+            factor(&merge.table, None, &ctes, &mut rels);
             factor(&merge.source, None, &ctes, &mut rels);
-            for rel in &rels {
-                out.add(&rel.star());
+            let scope = Scope::new(rels, None);
+            for rel in scope.rels.iter().skip(1) {
+                out.any.add(&rel.star());
             }
+            let mut c = Collect::new(&scope, &ctes);
+            for clause in &merge.clauses {
+                let _ = clause.visit(&mut c);
+            }
+            out.any.add(&c.found);
         }
         _ => {}
     }
@@ -766,9 +868,9 @@ fn names_any(q: &Query, names: &[String]) -> bool {
             match body {
                 SetExpr::Table(t) => {
                     t.schema_name.is_none()
-                        && t.table_name.as_deref().is_some_and(|name| {
-                            self.0.iter().any(|n| n.eq_ignore_ascii_case(name))
-                        })
+                        && t.table_name
+                            .as_deref()
+                            .is_some_and(|name| self.0.iter().any(|n| n.eq_ignore_ascii_case(name)))
                 }
                 SetExpr::SetOperation { left, right, .. } => {
                     self.table_command(left) || self.table_command(right)
@@ -1401,7 +1503,10 @@ mod tests {
             1,
         );
         assert!(
-            swapped[0].0.iter().any(|n| n == "staff.pay_grade" || n == "*"),
+            swapped[0]
+                .0
+                .iter()
+                .any(|n| n == "staff.pay_grade" || n == "*"),
             "{swapped:?}"
         );
         has(
@@ -1506,6 +1611,56 @@ mod tests {
         );
         assert!(super::of_view("SELECT 1; SELECT 2").is_none());
         assert!(super::of_view("DELETE FROM t").is_none());
+    }
+
+    #[test]
+    fn what_a_write_returns_is_named_after_what_it_wrote() {
+        let w = |sql: &str, column: Option<&str>| -> Vec<String> {
+            let c = Classifier::new(0).classify(sql);
+            c[0].lineage
+                .as_ref()
+                .map(|l| l.written.names_for(column))
+                .unwrap_or_default()
+        };
+        let update = "UPDATE staff SET team = pay_grade, id = 1 RETURNING id, team";
+        assert_eq!(w(update, Some("team")), v(&["staff.pay_grade"]));
+        assert_eq!(
+            w(update, Some("public.staff.TEAM")),
+            v(&["staff.pay_grade"])
+        );
+        assert!(w(update, Some("id")).is_empty());
+        assert_eq!(w(update, None), v(&["staff.pay_grade"]));
+        let insert = "INSERT INTO staff (id, team) SELECT id, pay_grade FROM staff RETURNING id";
+        assert_eq!(w(insert, Some("team")), v(&["staff.pay_grade"]));
+        assert_eq!(w(insert, Some("id")), v(&["staff.id"]));
+        // Without a column list any column may hold any value.
+        let any = "INSERT INTO staff SELECT id, pay_grade FROM staff RETURNING id";
+        assert_eq!(w(any, Some("id")), v(&["staff.id", "staff.pay_grade"]));
+        assert!(
+            w(
+                "INSERT INTO staff (id, team) VALUES (1, 'x') RETURNING id",
+                None
+            )
+            .is_empty()
+        );
+        // Nested: a CTE, PREPARE, COPY.
+        for sql in [
+            "WITH x AS (SELECT 1) UPDATE staff SET team = pay_grade RETURNING team",
+            "WITH u AS (UPDATE staff SET team = pay_grade RETURNING team) SELECT team FROM u",
+            "PREPARE p AS UPDATE staff SET team = pay_grade RETURNING team",
+            "COPY (UPDATE staff SET team = pay_grade RETURNING team) TO STDOUT",
+        ] {
+            assert_eq!(w(sql, Some("team")), v(&["staff.pay_grade"]), "{sql}");
+        }
+        // MERGE: whatever its clauses name, the target's columns included.
+        let merge = "MERGE INTO staff t USING (SELECT 7 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET team = t.pay_grade RETURNING t.team";
+        assert!(
+            w(merge, Some("team")).contains(&"staff.pay_grade".to_owned()),
+            "{:?}",
+            w(merge, Some("team"))
+        );
+        // A statement that writes nothing returned has nothing written.
+        assert!(w("UPDATE staff SET team = pay_grade", None).is_empty());
     }
 
     #[test]
