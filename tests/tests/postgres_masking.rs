@@ -1994,12 +1994,13 @@ async fn a_prepared_statement_is_described_again_after_its_search_path_changes()
     assert_eq!(value(&client).await, "<REDACTED>");
 }
 
-/// Errors other than data exceptions can quote a value the statement read,
+/// Errors other than data exceptions can show a value the statement read,
 /// taken for a name (`relation "…" does not exist` from a `regclass` cast,
-/// `unrecognized configuration parameter "…"`), and a data exception's
+/// `unrecognized configuration parameter "…"`, `operator does not exist:
+/// …`, a context's `invalid type name "…"`), and a data exception's
 /// context can hold it without quotes (`JSON data, line 1: …`): in both
-/// protocols such a value is masked, while a name the client wrote itself
-/// (a typo) is still shown.
+/// protocols such a value is masked, while an error that comes before the
+/// statement read anything (a misspelt name) is still shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_do_not_quote_a_ruled_value_but_still_name_what_the_client_wrote() {
     let (_dir, pg, gw) = setup().await;
@@ -2031,6 +2032,10 @@ async fn errors_do_not_quote_a_ruled_value_but_still_name_what_the_client_wrote(
             "42704",
         ),
         ("SELECT pay_grade::json FROM staff WHERE id = 7", "22P02"),
+        // Unquoted: `operator does not exist: …`.
+        ("SELECT pay_grade::regoper FROM staff WHERE id = 7", "42883"),
+        // In the context: `invalid type name "…"`.
+        ("SELECT pay_grade::regtype FROM staff WHERE id = 7", "42601"),
     ] {
         // Directly, the server shows the value.
         // (A role name is folded to lower case, and JSON shows the token
@@ -2049,21 +2054,19 @@ async fn errors_do_not_quote_a_ruled_value_but_still_name_what_the_client_wrote(
             "{sql} (extended): {text}"
         );
     }
-    // What the client wrote itself is its own: the same errors name it.
-    for sql in [
-        "SELECT * FROM custmers",
-        "SELECT 'custmers'::regclass",
-        "SELECT current_setting('no_such.setting')",
+    // An error before the statement read anything is about what the
+    // client wrote: the same errors name it.
+    for (sql, name) in [
+        ("SELECT * FROM custmers", "custmers"),
+        ("SELECT 'custmers'::regclass", "custmers"),
+        ("SELECT nme FROM staff", "nme"),
     ] {
         let simple = client.simple_query(sql).await.unwrap_err();
         let extended = client.query(sql, &[]).await.unwrap_err();
         for e in [simple, extended] {
             let (_, text) = fields(&e);
             assert!(!text.contains("<REDACTED>"), "{sql}: {text}");
-            assert!(
-                text.contains("custmers") || text.contains("no_such.setting"),
-                "{sql}: {text}"
-            );
+            assert!(text.contains(name), "{sql}: {text}");
         }
     }
 }

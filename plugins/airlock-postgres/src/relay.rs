@@ -311,9 +311,6 @@ struct Track {
     copy_out: Option<CopyOut>,
     /// What an execution's statement returns (for a COPY OUT's columns).
     lineage: Option<Arc<Lineage>>,
-    /// An execution's statement text, as bound (for what its errors may
-    /// quote).
-    text: Option<Arc<str>>,
     error: Option<String>,
 }
 
@@ -327,7 +324,6 @@ impl Track {
             counts: MaskCounts::new(),
             copy_out: None,
             lineage: None,
-            text: None,
             error: None,
         }
     }
@@ -1547,7 +1543,7 @@ impl ClientHalf<'_> {
             described,
             changes_names,
             (changes_columns, ends_settings),
-            (copies_in, text),
+            copies_in,
         ) = match self.portals.map.get_mut(&portal) {
             Some(p) if p.epoch == epoch => {
                 p.epoch = self.portal_epoch;
@@ -1557,7 +1553,7 @@ impl ClientHalf<'_> {
                     described,
                     p.changes_names,
                     (p.changes_columns, p.ends_settings),
-                    (p.copies_in, p.text.clone()),
+                    p.copies_in,
                 )
             }
             Some(p) => {
@@ -1574,7 +1570,7 @@ impl ClientHalf<'_> {
                     false,
                     p.changes_names,
                     (p.changes_columns, p.ends_settings),
-                    (p.copies_in, p.text.clone()),
+                    p.copies_in,
                 )
             }
             None => (
@@ -1583,7 +1579,7 @@ impl ClientHalf<'_> {
                 false,
                 true,
                 (true, true),
-                (true, None),
+                true,
             ),
         };
         if copies_in {
@@ -1616,7 +1612,6 @@ impl ClientHalf<'_> {
         };
         let mut track = Track::new();
         track.lineage.clone_from(&lineage);
-        track.text = text;
         if let Some(columns) = known {
             // An earlier portal of the same statement and formats: this
             // execution carries the columns itself instead of a hidden
@@ -3600,76 +3595,83 @@ impl ServerHalf<'_> {
         changed
     }
 
-    /// An error may quote a value the statement read: a data exception
+    /// An error may show a value the statement read: a data exception
     /// (SQLSTATE class 22) the value that failed (`invalid input syntax
-    /// for type integer: "E7-band-3"` from `SELECT pay_grade::int`), and
-    /// others a value taken for a name (`relation "E7-band-3" does not
+    /// for type integer: "E7-band-3"` from `SELECT pay_grade::int`, `date
+    /// field value out of range: 2000-01-85000`), an undefined object
+    /// (classes 42 and 3F) a value taken for a name (`relation "…" does not
     /// exist` from `pay_grade::regclass`, `unrecognized configuration
-    /// parameter "…"` from `current_setting(ssn)`, SQLSTATE classes 42 and
-    /// 3F). While column rules are on, a data exception's quoted part of
-    /// the message and detail is masked whole, and so are a detail without
-    /// quotes and the context (`JSON data, line 1: …`); the quoted part of
-    /// an error of class 42 or 3F is masked unless the statement's own text
-    /// holds it (a name the client wrote: `relation "custmers" does not
-    /// exist` stays readable). Whether something changed.
+    /// parameter "…"` from `current_setting(ssn)`, `operator does not
+    /// exist: …` from `::regoper`, a `CONTEXT: invalid type name "…"`),
+    /// and a resource limit (class 54) a number (`chr(salary)`). While
+    /// column rules are on, such an error raised while the statement may
+    /// have read rows has the quoted part of its message masked (or, with
+    /// no quotes, what follows its last `: `), and its detail and context
+    /// masked whole. An error that comes before the statement read
+    /// anything is the statement's own and is left readable (a misspelt
+    /// name: `relation "custmers" does not exist`): one answering a Parse,
+    /// Bind or Describe, or a simple query's `SELECT` before its
+    /// RowDescription (PostgreSQL describes a query's rows before it runs
+    /// it); so is one about a `COPY FROM`'s input, which is the client's.
+    /// Whether something changed.
     fn mask_quoted_values(&self, fields: &mut [(u8, String)]) -> bool {
         let masker = self.cx.session.masker();
         if !masker.has_field_rules() {
             return false;
         }
         let code = field_of(fields, b'C').unwrap_or_default();
-        let data = code.starts_with("22");
-        // Undefined objects (42) and schemas (3F): where a value cast to
-        // `regclass`, `regrole`, `regnamespace`, … or looked up as a
-        // setting is quoted. Other classes quote names from the catalog
-        // (a constraint, a table), which are left readable.
-        if !data && !code.starts_with("42") && !code.starts_with("3F") {
+        if !["22", "42", "3F", "54"].iter().any(|c| code.starts_with(c)) || self.read_nothing() {
             return false;
         }
         let plan = masker.whole_row_plan("");
         let mut counts = MaskCounts::new();
         let mut changed = false;
         for (code, value) in fields.iter_mut() {
-            let quoted = match (value.find('"'), value.rfind('"')) {
-                (Some(start), Some(end)) if end > start + 1 => Some((start, end)),
-                _ => None,
-            };
-            match (*code, quoted) {
-                (b'M' | b'D', Some((start, end))) => {
-                    let part = &value[start + 1..end];
-                    if !data && self.statement_holds(part) {
-                        continue;
-                    }
-                    let masked = masker.mask_field(&plan, part, &mut counts);
-                    *value = format!("{}{masked}{}", &value[..=start], &value[end..]);
-                }
-                (b'D' | b'W', None) | (b'W', Some(_)) if data => {
-                    *value = masker.mask_field(&plan, value, &mut counts).into_owned();
-                }
+            let span = match *code {
+                b'M' => match (value.find('"'), value.rfind('"')) {
+                    (Some(start), Some(end)) if end > start + 1 => start + 1..end,
+                    (Some(_), Some(_)) => continue,
+                    _ => match value.rfind(": ") {
+                        Some(at) if at + 2 < value.len() => at + 2..value.len(),
+                        _ => continue,
+                    },
+                },
+                b'D' | b'W' if !value.is_empty() => 0..value.len(),
                 _ => continue,
-            }
+            };
+            let masked = masker.mask_field(&plan, &value[span.clone()], &mut counts);
+            *value = format!("{}{masked}{}", &value[..span.start], &value[span.end..]);
             changed = true;
         }
         self.record_counts(counts);
         changed
     }
 
-    /// Whether the text of the statement the server answers now holds
-    /// `part` (without regard to case, as PostgreSQL folds names). An
-    /// answer to a Parse, Bind or Describe read no table, so any name in
-    /// it is the client's own; one whose statement the gateway does not
-    /// know holds nothing.
-    fn statement_holds(&self, part: &str) -> bool {
-        let holds = |text: &str| text.to_lowercase().contains(&part.to_lowercase());
+    /// Whether the error the server sends now comes before the statement
+    /// it answers read any row (see [`Self::mask_quoted_values`]).
+    fn read_nothing(&self) -> bool {
         match self.queue.front() {
-            Some(Pending::Query(q)) => q.statements.iter().any(|c| holds(&c.operation.text)),
-            Some(Pending::Execute { track, .. }) => track.text.as_deref().is_some_and(holds),
             Some(
                 Pending::Parse(_)
                 | Pending::Bind(_)
                 | Pending::DescribeStatement(_)
                 | Pending::DescribePortal { .. },
             ) => true,
+            Some(Pending::Query(q)) => {
+                // A query the server may have split otherwise than the
+                // classifier: its statement cannot be told.
+                if q.statements
+                    .iter()
+                    .any(|c| c.operation.kind == SqlKind::Opaque)
+                {
+                    return false;
+                }
+                match q.statements.get(q.at).map(|c| c.operation.kind) {
+                    Some(SqlKind::CopyIn) => true,
+                    Some(SqlKind::Select) => q.current.columns.is_none(),
+                    _ => false,
+                }
+            }
             _ => false,
         }
     }
