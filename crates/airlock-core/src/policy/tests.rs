@@ -1030,6 +1030,24 @@ fn sql_pack_blocks_drops_truncates_unbounded_writes_and_opaque_sql() {
         let restrict = sql.replace("CASCADE", "").replace("cascade", "");
         assert_allowed(on(ddl(SqlKind::Drop, object, &restrict)));
     }
+    for (object, sql) in [
+        ("type", "ALTER TYPE address DROP ATTRIBUTE street CASCADE"),
+        ("table", "alter table orders drop constraint orders_pkey cascade"),
+        ("table", "ALTER TABLE orders DROP COLUMN id CASCADE"),
+    ] {
+        assert_denied_by(
+            on(ddl(SqlKind::Alter, object, sql)),
+            "sql-guardrails/no-drop-cascade",
+        );
+        let restrict = sql.replace("CASCADE", "").replace("cascade", "");
+        assert_allowed(on(ddl(SqlKind::Alter, object, &restrict)));
+    }
+    // CASCADE of something other than a drop is not this rule's.
+    assert_allowed(on(ddl(
+        SqlKind::Alter,
+        "table",
+        "ALTER TABLE orders ADD FOREIGN KEY (cid) REFERENCES c (id) ON DELETE CASCADE",
+    )));
     assert_allowed(on(ddl(SqlKind::Create, "table", "CREATE TABLE t (a int)")));
 
     assert_denied_by(
