@@ -2018,42 +2018,75 @@ async fn errors_do_not_quote_a_ruled_value_but_still_name_what_the_client_wrote(
             ),
         )
     };
-    for (sql, code) in [
+    // What each shows of the value: its first characters (a role name is
+    // folded to lower case, JSON shows the token it failed on), or the
+    // code of its first letter (`E` is 69).
+    for (sql, code, shown) in [
         (
             "SELECT quote_ident(pay_grade)::regclass FROM staff WHERE id = 7",
             "42P01",
+            "e7",
         ),
         (
             "SELECT current_setting(pay_grade) FROM staff WHERE id = 7",
             "42704",
+            "e7",
         ),
         (
             "SELECT 1 FROM staff WHERE pay_grade::regrole IS NULL",
             "42704",
+            "e7",
         ),
-        ("SELECT pay_grade::json FROM staff WHERE id = 7", "22P02"),
+        (
+            "SELECT pay_grade::json FROM staff WHERE id = 7",
+            "22P02",
+            "e7",
+        ),
         // Unquoted: `operator does not exist: …`.
-        ("SELECT pay_grade::regoper FROM staff WHERE id = 7", "42883"),
+        (
+            "SELECT pay_grade::regoper FROM staff WHERE id = 7",
+            "42883",
+            "e7",
+        ),
         // In the context: `invalid type name "…"`.
-        ("SELECT pay_grade::regtype FROM staff WHERE id = 7", "42601"),
+        (
+            "SELECT pay_grade::regtype FROM staff WHERE id = 7",
+            "42601",
+            "e7",
+        ),
+        // A number without quotes: `index 69 out of valid range, 0..0`.
+        (
+            "SELECT get_byte('\\x00'::bytea, ascii(pay_grade)) FROM staff WHERE id = 7",
+            "2202E",
+            "69",
+        ),
     ] {
         // Directly, the server shows the value.
-        // (A role name is folded to lower case, and JSON shows the token
-        // it failed on.)
         let direct = pg.psql(sql).await.unwrap_err().to_string().to_lowercase();
-        assert!(direct.contains("e7"), "{sql}: {direct}");
+        assert!(direct.contains(shown), "{sql}: {direct}");
         let e = client.simple_query(sql).await.unwrap_err();
         let (c, text) = fields(&e);
         assert_eq!(c, code, "{sql}: {text}");
-        assert!(!text.to_lowercase().contains("e7"), "{sql}: {text}");
+        assert!(!text.to_lowercase().contains(shown), "{sql}: {text}");
         assert!(text.contains("<REDACTED>"), "{sql}: {text}");
         let e = client.query(sql, &[]).await.unwrap_err();
         let (_, text) = fields(&e);
         assert!(
-            !text.to_lowercase().contains("e7"),
+            !text.to_lowercase().contains(shown),
             "{sql} (extended): {text}"
         );
     }
+    // A FETCH reads its rows before it describes them.
+    client.simple_query("BEGIN").await.unwrap();
+    let e = client
+        .simple_query(
+            "DECLARE c CURSOR FOR SELECT pay_grade::int FROM staff WHERE id = 7; FETCH ALL FROM c",
+        )
+        .await
+        .unwrap_err();
+    let (_, text) = fields(&e);
+    assert!(!text.to_lowercase().contains("e7"), "FETCH: {text}");
+    client.simple_query("ROLLBACK").await.unwrap();
     // An error before the statement read anything is about what the
     // client wrote: the same errors name it.
     for (sql, name) in [

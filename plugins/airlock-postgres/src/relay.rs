@@ -3620,27 +3620,56 @@ impl ServerHalf<'_> {
             return false;
         }
         let code = field_of(fields, b'C').unwrap_or_default();
+        // (Not trusted: the position field. A type name read from a value
+        // at run time, `pay_grade::regtype`, is parsed with one too.)
         if !["22", "42", "3F", "54"].iter().any(|c| code.starts_with(c)) || self.read_nothing() {
             return false;
         }
+        // A data error or a limit can also show a value as a number
+        // (`index 85000 out of valid range, 0..0` from `get_byte`, the
+        // bytes of `invalid byte sequence …: 0xf0 0x31`).
+        let numbers = code.starts_with("22") || code.starts_with("54");
         let plan = masker.whole_row_plan("");
         let mut counts = MaskCounts::new();
         let mut changed = false;
         for (code, value) in fields.iter_mut() {
-            let span = match *code {
-                b'M' => match (value.find('"'), value.rfind('"')) {
-                    (Some(start), Some(end)) if end > start + 1 => start + 1..end,
-                    (Some(_), Some(_)) => continue,
-                    _ => match value.rfind(": ") {
-                        Some(at) if at + 2 < value.len() => at + 2..value.len(),
-                        _ => continue,
-                    },
-                },
-                b'D' | b'W' if !value.is_empty() => 0..value.len(),
+            let masked = match *code {
+                b'M' => {
+                    let mut spans = Vec::new();
+                    match (value.find('"'), value.rfind('"')) {
+                        (Some(start), Some(end)) if end > start + 1 => spans.push(start + 1..end),
+                        (Some(_), Some(_)) => {}
+                        _ => {
+                            if let Some(at) = value.rfind(": ")
+                                && at + 2 < value.len()
+                            {
+                                spans.push(at + 2..value.len());
+                            }
+                        }
+                    }
+                    if numbers {
+                        spans.extend(rows::digit_runs(value));
+                    }
+                    let spans = rows::merge_spans(spans);
+                    if spans.is_empty() {
+                        continue;
+                    }
+                    let mut out = String::with_capacity(value.len());
+                    let mut last = 0;
+                    for span in spans {
+                        out.push_str(&value[last..span.start]);
+                        out.push_str(&masker.mask_field(&plan, &value[span.clone()], &mut counts));
+                        last = span.end;
+                    }
+                    out.push_str(&value[last..]);
+                    out
+                }
+                b'D' | b'W' if !value.is_empty() => {
+                    masker.mask_field(&plan, value, &mut counts).into_owned()
+                }
                 _ => continue,
             };
-            let masked = masker.mask_field(&plan, &value[span.clone()], &mut counts);
-            *value = format!("{}{masked}{}", &value[..span.start], &value[span.end..]);
+            *value = masked;
             changed = true;
         }
         self.record_counts(counts);
@@ -3666,9 +3695,12 @@ impl ServerHalf<'_> {
                 {
                     return false;
                 }
-                match q.statements.get(q.at).map(|c| c.operation.kind) {
-                    Some(SqlKind::CopyIn) => true,
-                    Some(SqlKind::Select) => q.current.columns.is_none(),
+                match q.statements.get(q.at) {
+                    Some(c) if c.operation.kind == SqlKind::CopyIn => true,
+                    // (A FETCH reads its rows before it describes them.)
+                    Some(c) if c.operation.kind == SqlKind::Select && c.fetch.is_none() => {
+                        q.current.columns.is_none()
+                    }
                     _ => false,
                 }
             }

@@ -1780,8 +1780,78 @@ impl BinaryCopy {
     }
 }
 
+/// The spans of `text` that are runs of letters, digits and `.`, `-`,
+/// `+`, `:` holding at least one digit (numbers, hex bytes, dates, times):
+/// values an error message may show without quotes.
+pub(crate) fn digit_runs(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut digit = false;
+    for (i, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        let part = c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | ':');
+        match (part, start) {
+            (true, None) => {
+                start = Some(i);
+                digit = c.is_ascii_digit();
+            }
+            (true, Some(_)) => digit |= c.is_ascii_digit(),
+            (false, Some(s)) => {
+                // A run's ends are its value's, not the sentence's (`:`
+                // after a word, a full stop).
+                let run = text[s..i].trim_end_matches(['.', ':', '-', '+']);
+                if digit && !run.is_empty() {
+                    out.push(s..s + run.len());
+                }
+                start = None;
+            }
+            (false, None) => {}
+        }
+    }
+    out
+}
+
+/// Sorted spans with overlapping ones joined.
+pub(crate) fn merge_spans(mut spans: Vec<std::ops::Range<usize>>) -> Vec<std::ops::Range<usize>> {
+    spans.sort_by_key(|s| s.start);
+    let mut out: Vec<std::ops::Range<usize>> = Vec::with_capacity(spans.len());
+    for s in spans {
+        match out.last_mut() {
+            Some(last) if s.start <= last.end => last.end = last.end.max(s.end),
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn numbers_in_a_message_are_found_without_the_words_around_them() {
+        let runs = |t: &str| -> Vec<String> {
+            super::digit_runs(t)
+                .into_iter()
+                .map(|r| t[r].to_owned())
+                .collect()
+        };
+        assert_eq!(
+            runs("index 85000 out of valid range, 0..0"),
+            ["85000", "0..0"]
+        );
+        assert_eq!(
+            runs("invalid byte sequence for encoding \"UTF8\": 0xf0 0x31"),
+            ["UTF8", "0xf0", "0x31"]
+        );
+        assert_eq!(
+            runs("date field value out of range: 2000-01-85000."),
+            ["2000-01-85000"]
+        );
+        assert!(runs("division by zero").is_empty());
+        assert_eq!(
+            super::merge_spans(vec![5..9, 0..3, 2..4, 9..10]),
+            [0..4, 5..10]
+        );
+    }
     use super::*;
     use airlock_core::Identity;
     use airlock_core::mask::{MaskConfig, MaskEngine};

@@ -1032,7 +1032,10 @@ fn sql_pack_blocks_drops_truncates_unbounded_writes_and_opaque_sql() {
     }
     for (object, sql) in [
         ("type", "ALTER TYPE address DROP ATTRIBUTE street CASCADE"),
-        ("table", "alter table orders drop constraint orders_pkey cascade"),
+        (
+            "table",
+            "alter table orders drop constraint orders_pkey cascade",
+        ),
         ("table", "ALTER TABLE orders DROP COLUMN id CASCADE"),
     ] {
         assert_denied_by(

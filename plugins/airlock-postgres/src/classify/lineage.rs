@@ -146,7 +146,10 @@ impl Written {
     /// written when the column cannot be told (`None`).
     pub fn names_for(&self, column: Option<&str>) -> Vec<String> {
         let mut out = self.any.clone();
-        let last = column.map(|c| c.rsplit('.').next().unwrap_or(c));
+        // A whole row (`t.*`) holds every column.
+        let last = column
+            .map(|c| c.rsplit('.').next().unwrap_or(c))
+            .filter(|c| *c != "*");
         for (name, sources) in &self.columns {
             if last.is_none_or(|c| c.eq_ignore_ascii_case(name)) {
                 out.add(sources);
@@ -677,7 +680,30 @@ fn written(stmt: &Statement) -> Written {
         out.add(&written_by(s));
         ControlFlow::<()>::Continue(())
     });
+    // A write under a WITH may take its values from the WITH's queries,
+    // which the walk above does not follow (`WITH s AS (SELECT pay_grade
+    // …) UPDATE … SET team = (SELECT g FROM s)`): what it wrote may then
+    // be anything.
+    if !out.is_empty() && has_with(stmt) {
+        out.any.add(&Sources::anything());
+    }
     out
+}
+
+/// Whether any query in `stmt` has a `WITH`.
+fn has_with(stmt: &Statement) -> bool {
+    struct With;
+    impl Visitor for With {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if q.with.is_some() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+    }
+    stmt.visit(&mut With).is_break()
 }
 
 /// The columns an assignment sets (`SET a = …`, `SET (a, b) = …`).
@@ -1643,15 +1669,22 @@ mod tests {
             )
             .is_empty()
         );
-        // Nested: a CTE, PREPARE, COPY.
+        // Nested: PREPARE, COPY; under a WITH, anything.
         for sql in [
-            "WITH x AS (SELECT 1) UPDATE staff SET team = pay_grade RETURNING team",
-            "WITH u AS (UPDATE staff SET team = pay_grade RETURNING team) SELECT team FROM u",
             "PREPARE p AS UPDATE staff SET team = pay_grade RETURNING team",
             "COPY (UPDATE staff SET team = pay_grade RETURNING team) TO STDOUT",
         ] {
             assert_eq!(w(sql, Some("team")), v(&["staff.pay_grade"]), "{sql}");
         }
+        for sql in [
+            "WITH x AS (SELECT 1) UPDATE staff SET team = pay_grade RETURNING team",
+            "WITH u AS (UPDATE staff SET team = pay_grade RETURNING team) SELECT team FROM u",
+            "WITH s AS (SELECT pay_grade AS g FROM staff) UPDATE staff SET team = (SELECT g FROM s) RETURNING team",
+        ] {
+            assert!(w(sql, Some("team")).contains(&"*".to_owned()), "{sql}");
+        }
+        // A whole row holds every column written.
+        assert_eq!(w(update, Some("staff.*")), v(&["staff.pay_grade"]));
         // MERGE: whatever its clauses name, the target's columns included.
         let merge = "MERGE INTO staff t USING (SELECT 7 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET team = t.pay_grade RETURNING t.team";
         assert!(
