@@ -83,6 +83,16 @@ fn first_values(msgs: Vec<tokio_postgres::SimpleQueryMessage>) -> Vec<String> {
         .collect()
 }
 
+/// The rows of a simple query's answer.
+fn rows_of(msgs: Vec<tokio_postgres::SimpleQueryMessage>) -> Vec<tokio_postgres::SimpleQueryRow> {
+    msgs.into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Any value, as the raw bytes the client received.
 struct Raw(Vec<u8>);
 
@@ -475,16 +485,7 @@ async fn statistics_and_forward_references_do_not_show_a_ruled_column() {
         "SELECT most_common_vals::text || '', attname, null_frac FROM pg_stats WHERE tablename = 'staff' AND attname = 'pay_grade'",
         "SELECT s.most_common_vals AS v, s.attname, s.null_frac FROM pg_catalog.pg_stats s WHERE tablename = 'staff' AND attname = 'pay_grade'",
     ] {
-        let rows: Vec<_> = client
-            .simple_query(sql)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .collect();
+        let rows = rows_of(client.simple_query(sql).await.unwrap());
         assert_eq!(rows.len(), 1, "{sql}");
         let value = rows[0].get(0).unwrap();
         assert!(!value.contains("E7-band-3"), "{sql}: {value}");
@@ -509,14 +510,8 @@ async fn statistics_and_forward_references_do_not_show_a_ruled_column() {
     // In declaration order the same query is followed column by column:
     // the ruled column is masked, another computed column is not.
     let ordered = "WITH RECURSIVE b AS (SELECT pay_grade AS g, team FROM staff WHERE id = 7), a AS (SELECT g || '' AS v, upper(team) AS t FROM b) SELECT v, t FROM a";
-    let rows = client.simple_query(ordered).await.unwrap();
-    let row = rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .unwrap();
+    let rows = rows_of(client.simple_query(ordered).await.unwrap());
+    let row = &rows[0];
     assert_eq!(row.get(0), Some("<REDACTED>"));
     assert_eq!(row.get(1), Some("PLATFORM"));
 }
@@ -2161,18 +2156,14 @@ async fn a_write_does_not_return_a_ruled_value_under_another_column() {
     // ruled column written from itself; a column nothing was written to is
     // shown.
     client.simple_query("BEGIN").await.unwrap();
-    let rows: Vec<_> = client
-        .simple_query(
-            "UPDATE staff SET team = 'ops', pay_grade = upper(pay_grade) WHERE id = 7 RETURNING team, id",
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let rows = rows_of(
+        client
+            .simple_query(
+                "UPDATE staff SET team = 'ops', pay_grade = upper(pay_grade) WHERE id = 7 RETURNING team, id",
+            )
+            .await
+            .unwrap(),
+    );
     assert_eq!(rows[0].get(0), Some("ops"));
     assert_eq!(rows[0].get(1), Some("7"));
     client.simple_query("ROLLBACK").await.unwrap();

@@ -2623,14 +2623,8 @@ impl ServerHalf<'_> {
                     .map(|s| s.names())
                     .collect();
                 // `COPY (UPDATE … RETURNING …)`: what it wrote, too.
-                if !lineage.written.is_empty() {
-                    for n in &mut names {
-                        let more: Vec<String> = n
-                            .iter()
-                            .flat_map(|name| lineage.written.names_for(Some(name)))
-                            .collect();
-                        n.extend(more);
-                    }
+                for n in &mut names {
+                    lineage.written.add_to(n);
                 }
                 self.behind(&mut names).await;
                 names
@@ -2755,42 +2749,40 @@ impl ServerHalf<'_> {
         }
         // What the computed columns are made of, each name also in the
         // tables and views behind it.
-        let computed = match &lineage {
-            Some(l) => {
-                let mut names: Vec<Vec<String>> = l
-                    .columns(desc.fields.len())
-                    .into_iter()
-                    .map(|s| s.names())
-                    .collect();
-                // A column the server names as a table's is that column
-                // (the catalog names it), unless a write put a value made
-                // of other columns into it (`SET team = pay_grade
-                // RETURNING team`): it is also named after what was
-                // written to a column of its name, and a computed one
-                // after what was written to the columns it is made of.
-                let written = (!l.written.is_empty()).then_some(&l.written);
-                for (field, n) in desc.fields.iter().zip(names.iter_mut()) {
-                    if field.table_id != 0 {
+        let computed =
+            match &lineage {
+                Some(l) => {
+                    let mut names: Vec<Vec<String>> = l
+                        .columns(desc.fields.len())
+                        .into_iter()
+                        .map(|s| s.names())
+                        .collect();
+                    // A column the server names as a table's is that column
+                    // (the catalog names it), unless a write put a value made
+                    // of other columns into it (`SET team = pay_grade
+                    // RETURNING team`): it is also named after what was
+                    // written to a column of its name, and a computed one
+                    // after what was written to the columns it is made of.
+                    for (field, n) in desc.fields.iter().zip(names.iter_mut()) {
+                        if field.table_id == 0 {
+                            l.written.add_to(n);
+                            continue;
+                        }
                         n.clear();
-                        if let Some(w) = written {
+                        if !l.written.is_empty() {
                             let own = self.cx.catalog.as_ref().and_then(|c| {
                                 c.column(field.table_id.cast_unsigned(), field.column_id)
                             });
-                            n.extend(w.names_for(
+                            n.extend(l.written.names_for(
                                 own.as_ref().and_then(|o| o.first()).map(String::as_str),
                             ));
                         }
-                    } else if let Some(w) = written {
-                        let more: Vec<String> =
-                            n.iter().flat_map(|name| w.names_for(Some(name))).collect();
-                        n.extend(more);
                     }
+                    complete &= self.behind(&mut names).await;
+                    Some(names)
                 }
-                complete &= self.behind(&mut names).await;
-                Some(names)
-            }
-            None => None,
-        };
+                None => None,
+            };
         let masker = self.cx.session.masker();
         let mut cols = rows::columns(
             masker,

@@ -167,24 +167,13 @@ pub(crate) fn columns(
         .iter()
         .enumerate()
         .map(|(i, f)| {
+            // What the statement says the column is made of: a computed
+            // column's sources, or what a write put into a table column.
+            let made_of = computed.and_then(|c| c.get(i)).filter(|n| !n.is_empty());
             // pgwire reads the OID as signed; OIDs are unsigned on the wire.
-            let origin = match f.table_id.cast_unsigned() {
+            let (origin, derived) = match (f.table_id.cast_unsigned(), made_of) {
                 // Computed: the server names no table, the query may.
-                0 => match computed.and_then(|c| c.get(i)).filter(|n| !n.is_empty()) {
-                    Some(names) => {
-                        let names = Names::from(names.clone());
-                        let mut col = Column::new(
-                            masker,
-                            f.name.clone(),
-                            Some(names),
-                            f.type_id,
-                            f.format_code,
-                        );
-                        col.plan = col.plan.derived();
-                        return col;
-                    }
-                    None => None,
-                },
+                (0, made_of) => (made_of.map(|n| Names::from(n.clone())), made_of.is_some()),
                 // A whole row of the table (`SELECT t FROM t`): every
                 // column rule may have a column in it.
                 _ if f.column_id == 0 => {
@@ -196,33 +185,25 @@ pub(crate) fn columns(
                         plan: masker.whole_row_plan(&f.name),
                     };
                 }
-                table => {
+                (table, None) => (table_column(table, f.column_id), false),
+                // A write's value made of other columns: the column's own
+                // names and those.
+                (table, Some(names)) => {
                     let own = table_column(table, f.column_id);
-                    // A write's value made of other columns (the
-                    // statement's `written`): the column's own names and
-                    // those, masked whole as a computed value is.
-                    match computed.and_then(|c| c.get(i)).filter(|n| !n.is_empty()) {
-                        Some(names) => {
-                            let names: Names = own
-                                .iter()
-                                .flat_map(|o| o.iter().cloned())
-                                .chain(names.iter().cloned())
-                                .collect();
-                            let mut col = Column::new(
-                                masker,
-                                f.name.clone(),
-                                Some(names),
-                                f.type_id,
-                                f.format_code,
-                            );
-                            col.plan = col.plan.derived();
-                            return col;
-                        }
-                        None => own,
-                    }
+                    let names: Names = own
+                        .iter()
+                        .flat_map(|o| o.iter().cloned())
+                        .chain(names.iter().cloned())
+                        .collect();
+                    (Some(names), true)
                 }
             };
-            Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code)
+            let mut col = Column::new(masker, f.name.clone(), origin, f.type_id, f.format_code);
+            // Masked whole, whatever was done to the value.
+            if derived {
+                col.plan = col.plan.derived();
+            }
+            col
         })
         .collect()
 }

@@ -1010,40 +1010,45 @@ fn sql_pack_blocks_drops_truncates_unbounded_writes_and_opaque_sql() {
     )));
     // Any other object takes what depends on it along with CASCADE: a
     // function in a partition key takes the partitioned table.
-    for (object, sql) in [
+    // And ALTER ... DROP ... CASCADE: a typed table's attribute, a key
+    // that foreign keys use.
+    for (kind, object, sql) in [
         (
+            SqlKind::Drop,
             "function",
             "DROP FUNCTION app.month_of(timestamptz) CASCADE",
         ),
-        ("collation", "drop collation \"de-x-icu\" cascade"),
         (
+            SqlKind::Drop,
+            "collation",
+            "drop collation \"de-x-icu\" cascade",
+        ),
+        (
+            SqlKind::Drop,
             "operator class",
             "DROP OPERATOR CLASS my_ops USING btree\nCASCADE;",
         ),
-        ("index", "DROP INDEX users_email_idx CASCADE"),
-    ] {
-        assert_denied_by(
-            on(ddl(SqlKind::Drop, object, sql)),
-            "sql-guardrails/no-drop-cascade",
-        );
-        // Without CASCADE the server refuses to drop what others depend on.
-        let restrict = sql.replace("CASCADE", "").replace("cascade", "");
-        assert_allowed(on(ddl(SqlKind::Drop, object, &restrict)));
-    }
-    for (object, sql) in [
-        ("type", "ALTER TYPE address DROP ATTRIBUTE street CASCADE"),
+        (SqlKind::Drop, "index", "DROP INDEX users_email_idx CASCADE"),
         (
+            SqlKind::Alter,
+            "type",
+            "ALTER TYPE address DROP ATTRIBUTE street CASCADE",
+        ),
+        (
+            SqlKind::Alter,
             "table",
             "alter table orders drop constraint orders_pkey cascade",
         ),
-        ("table", "ALTER TABLE orders DROP COLUMN id CASCADE"),
+        (
+            SqlKind::Alter,
+            "table",
+            "ALTER TABLE orders DROP COLUMN id CASCADE",
+        ),
     ] {
-        assert_denied_by(
-            on(ddl(SqlKind::Alter, object, sql)),
-            "sql-guardrails/no-drop-cascade",
-        );
+        assert_denied_by(on(ddl(kind, object, sql)), "sql-guardrails/no-drop-cascade");
+        // Without CASCADE the server refuses to drop what others depend on.
         let restrict = sql.replace("CASCADE", "").replace("cascade", "");
-        assert_allowed(on(ddl(SqlKind::Alter, object, &restrict)));
+        assert_allowed(on(ddl(kind, object, &restrict)));
     }
     // CASCADE of something other than a drop is not this rule's.
     assert_allowed(on(ddl(

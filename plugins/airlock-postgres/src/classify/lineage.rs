@@ -158,6 +158,19 @@ impl Written {
         out.names()
     }
 
+    /// Adds to a computed column's names what was written to the
+    /// columns they name.
+    pub fn add_to(&self, names: &mut Vec<String>) {
+        if self.is_empty() {
+            return;
+        }
+        let more: Vec<String> = names
+            .iter()
+            .flat_map(|name| self.names_for(Some(name)))
+            .collect();
+        names.extend(more);
+    }
+
     fn column(&mut self, name: String, sources: Sources) {
         if !sources.is_empty() {
             self.columns.push((name, sources));
